@@ -15,7 +15,7 @@ from typing import final
 import posix_ipc
 
 from . import _identity, _ledger, _names, _recovery, _segment
-from ._errors import IpcsemError, Timeout, Unlinked
+from ._errors import IpcsemError, LedgerFull, Timeout, Unlinked
 
 ME = _identity.ME
 GRANTED = _ledger.GRANTED          # take()/enqueue(): units are ours
@@ -139,7 +139,10 @@ class Semaphore:
         """
         if timeout is not None:
             _check_timeout(timeout, blocking)
-        result = self._ledger.take(ME.pid, ME.start, units, priority)
+        try:
+            result = self._ledger.take(ME.pid, ME.start, units, priority)
+        except LedgerFull:
+            result = self._after_heal(self._ledger.take, ME.pid, ME.start, units, priority)
         if result == GRANTED:
             return True
         code, wakes = _split(result)
@@ -157,7 +160,12 @@ class Semaphore:
     def _wait(self, units: int, timeout: float | None, priority: int) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         ledger, pid, start = self._ledger, ME.pid, ME.start
-        entry, wakes = _split(ledger.enqueue(pid, start, _identity.native_tid(), units, priority))
+        try:
+            entry = ledger.enqueue(pid, start, _identity.native_tid(), units, priority)
+        except LedgerFull:
+            entry = self._after_heal(ledger.enqueue, pid, start, _identity.native_tid(), units,
+                                     priority)
+        entry, wakes = _split(entry)
         self._seg.ring(wakes)
         if entry == GRANTED:
             return True
@@ -182,6 +190,12 @@ class Semaphore:
             if self._settle(entry, cancel=True):
                 self.release(units)
             raise
+
+    def _after_heal(self, op, *args):
+        # A full table may be full of the dead: recover them and try once more;
+        # if it is still full, the LedgerFull stands.
+        _recovery.heal(self._seg)
+        return op(*args)
 
     def _settle(self, entry: int, cancel: bool) -> bool:
         outcome, wakes = self._ledger.settle(entry, ME.pid, ME.start, 1 if cancel else 0)
