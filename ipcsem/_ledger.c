@@ -48,6 +48,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#endif
 
 #define LEDGER_MAGIC 0x31304d4553435049ULL /* bytes "IPCSEM01" on little-endian */
 #define LAYOUT_VERSION 1
@@ -102,6 +105,7 @@ typedef struct {
     int has_buffer;
     View v;
     Py_ssize_t hint; /* holder slot this handle last used: a hint, verified before use */
+    int active;      /* calls in progress (some run without the GIL) */
 } Ledger;
 
 /* Everything one call needs, on the caller's stack: bodies run without the
@@ -429,6 +433,32 @@ static void unlock(View *V)
     pthread_mutex_unlock(MUTEX(V));
 }
 
+#if defined(__GLIBC__) && defined(FUTEX_OWNER_DIED)
+/* The kernel marks a robust mutex owner-dead by walking the dead thread's
+ * robust list, which lives in *its* memory: if the process unmapped the ledger
+ * before dying (Python unmaps at interpreter exit; any process can munmap),
+ * the walk skips it and the mutex stays "held" by a dead TID forever.  A
+ * waiter that has waited a whole slice looks at the owner TID in the futex
+ * word (glibc keeps it in __lock, the mutex's first word, as the kernel ABI
+ * requires) and, if no such task exists, sets FUTEX_OWNER_DIED itself, as the
+ * kernel would have: the next lock attempt then gets EOWNERDEAD and repairs.
+ * A reused TID only makes us keep waiting, never steal a live owner's lock. */
+static void mark_vanished_owner(View *V)
+{
+    volatile uint32_t *word = (volatile uint32_t *)MUTEX(V);
+    uint32_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    pid_t tid = (pid_t)(w & FUTEX_TID_MASK);
+    if (tid == 0 || (w & FUTEX_OWNER_DIED))
+        return;
+    if (kill(tid, 0) == 0 || errno != ESRCH)
+        return;
+    __atomic_compare_exchange_n(word, &w, w | FUTEX_OWNER_DIED, 0, __ATOMIC_ACQ_REL,
+                                __ATOMIC_ACQUIRE);
+}
+#else
+static void mark_vanished_owner(View *V) { (void)V; }
+#endif
+
 typedef void (*Body)(Ledger *L, Call *c);
 
 /* Run one transaction body under the ledger lock.  Uncontended: with the
@@ -445,6 +475,7 @@ static int run_locked(Ledger *L, Body body, Call *c)
     }
     c->wakes = c->inline_wakes;
     c->wakes_cap = INLINE_WAKES;
+    L->active++; /* with the GIL: release_buffer() refuses while > 0 */
     int rc = pthread_mutex_trylock(MUTEX(V));
     if (rc != EBUSY) {
         if (after_lock(V, c, rc) == 0)
@@ -464,9 +495,12 @@ static int run_locked(Ledger *L, Body body, Call *c)
             rc = pthread_mutex_timedlock(MUTEX(V), &deadline);
             if (rc != ETIMEDOUT)
                 break;
+            mark_vanished_owner(V);
             PyEval_RestoreThread(ts);
-            if (PyErr_CheckSignals() < 0)
+            if (PyErr_CheckSignals() < 0) {
+                L->active--;
                 return -1;
+            }
             ts = PyEval_SaveThread();
         }
         if (after_lock(V, c, rc) == 0)
@@ -475,6 +509,7 @@ static int run_locked(Ledger *L, Body body, Call *c)
             unlock(V);
         PyEval_RestoreThread(ts);
     }
+    L->active--;
     if (c->err == E_OK)
         return 0;
     PyObject *type = c->err == E_VALUE      ? PyExc_ValueError
@@ -1233,6 +1268,10 @@ static void Ledger_dealloc(Ledger *L)
 static PyObject *Ledger_release_buffer(Ledger *L, PyObject *Py_UNUSED(ignored))
 {
     /* Let the owner close its mmap: after this the object is unusable. */
+    if (L->active) {
+        PyErr_SetString(PyExc_BufferError, "ledger is in use by another thread");
+        return NULL;
+    }
     if (L->has_buffer) {
         PyBuffer_Release(&L->buffer);
         L->has_buffer = 0;

@@ -73,6 +73,29 @@ def run(cmd: str, args: list[str]):
         for t in ts:
             t.join()
         return errors
+    if cmd == "handler":
+        # a handler that does not raise: the blocked acquire must go on waiting
+        import signal
+
+        signal.signal(int(args[0]), lambda *a: None)
+        return int(args[0])
+    if cmd == "recover":
+        return sem.recover()
+    if cmd == "fork-zombie":
+        # hazard 6: a child that takes units and exits; we never reap it
+        pid = os.fork()
+        if pid == 0:
+            child = ipcsem.Semaphore(sem.name)
+            child.acquire(int(args[0]))
+            os._exit(0)
+        import time
+
+        for _ in range(2000):  # wait until it is a zombie holding units
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.005)
+        return pid
     if cmd == "sleep":
         import time
 

@@ -16,26 +16,39 @@ AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent.py")
 class Agent:
     """A live process running tests/agent.py."""
 
-    def __init__(self, env: dict | None = None) -> None:
+    def __init__(self, env: dict | None = None, wait: bool = True) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, AGENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             text=True, bufsize=1, env={**os.environ, **(env or {})},
         )
         self.pid = self.proc.pid
-        assert self.read(10) == "ready"
+        self._fd = self.proc.stdout.fileno()
+        self._buffer = b""  # our own: select() cannot see a text wrapper's buffer
+        if wait:
+            self.ready()
+
+    def ready(self) -> "Agent":
+        """Wait for start-up (start many with wait=False, then ready() each)."""
+        assert self.read(20) == "ready"
+        return self
 
     def send(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
     def read(self, timeout: float = 10) -> str:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError(f"agent {self.pid} said nothing for {timeout} s")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise EOFError(f"agent {self.pid} exited (rc={self.proc.poll()})")
-        return line.rstrip("\n")
+        end = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = end - time.monotonic()
+            ready, _, _ = select.select([self._fd], [], [], max(left, 0))
+            if not ready:
+                raise TimeoutError(f"agent {self.pid} said nothing for {timeout} s")
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                raise EOFError(f"agent {self.pid} exited (rc={self.proc.poll()})")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
 
     def cmd(self, line: str, timeout: float = 10):
         """Run a command and return its result (eval'd repr) or raise."""
