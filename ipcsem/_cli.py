@@ -75,31 +75,40 @@ class _Procs:
             st = self._state[key] = _identity.status(pid, start)
         return st
 
-    def info(self, pid: int, start: int) -> tuple[str | None, str | None]:
-        """(user, command) of a live identity; (None, None) once it is dead."""
+    def info(self, pid: int, start: int) -> tuple[str | None, list[str] | None]:
+        """(user, argv) of a live identity; (None, None) once it is dead.
+        A zombie has no argv left: ["[comm]"], the way ps shows it."""
         key = (pid, start)
         got = self._info.get(key)
         if got is None:
-            st = self.state(pid, start)
-            user = command = None
-            if st != _identity.DEAD:
+            user = argv = None
+            if self.state(pid, start) != _identity.DEAD:
                 try:
                     user = _user_name(os.stat(f"/proc/{pid}").st_uid)
                 except OSError:
                     pass
-                command = _command_line(pid)
-                if command in ("", "?"):
-                    try:  # a zombie keeps only its name: show it the way ps does
+                argv = _argv(pid)
+                if not argv:
+                    try:
                         with open(f"/proc/{pid}/comm") as f:
-                            command = f"[{f.read().strip()}]"
+                            argv = [f"[{f.read().strip()}]"]
                     except OSError:
-                        command = None
+                        argv = None
                 # The pid may have been reused while we read: trust nothing then.
                 if _identity.start_of(pid) != start:
-                    user = command = None
+                    user = argv = None
                     self._state[key] = _identity.DEAD
-            got = self._info[key] = (user, command)
+            got = self._info[key] = (user, argv)
         return got
+
+
+def _argv(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in data.split(b"\0")[:-1]] if data else []
 
 
 def _duration(seconds: float | None) -> str:
@@ -125,27 +134,41 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 0)] + "~"
 
 
+def _term_size() -> tuple[int, int]:
+    """(columns, lines) of the terminal on stdout, asked live (a watch view
+    follows resizes; COLUMNS in the environment may be stale); else
+    $COLUMNS/$LINES; else 80x24."""
+    try:
+        if sys.stdout.isatty():
+            size = os.get_terminal_size(sys.stdout.fileno())
+            return max(size.columns, 40), max(size.lines, 3)
+    except (OSError, ValueError):
+        pass
+    size = shutil.get_terminal_size((80, 24))
+    return max(size.columns, 40), max(size.lines, 3)
+
+
 def _width() -> int:
-    return max(shutil.get_terminal_size((80, 24)).columns, 40)
+    return _term_size()[0]
 
 
 def _plural(n: int, word: str, words: str | None = None) -> str:
     return f"{n} {word if n == 1 else (words or word + 's')}"
 
 
-def _short_command(command: str | None) -> str:
+def _short_command(argv: list[str] | None) -> str:
     """A command line as a person reads it: `ipcsem run gpu -- make`, not
-    `/opt/venv/bin/python3 /opt/venv/bin/ipcsem run gpu -- make`."""
-    if not command:
+    `/opt/venv/bin/python3 /opt/venv/bin/ipcsem run gpu -- make`, and of
+    that, `ipcsem run: make`."""
+    if not argv:
         return "-"
-    if command.startswith("["):
-        return command
-    words = command.split(" ")
-    first = os.path.basename(words[0]) or words[0]
-    rest = words[1:]
+    first, rest = os.path.basename(argv[0]) or argv[0], argv[1:]
     if first.startswith("python") and rest and rest[0].startswith("/") \
             and os.path.dirname(rest[0]).endswith("/bin"):
         first, rest = os.path.basename(rest[0]), rest[1:]   # a console script
+    if first == "ipcsem" and rest[:1] == ["run"] and "--" in rest:
+        # Units and priority have their own columns: show what it runs.
+        return "ipcsem run: " + " ".join(rest[rest.index("--") + 1:])
     return " ".join([first] + rest)
 
 
@@ -252,7 +275,7 @@ def _describe(name: str, procs: _Procs, detail: bool = True, only_pid: int | Non
         recoveries=header["recoveries"], acquisitions=header["acquisitions"],
         lock_repairs=header["lock_repairs"], created=header["created_ns"] / 1e9,
         creator_pid=header["creator_pid"], unlinked=bool(header["flags"] & 1),
-        consistent=consistent, lock_owner=header["lock_owner"] or None,
+        consistent=consistent, lock_owner=None if consistent else (header["lock_owner"] or None),
     )
     out_h, dead = [], 0
     for _slot, pid, start, units, since, acquired, _pending, _reg in holders:
@@ -263,9 +286,10 @@ def _describe(name: str, procs: _Procs, detail: bool = True, only_pid: int | Non
             dead += 1
         if only_pid is not None and pid != only_pid:
             continue
-        user, command = procs.info(pid, start) if detail else (None, None)
+        user, argv = procs.info(pid, start) if detail else (None, None)
         out_h.append({
-            "pid": pid, "start": start, "user": user, "command": command, "units": units,
+            "pid": pid, "start": start, "user": user,
+            "command": None if argv is None else " ".join(argv), "argv": argv, "units": units,
             "since": since / 1e9, "held_for": round(max(now - since / 1e9, 0.0), 3),
             "state": procs.state(pid, start), "acquisitions": acquired,
         })
@@ -277,9 +301,10 @@ def _describe(name: str, procs: _Procs, detail: bool = True, only_pid: int | Non
         longest = waited if longest is None else max(longest, waited)
         if only_pid is not None and pid != only_pid:
             continue
-        user, command = procs.info(pid, start) if detail else (None, None)
+        user, argv = procs.info(pid, start) if detail else (None, None)
         out_w.append({
-            "pid": pid, "start": start, "tid": tid, "user": user, "command": command,
+            "pid": pid, "start": start, "tid": tid, "user": user,
+            "command": None if argv is None else " ".join(argv), "argv": argv,
             "units": units, "priority": prio, "since": since / 1e9, "waiting_for": waited,
             "position": pos, "state": procs.state(pid, start),
         })
@@ -333,7 +358,7 @@ def _render_list(objs: list[dict], width: int) -> list[str]:
              str(len(o["waiters"])), num(o["dead_holders"]), _duration(o["longest_wait"])]
             for o in objs if o["error"] is None]
     widths = [max([len(heads[i])] + [len(r[i]) for r in rows]) for i in range(1, len(heads))]
-    room = width - sum(w + 2 for w in widths)       # what the NAME column may use
+    room = width - sum(w + 2 for w in widths) - 2   # what NAME may use; 2 for " *"
     name_w = max(4, min(max(len(o["name"]) for o in objs), room))
     widths = [name_w] + widths
     out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w)
@@ -342,7 +367,7 @@ def _render_list(objs: list[dict], width: int) -> list[str]:
     for o in objs:
         name = o["name"]
         if o["error"] is not None:
-            msg = o["error"].split("; remove it with")[0]
+            msg = _short_error(o)
             if len(name) > name_w:
                 out.append(name)
                 out.append(_clip(f"{'':{name_w}}  ! {msg}", width))
@@ -354,15 +379,32 @@ def _render_list(objs: list[dict], width: int) -> list[str]:
         if len(name) > name_w:   # long names get a line of their own
             out.append(name)
             name = ""
-        flag = "" if o["consistent"] else "  (unlocked read)"
+        flag = "" if o["consistent"] else " *"
         out.append(f"{name:{name_w}}  {cells}{flag}".rstrip())
+    if any(o["error"] is None and not o["consistent"] for o in objs):
+        out.append("* read without the ledger lock (its owner is stopped or hung): "
+                   "may be mid-update")
     return out
 
 
+def _short_error(o: dict) -> str:
+    """The gist of a read error for one table row: no path, no remedy."""
+    msg = o["error"].split("; ")[0]
+    path = _names.shm_path(o["name"])
+    if msg.startswith(path):
+        msg = msg[len(path):].lstrip(": ")
+        msg = "unusable: " + (msg[3:] if msg.startswith("is ") else msg)
+    return msg
+
+
 def _render_detail(o: dict, width: int) -> list[str]:
+    import textwrap
+
     name = o["name"]
     if o["error"] is not None:
-        return [f"{name}: cannot be read: {o['error']}"]
+        return [f"{name}: cannot be read"] + textwrap.wrap(
+            o["error"], width - 2, initial_indent="  ", subsequent_indent="  ",
+            break_on_hyphens=False)
     waiting = len(o["waiters"])
     out = [_clip(f"{name}: {o['available']} of {o['capacity']} available, {o['held']} held"
                  + (f", {o['unowned']} unowned" if o["unowned"] else "")
@@ -381,13 +423,13 @@ def _render_detail(o: dict, width: int) -> list[str]:
         out.append(_clip(f"  read without the lock (held by pid {o['lock_owner'] or '?'}): "
                          "figures may be mid-update", width))
     if o["dead_holders"]:
-        out.append(_clip(f"  {_plural(o['dead_holders'], 'dead holder')} awaiting recovery "
-                         f"(`ipcsem recover {name}` or a waiter will return the units)", width))
+        out.append(_clip(f"  {_plural(o['dead_holders'], 'dead holder')} awaiting recovery; "
+                         f"`ipcsem recover {name}` does it now", width))
     out.append("")
     if o["holders"]:
         out.append("HOLDERS")
         rows = [[str(h["pid"]), h["user"] or "-", str(h["units"]), _duration(h["held_for"]),
-                 h["state"], _short_command(h["command"])] for h in o["holders"]]
+                 h["state"], _short_command(h["argv"])] for h in o["holders"]]
         out += _table(rows, ["PID", "USER", "UNITS", "HELD FOR", "STATE", "COMMAND"],
                       {0, 2, 3}, 5, width, "  ")
     else:
@@ -395,7 +437,7 @@ def _render_detail(o: dict, width: int) -> list[str]:
     if o["waiters"]:
         out.append("WAITERS (in queue order)")
         rows = [[str(w["position"]), str(w["pid"]), w["user"] or "-", str(w["units"]),
-                 str(w["priority"]), _duration(w["waiting_for"]), _short_command(w["command"])]
+                 str(w["priority"]), _duration(w["waiting_for"]), _short_command(w["argv"])]
                 for w in o["waiters"]]
         out += _table(rows, ["POS", "PID", "USER", "UNITS", "PRIO", "WAITING", "COMMAND"],
                       {0, 1, 3, 4, 5}, 6, width, "  ")
@@ -409,8 +451,8 @@ def _render_pid(pid: int, objs: list[dict], width: int) -> list[str]:
     if start is None:
         head = f"pid {pid}: no such process (entries below, if any, are of a dead process)"
     else:
-        user, command = _Procs().info(pid, start)
-        head = f"pid {pid} ({user or '?'}): {_short_command(command)}"
+        user, argv = _Procs().info(pid, start)
+        head = f"pid {pid} ({user or '?'}): {_short_command(argv)}"
     out = [_clip(head, width)]
     holds = [(o, h) for o in objs for h in o["holders"]]
     waits = [(o, w) for o in objs for w in o["waiters"]]
@@ -493,15 +535,14 @@ def _watch(args) -> int:
     out = sys.stdout
     try:
         while True:
-            size = shutil.get_terminal_size((80, 24))
-            width = max(size.columns, 40)
+            width, height = _term_size()
             lines, doc, _rc = _status_frame(args, width)
             lines += [f"{n}: no such semaphore (yet)" for n in doc.get("missing", ())]
             head = f"every {args.watch:g}s: ipcsem-status {what}"
             clock = f"{host}: {time.strftime('%H:%M:%S')}"
             head = head + " " * max(width - len(head) - len(clock), 1) + clock
             frame = [_clip(head, width), ""] + [_clip(x, width) for x in lines]
-            frame = frame[: max(size.lines - 1, 1)]
+            frame = frame[: height - 1]
             # Home, then each line and clear-to-end-of-line, then clear the
             # rest: a redraw without the flicker of clearing first.
             out.write("\x1b[H" + "".join(f"{x}\x1b[K\n" for x in frame) + "\x1b[J")
@@ -581,6 +622,8 @@ def cmd_create(args) -> int:
 
 # ===================================================================== rm
 def cmd_rm(args) -> int:
+    for name in args.names:
+        _names.validate(name)       # a bad name is a usage error: nothing removed
     rc = EXIT_OK
     for name in args.names:
         try:
@@ -593,22 +636,34 @@ def cmd_rm(args) -> int:
 
 def _rm_one(name: str, force: bool) -> None:
     _names.validate(name)
-    if not force:
-        try:
-            seg = _segment.open_segment(name)
-        except Corrupt as e:
+    try:
+        seg = _segment.open_segment(name)
+    except Corrupt as e:
+        if not force:
             raise CliError(f"{name!r} is not a usable ledger ({str(e).split(';')[0]}); "
                            "use --force to remove it") from None
+        seg = None
+    if seg is not None:
         try:
-            _recovery.heal(seg)          # dead holders do not keep a name alive
-            header, holders, waiters, wakes = seg.ledger.snapshot(True)
-            seg.ring(wakes)
+            _h, holders, waiters, consistent = _snapshot(seg, LOCK_WAIT)
+            if consistent and not force:
+                _recovery.heal(seg)          # dead holders do not keep a name alive
+                _h, holders, waiters, consistent = _snapshot(seg, LOCK_WAIT)
         finally:
             seg.close()
+        if not consistent:
+            if not force:
+                raise CliError(f"the ledger lock of {name!r} is held by a stopped or hung "
+                               "process; use --force to remove it anyway")
+            # Marking it unlinked needs that lock: remove the name without
+            # telling queued waiters (they keep the removed object).
+            _unlink_objects(name)
+            return
         held = [(h[1], h[3]) for h in holders if h[3] > 0]
         queued = sum(1 for w in waiters if w[1] == _ledger.WAITING)
-        if held or queued:
-            who = ", ".join(f"pid {pid} ({units})" for pid, units in held[:3])
+        if (held or queued) and not force:
+            who = ", ".join(f"pid {pid}" + (f" ({units})" if len(held) > 1 else "")
+                            for pid, units in held[:3])
             more = f" and {len(held) - 3} more" if len(held) > 3 else ""
             parts = []
             if held:
@@ -620,13 +675,30 @@ def _rm_one(name: str, force: bool) -> None:
     _segment.unlink(name)
 
 
+def _unlink_objects(name: str) -> None:
+    import posix_ipc
+
+    try:
+        posix_ipc.unlink_shared_memory(_names.shm_name(name))
+    except posix_ipc.ExistentialError:
+        raise NotFound(f"no ipcsem semaphore named {name!r}", name) from None
+    except posix_ipc.PermissionsError as e:
+        raise PermissionDenied(f"{_names.shm_path(name)}: {e}", name) from None
+    for entry in _names.doorbell_entries(name):
+        try:
+            posix_ipc.unlink_semaphore(_names.doorbell_name(name, entry))
+        except posix_ipc.Error:
+            pass
+
+
 # ================================================================ recover
 def cmd_recover(args) -> int:
+    for name in args.names:
+        _names.validate(name)
     names = args.names or _names.names()
     rc = EXIT_OK
     for name in names:
         try:
-            _names.validate(name)
             seg = _segment.open_segment(name)
         except NotFound:
             if args.names:
@@ -653,15 +725,23 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
 SI_KERNEL = 0x80
 
 
-class _Interrupted(BaseException):
+class _Interrupted(KeyboardInterrupt):
+    """A forwarded signal while waiting.  A KeyboardInterrupt on purpose:
+    posix_ipc (1.3) runs Python signal handlers inside sem_timedwait and
+    lets only a KeyboardInterrupt through (others become SignalError, which
+    the library's wait loop ignores)."""
+
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
 
 def _holds_units(sem) -> int:
+    """Units this process holds, read without the ledger lock: used on the
+    way out after a signal, when waiting for the lock again could hang."""
     me = _identity.ME
-    return sum(h.units for h in sem.holders() if (h.pid, h.start) == (me.pid, me.start))
+    _h, holders, _w, _ = sem._seg.ledger.snapshot(False)
+    return sum(h[3] for h in holders if (h[1], h[2]) == (me.pid, me.start))
 
 
 def cmd_run(args) -> int:
@@ -694,23 +774,26 @@ def cmd_run(args) -> int:
         signal.signal(sig, on_signal)
     try:
         try:
-            got = sem.acquire(args.units, timeout=args.timeout, priority=args.priority)
+            try:
+                got = sem.acquire(args.units, timeout=args.timeout, priority=args.priority)
+            finally:
+                phase["waiting"] = False
+        except _Interrupted as e:
+            # Only if the signal landed between the grant and the line above.
+            if _holds_units(sem):
+                sem.release(args.units)
+            return 128 + e.signum
+        if not got:
+            what = "now" if args.timeout == 0 else f"within {args.timeout:g} s"
+            print(f"ipcsem run: timed out: {args.units} unit(s) of {args.name!r} not "
+                  f"available {what}", file=sys.stderr)
+            return EXIT_TEMPFAIL
+        try:
+            return _run_child(args.cmd, phase["pending"])
         finally:
-            phase["waiting"] = False
-    except _Interrupted as e:
-        # Only if the signal landed between the grant and the line above.
-        if _holds_units(sem):
             sem.release(args.units)
-        return 128 + e.signum
-    if not got:
-        what = "now" if args.timeout == 0 else f"within {args.timeout:g} s"
-        print(f"ipcsem run: timed out: {args.units} unit(s) of {args.name!r} not available "
-              f"{what}", file=sys.stderr)
-        return EXIT_TEMPFAIL
-    try:
-        return _run_child(args.cmd, phase["pending"])
     finally:
-        sem.release(args.units)
+        sem.close()     # frees our holder slot now rather than at the next heal
 
 
 def _run_child(cmd: list[str], pending: list[int]) -> int:
@@ -838,11 +921,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
-EXIT_CODES = """\
-exit status:
-  0   ok
-  1   error (one line on stderr: not found, permission denied, in use, ...)
-  2   usage error"""
+def _exit_codes(one: str = "error: one line on stderr") -> str:
+    return f"exit status:\n  0   ok\n  1   {one}\n  2   usage error"
+
+
+EXIT_CODES = _exit_codes()
 
 STATUS_HELP = """\
 Without NAME: one line per semaphore this user can see.  With NAMEs: holders
@@ -862,10 +945,10 @@ examples:
 states: alive, stopped, zombie, dead (awaiting recovery), unknown (hidden
 from us: treated as alive).  --json schema: docs/cli.md.
 
-""" + EXIT_CODES.replace("error (one line", "a NAME was not found or could not be read (one line")
+""" + _exit_codes("a NAME was not found or could not be read")
 
 RUN_HELP = """\
-Acquire UNITS units of NAME (creating it with capacity N if it does not exist
+Acquire K units of NAME (creating it with capacity N if it does not exist
 and --capacity is given), run CMD, release the units when CMD ends, and exit
 with CMD's exit status.
 
@@ -919,8 +1002,8 @@ def build_parser(prog: str = "ipcsem") -> argparse.ArgumentParser:
 
     # run
     sp = sub.add_parser("run", help="run a command while holding units",
-                        usage="ipcsem run NAME [--capacity N] [--units K] [--timeout S] "
-                              "[--priority P] -- CMD [ARGS...]",
+                        usage="ipcsem run NAME [--capacity N] [--units K] [--timeout S]\n"
+                              "                  [--priority P] -- CMD [ARGS...]",
                         formatter_class=raw, description=RUN_HELP, epilog=RUN_EPILOG)
     sp.add_argument("name", metavar="NAME")
     sp.add_argument("--capacity", type=_positive_int, metavar="N",
@@ -939,7 +1022,7 @@ def build_parser(prog: str = "ipcsem") -> argparse.ArgumentParser:
                         description="Create the semaphore NAME with N units.",
                         epilog="examples:\n  ipcsem create gpu --capacity 2\n"
                                "  ipcsem create jobs --capacity 8 --initial 0 --mode 0660\n\n"
-                               + EXIT_CODES.replace("in use, ", "already exists, "))
+                               + _exit_codes("error (exists, capacity mismatch, permission, ...)"))
     sp.add_argument("name", metavar="NAME")
     sp.add_argument("--capacity", type=_positive_int, required=True, metavar="N",
                     help="number of units")
@@ -1003,8 +1086,8 @@ def build_parser(prog: str = "ipcsem") -> argparse.ArgumentParser:
                     "about a second.  Logs one line per recovery on stdout.",
         epilog="examples:\n  ipcsem supervise\n  ipcsem supervise gpu licences\n\n"
                "log lines (key=value, one per event; journald adds time and unit):\n"
-               "  recovered name=gpu pid=4242 units=2 queue_entries=0 after_ms=0.41 "
-               "cmd='python train.py'\n"
+               "  recovered name=gpu pid=4242 units=2 queue_entries=0 after_ms=0.41 \\\n"
+               "    cmd='python train.py'       (one line; after_ms: time since death)\n"
                "  warning name=x error='...'     (on stderr)\n"
                "as a service: contrib/ipcsem-supervise.service, see docs/cli.md\n\n"
                + EXIT_CODES,

@@ -1,0 +1,265 @@
+"""End-to-end tests of `ipcsem run` through the installed console script:
+concurrency checked by an independent oracle, exit statuses, timeouts,
+signal forwarding, and what a SIGKILL of `ipcsem run` does to CMD and units."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+
+import ipcsem
+
+BIN = os.path.dirname(sys.executable)
+IPCSEM = shutil.which("ipcsem", path=BIN)
+STATUS = shutil.which("ipcsem-status", path=BIN)
+PY = sys.executable
+
+pytestmark = pytest.mark.skipif(not (IPCSEM and STATUS),
+                                reason="console scripts not installed: pip install -e .")
+
+
+@pytest.fixture
+def name():
+    n = f"t-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    yield n
+    try:
+        ipcsem.unlink(n)
+    except ipcsem.IpcsemError:
+        pass
+
+
+@pytest.fixture
+def procs():
+    made: list[subprocess.Popen] = []
+
+    def start(args, **kw) -> subprocess.Popen:
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        p = subprocess.Popen(args, **kw)
+        made.append(p)
+        return p
+
+    yield start
+    for p in made:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+
+
+def run(*args, timeout=30, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def sem_json(name: str) -> dict:
+    return json.loads(run(STATUS, "--json", name).stdout)["semaphores"][0]
+
+
+def wait_for(pred, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def held(name: str) -> bool:
+    return os.path.exists(f"/dev/shm/ipcsem.{name}") and bool(sem_json(name)["holders"])
+
+
+# The oracle knows nothing of ipcsem: two slot files, each taken with a
+# non-blocking flock for the whole run of one command.  A third concurrent
+# command finds both taken and fails loudly.
+ORACLE = """
+import fcntl, sys, time
+slots = sys.argv[1:3]
+for i, path in enumerate(slots):
+    f = open(path, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        continue
+    with open(path + ".log", "a") as log:
+        log.write("used\\n")
+    time.sleep(0.5)
+    sys.exit(0)
+print("OVERLAP: more than two commands at once", file=sys.stderr)
+sys.exit(3)
+"""
+
+
+def test_six_at_once_never_more_than_two(name, tmp_path, procs):
+    slots = [str(tmp_path / "slot-a"), str(tmp_path / "slot-b")]
+    t0 = time.monotonic()
+    ps = [procs([IPCSEM, "run", name, "--capacity", "2", "--", PY, "-c", ORACLE, *slots],
+                stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    results = [(p.wait(60), p.stderr.read()) for p in ps]
+    took = time.monotonic() - t0
+    assert all(rc == 0 for rc, _ in results), results
+    used = [len(open(s + ".log").read().split()) if os.path.exists(s + ".log") else 0
+            for s in slots]
+    assert sum(used) == 6
+    # Two did run at once at least once (the second slot was needed), and
+    # the six took at least three rounds of 0.5 s.
+    assert used[1] >= 1, used
+    assert took >= 1.5
+    assert sem_json(name)["available"] == 2
+
+
+def test_exit_status_passes_through(name):
+    cases = [
+        (["true"], 0),
+        (["sh", "-c", "exit 7"], 7),
+        (["sh", "-c", "exit 255"], 255),
+        (["sh", "-c", "kill -TERM $$"], 128 + signal.SIGTERM),
+        (["sh", "-c", "kill -KILL $$"], 128 + signal.SIGKILL),
+    ]
+    for cmd, want in cases:
+        r = run(IPCSEM, "run", name, "--capacity", "1", "--", *cmd)
+        assert r.returncode == want, (cmd, r.returncode, r.stderr)
+    # CMD's own options are CMD's, with or without `--`.
+    r = run(IPCSEM, "run", name, "--units", "1", "sh", "-c", "echo $0 $1", "--units", "x")
+    assert (r.returncode, r.stdout) == (0, "--units x\n")
+    r = run(IPCSEM, "run", name, "--", "/nonexistent/command")
+    assert r.returncode == 127 and "command not found" in r.stderr
+    assert sem_json(name)["available"] == 1  # released on every path
+
+
+def test_timeout_has_its_own_status(name, procs):
+    holder = procs([IPCSEM, "run", name, "--capacity", "2", "--units", "2", "--",
+                    "sleep", "30"])
+    wait_for(lambda: held(name), what="holder")
+    t0 = time.monotonic()
+    r = run(IPCSEM, "run", name, "--timeout", "0.4", "--", "echo", "ran")
+    took = time.monotonic() - t0
+    assert r.returncode == 75 and r.stdout == ""
+    assert r.stderr.strip() == (f"ipcsem run: timed out: 1 unit(s) of {name!r} not "
+                                "available within 0.4 s")
+    assert took >= 0.4
+    r = run(IPCSEM, "run", name, "--timeout", "0", "--", "echo", "ran")
+    assert r.returncode == 75 and "not available now" in r.stderr
+    assert sem_json(name)["waiters"] == []   # no queue entry left behind
+    holder.kill()
+
+
+def test_missing_semaphore_and_capacity_mismatch(name):
+    r = run(IPCSEM, "run", name, "--", "true")
+    assert r.returncode == 1 and "give --capacity N" in r.stderr
+    assert run(IPCSEM, "run", name, "--capacity", "2", "--", "true").returncode == 0
+    r = run(IPCSEM, "run", name, "--capacity", "3", "--", "true")
+    assert r.returncode == 1 and "capacity 2, not 3" in r.stderr
+    r = run(IPCSEM, "run", name, "--units", "3", "--", "true")
+    assert r.returncode == 2 and "exceeds the capacity" in r.stderr
+
+
+TRAP = """
+import os, signal, sys, time
+def on(sig, frame):
+    print("got", sig, flush=True)
+    sys.exit(40 + sig)
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+    signal.signal(s, on)
+print("ready", os.getpid(), flush=True)
+time.sleep(30)
+sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1])
+def test_signals_are_forwarded_to_cmd(name, procs, sig):
+    p = procs([IPCSEM, "run", name, "--capacity", "1", "--", PY, "-c", TRAP],
+              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    word, child = p.stdout.readline().split()
+    assert word == "ready"
+    assert psutil.Process(int(child)).ppid() == p.pid     # CMD is run's child
+    p.send_signal(sig)
+    assert p.wait(10) == 40 + sig
+    assert p.stdout.read().split() == ["got", str(int(sig))]   # once, not twice
+    assert sem_json(name)["available"] == 1
+
+
+def test_signal_while_waiting_leaves_nothing(name, procs):
+    holder = procs([IPCSEM, "run", name, "--capacity", "1", "--", "sleep", "30"])
+    wait_for(lambda: held(name), what="holder")
+    waiter = procs([IPCSEM, "run", name, "--", "touch", "/nonexistent/never"],
+                   stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: sem_json(name)["waiters"], what="waiter")
+    waiter.send_signal(signal.SIGTERM)
+    assert waiter.wait(10) == 128 + signal.SIGTERM
+    assert "Traceback" not in waiter.stderr.read()
+    obj = sem_json(name)
+    assert obj["waiters"] == [] and [h["pid"] for h in obj["holders"]] == [holder.pid]
+
+
+def test_sigkill_of_run_kills_cmd_and_units_come_back(name, procs):
+    p = procs([IPCSEM, "run", name, "--capacity", "2", "--units", "2", "--", "sleep", "60"])
+    wait_for(lambda: held(name), what="holder")
+    (child,) = wait_for(lambda: psutil.Process(p.pid).children(), what="CMD")
+    assert child.name() == "sleep"
+    p.kill()
+    p.wait()
+    # PR_SET_PDEATHSIG: the kernel kills CMD when `ipcsem run` dies.
+    gone, alive = psutil.wait_procs([child], timeout=5)
+    assert gone and not alive
+    obj = sem_json(name)
+    assert obj["dead_holders"] == 1 and obj["holders"][0]["pid"] == p.pid
+    # Like any dead holder's: the next acquirer heals and gets them.
+    r = run(IPCSEM, "run", name, "--units", "2", "--timeout", "10", "--", "true")
+    assert r.returncode == 0, r.stderr
+    obj = sem_json(name)
+    assert (obj["available"], obj["recovered_units"]) == (2, 2)
+
+
+COUNT = """
+import signal, sys, time
+seen = []
+signal.signal(signal.SIGINT, lambda s, f: seen.append(s))
+print("ready", flush=True)
+while not seen:
+    time.sleep(0.01)
+time.sleep(1.0)                 # a second, forwarded copy would arrive by now
+sys.exit(40 + len(seen))
+"""
+
+
+@pytest.mark.skipif(not shutil.which("tmux"), reason="tmux is not installed")
+def test_ctrl_c_in_a_terminal_reaches_cmd_once(name, tmp_path):
+    """Ctrl-C makes the terminal signal the whole foreground group: CMD gets
+    it from the kernel, and `ipcsem run` must not forward a second copy."""
+    tmux = [shutil.which("tmux"), "-L", f"ipcsem-run-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            "-f", "/dev/null"]
+    script = tmp_path / "count.py"
+    script.write_text(COUNT)
+    try:
+        subprocess.run(tmux + ["new-session", "-d", "-s", "r", "-x", "80", "-y", "10",
+                               f"{IPCSEM} run {name} --capacity 1 -- {PY} {script}", ";",
+                               "set-option", "-w", "-t", "r", "remain-on-exit", "on"], check=True)
+        def screen():
+            return subprocess.run(tmux + ["capture-pane", "-p", "-t", "r"],
+                                  capture_output=True, text=True).stdout
+
+        wait_for(lambda: "ready" in screen(), timeout=30, what="CMD to start")
+        subprocess.run(tmux + ["send-keys", "-t", "r", "C-c"], check=True)
+
+        def dead_status():
+            r = subprocess.run(tmux + ["display-message", "-p", "-t", "r",
+                                       "#{pane_dead} #{pane_dead_status}"],
+                               capture_output=True, text=True)
+            dead, _, status = r.stdout.strip().partition(" ")
+            return status if dead == "1" else None
+
+        assert wait_for(dead_status, timeout=30, what="ipcsem run to exit") == "41", screen()
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True)
+    assert sem_json(name)["available"] == 1
