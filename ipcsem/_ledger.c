@@ -38,6 +38,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <semaphore.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -414,12 +416,20 @@ static int after_lock(View *V, Call *c, int rc)
         return -1;
     }
     st(HDR(V, H_LOCK_OWNER), self_pid);
-    if (*UNDO_COUNT(V) != 0) {
-        if (tx_rollback(V) < 0) {
+    if (rc == EOWNERDEAD || *UNDO_COUNT(V) != 0) {
+        if (*UNDO_COUNT(V) != 0 && tx_rollback(V) < 0) {
             fail(c, E_CORRUPT, "undo log is corrupt");
             return -1;
         }
-        /* The dead owner may have freed units and died before granting. */
+        /* The dead owner may have died between a commit and the grants that
+         * follow it (release, cancel, recover and each grant commit first):
+         * the log is empty then, but units may be free for the queue head.
+         * It may also have granted and not yet rung: ring every granted
+         * entry (a spurious ring costs a waiter one look at the ledger). */
+        int64_t hwm = waiter_hwm(V);
+        for (Py_ssize_t w = 0; w < hwm; w++)
+            if (ld(WAITER(V, w, WA_STATE)) == W_GRANTED && add_wake(c, w) < 0)
+                return -1;
         if (grant_loop(V, c) < 0)
             return -1;
     }
@@ -1346,6 +1356,164 @@ static PyTypeObject LedgerType = {
     .tp_getset = Ledger_getset,
 };
 
+/* ------------------------------------------------------------- doorbells */
+
+/* A waiter's doorbell: a named POSIX semaphore (sem.ipcsem.NAME:wN in
+ * /dev/shm), rung by whoever grants the waiter's entry.  Only a hint: the
+ * waiter re-reads the ledger after every wake-up.
+ *
+ * Why not posix_ipc.Semaphore: when a signal interrupts its wait, posix_ipc
+ * runs the Python handler and then *clears* whatever the handler raised
+ * unless it is KeyboardInterrupt, so a SIGTERM handler's SystemExit was lost
+ * and the acquire went on blocking.  Here EINTR runs the handlers and any
+ * exception they raise propagates; otherwise the wait resumes. */
+typedef struct {
+    PyObject_HEAD
+    sem_t *sem;
+} Doorbell;
+
+static int Doorbell_init(Doorbell *D, PyObject *args, PyObject *kwds)
+{
+    const char *name;
+    int mode = 0600, exclusive = 0;
+    static char *kwlist[] = {"name", "mode", "exclusive", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "s|ip", kwlist, &name, &mode, &exclusive))
+        return -1;
+    if (D->sem) {
+        PyErr_SetString(PyExc_TypeError, "Doorbell is already open");
+        return -1;
+    }
+    sem_t *sem;
+    Py_BEGIN_ALLOW_THREADS
+    sem = sem_open(name, O_CREAT | (exclusive ? O_EXCL : 0), (mode_t)mode, 0);
+    Py_END_ALLOW_THREADS
+    if (sem == SEM_FAILED) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
+        return -1;
+    }
+    D->sem = sem;
+    return 0;
+}
+
+static void Doorbell_dealloc(Doorbell *D)
+{
+    if (D->sem)
+        sem_close(D->sem);
+    Py_TYPE(D)->tp_free((PyObject *)D);
+}
+
+static int doorbell_open(Doorbell *D)
+{
+    if (!D->sem) {
+        PyErr_SetString(PyExc_ValueError, "doorbell is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Doorbell_ring(Doorbell *D, PyObject *Py_UNUSED(ignored))
+{
+    if (doorbell_open(D) < 0)
+        return NULL;
+    if (sem_post(D->sem) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* wait(seconds) -> True if rung, False on timeout.  Signal handlers run
+ * on EINTR and their exceptions propagate. */
+static PyObject *Doorbell_wait(Doorbell *D, PyObject *arg)
+{
+    double seconds = PyFloat_AsDouble(arg);
+    if (seconds == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (doorbell_open(D) < 0)
+        return NULL;
+    if (!(seconds >= 0))
+        seconds = 0;
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    double whole = (double)(int64_t)seconds;
+    deadline.tv_sec += (time_t)whole;
+    deadline.tv_nsec += (long)((seconds - whole) * 1e9);
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec += 1;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    for (;;) {
+        int rc, err;
+        Py_BEGIN_ALLOW_THREADS
+#ifdef __APPLE__
+        /* no sem_timedwait on macOS: poll */
+        for (;;) {
+            rc = sem_trywait(D->sem);
+            if (rc == 0 || errno != EAGAIN)
+                break;
+            struct timespec now, nap = {0, 1000000};
+            clock_gettime(CLOCK_REALTIME, &now);
+            if (now.tv_sec > deadline.tv_sec ||
+                (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec)) {
+                errno = ETIMEDOUT;
+                break;
+            }
+            nanosleep(&nap, NULL);
+        }
+#else
+        rc = sem_timedwait(D->sem, &deadline);
+#endif
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (rc == 0)
+            Py_RETURN_TRUE;
+        if (err == ETIMEDOUT)
+            Py_RETURN_FALSE;
+        if (err != EINTR) {
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        if (PyErr_CheckSignals() < 0)
+            return NULL; /* whatever the handler raised: SystemExit, KeyboardInterrupt, ... */
+    }
+}
+
+/* drain() -> number of stale rings consumed (meant for this entry's previous user). */
+static PyObject *Doorbell_drain(Doorbell *D, PyObject *Py_UNUSED(ignored))
+{
+    if (doorbell_open(D) < 0)
+        return NULL;
+    long n = 0;
+    while (sem_trywait(D->sem) == 0)
+        n++;
+    return PyLong_FromLong(n);
+}
+
+static PyObject *Doorbell_close(Doorbell *D, PyObject *Py_UNUSED(ignored))
+{
+    if (D->sem) {
+        sem_close(D->sem);
+        D->sem = NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Doorbell_methods[] = {
+    {"ring", (PyCFunction)Doorbell_ring, METH_NOARGS, "wake the waiter (sem_post)"},
+    {"wait", (PyCFunction)Doorbell_wait, METH_O, "wait up to SECONDS; True if rung"},
+    {"drain", (PyCFunction)Doorbell_drain, METH_NOARGS, "consume stale rings"},
+    {"close", (PyCFunction)Doorbell_close, METH_NOARGS, "sem_close"},
+    {NULL}};
+
+static PyTypeObject DoorbellType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipcsem._ledger.Doorbell",
+    .tp_basicsize = sizeof(Doorbell),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Doorbell(name, mode=0o600, exclusive=False): a named POSIX semaphore used as a wake-up hint.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Doorbell_init,
+    .tp_dealloc = (destructor)Doorbell_dealloc,
+    .tp_methods = Doorbell_methods,
+};
+
 /* ------------------------------------------------------ module functions */
 
 /* initialize(buffer, capacity, initial, max_holders, max_waiters, creator_pid)
@@ -1455,13 +1623,15 @@ static struct PyModuleDef ledger_module = {
 
 PyMODINIT_FUNC PyInit__ledger(void)
 {
-    if (PyType_Ready(&LedgerType) < 0)
+    if (PyType_Ready(&LedgerType) < 0 || PyType_Ready(&DoorbellType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&ledger_module);
     if (!m)
         return NULL;
     Py_INCREF(&LedgerType);
     PyModule_AddObject(m, "Ledger", (PyObject *)&LedgerType);
+    Py_INCREF(&DoorbellType);
+    PyModule_AddObject(m, "Doorbell", (PyObject *)&DoorbellType);
     PyModule_AddIntConstant(m, "LAYOUT_VERSION", LAYOUT_VERSION);
     PyModule_AddIntConstant(m, "HEADER_SIZE", HEADER_SIZE);
     PyModule_AddIntConstant(m, "GRANTED", R_GRANTED);

@@ -40,31 +40,37 @@ class Segment:
         self.name = name
         self.ledger = ledger
         self._mmap = mm
-        self._doorbells: dict[int, posix_ipc.Semaphore] = {}
+        self._doorbells: dict[int, _ledger.Doorbell] = {}
         self.mode = mode
 
     # Doorbells: a waiter sleeps on the one of its queue entry; whoever grants
     # it units rings it after committing.  A doorbell is only a hint: waiters
     # re-read the ledger after every wake-up, so stale or lost rings cost at
     # most one poll interval and never correctness.
-    def doorbell(self, entry: int) -> posix_ipc.Semaphore:
+    # The doorbell type is ours (_ledger.Doorbell), not posix_ipc.Semaphore:
+    # posix_ipc drops the exception of a signal handler that interrupts a wait
+    # (anything but KeyboardInterrupt), see _ledger.c.
+    def doorbell(self, entry: int) -> _ledger.Doorbell:
         bell = self._doorbells.get(entry)
         if bell is None:
             path = _names.doorbell_name(self.name, entry)
             try:
-                bell = posix_ipc.Semaphore(path, posix_ipc.O_CREX, mode=self.mode, initial_value=0)
+                bell = _ledger.Doorbell(path, self.mode, True)
                 _chmod_quietly(_names.doorbell_path(self.name, entry), self.mode)
-            except posix_ipc.ExistentialError:
-                bell = posix_ipc.Semaphore(path, posix_ipc.O_CREAT, mode=self.mode, initial_value=0)
-            except posix_ipc.PermissionsError as e:
-                raise PermissionDenied(f"{path}: {e}", self.name) from None
+            except FileExistsError:
+                try:
+                    bell = _ledger.Doorbell(path, self.mode)
+                except PermissionError as e:
+                    raise PermissionDenied(f"{path}: {e.strerror}", self.name) from None
+            except PermissionError as e:
+                raise PermissionDenied(f"{path}: {e.strerror}", self.name) from None
             self._doorbells[entry] = bell
         return bell
 
     def ring(self, wakes) -> None:
         if wakes:
             for entry in wakes:
-                self.doorbell(entry).release()
+                self.doorbell(entry).ring()
 
     def close(self) -> None:
         for bell in self._doorbells.values():

@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import final
 
-import posix_ipc
-
 from . import _identity, _ledger, _names, _recovery, _segment
 from ._errors import IpcsemError, LedgerFull, Timeout, Unlinked
 
@@ -286,7 +284,7 @@ class Semaphore:
     def close(self) -> None:
         """Unmap.  Units this process holds stay held (and recoverable)."""
         if self._seg is not None:
-            self._ledger.unregister(ME.pid, ME.start)
+            self._seg.ring(_split(self._ledger.unregister(ME.pid, ME.start))[1])
             self._seg.close()
             self._seg = None
 
@@ -333,28 +331,11 @@ def _check_timeout(timeout, blocking: bool) -> None:
         raise ValueError(f"timeout must be finite and >= 0, got {timeout}")
 
 
-def _drain(bell: posix_ipc.Semaphore) -> None:
-    try:
-        while True:
-            bell.acquire(0)
-    except posix_ipc.BusyError:
-        pass
+def _drain(bell) -> None:
+    bell.drain()
 
 
-if posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED:
-    def _park(bell: posix_ipc.Semaphore, seconds: float) -> None:
-        try:
-            bell.acquire(max(seconds, 0.0))
-        except (posix_ipc.BusyError, posix_ipc.SignalError):
-            pass  # timeout, or EINTR: Python runs the handler next; we re-check
-else:  # macOS has no sem_timedwait: poll the doorbell
-    def _park(bell: posix_ipc.Semaphore, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while True:
-            try:
-                bell.acquire(0)
-                return
-            except posix_ipc.BusyError:
-                if time.monotonic() >= end:
-                    return
-                time.sleep(0.001)
+def _park(bell, seconds: float) -> None:
+    # Returns when rung or after `seconds`; a signal handler's exception
+    # (KeyboardInterrupt, SystemExit, ...) propagates from here.
+    bell.wait(max(seconds, 0.0))

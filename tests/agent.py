@@ -79,6 +79,15 @@ def run(cmd: str, args: list[str]):
 
         signal.signal(int(args[0]), lambda *a: None)
         return int(args[0])
+    if cmd == "handler-exit":
+        # a handler that raises, like most SIGTERM handlers (sys.exit)
+        import signal
+
+        def leave(signum, frame):
+            raise SystemExit(f"signal {signum}")
+
+        signal.signal(int(args[0]), leave)
+        return int(args[0])
     if cmd == "recover":
         return sem.recover()
     if cmd == "fork-zombie":

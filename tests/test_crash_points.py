@@ -146,6 +146,51 @@ def test_kill_inside_a_grant_to_a_waiter():
     raise AssertionError("points not exhausted")
 
 
+def test_kill_inside_an_unowned_post_to_a_waiting_consumer():
+    """The producer pattern: an unregistered process posts (release beyond
+    what it owns) and dies anywhere inside, including between the commit of
+    the post and the grant to the queued consumer.  Nobody calls recover():
+    the consumer must still be served, by the next locker's repair."""
+    for first in range(0, 400, BATCH):
+        cases = [Case(1) for _ in range(BATCH)]
+        consumers = [Agent(wait=False) for _ in cases]
+        try:
+            for c, w in zip(cases, consumers):
+                c.sem.acquire()
+                c.sem.disown()                 # 0 of 1 available, 1 out without an owner
+                c.agent.ready().cmd(f"open {c.name}")
+                w.ready().cmd(f"open {c.name}")
+                w.start_acquire(1, timeout=3)
+            for c, w in zip(cases, consumers):
+                wait_until(lambda: queued_pids(c.sem) == [w.pid])
+            for point, c in enumerate(cases, first):
+                c.agent.cmd(f"crashpoint {point}")
+                c.agent.send("release 1")     # an unowned post: the producer
+            survived = []
+            for point, (c, w) in enumerate(zip(cases, consumers), first):
+                died = finish(c.agent)
+                if not died:
+                    survived.append(point)
+                got = w.result(10)
+                if died and not got:
+                    # died before the post committed: the unit is still out,
+                    # and the consumer timed out cleanly
+                    st = c.sem.stats()
+                    assert (st.unowned, st.available, st.waiting) == (1, 0, 0), point
+                    c.sem.check()
+                    continue
+                assert got is True, f"consumer not served after a kill at point {point}"
+                c.sem.check()
+            if survived:
+                assert survived[0] > 5
+                return
+        finally:
+            for c, w in zip(cases, consumers):
+                w.close()
+                c.close()
+    raise AssertionError("points not exhausted")
+
+
 def test_kill_during_the_repair_of_a_dead_owners_update():
     """The repairer itself dies mid-rollback; the next one finishes it."""
     cases = [Case(3) for _ in range(24)]

@@ -137,3 +137,21 @@ def test_signal_with_quiet_handler_does_not_abort_the_wait(name, agents):
     sem.release()
     assert a.result() is True
     sem.check()
+
+
+def test_a_handler_raising_systemexit_ends_the_wait_and_leaks_nothing(name, agents):
+    """Hazard 12: posix_ipc drops such exceptions (only KeyboardInterrupt
+    survives its EINTR path); ipcsem's own doorbell wait lets them through."""
+    sem = ipcsem.Semaphore(name, capacity=1)
+    sem.acquire()
+    a = agents()
+    a.cmd(f"open {name}")
+    a.cmd(f"handler-exit {int(signal.SIGTERM)}")
+    queue_up(sem, a)
+    a.kill(signal.SIGTERM)
+    with pytest.raises(AgentError, match="SystemExit signal 15"):
+        a.result(5)
+    assert sem.waiters() == []
+    sem.release()
+    assert sem.available == 1 and held_by(sem) == {}
+    sem.check()
