@@ -28,19 +28,29 @@ The oracle
 ``capacity`` lock files in a private directory.  After acquiring k units a
 worker must get ``flock(LOCK_EX|LOCK_NB)`` on k distinct files; if it cannot,
 more processes hold units than there are units: an *over-admission*, appended
-to a violations file (one O_APPEND write, before anything else).  The oracle
-owes nothing to ipcsem's bookkeeping.  It has no false positives from kills:
-the kernel drops a dead process's flocks while it closes its files, which
-happens before the process becomes a zombie, i.e. before pidfd, /proc or
-anything ipcsem's recovery looks at can call it dead.
+to a violations file (one O_APPEND write, before anything else; a "diag:"
+line gathered afterwards follows it).  The oracle owes nothing to ipcsem's
+bookkeeping.  Two things keep it free of false positives:
+
+* takers scan the files one at a time, under a blocking flock on a guard
+  file.  A lock-free scan races: B passes file 0 while A holds it, A unlocks
+  it and releases its unit, C gets that unit and takes file 2 before B gets
+  there, and B finds every file busy with only ``capacity`` units in use (75
+  false alarms in 40 s against a plain kernel POSIX semaphore).  Under the
+  guard nobody takes a file during a scan and files only become free, so
+  one pass is exact;
+* the kernel drops a dead process's flocks while it closes its files, which
+  happens before the process becomes a zombie, i.e. before pidfd, /proc or
+  anything ipcsem's recovery looks at can call it dead.
 
 Spawning workers
 ----------------
 ``spawn="exec"`` (default) starts every worker as an unrelated interpreter:
 ``python -m ipcsem._chaos worker ...``.  Each start costs about 0.1 CPU
 second (interpreter + imports), so on a small machine the kill rate is
-bounded by how fast workers can be restarted (roughly 10-15 kills/s on two
-cores).  ``spawn="fork"`` forks workers from the storm process instead
+bounded by how fast workers can be restarted (about 7 kills/s on two busy
+cores: 2000 kills take ~5 minutes).  The killer also keeps at least half the
+workers past start-up, so a kill does not always land in a first acquire.  ``spawn="fork"`` forks workers from the storm process instead
 (about 1 ms each); the child never touches the parent's semaphore handle:
 it opens the name itself, has its own identity (ipcsem refreshes it at fork)
 and its own oracle files, so to ipcsem it is just another process.  Use it
@@ -48,16 +58,19 @@ for dense storms in little time (the test-suite does).
 
 Kills only target workers that got past interpreter start-up (they have
 written a state into the shared counters), so every kill lands in ipcsem
-code or between ipcsem calls, never in ``import``.
+code or between ipcsem calls, never in ``import``.  Most workers are queued
+at any instant, so 30% of kills pick among current holders.
 """
 from __future__ import annotations
 
 import os
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 
 # Keep the top of this module light: a worker started with
-# `python -m ipcsem._chaos worker` pays for every import here.
+# `python -m ipcsem._chaos worker` pays for every import here (dataclasses
+# is free: ipcsem imports it anyway).
 
 # Shared counters: one slot of SLOT_WORDS int64 per worker index.
 SLOT_WORDS = 8
@@ -85,6 +98,7 @@ class Oracle:
             os.open(os.path.join(directory, f"unit-{i}"), os.O_RDWR | os.O_CREAT, 0o600)
             for i in range(slots)
         ]
+        self._guard = os.open(os.path.join(directory, "guard"), os.O_RDWR | os.O_CREAT, 0o600)
         self._vfd = os.open(violations, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.who = who
         self.held: list[int] = []
@@ -92,27 +106,69 @@ class Oracle:
     def take(self, units: int, first: int = 0) -> bool:
         """Lock ``units`` distinct files (trying each, from index ``first``).
         False, with one line appended to the violations file, if fewer were
-        free: more units are in use than exist."""
+        free: more units are in use than exist.
+
+        Takers scan one at a time, under a blocking flock on a guard file.
+        Without it the check has false positives: B passes file 0 while A
+        holds it; A unlocks file 0 and releases its unit; C gets that unit and
+        takes file 2 before B reaches it; B finds every file busy with only
+        `capacity` units in use (seen with a kernel POSIX semaphore: 75 false
+        alarms in 40 s).  Under the guard nobody takes a file during a scan,
+        and files only ever become free (unlock, or the kernel at a holder's
+        death), so at most ``capacity - units`` files can be busy if there is
+        no over-admission, and one pass finds the rest."""
         import fcntl
 
         n = len(self.fds)
         got: list[int] = []
-        for j in range(n):
-            if len(got) == units:
-                break
-            fd = self.fds[(first + j) % n]
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            got.append(fd)
-        self.held = got
-        if len(got) < units:
-            line = (f"{time.time():.6f} over-admission: {self.who} pid {os.getpid()} acquired "
-                    f"{units} unit(s) but only {len(got)} of {n} oracle file(s) were free\n")
-            os.write(self._vfd, line.encode())
-            return False
-        return True
+        fcntl.flock(self._guard, fcntl.LOCK_EX)
+        try:
+            for j in range(n):
+                if len(got) == units:
+                    break
+                fd = self.fds[(first + j) % n]
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                got.append(fd)
+            self.held = got
+            if len(got) < units:
+                line = (f"{time.time():.6f} over-admission: {self.who} pid {os.getpid()} "
+                        f"acquired {units} unit(s) but only {len(got)} of {n} oracle file(s) "
+                        "were free\n")
+                os.write(self._vfd, line.encode())
+                return False
+            return True
+        finally:
+            fcntl.flock(self._guard, fcntl.LOCK_UN)
+
+    def diagnose(self) -> str:
+        """Who holds the oracle files now, per /proc/locks, and in what state
+        those processes are (for a violation's second line)."""
+        inodes = {}
+        for i, fd in enumerate(self.fds):
+            st = os.fstat(fd)
+            inodes[(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)] = i
+        owners = []
+        try:
+            with open("/proc/locks") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) < 6 or parts[1] != "FLOCK":
+                        continue
+                    # ("N: -> FLOCK ..." lines are blocked requests: skipped above)
+                    maj, mnr, ino = parts[5].split(":")
+                    key = (int(maj, 16), int(mnr, 16), int(ino))
+                    if key in inodes:
+                        pid = int(parts[4])
+                        owners.append(f"file{inodes[key]}:pid{pid}:{_proc_state(pid)}")
+        except OSError as e:
+            owners.append(f"/proc/locks: {e}")
+        return " ".join(sorted(owners))
+
+    def note(self, text: str) -> None:
+        os.write(self._vfd, f"    diag: {text}\n".encode())
 
     def release(self) -> None:
         import fcntl
@@ -124,14 +180,24 @@ class Oracle:
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
+        os.close(self._guard)
         os.close(self._vfd)
         self.fds = []
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:].split()[0].decode()
+    except (OSError, ValueError, IndexError):
+        return "gone"
 
 
 def count_violations(path: str) -> int:
     try:
         with open(path, "rb") as f:
-            return sum(1 for line in f if line.strip())
+            return sum(1 for line in f if b" over-admission: " in line)
     except FileNotFoundError:
         return 0
 
@@ -172,6 +238,23 @@ class Counters:
 
 
 # ===================================================================== worker
+def _pdeathsig_preexec():
+    """A preexec_fn that makes the child die with this process (prctl
+    PR_SET_PDEATHSIG survives exec), or None where that is unavailable.
+    libc is loaded here, in the parent, not between fork and exec."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except Exception:
+        return None
+
+    def preexec():
+        prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+
+    return preexec
+
+
 def _die_with_parent(parent: int) -> None:
     """SIGKILL this worker when the storm process dies (no orphans looping)."""
     try:
@@ -209,7 +292,7 @@ def worker_main(cfg: dict) -> None:
     state[base + W_PID] = os.getpid()
     # A self-killer arms the crash hook before one of its first operations;
     # the countdown then fires somewhere inside a later ledger transaction.
-    arm_at = rng.randrange(0, 6) if int(cfg["self_kill"]) else -1
+    arm_at = rng.randrange(0, 4) if int(cfg["self_kill"]) else -1
     name = cfg["name"]
     sem = None
     cycle = 0
@@ -241,7 +324,7 @@ def worker_main(cfg: dict) -> None:
             try:
                 with sem.hold(k, timeout=rng.uniform(0, 0.02), priority=prio):
                     state[st] = HOLDING
-                    _use(oracle, k, rng, state, base)
+                    _use(oracle, k, rng, state, base, sem, f"hold({k}, timeout)")
                     state[st] = RELEASING
             except Timeout:
                 state[base + W_TIMEOUTS] += 1
@@ -261,17 +344,32 @@ def worker_main(cfg: dict) -> None:
             got = sem.acquire(k, priority=prio)
             assert got
         state[st] = HOLDING
-        _use(oracle, k, rng, state, base)
+        _use(oracle, k, rng, state, base, sem,
+             ("try_acquire" if how < 0.12 else "acquire(timeout)" if how < 0.45 else "acquire")
+             + f"({k}, priority={prio})")
         state[st] = RELEASING
         sem.release(k)
         state[base + W_CYCLES] += 1
         state[st] = IDLE
 
 
-def _use(oracle: Oracle, k: int, rng, state, base: int) -> None:
+def _use(oracle: Oracle, k: int, rng, state, base: int, sem=None, how: str = "") -> None:
     """The protected work: hold k oracle files for 0-2 ms."""
     if not oracle.take(k, rng.randrange(len(oracle.fds))):
         state[base + W_VIOLATIONS] += 1
+        try:  # the violation is on record; now say what we can about it
+            oracle.note(f"via {how}; oracle files held by {oracle.diagnose()}")
+            if sem is not None:
+                from ._identity import ME
+
+                oracle.note(f"me pid{ME.pid} start{ME.start}; ledger available "
+                            f"{sem.available} holders "
+                            + " ".join(f"pid{h.pid}:{h.units}u:{_proc_state(h.pid)}"
+                                       for h in sem.holders())
+                            + " waiters " + " ".join(f"pid{w.pid}:{w.units}u"
+                                                     for w in sem.waiters()))
+        except Exception as e:  # noqa: BLE001 - diagnostics must not kill the worker
+            oracle.note(f"diagnostics failed: {e!r}")
     hold = rng.random() * 0.002
     if hold > 0.0002:
         time.sleep(hold)
@@ -294,54 +392,32 @@ def verify_main(name: str, capacity: int, timeout: float) -> int:
 
 
 # ===================================================================== report
-def _report_class():
-    from dataclasses import dataclass, field
+@dataclass(frozen=True)
+class Report:
+    """What a storm did and found.  ``ok`` is the verdict."""
 
-    @dataclass(frozen=True)
-    class Report:
-        """What a storm did and found.  ``ok`` is the verdict."""
+    kills: int                 # workers SIGKILLed by the storm
+    self_kills: int            # workers that SIGKILLed themselves inside a transaction
+    supervisor_kills: int      # supervisor processes SIGKILLed (and restarted)
+    cycles: int                # acquire -> oracle -> release rounds completed
+    over_admissions: int       # oracle violations: more holders than units
+    lost_units: int            # capacity - available after recovery
+    check_error: str | None    # the failed end checks (None: all passed)
+    elapsed: float             # seconds: storm + verification + clean-up
+    details: dict = field(default_factory=dict, hash=False, compare=False)
 
-        kills: int                 # workers SIGKILLed by the storm
-        self_kills: int            # workers that SIGKILLed themselves inside a transaction
-        supervisor_kills: int      # supervisor processes SIGKILLed (and restarted)
-        cycles: int                # acquire -> oracle -> release rounds completed
-        over_admissions: int       # oracle violations: more holders than units
-        lost_units: int            # capacity - available after recovery
-        check_error: str | None    # first failed end check (None: all passed)
-        elapsed: float             # seconds, storm + verification + clean-up
-        details: dict = field(default_factory=dict, hash=False, compare=False)
+    @property
+    def ok(self) -> bool:
+        """No over-admission, no lost unit, every end check passed, and no
+        error (a worker failing unexpectedly, a mid-storm check() failure,
+        something left in /dev/shm: see details["errors"])."""
+        return (self.over_admissions == 0 and self.lost_units == 0
+                and self.check_error is None and not self.details.get("errors"))
 
-        @property
-        def ok(self) -> bool:
-            return (self.over_admissions == 0 and self.lost_units == 0
-                    and self.check_error is None and not self.details.get("errors"))
-
-        def as_dict(self) -> dict:
-            from dataclasses import asdict
-
-            d = asdict(self)
-            d["ok"] = self.ok
-            return d
-
-    return Report
-
-
-Report = None  # built on first use (keeps worker start-up free of dataclasses)
-
-
-def __getattr__(attr):  # module attribute `Report`, created lazily
-    if attr == "Report":
-        return _get_report()
-    raise AttributeError(attr)
-
-
-def _get_report():
-    global Report
-    if Report is None:
-        Report = _report_class()
-        Report.__module__ = __name__
-        Report.__qualname__ = "Report"
-    return Report
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
 
 
 # ====================================================================== storm
@@ -364,21 +440,19 @@ class _Worker:
         self.proc = _Reaped(os.waitstatus_to_exitcode(status))
         return self.proc.returncode
 
-    def kill(self) -> int:
-        """SIGKILL and reap; the exit code."""
+    def kill(self) -> tuple[int, bool]:
+        """SIGKILL and reap: (exit code, whether our signal did it).  A worker
+        found already dead (it killed itself) is just reaped."""
         import signal
 
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                try:
-                    os.kill(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            return self.proc.wait()
-        os.kill(self.pid, signal.SIGKILL)  # our unreaped child: the pid is still ours
-        _pid, status = os.waitpid(self.pid, 0)
-        self.proc = _Reaped(os.waitstatus_to_exitcode(status))
-        return self.proc.returncode
+        if self.poll() is not None:
+            return self.proc.returncode, False
+        # Not reaped yet, so the pid cannot have been reused.
+        os.kill(self.pid, signal.SIGKILL)
+        if self.proc is None:
+            _pid, status = os.waitpid(self.pid, 0)
+            self.proc = _Reaped(os.waitstatus_to_exitcode(status))
+        return self.proc.wait(), True
 
 
 class _Reaped:
@@ -412,7 +486,8 @@ class _Supervisor:
         with open(self.out_path, "ab") as out, open(self.err_path, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ipcsem", "supervise", self.name],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                preexec_fn=_pdeathsig_preexec())
         self.started = time.monotonic()
         self.starts += 1
 
@@ -482,7 +557,7 @@ def _shm_leftovers(name: str) -> list[str]:
 def run_storm(name=None, capacity=3, workers=8, kill_every=0.01, duration=None, kills=None,
               supervisor=True, self_kill_fraction=0.2, seed=None, multi_unit=True, *,
               spawn="exec", oracle_slots=None, progress=None, stall_timeout=30.0,
-              settle_timeout=5.0, verify_timeout=5.0):
+              settle_timeout=5.0, verify_timeout=5.0, check_every=0.05):
     """Run one storm and return a Report (see the module docstring).
 
     Stops after ``kills`` kills or ``duration`` seconds, whichever comes
@@ -490,6 +565,9 @@ def run_storm(name=None, capacity=3, workers=8, kill_every=0.01, duration=None, 
     ``oracle_slots`` (default: capacity) exists to prove the oracle works:
     give fewer files than units and over-admissions must be reported.
     ``progress(line)`` is called every few seconds with a status line.
+    Every ``check_every`` seconds the storm also runs ``sem.check()``; a
+    failure there is a real invariant violation (check() repairs a dead lock
+    owner's half-done transaction before it looks) and fails the storm.
     The semaphore NAME must not exist yet; it is unlinked at the end.
     """
     import random
@@ -499,11 +577,10 @@ def run_storm(name=None, capacity=3, workers=8, kill_every=0.01, duration=None, 
     import uuid
 
     from . import _names
-    from ._errors import NotFound
+    from ._errors import IpcsemError, NotFound
     from ._segment import unlink
     from ._semaphore import Semaphore
 
-    ReportT = _get_report()
     if spawn not in ("exec", "fork"):
         raise ValueError(f"spawn must be 'exec' or 'fork', not {spawn!r}")
     if not isinstance(capacity, int) or capacity < 1:
@@ -536,6 +613,8 @@ def run_storm(name=None, capacity=3, workers=8, kill_every=0.01, duration=None, 
     counters = Counters(counters_path, workers)
 
     errors: list[str] = []
+    mid_checks = 0
+    mid_failures: list[str] = []
     kill_states = [0] * len(STATE_NAMES)
     worker_errors: list[str] = []
     unexplained = 0
@@ -545,7 +624,7 @@ def run_storm(name=None, capacity=3, workers=8, kill_every=0.01, duration=None, 
     respawns = 0
     gens = [0] * workers
     live: dict[int, _Worker] = {}
-    sup = _Supervisor(name, tmp) if supervisor else None
+    sup = sup_obj = _Supervisor(name, tmp) if supervisor else None
     sem = None
     storm_seconds = 0.0
     check_error = None
@@ -618,7 +697,8 @@ def run_storm(name=None, capacity=3, workers=8, kill_every=0.01, duration=None, 
         t0 = time.monotonic()
         deadline = None if duration is None else t0 + duration
         next_kill = t0 + kill_every * rng.uniform(0.5, 1.5)
-        last_kill = t0
+        last_ready = t0
+        next_check = t0 + check_every
         try:
             while True:
                 now = time.monotonic()
@@ -626,9 +706,8 @@ def run_storm(name=None, capacity=3, workers=8, kill_every=0.01, duration=None, 
                     break
                 if kills is not None and kills_done >= kills:
                     break
-                if now - last_kill > stall_timeout:
-                    raise _Abort(f"no worker could be killed for {stall_timeout:.0f} s "
-                                 "(none got past start-up)")
+                if now - last_ready > stall_timeout:
+                    raise _Abort(f"no worker got past start-up for {stall_timeout:.0f} s")
                 reap_and_respawn()
                 if sup is not None and sup.proc is not None and sup.proc.poll() is not None:
                     sup.unexpected_exits.append(sup.proc.returncode)
@@ -639,27 +718,48 @@ def run_storm(name=None, capacity=3, workers=8, kill_every=0.01, duration=None, 
                         sup = None
                     else:
                         sup.start()
+                if now >= next_kill or now - last_ready > 1.0:
+                    ready = [w for w in live.values()
+                             if counters.get(w.index, W_STATE) != STARTING]
+                    if ready:
+                        last_ready = now
                 if now >= next_kill:
-                    next_kill = now + kill_every * rng.uniform(0.5, 1.5)
-                    if (sup is not None and rng.random() < 0.05
-                            and now - sup.started > 0.3):
-                        sup.kill()
-                        sup_kills += 1
-                        sup.start()
+                    # Keep at least half the workers past start-up, so kills
+                    # land in ipcsem's loop rather than always in a first
+                    # acquire (exec start-up is slow; fork is not affected).
+                    if 2 * len(ready) < len(live) or not ready:
+                        next_kill = now + 0.002
                     else:
-                        ready = [w for w in live.values()
-                                 if counters.get(w.index, W_STATE) != STARTING]
-                        if ready:
-                            w = rng.choice(ready)
-                            kill_states[counters.get(w.index, W_STATE)] += 1
-                            code = w.kill()
-                            if code == -signal.SIGKILL and w.proc is not None:
-                                kills_done += 1
-                                last_kill = now
-                            reaped(w, code, code == -signal.SIGKILL)
-                            spawn_worker(w.index)
-                        else:
-                            next_kill = now + 0.001  # retry as soon as one is up
+                        next_kill = now + kill_every * rng.uniform(0.5, 1.5)
+                        holding = [w for w in ready
+                                   if counters.get(w.index, W_STATE) in (HOLDING, RELEASING)]
+                        if holding and rng.random() < 0.3:
+                            ready = holding  # most workers wait: make sure holders die too
+                        w = rng.choice(ready)
+                        was = counters.get(w.index, W_STATE)
+                        code, by_us = w.kill()
+                        if by_us:
+                            kill_states[was] += 1
+                            kills_done += 1
+                        reaped(w, code, by_us)
+                        spawn_worker(w.index)
+                        # ~5% of kills also take the supervisor down (once it
+                        # has had time to start watching).
+                        if (sup is not None and rng.random() < 0.05
+                                and now - sup.started > 0.3):
+                            sup.kill()
+                            sup_kills += 1
+                            sup.start()
+                if now >= next_check:
+                    # Every committed state, seen under the ledger lock, must
+                    # satisfy the invariant (check() repairs a dead owner's
+                    # half-done transaction first), so a failure here is real.
+                    next_check = now + check_every
+                    mid_checks += 1
+                    try:
+                        sem.check()
+                    except IpcsemError as e:
+                        mid_failures.append(f"{now - t0:.3f} s: {e}")
                 if progress is not None and now - last_progress >= 5.0:
                     last_progress = now
                     progress(f"{now - t0:7.1f} s  kills {kills_done}  self-kills {self_kills}"
@@ -673,14 +773,13 @@ def run_storm(name=None, capacity=3, workers=8, kill_every=0.01, duration=None, 
 
         # ---- the storm is over: everybody dies, then the units must all come back
         for w in list(live.values()):
-            code = w.kill()
-            if code != -signal.SIGKILL:
-                reaped(w, code, False)
+            code, by_us = w.kill()
+            reaped(w, code, by_us)
         live.clear()
         cycles = counters.total(W_CYCLES)
         if sup is not None:
             code = sup.stop()
-            if code not in (0, None):
+            if code not in (0, None, -signal.SIGTERM):  # -SIGTERM: stopped while starting
                 errors.append(f"supervisor exited with {code} on SIGTERM: {sup.stderr_tail()}")
         lost_units, check_error, vdetails = verify(sem, capacity, settle_timeout=settle_timeout,
                                                    verify_timeout=verify_timeout)
@@ -688,7 +787,7 @@ def run_storm(name=None, capacity=3, workers=8, kill_every=0.01, duration=None, 
         over = count_violations(violations)
         with open(violations, "rb") as f:
             details["violations"] = [ln.decode(errors="replace").rstrip()
-                                     for ln in f.read().splitlines()[:10]]
+                                     for ln in f.read().splitlines()[:40]]
         details.update(
             name=name, capacity=capacity, workers=workers, spawn=spawn, seed=seed,
             supervisor=supervisor, oracle_slots=slots, kill_every=kill_every,
@@ -697,10 +796,12 @@ def run_storm(name=None, capacity=3, workers=8, kill_every=0.01, duration=None, 
             respawns=respawns, unexplained_kills=unexplained,
             timeouts=counters.total(W_TIMEOUTS), busy=counters.total(W_BUSY),
             worker_errors=worker_errors[:10],
+            midstorm_checks=mid_checks, midstorm_check_failures=len(mid_failures),
+            midstorm_check_errors=mid_failures[:10],
         )
-        if sup is not None or supervisor:
-            details["supervisor_starts"] = sup.starts if sup is not None else None
-            details["supervisor_recoveries"] = (sup.recoveries() if sup is not None else None)
+        if sup_obj is not None:
+            details["supervisor_starts"] = sup_obj.starts
+            details["supervisor_recoveries"] = sup_obj.recoveries()
     finally:
         for w in list(live.values()):
             try:
@@ -729,8 +830,11 @@ def run_storm(name=None, capacity=3, workers=8, kill_every=0.01, duration=None, 
         shutil.rmtree(tmp, ignore_errors=True)
     if worker_errors:
         errors.append(f"{len(worker_errors)} worker(s) failed: {worker_errors[0][:300]}")
+    if mid_failures:
+        errors.append(f"check() failed {len(mid_failures)} time(s) during the storm; first at "
+                      f"{mid_failures[0]}")
     details["errors"] = errors
-    return ReportT(
+    return Report(
         kills=kills_done, self_kills=self_kills, supervisor_kills=sup_kills, cycles=cycles,
         over_admissions=over, lost_units=lost_units, check_error=check_error,
         elapsed=round(time.monotonic() - t_begin, 3), details=details,
@@ -750,6 +854,9 @@ def _forked_worker(cfg: dict, err_path: str) -> None:
         os.setsid()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        # Inherit no open file: above all no open file description that may
+        # carry somebody's flock (an exec'd worker gets close_fds too).
+        os.closerange(3, 1 << 20)
         null = os.open(os.devnull, os.O_RDWR)
         err = os.open(err_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.dup2(null, 0)
@@ -875,6 +982,8 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (printed in the report)")
     p.add_argument("--name", default=None, help="semaphore name (default: a fresh chaos-PID-X)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    # Self-test of the oracle: fewer lock files than units must fail the run.
+    p.add_argument("--oracle-slots", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -905,9 +1014,12 @@ def format_report(r) -> str:
         f"{d.get('independent_acquire')})",
         f"  end checks       {'ok' if r.check_error is None else r.check_error}",
     ]
+    if not d.get("midstorm_check_failures"):
+        lines.append(f"  mid-storm checks {d.get('midstorm_checks')} check() calls during the "
+                     "storm, all passed")  # failures are listed under "error"
     for e in d.get("errors", []):
         lines.append(f"  error            {e}")
-    for v in d.get("violations", [])[:3]:
+    for v in d.get("violations", [])[:6]:
         lines.append(f"  violation        {v}")
     lines.append(f"  elapsed          {r.elapsed:.1f} s")
     lines.append("PASS" if r.ok else "FAIL")
@@ -932,6 +1044,13 @@ def main(argv=None, prog: str = "chaos") -> int:
 
 def run_from_args(args) -> int:
     import json
+    import signal
+
+    def terminate(signum, frame):  # SIGTERM/SIGHUP: clean up like Ctrl-C
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, terminate)
 
     progress = None if (args.quiet or args.json) else (
         lambda line: print(line, file=sys.stderr, flush=True))
@@ -940,10 +1059,14 @@ def run_from_args(args) -> int:
             name=args.name, capacity=args.capacity, workers=args.workers,
             kill_every=args.kill_every, duration=args.duration, kills=args.kills,
             supervisor=args.supervisor, self_kill_fraction=args.self_kill_fraction,
-            seed=args.seed, multi_unit=args.multi_unit, spawn=args.spawn, progress=progress)
+            seed=args.seed, multi_unit=args.multi_unit, spawn=args.spawn, progress=progress,
+            oracle_slots=args.oracle_slots)
     except ValueError as e:
         print(f"chaos: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # run_storm has killed and removed everything
+        print("chaos: interrupted", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, default=str))
     else:

@@ -1,0 +1,1 @@
+"""Developer tooling for ipcsem (not shipped with the library)."""

@@ -1,0 +1,18 @@
+"""ipcsem benchmark harness.
+
+Run from the repository root::
+
+    python -m tools.bench [--quick] [--out DIR] [--only FIGURE,...] [--contenders KEY,...]
+
+One run measures every contender side by side on the same machine and writes
+``DIR/results.json`` (raw numbers + machine info), ``DIR/results.md`` (tables,
+ratios vs ``sysv_ipc SEM_UNDO``) and PNG plots (if matplotlib is importable).
+
+Modules:
+    contenders  one small class per semaphore implementation, common interface
+    procs       launching worker processes (subprocess or fork) + cleanup
+    worker      code that runs inside worker processes (``python -m tools.bench.worker``)
+    figures     the six measurements
+    stats       percentiles, Jain fairness index
+    report      results.json / results.md / plots
+"""
