@@ -605,16 +605,16 @@ def cmd_create(args) -> int:
     _check_int("max_waiters", args.max_waiters, 1, _ledger.MAX_SLOTS)
     if args.initial is not None:
         _check_int("initial", args.initial, 0, args.capacity)
-    # Not atomic with the create below (open_segment says nothing of whether
-    # it created): a racing creator of the same capacity goes unnoticed.
-    if os.path.exists(_names.shm_path(args.name)) and not args.exist_ok:
-        raise CliError(f"semaphore {args.name!r} already exists (use --exist-ok to accept it)")
+    # Whether this call laid the ledger out is decided under the creation
+    # flock, so of two racing `ipcsem create`s exactly one reports success.
     seg = _segment.open_segment(args.name, args.capacity, args.initial, args.mode,
                                 args.max_holders, args.max_waiters)
     try:
-        avail, mode = seg.ledger.available, seg.mode
+        avail, mode, created = seg.ledger.available, seg.mode, seg.created
     finally:
         seg.close()
+    if not created and not args.exist_ok:
+        raise CliError(f"semaphore {args.name!r} already exists (use --exist-ok to accept it)")
     if not args.quiet:
         print(f"{args.name}: capacity {args.capacity}, {avail} available, mode {mode:04o}")
     return EXIT_OK
@@ -986,8 +986,10 @@ def build_parser(prog: str = "ipcsem") -> argparse.ArgumentParser:
                "  ipcsem create gpu --capacity 2 --mode 0660\n"
                "  ipcsem run gpu -- python train.py\n"
                "  ipcsem-status gpu\n"
-               "  ipcsem rm gpu\n\n"
-               "exit codes: 0 ok, 1 error, 2 usage, 75 not acquired in time (run);\n"
+               "  ipcsem rm gpu\n"
+               "  ipcsem chaos --duration 60s       SIGKILL storm: prove it on this machine\n\n"
+               "exit codes: 0 ok, 1 error (chaos: storm failed), 2 usage,\n"
+               "75 not acquired in time (run);\n"
                "see each subcommand's --help and docs/cli.md",
     )
     p.add_argument("--version", action="version", version=f"ipcsem {__version__}")
@@ -1098,7 +1100,88 @@ def build_parser(prog: str = "ipcsem") -> argparse.ArgumentParser:
     sp.add_argument("--poll", type=float, default=0.02, metavar="S",
                     help="new-holder poll interval in seconds (default 0.02)")
     sp.set_defaults(func=cmd_supervise)
+
+    # chaos
+    from . import _chaos
+
+    sp = sub.add_parser("chaos", help="SIGKILL storm against a fresh semaphore, checked "
+                                      "by an independent oracle",
+                        usage="ipcsem chaos [NAME] [--workers N] [--kill-every T] "
+                              "[--duration T]\n"
+                              "                    [--kills N] [--capacity N] "
+                              "[--spawn {exec,fork}]\n"
+                              "                    [--no-supervisor] [--json] [-q] ...",
+                        formatter_class=raw, description=CHAOS_HELP, epilog=CHAOS_EPILOG)
+    sp.add_argument("chaos_name", nargs="?", metavar="NAME",
+                    help="the semaphore to create, storm and remove; must not exist "
+                         "(default: a fresh chaos-PID-RANDOM)")
+    _chaos.add_arguments(sp)
+    for action in sp._actions:        # NAME replaces the engine's --name in the CLI
+        if "--name" in action.option_strings:
+            action.help = argparse.SUPPRESS
+    sp.set_defaults(func=cmd_chaos)
     return p
+
+
+CHAOS_HELP = """\
+Prove on this machine that ipcsem never admits too many and never loses a
+unit.  Creates NAME with --capacity units (NAME must not exist; it is
+removed at the end) and starts --workers processes that loop: acquire 1 or
+2 units (blocking, with a timeout, try_acquire, hold(), some with a
+priority), take as many lock files of an independent flock oracle, hold
+0-2 ms, release.  Every --kill-every (jittered) one worker is SIGKILLed and
+replaced; some workers (--self-kill-fraction) SIGKILL themselves inside a
+ledger transaction; `ipcsem supervise` runs (unless --no-supervisor) and is
+SIGKILLed and restarted now and then.
+
+Over-admission: a worker got its units but found fewer free oracle files
+(more holders than units, by the kernel's flock bookkeeping, not ipcsem's).
+Lost units: after the storm every worker is killed, and all units must
+come back: available == capacity after recover(), a fresh process takes
+all of them at once, no holders or waiters left, check() passes.  check()
+also runs every 50 ms during the storm.
+
+The report (stdout; --json for the whole of it) gives kills, self-kills,
+lock repairs, cycles, recovered units, over-admissions and lost units.
+Progress every 5 s on stderr unless -q.  Stops after --duration or
+--kills, whichever comes first (1000 kills if neither is given)."""
+
+CHAOS_EPILOG = """\
+examples:
+  ipcsem chaos soak --workers 8 --kill-every 10ms --duration 60s
+  ipcsem chaos --kills 10000 --spawn fork       dense: forked workers (~1 ms)
+  ipcsem chaos --duration 10s --no-supervisor   waiters must heal by themselves
+  ipcsem chaos --duration 5s --json | jq '.ok, .over_admissions, .lost_units'
+
+exit status:
+  0   pass: no over-admission, no lost unit, every check passed
+  1   fail: the report says what (over-admission, lost units, failed check,
+      a worker error, something left in /dev/shm); or an error (NAME exists)
+  2   usage error
+  130 interrupted (SIGINT, SIGTERM, SIGHUP): workers killed, NAME removed"""
+
+
+def cmd_chaos(args) -> int:
+    from . import _chaos
+
+    if args.chaos_name is not None and args.name is not None \
+            and args.chaos_name != args.name:
+        raise UsageError(f"NAME {args.chaos_name!r} and --name {args.name!r} differ")
+    args.name = args.chaos_name if args.chaos_name is not None else args.name
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if not 1 <= args.capacity <= _ledger.MAX_CAPACITY:
+        raise UsageError(f"--capacity must be in 1..{_ledger.MAX_CAPACITY}, got {args.capacity}")
+    if args.kills is not None and args.kills < 1:
+        raise UsageError(f"--kills must be >= 1, got {args.kills}")
+    if not 0.0 <= args.self_kill_fraction <= 1.0:
+        raise UsageError(f"--self-kill-fraction must be in 0..1, got {args.self_kill_fraction}")
+    if args.name is not None:
+        _names.validate(args.name)
+        if os.path.exists(_names.shm_path(args.name)):
+            raise CliError(f"semaphore {args.name!r} already exists: a storm creates its own "
+                           "and removes it at the end (pick another NAME)")
+    return _chaos.run_from_args(args)
 
 
 def _status_args(sp: argparse.ArgumentParser) -> None:

@@ -34,14 +34,16 @@ def _remedy(name: str) -> str:
 class Segment:
     """One process's handle on one semaphore's ledger."""
 
-    __slots__ = ("name", "ledger", "_mmap", "_doorbells", "mode")
+    __slots__ = ("name", "ledger", "_mmap", "_doorbells", "mode", "created")
 
-    def __init__(self, name: str, ledger: _ledger.Ledger, mm: mmap.mmap, mode: int) -> None:
+    def __init__(self, name: str, ledger: _ledger.Ledger, mm: mmap.mmap, mode: int,
+                 created: bool = False) -> None:
         self.name = name
         self.ledger = ledger
         self._mmap = mm
         self._doorbells: dict[int, _ledger.Doorbell] = {}
         self.mode = mode
+        self.created = created  # this open laid the ledger out (under the flock)
 
     # Doorbells: a waiter sleeps on the one of its queue entry; whoever grants
     # it units rings it after committing.  A doorbell is only a hint: waiters
@@ -135,6 +137,7 @@ def open_segment(
                 except posix_ipc.Error:
                     pass
         mm = None
+        initialised_here = False
         if st.st_size >= _ledger.HEADER_SIZE:
             mm = mmap.mmap(fd, st.st_size)
             initialised = int.from_bytes(mm[:8], "little") != 0
@@ -164,6 +167,7 @@ def open_segment(
             if mm is not None:
                 mm.close()
             mm = _initialise(fd, capacity, initial, max_holders, max_waiters, name)
+            initialised_here = True
         try:
             ledger = _ledger.Ledger(mm)
         except Corrupt as e:
@@ -175,7 +179,7 @@ def open_segment(
             raise CapacityMismatch(
                 f"semaphore {name!r} exists with capacity {ledger.capacity}, not {capacity}", name
             )
-        return Segment(name, ledger, mm, stat.S_IMODE(os.fstat(fd).st_mode))
+        return Segment(name, ledger, mm, stat.S_IMODE(os.fstat(fd).st_mode), initialised_here)
     finally:
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -193,11 +193,11 @@ def test_recovery_killed_midway_is_still_exactly_once(name, agents):
         r.cmd(f"crashpoint {point}")
         r.send("recover")
         try:
-            r.read(10)
+            r.read(30)
             survived = True   # the point lies beyond this recovery: all covered
         except EOFError:
             survived = False
-            assert r.proc.wait(10) == -signal.SIGKILL
+            assert r.proc.wait(30) == -signal.SIGKILL
         sem.recover()
         assert sem.available == 2, f"crash point {point}"
         sem.check()

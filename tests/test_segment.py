@@ -212,3 +212,17 @@ def test_another_users_semaphore_is_a_clear_error(name):
     assert r.returncode == 3, r.stderr
     assert r.stdout.startswith("PermissionDenied True") and _names.shm_path(name) in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_exactly_one_racing_create_reports_creating(name):
+    """`ipcsem create` relies on this: the creator is decided under the flock."""
+    import time
+
+    code = ("import sys,time\nfrom ipcsem import _segment\nt=float(sys.argv[2])\n"
+            "while time.time()<t: pass\n"
+            "s=_segment.open_segment(sys.argv[1],2)\nprint(int(s.created))")
+    go = time.time() + 1.0
+    procs = [subprocess.Popen([sys.executable, "-c", code, name, str(go)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert sorted(outs) == ["0"] * 5 + ["1"]
