@@ -1029,7 +1029,6 @@ def format_report(r) -> str:
 def main(argv=None, prog: str = "chaos") -> int:
     """tools/chaos.py: exit 0 only if no over-admission, no lost unit, all checks pass."""
     import argparse
-    import json
 
     p = argparse.ArgumentParser(
         prog=prog,

@@ -657,7 +657,7 @@ def _rm_one(name: str, force: bool) -> None:
                                "process; use --force to remove it anyway")
             # Marking it unlinked needs that lock: remove the name without
             # telling queued waiters (they keep the removed object).
-            _unlink_objects(name)
+            _segment.remove_objects(name)
             return
         held = [(h[1], h[3]) for h in holders if h[3] > 0]
         queued = sum(1 for w in waiters if w[1] == _ledger.WAITING)
@@ -673,22 +673,6 @@ def _rm_one(name: str, force: bool) -> None:
             raise CliError(f"{name!r} is in use: {'; '.join(parts)}; "
                            "use --force to remove it anyway")
     _segment.unlink(name)
-
-
-def _unlink_objects(name: str) -> None:
-    import posix_ipc
-
-    try:
-        posix_ipc.unlink_shared_memory(_names.shm_name(name))
-    except posix_ipc.ExistentialError:
-        raise NotFound(f"no ipcsem semaphore named {name!r}", name) from None
-    except posix_ipc.PermissionsError as e:
-        raise PermissionDenied(f"{_names.shm_path(name)}: {e}", name) from None
-    for entry in _names.doorbell_entries(name):
-        try:
-            posix_ipc.unlink_semaphore(_names.doorbell_name(name, entry))
-        except posix_ipc.Error:
-            pass
 
 
 # ================================================================ recover

@@ -240,6 +240,13 @@ def unlink(name: str) -> None:
             seg.ring(wakes)
         finally:
             seg.close()
+    remove_objects(name)
+
+
+def remove_objects(name: str) -> None:
+    """Unlink the segment and its doorbells without touching the ledger
+    (unlink() marks it first; `ipcsem rm --force` uses this alone when the
+    ledger lock is held by a stopped process)."""
     try:
         posix_ipc.unlink_shared_memory(_names.shm_name(name))
     except posix_ipc.ExistentialError:
