@@ -549,7 +549,30 @@ def fig_holders(cfg, cs):
     return out
 
 
+HOLDER_ROUNDS = 3
+
+
 def run_holders(cfg, c):
+    # Rounds interleave the Ks and each K keeps its best round: at ~1 us per
+    # pair a passing disturbance moves one reading by tens of percent, and a
+    # single pass would pin it on whichever K it happened to hit.
+    by_k = {}
+    for _round in range(HOLDER_ROUNDS):
+        for row in _holders_pass(cfg, c):
+            best = by_k.get(row["k"])
+            rounds = (best or {}).get("rounds_ns", []) + [row["ns"]]
+            if best is None or row["ns"] < best["ns"]:
+                best = row
+            best["rounds_ns"] = rounds
+            by_k[row["k"]] = best
+    rows = [by_k[k] for k in cfg.ks if k in by_k]
+    base = rows[0]["ns"] if rows else None
+    for row in rows:
+        row["ratio_vs_k1"] = row["ns"] / base if base else None
+    return {"rows": rows, "rounds": HOLDER_ROUNDS}
+
+
+def _holders_pass(cfg, c):
     rows = []
     for k in cfg.ks:
         with semaphore(c, cfg.holders_capacity) as spec:
@@ -584,10 +607,7 @@ def run_holders(cfg, c):
                 f.finish(5.0)
         log(f"  fig4 {c.key:12s} K={k:5d} {row['ns']:,.0f} ns/pair")
         rows.append(row)
-    base = rows[0]["ns"] if rows else None
-    for row in rows:
-        row["ratio_vs_k1"] = row["ns"] / base if base else None
-    return {"rows": rows}
+    return rows
 
 
 def _file_sizes(paths):
