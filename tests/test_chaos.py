@@ -24,16 +24,6 @@ from ipcsem import _chaos, _names
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture
-def name():
-    n = f"t-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    yield n
-    try:
-        ipcsem.unlink(n)
-    except ipcsem.NotFound:
-        pass
-
-
 def _leftovers(name: str) -> list[str]:
     return [f for f in os.listdir(_names.SHM_DIR)
             if f == f"ipcsem.{name}" or f.startswith(f"sem.ipcsem.{name}:")]

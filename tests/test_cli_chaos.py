@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
@@ -24,16 +23,6 @@ IPCSEM = shutil.which("ipcsem", path=BIN)
 
 pytestmark = pytest.mark.skipif(not IPCSEM, reason="console script not installed: "
                                                    "pip install -e .")
-
-
-@pytest.fixture
-def name():
-    n = f"t-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    yield n
-    try:
-        ipcsem.unlink(n)
-    except ipcsem.IpcsemError:
-        pass
 
 
 def chaos(*args, timeout=90) -> subprocess.CompletedProcess:

@@ -15,93 +15,16 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 
 import pytest
 
 import ipcsem
 
-BIN = os.path.dirname(sys.executable)
-IPCSEM = shutil.which("ipcsem", path=BIN)
-STATUS = shutil.which("ipcsem-status", path=BIN)
+from cli import IPCSEM, STATUS, needs_scripts, run, sem_json, status_json, wait_for
+
 ME = pwd.getpwuid(os.getuid()).pw_name
 
-pytestmark = pytest.mark.skipif(not (IPCSEM and STATUS),
-                                reason="console scripts not installed: pip install -e .")
-
-
-def uname() -> str:
-    return f"t-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def names():
-    """Factory of unique semaphore names, every one unlinked at teardown."""
-    made: list[str] = []
-
-    def make() -> str:
-        n = uname()
-        made.append(n)
-        return n
-
-    yield make
-    for n in made:
-        try:
-            ipcsem.unlink(n)
-        except ipcsem.IpcsemError:
-            pass
-
-
-@pytest.fixture
-def procs():
-    """Popen factory; every process still running at teardown is SIGKILLed."""
-    made: list[subprocess.Popen] = []
-
-    def start(args, **kw) -> subprocess.Popen:
-        kw.setdefault("stdout", subprocess.DEVNULL)
-        kw.setdefault("stderr", subprocess.DEVNULL)
-        p = subprocess.Popen(args, **kw)
-        made.append(p)
-        return p
-
-    yield start
-    for p in made:
-        if p.poll() is None:
-            try:
-                p.send_signal(signal.SIGCONT)
-                p.kill()
-            except ProcessLookupError:
-                pass
-        p.wait(10)
-
-
-def run(*args, timeout=20, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def status_json(*args) -> dict:
-    r = run(STATUS, "--json", *args)
-    assert "Traceback" not in r.stderr, r.stderr
-    return json.loads(r.stdout)
-
-
-def sem_json(name: str) -> dict:
-    doc = status_json(name)
-    assert doc["version"] == 1
-    (obj,) = doc["semaphores"]
-    assert obj["name"] == name
-    return obj
-
-
-def wait_for(pred, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+pytestmark = needs_scripts
 
 
 def list_row(name: str, text: str) -> list[str]:
@@ -460,11 +383,11 @@ def test_usage_errors_are_one_line_exit_2(args):
     assert r.stdout == ""
 
 
-def test_status_script_usage_and_missing_names():
+def test_status_script_usage_and_missing_names(name):
     r = run(STATUS, "-p", "abc")
     assert r.returncode == 2
     one_error_line(r)
-    missing = uname()
+    missing = name          # a fresh name nobody created
     r = run(STATUS, missing)
     assert r.returncode == 1 and f"no ipcsem semaphore named {missing!r}" in r.stderr
     one_error_line(r)

@@ -1,7 +1,6 @@
 """Crash recovery (hazards 1, 3-8), with real SIGKILL/SIGSTOP of separate
 processes.  Oracles: whether a *different* process can take the units, the
 kernel's own view of the dead (psutil), and check()."""
-import os
 import signal
 import subprocess
 import sys
