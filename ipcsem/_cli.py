@@ -844,7 +844,7 @@ class _LoggingSupervisor(_recovery.Supervisor):
             _h, holders, waiters, _w = seg.ledger.snapshot(False)
         except Exception:  # noqa: BLE001 - only a nicety; super() reports errors
             holders, waiters = [], []
-        for ident in {(h[1], h[2]) for h in holders} | {(w[2], w[3]) for w in waiters}:
+        for ident in _recovery.identities(holders, waiters):
             if ident not in self.commands and _identity.start_of(ident[0]) == ident[1]:
                 self.commands[ident] = _command_line(ident[0])
         super()._watch_identities(seg)

@@ -15,26 +15,30 @@ from . import _identity
 log = logging.getLogger("ipcsem")
 
 
-def dead_identities(holders, waiters) -> set[tuple[int, int]]:
-    idents = {(h[1], h[2]) for h in holders} | {(w[2], w[3]) for w in waiters}
-    return {i for i in idents if _identity.is_dead(*i)}
+def identities(holders, waiters) -> set[tuple[int, int]]:
+    """Every (pid, start) a ledger snapshot mentions."""
+    return {(h[1], h[2]) for h in holders} | {(w[2], w[3]) for w in waiters}
+
+
+def recover_identity(segment, pid: int, start: int, on_recover=None) -> int:
+    """Return what one identity, known to be dead, holds or waits for; ring
+    the waiters this grants to; report it.  Units recovered (0 if another
+    recoverer got there first)."""
+    units, entries, wakes = segment.ledger.recover(pid, start)
+    segment.ring(wakes)
+    if units or entries:
+        log.info("recovered %d unit(s) of %s from dead pid %d", units, segment.name, pid)
+        if on_recover is not None:
+            on_recover(segment.name, pid, start, units, entries)
+    return units
 
 
 def heal(segment, on_recover=None) -> int:
     """Recover every dead holder/waiter of one semaphore; units recovered."""
-    ledger = segment.ledger
-    _header, holders, waiters, wakes = ledger.snapshot()
+    _header, holders, waiters, wakes = segment.ledger.snapshot()
     segment.ring(wakes)
-    total = 0
-    for pid, start in dead_identities(holders, waiters):
-        units, entries, wakes = ledger.recover(pid, start)
-        segment.ring(wakes)
-        total += units
-        if units or entries:
-            log.info("recovered %d unit(s) of %s from dead pid %d", units, segment.name, pid)
-            if on_recover is not None:
-                on_recover(segment.name, pid, start, units, entries)
-    return total
+    return sum(recover_identity(segment, pid, start, on_recover)
+               for pid, start in identities(holders, waiters) if _identity.is_dead(pid, start))
 
 
 class Supervisor:
@@ -99,8 +103,7 @@ class Supervisor:
 
         _h, holders, waiters, wakes = seg.ledger.snapshot()
         seg.ring(wakes)
-        idents = {(h[1], h[2]) for h in holders} | {(w[2], w[3]) for w in waiters}
-        for ident in idents:
+        for ident in identities(holders, waiters):
             if ident in self._watch or not self._pidfd:
                 continue
             try:
@@ -119,28 +122,20 @@ class Supervisor:
             self._watch[ident] = fd
             self._by_fd[fd] = ident
 
-    def _heal(self, seg) -> int:
-        def report(name, pid, start, units, entries):
-            died = self._death_ns.pop((pid, start), None)
-            if self.on_recover is not None:
-                self.on_recover(name, pid, start, units, entries, died)
+    def _report(self, name, pid, start, units, entries) -> None:
+        if self.on_recover is not None:
+            self.on_recover(name, pid, start, units, entries, self._death_ns.get((pid, start)))
 
-        return heal(seg, report)
+    def _heal(self, seg) -> int:
+        return heal(seg, self._report)
 
     def _recover(self, seg, ident) -> None:
         from ._errors import IpcsemError
 
         try:
-            units, entries, wakes = seg.ledger.recover(*ident)
-            seg.ring(wakes)
+            recover_identity(seg, *ident, self._report)
         except IpcsemError as e:
             self.on_error(seg.name, e)
-            return
-        if units or entries:
-            log.info("recovered %d unit(s) of %s from dead pid %d", units, seg.name, ident[0])
-            if self.on_recover is not None:
-                self.on_recover(seg.name, ident[0], ident[1], units, entries,
-                                self._death_ns.get(ident))
 
     def _forget(self, ident) -> None:
         import os
@@ -162,7 +157,7 @@ class Supervisor:
                 self._watch_identities(seg)
             except IpcsemError as e:
                 self.on_error(name, e)
-        # Drop watches of identities no ledger mentions any more.
+        # Close pidfds of the dead the poll has not reported (it will not now).
         for ident in list(self._watch):
             if _identity.status(*ident) in (_identity.DEAD, _identity.ZOMBIE):
                 self._forget(ident)
@@ -211,6 +206,7 @@ class Supervisor:
                 # cheap where the identity holds nothing.
                 for seg in list(self.segments.values()):
                     self._recover(seg, ident)
+                self._death_ns.pop(ident, None)  # reported where it held anything
 
     def close(self) -> None:
         for ident in list(self._watch):

@@ -169,7 +169,7 @@ class Semaphore:
             return True
         try:
             bell = self._seg.doorbell(entry)
-            _drain(bell)  # rings meant for this entry's previous user
+            bell.drain()  # rings meant for this entry's previous user
             while True:
                 if ledger.state(entry) == STATE_GRANTED or ledger.unlinked:
                     if self._settle(entry, cancel=False):
@@ -181,7 +181,7 @@ class Semaphore:
                     _recovery.heal(self._seg)
                     continue
                 nap = HEAL_INTERVAL if deadline is None else min(HEAL_INTERVAL, deadline - now)
-                _park(bell, nap)
+                bell.wait(nap)  # a signal handler's exception propagates from here
         except BaseException:
             # Ctrl-C, SystemExit, anything: leave nothing behind.  If the grant
             # raced in, give the units back: the caller never learns of them.
@@ -329,13 +329,3 @@ def _check_timeout(timeout, blocking: bool) -> None:
         raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
     if not (0 <= timeout < math.inf):
         raise ValueError(f"timeout must be finite and >= 0, got {timeout}")
-
-
-def _drain(bell) -> None:
-    bell.drain()
-
-
-def _park(bell, seconds: float) -> None:
-    # Returns when rung or after `seconds`; a signal handler's exception
-    # (KeyboardInterrupt, SystemExit, ...) propagates from here.
-    bell.wait(max(seconds, 0.0))
