@@ -1,0 +1,186 @@
+"""The seam between the public classes and the engines that keep a ledger.
+
+The public :class:`ipcsem.Semaphore` (and Mutex, AsyncSemaphore, ...) is a
+facade: it validates arguments, speaks the threading/multiprocessing calling
+conventions, builds leases and context managers.  Everything that decides
+who holds what lives behind a :class:`Backend`:
+
+* ``shm`` (the default): a ledger in POSIX shared memory on this machine
+  (``ipcsem/_shm/``);
+* ``zookeeper://host:port,.../chroot``: the same contract on Apache ZooKeeper
+  for processes on several machines (``ipcsem/_zk/``).
+
+A backend is chosen by URL: ``Semaphore(name, backend=URL)``, else the
+``IPCSEM_BACKEND`` environment variable, else ``shm``.  A new backend is a new
+module that registers a scheme here; nothing in the facade changes.
+
+THE CONTRACT every backend keeps (``tests/contract/`` checks it through the
+public API only):
+
+* counting: units granted never exceed the capacity; a grant of k units is
+  all or nothing;
+* strict order: waiters are served highest priority first, FIFO within a
+  priority; nobody behind the head is granted before it (fair semaphores),
+  so a 2-unit head is never overtaken by a stream of 1-unit requests;
+* ownership: units belong to the acquiring process (a mutex: to its thread
+  or task); when the process dies, its units come back exactly once;
+* a handle's ``take`` never waits for units; ``wait`` returns at its
+  deadline; both raise only the errors of ``ipcsem._errors``.
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Callable
+
+from ._records import Holder, Lease, Params, Request, Stats, Waiter
+
+DEFAULT_URL = "shm"
+ENV = "IPCSEM_BACKEND"
+
+
+class Pending(ABC):
+    """A queued request of an event-loop caller (``Handle.enqueue``)."""
+
+
+class Handle(ABC):
+    """One process's open semaphore on some backend."""
+
+    name: str
+    params: Params           # as found (or as created)
+    created: bool            # this open created it
+
+    # ----------------------------------------------------------- reading
+    @property
+    @abstractmethod
+    def available(self) -> int:
+        """Units free now."""
+
+    @abstractmethod
+    def holders(self) -> list[Holder]: ...
+
+    @abstractmethod
+    def waiters(self) -> list[Waiter]:
+        """In serving order."""
+
+    @abstractmethod
+    def stats(self) -> Stats: ...
+
+    # ----------------------------------------------------------- acquiring
+    @abstractmethod
+    def take(self, req: Request) -> Lease | None:
+        """The units now if that overtakes nobody, else None.  Never waits
+        for units (nor longer than a short bound for a backend lock); when
+        refused, may first recover dead holders (rate-limited) so that a
+        non-blocking caller is not locked out by a dead process."""
+
+    @abstractmethod
+    def wait(self, req: Request, deadline: float | None,
+             on_slice: Callable[[], None] | None = None) -> Lease | None:
+        """Queue ``req`` and block until granted (the Lease) or until the
+        monotonic ``deadline`` (None: no deadline) passes (None).  Any
+        exception while waiting (a signal handler's, ``on_slice``'s, which is
+        called about every half second) leaves no queue entry and no units
+        behind, then propagates."""
+
+    # Event-loop callers never block: they enqueue, are notified (from any
+    # thread) when the request may have changed, and settle or cancel.
+    @abstractmethod
+    def enqueue(self, req: Request, notify: Callable[[], None]) -> Lease | Pending:
+        """The Lease at once if it can be had now (like ``take``), else a
+        Pending entry in the queue; ``notify()`` is called, possibly from
+        another thread, whenever it may have been granted."""
+
+    @abstractmethod
+    def settle(self, pending: Pending) -> Lease | None:
+        """The Lease once granted (the entry is gone then), else None."""
+
+    @abstractmethod
+    def cancel(self, pending: Pending) -> None:
+        """Leave the queue; a grant that raced in is given back."""
+
+    # ----------------------------------------------------------- returning
+    @abstractmethod
+    def release(self, units: int, owner: int, lease: Lease | None = None) -> None:
+        """Give back ``units``: the lease's slots first where given; owned
+        units first, the rest an unowned post (ValueError beyond capacity);
+        a mutex only by its owner (NotOwner)."""
+
+    @abstractmethod
+    def disown(self, units: int) -> None: ...
+
+    # ----------------------------------------------------------- upkeep
+    @abstractmethod
+    def recover(self) -> int:
+        """Return dead holders' units now; how many."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Verify the invariant; Corrupt if broken."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Backend(ABC):
+    """A place where semaphores live, named by a URL."""
+
+    url: str
+
+    @abstractmethod
+    def open(self, name: str, params: Params | None) -> Handle:
+        """Open ``name``; with ``params``, create it if absent (and raise
+        PolicyMismatch if it exists with other settings).  Without, NotFound
+        if absent."""
+
+    @abstractmethod
+    def names(self) -> list[str]: ...
+
+    @abstractmethod
+    def unlink(self, name: str) -> None:
+        """Remove the name; queued waiters fail with Unlinked; NotFound if absent."""
+
+
+_FACTORIES: dict[str, Callable[[str], Backend]] = {}
+_CACHE: dict[str, Backend] = {}
+
+
+def register(scheme: str, factory: Callable[[str], Backend]) -> None:
+    """Make ``scheme:...`` URLs open backends made by ``factory(url)``."""
+    _FACTORIES[scheme] = factory
+
+
+def scheme_of(url: str) -> str:
+    return url.split(":", 1)[0] if ":" in url else url
+
+
+def resolve(url: str | None = None) -> Backend:
+    """The backend for ``url`` (None: $IPCSEM_BACKEND, else shm); one per
+    URL per process, shared by every handle."""
+    url = url or os.environ.get(ENV) or DEFAULT_URL
+    got = _CACHE.get(url)
+    if got is not None:
+        return got
+    scheme = scheme_of(url)
+    if scheme not in _FACTORIES:
+        _load(scheme)
+    factory = _FACTORIES.get(scheme)
+    if factory is None:
+        raise ValueError(f"unknown ipcsem backend {url!r}: use 'shm' or "
+                         "'zookeeper://host:port[,host:port...][/chroot]'")
+    backend = _CACHE[url] = factory(url)
+    return backend
+
+
+def _load(scheme: str) -> None:
+    # Backends register themselves when imported; only import what is asked
+    # for (kazoo is optional).
+    if scheme == "shm":
+        from . import _shm  # noqa: F401
+    elif scheme == "zookeeper":
+        from . import _zk  # noqa: F401
+
+
+def forget(url: str) -> None:
+    """Drop a cached backend (tests; after its server went away)."""
+    _CACHE.pop(url, None)

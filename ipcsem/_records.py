@@ -1,0 +1,157 @@
+"""The public records: what ipcsem tells callers about a semaphore.
+
+Every record is frozen (except :class:`Lease`, whose validity a backend may
+withdraw) and labelled with the API that returns it.  No caller indexes a
+tuple by position: backends build these from whatever they read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+KINDS = ("semaphore", "mutex")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Creation-time policy of a semaphore, fixed for its whole life
+    (``Semaphore(..., capacity=, slots=, fair=)``, ``Mutex(..., reentrant=)``).
+    A re-open that asks for another value is a PolicyMismatch."""
+
+    capacity: int
+    initial: int
+    kind: str = "semaphore"            # "semaphore" | "mutex"
+    slots: bool = False                # units are numbered 0..capacity-1; grants say which
+    fair: bool = True                  # False: releasers/arrivals may barge (bounded)
+    reentrant: bool = False            # mutex: the owner may nest acquires
+    priority_inheritance: bool = False  # mutex: boost the owner to its best waiter
+    mode: int = 0o600
+    max_holders: int = 1024
+    max_waiters: int = 1024
+
+
+@dataclass(frozen=True)
+class Request:
+    """One acquire call, as the facade hands it to a backend.
+
+    ``owner`` identifies the thread (its native id) or task (a negative key)
+    the units are for; mutexes are owned by it, semaphores by the process.
+    ``tid`` is the native id of the thread that asks (shown by tools)."""
+
+    units: int
+    priority: int
+    owner: int
+    tid: int
+    deadlock_raise: bool = False
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A process holding units (``Semaphore.holders()``).  (pid, start) is
+    its identity; ``start`` is its start time in clock ticks since boot.
+    ``slots``: the unit numbers it holds (slotted semaphores), else ().
+    ``owner_tid``: the owning thread of a mutex, else None.  ``host``: the
+    machine (ZooKeeper backend), else None."""
+
+    pid: int
+    start: int
+    units: int
+    since: float          # epoch seconds when its holding went from 0 to > 0
+    acquisitions: int     # grants it received since it registered
+    slots: tuple[int, ...] = ()
+    owner_tid: int | None = None
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A blocked acquire, in the order it will be served (``Semaphore.waiters()``)."""
+
+    pid: int
+    start: int
+    tid: int              # native thread id of the waiting thread
+    units: int
+    priority: int
+    since: float          # epoch seconds when it started waiting
+    ticket: int           # FIFO order within a priority
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters and policy of one semaphore, read together (``Semaphore.stats()``)."""
+
+    name: str
+    capacity: int
+    available: int
+    unowned: int          # units out without an owner (signalled pattern, disown)
+    held: int
+    holders: int
+    waiting: int
+    acquisitions: int
+    recovered_units: int  # units returned from dead processes, ever
+    recoveries: int       # dead processes recovered, ever
+    lock_repairs: int     # times a dead ledger-lock owner's update was rolled back
+    created: float
+    creator_pid: int
+    kind: str = "semaphore"
+    slots: bool = False
+    fair: bool = True
+    reentrant: bool = False
+    priority_inheritance: bool = False
+
+
+class Lease:
+    """What a grant gave you: ``with sem as lease`` / ``with sem.hold(2) as lease``.
+
+    ``units``: how many; ``slots``: the unit numbers held (sorted; () where
+    the semaphore has no slots); ``token``: fencing token, strictly
+    increasing across every grant of the semaphore (crashes and recoveries
+    included); ``previous_owner_died``: a mutex's last owner died holding it
+    and nobody has released it normally since; ``valid``: False once the
+    backend can no longer prove the lease holds (ZooKeeper session loss;
+    always True on one machine, where a lease ends only with its process);
+    ``deadline``: monotonic time until which the lease is guaranteed, or
+    None when it does not expire by time.
+    """
+
+    __slots__ = ("units", "slots", "token", "previous_owner_died", "_validity", "_deadline")
+
+    def __init__(self, units: int, slots: tuple[int, ...], token: int,
+                 previous_owner_died: bool = False,
+                 validity: Callable[[], bool] | None = None,
+                 deadline: Callable[[], float | None] | None = None) -> None:
+        self.units = units
+        self.slots = slots
+        self.token = token
+        self.previous_owner_died = previous_owner_died
+        self._validity = validity
+        self._deadline = deadline
+
+    @property
+    def valid(self) -> bool:
+        return True if self._validity is None else self._validity()
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self._deadline is None else self._deadline()
+
+    def __repr__(self) -> str:
+        died = ", previous_owner_died=True" if self.previous_owner_died else ""
+        slots = f", slots={self.slots}" if self.slots else ""
+        return f"Lease(units={self.units}{slots}, token={self.token}{died}, valid={self.valid})"
+
+
+@dataclass(frozen=True)
+class Deadlock:
+    """One deadlock found by ``ipcsem.find_deadlocks()``: the processes that
+    can never proceed, the semaphores involved, and a description of who
+    holds what and who waits for what."""
+
+    processes: tuple[int, ...]                 # pids, sorted
+    semaphores: tuple[str, ...]                # names, sorted
+    description: str
+    edges: tuple[str, ...] = field(default=(), compare=False)   # one line per hold/wait
+
+
+__all__ = ["Deadlock", "Holder", "KINDS", "Lease", "Params", "Request", "Stats", "Waiter"]
