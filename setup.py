@@ -5,8 +5,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "ipcsem._ledger",
-            sources=["ipcsem/_ledger.c"],
+            "ipcsem._shm._ledger",
+            sources=["ipcsem/_shm/_ledger.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
             libraries=["pthread"],
         )

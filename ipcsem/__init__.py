@@ -2,27 +2,36 @@
 
     import ipcsem
     gpu = ipcsem.Semaphore("gpu", capacity=3)
-    with gpu:            # one unit; back to the pool when the block ends
+    with gpu as lease:   # one unit; back to the pool when the block ends
         ...              # ... or when this process dies, however it dies
 
 See README.md for the tools and docs/design.md for how it works.
 """
+from ._deadlock import find_deadlocks
 from ._errors import (
     CapacityMismatch,
+    Closed,
     Corrupt,
+    DeadlockDetected,
     IpcsemError,
+    LeaseLost,
     LedgerFull,
     NotFound,
+    NotOwner,
     PermissionDenied,
+    PolicyMismatch,
     Timeout,
+    Unavailable,
     Unlinked,
+    Wedged,
 )
-from ._names import names
-from ._segment import unlink
-from ._semaphore import Holder, Semaphore, Stats, Waiter
+from ._records import Deadlock, Holder, Lease, Params, Stats, Waiter
+from ._semaphore import Mutex, Semaphore, names, unlink
 
 __all__ = [
-    "CapacityMismatch", "Corrupt", "Holder", "IpcsemError", "LedgerFull", "NotFound",
-    "PermissionDenied", "Semaphore", "Stats", "Timeout", "Unlinked", "Waiter", "names", "unlink",
+    "CapacityMismatch", "Closed", "Corrupt", "Deadlock", "DeadlockDetected", "Holder",
+    "IpcsemError", "Lease", "LeaseLost", "LedgerFull", "Mutex", "NotFound", "NotOwner", "Params",
+    "PermissionDenied", "PolicyMismatch", "Semaphore", "Stats", "Timeout", "Unavailable",
+    "Unlinked", "Waiter", "Wedged", "find_deadlocks", "names", "unlink",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -33,7 +33,7 @@ import os
 from abc import ABC, abstractmethod
 from typing import Callable
 
-from ._records import Holder, Lease, Params, Request, Stats, Waiter
+from ._records import Holder, Lease, Params, Stats, Waiter
 
 DEFAULT_URL = "shm"
 ENV = "IPCSEM_BACKEND"
@@ -67,17 +67,22 @@ class Handle(ABC):
     def stats(self) -> Stats: ...
 
     # ----------------------------------------------------------- acquiring
+    # ``owner`` identifies the thread (its native id) or task (a negative key)
+    # the units are for: mutexes are owned by it, semaphores by the process.
+    # ``tid`` is the native id of the asking thread (shown by tools).  Plain
+    # arguments, no request object: this is the hot path.
     @abstractmethod
-    def take(self, req: Request) -> Lease | None:
+    def take(self, units: int, priority: int, owner: int, tid: int) -> Lease | None:
         """The units now if that overtakes nobody, else None.  Never waits
         for units (nor longer than a short bound for a backend lock); when
         refused, may first recover dead holders (rate-limited) so that a
         non-blocking caller is not locked out by a dead process."""
 
     @abstractmethod
-    def wait(self, req: Request, deadline: float | None,
+    def wait(self, units: int, priority: int, owner: int, tid: int, deadline: float | None,
+             deadlock_raise: bool = False,
              on_slice: Callable[[], None] | None = None) -> Lease | None:
-        """Queue ``req`` and block until granted (the Lease) or until the
+        """Queue the request and block until granted (the Lease) or until the
         monotonic ``deadline`` (None: no deadline) passes (None).  Any
         exception while waiting (a signal handler's, ``on_slice``'s, which is
         called about every half second) leaves no queue entry and no units
@@ -86,7 +91,8 @@ class Handle(ABC):
     # Event-loop callers never block: they enqueue, are notified (from any
     # thread) when the request may have changed, and settle or cancel.
     @abstractmethod
-    def enqueue(self, req: Request, notify: Callable[[], None]) -> Lease | Pending:
+    def enqueue(self, units: int, priority: int, owner: int, tid: int, deadlock_raise: bool,
+                notify: Callable[[], None]) -> Lease | Pending:
         """The Lease at once if it can be had now (like ``take``), else a
         Pending entry in the queue; ``notify()`` is called, possibly from
         another thread, whenever it may have been granted."""

@@ -198,6 +198,24 @@ class LeaseLost(IpcsemError):
         return f"lease on {self.name!r} lost: {self.reason}"
 
 
+class Wedged(IpcsemError, TimeoutError):
+    """A ledger's lock was not free within the caller's deadline: its holder
+    is stopped or hung inside a transaction (``holder_pid`` names it, as far
+    as the ledger says).  Tools report the semaphore and go on with others."""
+
+    def __init__(self, holder_pid: int | None = None, *, name: str | None = None,
+                 waited: float | None = None) -> None:
+        super().__init__(name=name)
+        self.holder_pid = holder_pid or None
+        self.waited = waited
+
+    def __str__(self) -> str:
+        who = f" by pid {self.holder_pid}" if self.holder_pid else ""
+        waited = f" within {self.waited:g} s" if self.waited is not None else " in time"
+        return (f"the ledger lock of {self.name!r} is held{who} (stopped or hung?) and was not "
+                f"free{waited}")
+
+
 class Unavailable(IpcsemError, ConnectionError):
     """The backend cannot be reached (e.g. no ZooKeeper server answered)."""
 
@@ -213,5 +231,5 @@ class Unavailable(IpcsemError, ConnectionError):
 __all__ = [
     "CapacityMismatch", "Closed", "Corrupt", "DeadlockDetected", "IpcsemError", "LeaseLost",
     "LedgerFull", "NotFound", "NotOwner", "PermissionDenied", "PolicyMismatch", "Timeout",
-    "Unavailable", "Unlinked",
+    "Unavailable", "Unlinked", "Wedged",
 ]

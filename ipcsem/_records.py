@@ -6,8 +6,8 @@ tuple by position: backends build these from whatever they read.
 """
 from __future__ import annotations
 
+from abc import ABC
 from dataclasses import dataclass, field
-from typing import Callable
 
 KINDS = ("semaphore", "mutex")
 
@@ -28,21 +28,6 @@ class Params:
     mode: int = 0o600
     max_holders: int = 1024
     max_waiters: int = 1024
-
-
-@dataclass(frozen=True)
-class Request:
-    """One acquire call, as the facade hands it to a backend.
-
-    ``owner`` identifies the thread (its native id) or task (a negative key)
-    the units are for; mutexes are owned by it, semaphores by the process.
-    ``tid`` is the native id of the thread that asks (shown by tools)."""
-
-    units: int
-    priority: int
-    owner: int
-    tid: int
-    deadlock_raise: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,45 +86,41 @@ class Stats:
     priority_inheritance: bool = False
 
 
-class Lease:
+class Lease(ABC):
     """What a grant gave you: ``with sem as lease`` / ``with sem.hold(2) as lease``.
 
-    ``units``: how many; ``slots``: the unit numbers held (sorted; () where
-    the semaphore has no slots); ``token``: fencing token, strictly
-    increasing across every grant of the semaphore (crashes and recoveries
-    included); ``previous_owner_died``: a mutex's last owner died holding it
-    and nobody has released it normally since; ``valid``: False once the
-    backend can no longer prove the lease holds (ZooKeeper session loss;
-    always True on one machine, where a lease ends only with its process);
-    ``deadline``: monotonic time until which the lease is guaranteed, or
-    None when it does not expire by time.
+    A read-only record with these attributes:
+
+    ``units``
+        how many units;
+    ``slots``
+        the unit numbers held, sorted (``()`` where the semaphore has no slots);
+    ``token``
+        fencing token: strictly increasing across every grant of the
+        semaphore, crashes and recoveries included;
+    ``previous_owner_died``
+        a mutex's previous owner died holding it and nobody has released it
+        normally since (repair what it protects, then release normally);
+    ``valid``
+        False once the backend can no longer prove the lease holds (a
+        ZooKeeper session lost); on one machine always True: a lease ends
+        only with its process;
+    ``deadline``
+        monotonic time until which the lease is guaranteed, or None when it
+        does not expire by time.
+
+    Each backend has its own concrete type (the shared-memory one is a C
+    struct sequence, so a grant costs no Python object construction);
+    ``isinstance(x, ipcsem.Lease)`` holds for all of them.
     """
 
-    __slots__ = ("units", "slots", "token", "previous_owner_died", "_validity", "_deadline")
-
-    def __init__(self, units: int, slots: tuple[int, ...], token: int,
-                 previous_owner_died: bool = False,
-                 validity: Callable[[], bool] | None = None,
-                 deadline: Callable[[], float | None] | None = None) -> None:
-        self.units = units
-        self.slots = slots
-        self.token = token
-        self.previous_owner_died = previous_owner_died
-        self._validity = validity
-        self._deadline = deadline
-
-    @property
-    def valid(self) -> bool:
-        return True if self._validity is None else self._validity()
-
-    @property
-    def deadline(self) -> float | None:
-        return None if self._deadline is None else self._deadline()
-
-    def __repr__(self) -> str:
-        died = ", previous_owner_died=True" if self.previous_owner_died else ""
-        slots = f", slots={self.slots}" if self.slots else ""
-        return f"Lease(units={self.units}{slots}, token={self.token}{died}, valid={self.valid})"
+    __slots__ = ()
+    units: int
+    slots: tuple[int, ...]
+    token: int
+    previous_owner_died: bool
+    valid: bool
+    deadline: float | None
 
 
 @dataclass(frozen=True)
@@ -154,4 +135,4 @@ class Deadlock:
     edges: tuple[str, ...] = field(default=(), compare=False)   # one line per hold/wait
 
 
-__all__ = ["Deadlock", "Holder", "KINDS", "Lease", "Params", "Request", "Stats", "Waiter"]
+__all__ = ["Deadlock", "Holder", "KINDS", "Lease", "Params", "Stats", "Waiter"]

@@ -1,118 +1,108 @@
-"""The public Semaphore: a named counting semaphore shared by unrelated
-processes, strict FIFO, multi-unit, owned by processes, recovered on death.
+"""The public classes: Semaphore and Mutex, facades over a backend.
 
-The protocol lives in the C ledger (_ledger.c); this module adds what needs
-the kernel: parking on a doorbell, deadlines, Ctrl-C, and healing (waiters
-recover dead holders themselves, so no daemon is required).
+They speak every calling convention users bring (ipcsem's own, threading's,
+multiprocessing's), build leases and context managers, and leave everything
+that decides who holds what to the backend (``ipcsem._backend``).
 """
 from __future__ import annotations
 
-import math
+import threading
 import time
-from dataclasses import dataclass
-from typing import final
+from typing import Callable, final
 
-from . import _identity, _ledger, _names, _recovery, _segment
-from ._errors import IpcsemError, LedgerFull, Timeout, Unlinked
+from . import _args, _backend, _names
+from ._errors import IpcsemError, PolicyMismatch, Timeout
+from ._identity import native_tid
+from ._records import Holder, Lease, Params, Stats, Waiter
 
-ME = _identity.ME
-GRANTED = _ledger.GRANTED          # take()/enqueue(): units are ours
-BUSY = _ledger.BUSY                # take(): not now
-STATE_GRANTED = _ledger.STATE_GRANTED
-
-# A blocked waiter wakes at least this often to look for dead holders (one
-# waiter per semaphore actually scans, elected through the ledger), so units
-# of a dead holder come back within about a second with no supervisor.
-HEAL_INTERVAL = 0.5
+_UNSET = object()
 
 
-@dataclass(frozen=True)
-class Holder:
-    """A process holding units.  (pid, start) is its identity; ``start`` is
-    its start time in clock ticks since boot."""
-
-    pid: int
-    start: int
-    units: int
-    since: float          # epoch seconds when its holding went from 0 to > 0
-    acquisitions: int     # grants it received since it registered
-
-
-@dataclass(frozen=True)
-class Waiter:
-    """A blocked acquire, in queue order."""
-
-    pid: int
-    start: int
-    tid: int              # native thread id of the waiting thread
-    units: int
-    priority: int
-    since: float          # epoch seconds when it started waiting
-    ticket: int           # FIFO order within a priority
+def _params(capacity, initial, mode, max_holders, max_waiters, *, kind="semaphore",
+            slots=False, fair=True, reentrant=False, priority_inheritance=False) -> Params:
+    _args.check_int("capacity", capacity, 1,
+                    _args.MAX_SLOTTED_CAPACITY if slots else _args.MAX_CAPACITY)
+    if initial is None:
+        initial = capacity
+    _args.check_int("initial", initial, 0, capacity)
+    _args.check_int("mode", mode, 0, 0o777)
+    _args.check_int("max_holders", max_holders, 1, _args.MAX_TABLE)
+    _args.check_int("max_waiters", max_waiters, 1, _args.MAX_TABLE)
+    return Params(capacity, initial, kind, slots, fair, reentrant, priority_inheritance, mode,
+                  max_holders, max_waiters)
 
 
-@dataclass(frozen=True)
-class Stats:
-    """Counters of one semaphore, read together under its lock."""
+def _group_id(group) -> int | None:
+    if group is None:
+        return None
+    if isinstance(group, str):
+        import grp
 
-    name: str
-    capacity: int
-    available: int
-    unowned: int          # units out without an owner (signalled pattern, disown)
-    held: int
-    holders: int
-    waiting: int
-    acquisitions: int
-    recovered_units: int  # units returned from dead processes, ever
-    recoveries: int       # dead processes recovered, ever
-    lock_repairs: int     # times a dead ledger-lock owner's update was rolled back
-    created: float
-    creator_pid: int
+        try:
+            return grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"no such group {group!r}") from None
+    return _args.check_int("group", group, 0, 2**32 - 2)
 
 
-def _split(result):
-    """C calls return a plain value, or (value, wakes) after a lock repair."""
-    if result.__class__ is tuple:
-        return result
-    return result, None
+def _positional(args: tuple, units, blocking, timeout):
+    """acquire()'s positional forms: ``(blocking[, timeout])`` as in threading,
+    ``(units[, blocking or timeout])`` as in ipcsem.  A bool is never a unit
+    count; an int (not a bool) first is one."""
+    if len(args) > 2:
+        raise TypeError(f"acquire() takes at most 2 positional arguments ({len(args)} given)")
+    first = args[0]
+    if first.__class__ is bool:
+        if blocking is not None:
+            raise TypeError("blocking given twice (positionally and as blocking=)")
+        blocking = first
+        if len(args) == 2:
+            timeout = args[1]
+    elif first.__class__ is int:
+        if units is not None:
+            raise TypeError("units given twice (positionally and as units=)")
+        units = first
+        if len(args) == 2:
+            if args[1].__class__ is bool:
+                if blocking is not None:
+                    raise TypeError("blocking given twice")
+                blocking = args[1]
+            else:
+                timeout = args[1]
+    else:
+        raise TypeError(f"acquire(): the first argument is blocking (a bool) or a unit count "
+                        f"(an int), not {type(first).__name__}")
+    return units, blocking, timeout
 
 
-@final
-class Semaphore:
-    """A named counting semaphore shared by any process that knows the name.
+def _deadlock_probe(name: str) -> Callable[[], None]:
+    """The check a ``deadlock="raise"`` waiter runs every slice."""
+    from . import _deadlock
 
-    ``Semaphore(name, capacity=N)`` opens NAME or creates it with N units;
-    ``Semaphore(name)`` opens an existing one (NotFound if absent).
-    Units belong to the acquiring *process* until it releases them; if it
-    dies they come back, exactly once.
-    """
+    return lambda: _deadlock.raise_if_victim(name)
 
-    __slots__ = ("_name", "_seg", "_ledger", "_capacity", "__weakref__")
 
-    def __init__(
-        self,
-        name: str,
-        capacity: int | None = None,
-        *,
-        initial: int | None = None,
-        mode: int = 0o600,
-        max_holders: int = _segment.DEFAULT_SLOTS,
-        max_waiters: int = _segment.DEFAULT_SLOTS,
-    ) -> None:
+class _Primitive:
+    """What Semaphore and Mutex share: a name, a handle, observation."""
+
+    __slots__ = ("_name", "_handle", "_capacity", "__weakref__")
+
+    def __init__(self, name: str, params: Params | None, backend: str | None, group,
+                 policy: dict, options: dict) -> None:
         _names.validate(name)
-        if capacity is not None:
-            _check_int("capacity", capacity, 1, _ledger.MAX_CAPACITY)
-        if initial is not None:
-            if capacity is None:
-                raise ValueError("initial= needs capacity= (it only applies when creating)")
-            _check_int("initial", initial, 0, capacity)
-        _check_int("mode", mode, 0, 0o777)
-        _check_int("max_holders", max_holders, 1, _ledger.MAX_SLOTS)
-        _check_int("max_waiters", max_waiters, 1, _ledger.MAX_SLOTS)
+        b = _backend.resolve(backend)
+        gid = _group_id(group)
+        kw = dict(options)
+        if gid is not None:
+            kw["group"] = gid
         self._name = name
-        self._seg = _segment.open_segment(name, capacity, initial, mode, max_holders, max_waiters)
-        self._ledger = self._seg.ledger
-        self._capacity = self._ledger.capacity
+        self._handle = b.open(name, params, **kw)
+        self._capacity = self._handle.params.capacity
+        found = self._handle.params
+        for setting, want in policy.items():
+            if want is not None and getattr(found, setting) != want:
+                self._handle.close()
+                raise PolicyMismatch(name, setting, getattr(found, setting), want)
 
     # ------------------------------------------------------------ properties
     @property
@@ -126,206 +116,354 @@ class Semaphore:
     @property
     def available(self) -> int:
         """Units free right now, read from the ledger."""
-        return self._ledger.available
+        return self._handle.available
+
+    @property
+    def created(self) -> bool:
+        """This handle's open created the semaphore (decided under the
+        creation lock: of racing creators exactly one sees True)."""
+        return self._handle.created
+
+    @property
+    def params(self) -> Params:
+        """The creation-time policy (capacity, slots, fair, kind, ...)."""
+        return self._handle.params
+
+    # ----------------------------------------------------------- observation
+    def holders(self) -> list[Holder]:
+        """Processes holding units now."""
+        return self._handle.holders()
+
+    def waiters(self) -> list[Waiter]:
+        """Blocked acquires in the order they will be served."""
+        return self._handle.waiters()
+
+    def stats(self) -> Stats:
+        return self._handle.stats()
+
+    def recover(self) -> int:
+        """Return the units of dead holders now; the number of units recovered."""
+        return self._handle.recover()
+
+    def check(self) -> None:
+        """Verify the ledger invariant (see docs/design.md); raise Corrupt if broken."""
+        self._handle.check()
+
+    # -------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Let go of the semaphore.  Units this process holds stay held (and
+        recoverable).  Blocking acquires of other threads on this handle give
+        up with ipcsem.Closed first."""
+        self._handle.close()
+
+    def unlink(self) -> None:
+        """Remove the name (see ipcsem.unlink)."""
+        unlink(self._name)
+
+    def __repr__(self) -> str:
+        kind = type(self).__name__
+        try:
+            return f"<ipcsem.{kind} {self._name!r} {self.available}/{self._capacity} available>"
+        except IpcsemError:
+            return f"<ipcsem.{kind} {self._name!r} closed>"
+
+    # -------------------------------------------------------------- granting
+    def _grant(self, units: int, wait: bool, timeout: float | None, priority: int,
+               deadlock_raise: bool, owner: int | None = None) -> Lease | None:
+        """The one acquire path: try, then (if allowed) queue and wait."""
+        tid = native_tid()
+        owner = tid if owner is None else owner
+        h = self._handle
+        g = h.take(units, priority, owner, tid)
+        if g is not None or not wait or timeout == 0:
+            return g
+        deadline = None if timeout is None else time.monotonic() + timeout
+        probe = _deadlock_probe(self._name) if deadlock_raise else None
+        return h.wait(units, priority, owner, tid, deadline, deadlock_raise, probe)
+
+
+@final
+class Semaphore(_Primitive):
+    """A named counting semaphore shared by any process that knows the name.
+
+    ``Semaphore(name, capacity=N)`` opens NAME or creates it with N units;
+    ``Semaphore(name)`` opens an existing one (NotFound if absent).  Units
+    belong to the acquiring *process* until it releases them; if it dies
+    they come back, exactly once.  Waiters are served strictly in order:
+    higher ``priority`` first, FIFO within a priority (``fair=False``: a
+    releasing or arriving process may take free units before a woken waiter,
+    at most OVERTAKE_LIMIT times per queued request).
+
+    ``slots=True`` numbers the units 0..N-1 and tells each grant which it got
+    (``lease.slots``).  ``capacity``, ``slots`` and ``fair`` are fixed at
+    creation; asking an existing semaphore for others is PolicyMismatch.
+    ``mode`` (default 0o600) and ``group`` choose who may share it.
+    """
+
+    __slots__ = ("_slotted", "_mine")
+
+    def __init__(self, name: str, capacity: int | None = None, *, initial: int | None = None,
+                 mode: int = 0o600, group: str | int | None = None, slots: bool | None = None,
+                 fair: bool | None = None, max_holders: int = 1024, max_waiters: int = 1024,
+                 backend: str | None = None, **options) -> None:
+        if slots is not None:
+            _args.check_bool("slots", slots)
+        if fair is not None:
+            _args.check_bool("fair", fair)
+        if capacity is None:
+            if initial is not None:
+                raise ValueError("initial= needs capacity= (it only applies when creating)")
+            params = None
+        else:
+            params = _params(capacity, initial, mode, max_holders, max_waiters,
+                             slots=bool(slots), fair=True if fair is None else fair)
+        super().__init__(name, params, backend, group, {"slots": slots, "fair": fair,
+                                                        "kind": "semaphore"}, options)
+        self._slotted = self._handle.params.slots
+        # Slotted semaphores: each thread's grants from acquire(), newest
+        # last, so release() frees the unit numbers its own acquire got.
+        self._mine = threading.local() if self._slotted else None
 
     # --------------------------------------------------------------- acquire
-    def acquire(self, units: int = 1, *, blocking: bool = True, timeout: float | None = None,
-                priority: int = 0) -> bool:
-        """Take ``units`` units, all or none.  Returns False on timeout or,
-        with ``blocking=False``, when they are not free now.  Waiters are
-        served strictly in order: higher ``priority`` first, FIFO within one.
+    def acquire(self, *args, units: int | None = None, blocking: bool | None = None,
+                block: bool | None = None, timeout: float | None = None, priority: int = 0,
+                deadlock: str = "wait") -> bool:
+        """Take ``units`` units (default 1), all or none; True when taken.
+
+        Every form of the standard library works with its meaning:
+        ``acquire()``, ``acquire(False)``, ``acquire(True, 2.0)``,
+        ``acquire(blocking=False)``, ``acquire(timeout=-1)`` (forever), and
+        multiprocessing's ``acquire(block=False)`` (which ignores a timeout).
+        ipcsem's own: ``acquire(2)`` or ``acquire(units=2)``, ``timeout=``
+        seconds (0: only if free now), ``priority=`` (higher is served first),
+        ``deadlock="raise"`` (DeadlockDetected if this wait closes a deadlock).
+        A bool is never a unit count.  Returns False on timeout or when a
+        non-blocking attempt finds the units taken.  Raises ValueError/
+        TypeError for bad arguments (nothing changes), Unlinked, Closed,
+        DeadlockDetected, LedgerFull.
         """
-        if timeout is not None:
-            _check_timeout(timeout, blocking)
-        try:
-            result = self._ledger.take(ME.pid, ME.start, units, priority)
-        except LedgerFull:
-            result = self._after_heal(self._ledger.take, ME.pid, ME.start, units, priority)
-        if result == GRANTED:
-            return True
-        code, wakes = _split(result)
-        self._seg.ring(wakes)
-        if code == GRANTED:
-            return True
-        if not blocking or timeout == 0:
+        if args:
+            units, blocking, timeout = _positional(args, units, blocking, timeout)
+        g = self._grant_from_args(blocking, timeout, units, block, priority, deadlock)
+        if g is None:
             return False
-        return self._wait(units, timeout, priority)
+        if self._slotted:
+            self._remember(g)
+        return True
+
+    def _grant_from_args(self, blocking, timeout, units, block, priority, deadlock):
+        if block is not None:
+            if block.__class__ is not bool:
+                raise TypeError(f"block must be True or False, not {block!r}")
+            if blocking is not None:
+                raise TypeError("give blocking= or block=, not both")
+            blocking = block
+            if not block:
+                timeout = None      # multiprocessing ignores a timeout then
+        elif blocking is None:
+            blocking = True
+        elif blocking.__class__ is not bool:
+            raise TypeError(f"blocking must be True or False, not {blocking!r}")
+        if units is None:
+            units = 1
+        elif units.__class__ is not int:
+            raise TypeError(f"units must be an int, not {type(units).__name__}")
+        t = _args.check_timeout(timeout)
+        if not blocking and t is not None:
+            raise ValueError("can't specify a timeout for a non-blocking acquire")
+        if priority:
+            _args.check_priority(priority)
+        raise_dl = _args.check_deadlock(deadlock) if deadlock != "wait" else False
+        return self._grant(units, blocking, t, priority, raise_dl)
 
     def try_acquire(self, units: int = 1) -> bool:
-        """Take ``units`` now if that overtakes nobody; never blocks."""
+        """Take ``units`` now if that overtakes nobody; never blocks.  A dead
+        holder's units are recovered first when that would change the answer
+        (at most twice a second per semaphore)."""
         return self.acquire(units, blocking=False)
 
-    def _wait(self, units: int, timeout: float | None, priority: int) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        ledger, pid, start = self._ledger, ME.pid, ME.start
-        try:
-            entry = ledger.enqueue(pid, start, _identity.native_tid(), units, priority)
-        except LedgerFull:
-            entry = self._after_heal(ledger.enqueue, pid, start, _identity.native_tid(), units,
-                                     priority)
-        entry, wakes = _split(entry)
-        self._seg.ring(wakes)
-        if entry == GRANTED:
-            return True
-        try:
-            bell = self._seg.doorbell(entry)
-            bell.drain()  # rings meant for this entry's previous user
-            while True:
-                if ledger.state(entry) == STATE_GRANTED or ledger.unlinked:
-                    if self._settle(entry, cancel=False):
-                        return True
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    return self._settle(entry, cancel=True)
-                if ledger.claim_heal(time.time_ns(), int(HEAL_INTERVAL * 1e9)):
-                    _recovery.heal(self._seg)
-                    continue
-                nap = HEAL_INTERVAL if deadline is None else min(HEAL_INTERVAL, deadline - now)
-                bell.wait(nap)  # a signal handler's exception propagates from here
-        except BaseException:
-            # Ctrl-C, SystemExit, anything: leave nothing behind.  If the grant
-            # raced in, give the units back: the caller never learns of them.
-            if self._settle(entry, cancel=True):
-                self.release(units)
-            raise
-
-    def _after_heal(self, op, *args):
-        # A full table may be full of the dead: recover them and try once more;
-        # if it is still full, the LedgerFull stands.
-        _recovery.heal(self._seg)
-        return op(*args)
-
-    def _settle(self, entry: int, cancel: bool) -> bool:
-        outcome, wakes = self._ledger.settle(entry, ME.pid, ME.start, 1 if cancel else 0)
-        self._seg.ring(wakes)
-        if outcome == 1:
-            return True
-        if outcome == -1 and not cancel:
-            if self._ledger.unlinked:
-                raise Unlinked(f"semaphore {self._name!r} was unlinked while waiting", self._name)
-            raise IpcsemError(
-                f"queue entry of this process vanished from {self._name!r}: was it "
-                "recovered as dead? (identity confusion; please report)", self._name)
-        return False
-
     # --------------------------------------------------------------- release
-    def release(self, units: int = 1) -> None:
-        """Give back ``units``: owned units first; beyond that an unowned post
-        (producer/consumer signalling), allowed only up to the capacity:
-        otherwise ValueError and nothing changes."""
-        wakes = self._ledger.release(ME.pid, ME.start, units)
-        if wakes is not None:
-            self._seg.ring(wakes)
+    def release(self, units: int = 1, *, n: int | None = None) -> None:
+        """Give back ``units`` (threading's ``release(n)`` too): owned units
+        first; beyond that an unowned post (producer/consumer signalling),
+        allowed only up to the capacity: otherwise ValueError and nothing
+        changes.  On a slotted semaphore the unit numbers of this thread's
+        latest acquire() go first."""
+        if n is not None:
+            units = n
+        if self._slotted:
+            self._handle.release(units, 0, self._recall(units))
+        else:
+            self._handle.release(units, 0)
 
     def disown(self, units: int = 1) -> None:
         """Hand owned units off without returning them: they stay taken but
         belong to nobody, so this process's death no longer returns them
         (a consumer's item, a producer's filled slot).  An unowned post by
-        anyone (``release`` beyond what it owns) returns them later."""
-        self._seg.ring(_split(self._ledger.disown(ME.pid, ME.start, units))[1])
+        anyone (``release`` beyond what it owns) returns them later.  On a
+        slotted semaphore their unit numbers stay taken, owned by nobody."""
+        self._handle.disown(units)
+
+    def _remember(self, g: Lease) -> None:
+        stack = getattr(self._mine, "grants", None)
+        if stack is None:
+            stack = self._mine.grants = []
+        stack.append([g, g.units])
+
+    def _recall(self, units: int) -> Lease | None:
+        """The grant whose unit numbers a bare release() frees first."""
+        stack = getattr(self._mine, "grants", None)
+        if not stack:
+            return None
+        top = stack[-1]
+        top[1] -= units
+        if top[1] <= 0:
+            stack.pop()
+        return top[0]
 
     # ------------------------------------------------------ context managers
-    def __enter__(self) -> Semaphore:
-        self.acquire()
-        return self
+    def __enter__(self) -> Lease:
+        g = self._grant(1, True, None, 0, False)
+        if self._slotted:
+            self._remember(g)
+        return g
 
     def __exit__(self, *exc) -> None:
-        self.release()
+        if self._slotted:
+            self._handle.release(1, 0, self._recall(1))
+        else:
+            self._handle.release(1, 0)
 
-    def hold(self, units: int = 1, *, timeout: float | None = None, priority: int = 0) -> _Hold:
-        """``with sem.hold(2, timeout=5):`` hold 2 units for the block;
-        raises ipcsem.Timeout if they cannot be had in time."""
-        if timeout is not None:
-            _check_timeout(timeout, True)
-        return _Hold(self, units, timeout, priority)
-
-    # ----------------------------------------------------------- observation
-    def _snapshot(self):
-        header, holders, waiters, wakes = self._ledger.snapshot()
-        self._seg.ring(wakes)
-        return header, holders, waiters
-
-    def holders(self) -> list[Holder]:
-        """Processes holding units now."""
-        _, holders, _ = self._snapshot()
-        return [
-            Holder(pid, start, units, since / 1e9, acquired)
-            for _slot, pid, start, units, since, acquired, _pending, _reg in holders
-            if units > 0
-        ]
-
-    def waiters(self) -> list[Waiter]:
-        """Blocked acquires in the order they will be served."""
-        _, _, waiters = self._snapshot()
-        queued = [w for w in waiters if w[1] == _ledger.WAITING]
-        queued.sort(key=lambda w: (-w[6], w[7]))
-        return [
-            Waiter(pid, start, tid, units, prio, since / 1e9, ticket)
-            for _e, _s, pid, start, tid, units, prio, ticket, since, _h in queued
-        ]
-
-    def stats(self) -> Stats:
-        h, holders, _ = self._snapshot()
-        held = sum(x[3] for x in holders)
-        return Stats(self._name, h["capacity"], h["available"], h["unowned"], held,
-                     sum(1 for x in holders if x[3] > 0), h["waiting"], h["acquisitions"],
-                     h["recovered_units"], h["recoveries"], h["lock_repairs"],
-                     h["created_ns"] / 1e9, h["creator_pid"])
-
-    def recover(self) -> int:
-        """Return the units of dead holders now; the number of units recovered."""
-        return _recovery.heal(self._seg)
-
-    def check(self) -> None:
-        """Verify the ledger invariant (see docs/design.md); raise Corrupt if broken."""
-        self._seg.ring(self._ledger.check())
-
-    # -------------------------------------------------------------- lifetime
-    def close(self) -> None:
-        """Unmap.  Units this process holds stay held (and recoverable)."""
-        if self._seg is not None:
-            self._seg.ring(_split(self._ledger.unregister(ME.pid, ME.start))[1])
-            self._seg.close()
-            self._seg = None
-
-    def unlink(self) -> None:
-        """Remove the name (see ipcsem.unlink)."""
-        _segment.unlink(self._name)
-
-    def __repr__(self) -> str:
-        if self._seg is None:
-            return f"<ipcsem.Semaphore {self._name!r} closed>"
-        return f"<ipcsem.Semaphore {self._name!r} {self.available}/{self._capacity} available>"
+    def hold(self, units: int = 1, *, timeout: float | None = None, priority: int = 0,
+             deadlock: str = "wait") -> _Hold:
+        """``with sem.hold(2, timeout=5) as lease:`` hold 2 units for the
+        block; raises ipcsem.Timeout if they cannot be had in time."""
+        _args.check_int("units", units, 1, self._capacity)
+        t = _args.check_timeout(timeout)
+        _args.check_priority(priority)
+        return _Hold(self, units, t, priority, _args.check_deadlock(deadlock))
 
 
 class _Hold:
-    __slots__ = ("_sem", "_units", "_timeout", "_priority")
+    __slots__ = ("_prim", "_units", "_timeout", "_priority", "_deadlock", "_lease")
 
-    def __init__(self, sem: Semaphore, units: int, timeout, priority: int) -> None:
-        self._sem, self._units, self._timeout, self._priority = sem, units, timeout, priority
+    def __init__(self, prim: _Primitive, units: int, timeout, priority: int,
+                 deadlock: bool) -> None:
+        self._prim, self._units, self._timeout = prim, units, timeout
+        self._priority, self._deadlock, self._lease = priority, deadlock, None
 
-    def __enter__(self) -> Semaphore:
-        if not self._sem.acquire(self._units, timeout=self._timeout, priority=self._priority):
-            raise Timeout(
-                f"could not acquire {self._units} unit(s) of {self._sem.name!r} "
-                f"within {self._timeout} s", self._sem.name)
-        return self._sem
+    def __enter__(self) -> Lease:
+        p = self._prim
+        lease = p._grant(self._units, True, self._timeout, self._priority, self._deadlock)
+        if lease is None:
+            raise Timeout(p.name, self._units, self._timeout)
+        self._lease = lease
+        return lease
 
     def __exit__(self, *exc) -> None:
-        self._sem.release(self._units)
+        lease, self._lease = self._lease, None
+        self._prim._handle.release(self._units, 0, lease)
 
 
-def _check_int(what: str, value, low: int, high: int) -> None:
-    if value.__class__ is not int:
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{what} must be in {low}..{high}, got {value}")
+@final
+class Mutex(_Primitive):
+    """A named mutex shared by any process that knows the name: capacity 1,
+    owned by the acquiring *thread*.
+
+    Only its owner may release it (anyone else gets NotOwner, and nothing
+    changes).  If the owner dies holding it, the next owner's lease (and
+    ``previous_owner_died``) says so until some owner releases it normally,
+    like a robust pthread mutex's EOWNERDEAD.  ``reentrant=True`` lets the
+    owner nest acquires (released at depth 0); otherwise a second acquire by
+    the owner raises DeadlockDetected instead of waiting forever.
+    """
+
+    __slots__ = ("_died",)
+
+    def __init__(self, name: str, *, reentrant: bool | None = None,
+                 priority_inheritance: bool | None = None, mode: int = 0o600,
+                 group: str | int | None = None, max_holders: int = 1024,
+                 max_waiters: int = 1024, create: bool = True, backend: str | None = None,
+                 **options) -> None:
+        if reentrant is not None:
+            _args.check_bool("reentrant", reentrant)
+        if priority_inheritance is not None:
+            _args.check_bool("priority_inheritance", priority_inheritance)
+        params = _params(1, 1, mode, max_holders, max_waiters, kind="mutex",
+                         reentrant=bool(reentrant),
+                         priority_inheritance=bool(priority_inheritance)) if create else None
+        super().__init__(name, params, backend, group,
+                         {"kind": "mutex", "reentrant": reentrant,
+                          "priority_inheritance": priority_inheritance}, options)
+        self._died = threading.local()
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None, *,
+                priority: int = 0, deadlock: str = "wait") -> bool:
+        """Lock it (threading.Lock's signature: ``timeout=-1`` is forever).
+        True when this thread owns it; False on timeout or when a
+        non-blocking attempt finds it taken."""
+        if blocking.__class__ is not bool:
+            raise TypeError(f"blocking must be True or False, not {blocking!r}")
+        t = _args.check_timeout(timeout)
+        if not blocking and t is not None:
+            raise ValueError("can't specify a timeout for a non-blocking acquire")
+        _args.check_priority(priority)
+        g = self._grant(1, blocking, t, priority, _args.check_deadlock(deadlock))
+        if g is None:
+            return False
+        self._died.value = g.previous_owner_died
+        return True
+
+    def release(self) -> None:
+        """Unlock it; NotOwner unless this thread owns it."""
+        self._handle.release(1, native_tid())
+
+    @property
+    def previous_owner_died(self) -> bool:
+        """For the current owner, after acquire: its previous owner died
+        holding it and nobody has released it normally since."""
+        return getattr(self._died, "value", False)
+
+    def locked(self) -> bool:
+        return self._handle.available == 0
+
+    def __enter__(self) -> Lease:
+        g = self._grant(1, True, None, 0, False)
+        self._died.value = g.previous_owner_died
+        return g
+
+    def __exit__(self, *exc) -> None:
+        self._handle.release(1, native_tid())
+
+    def hold(self, *, timeout: float | None = None, priority: int = 0,
+             deadlock: str = "wait") -> _Hold:
+        """``with m.hold(timeout=5) as lease:``; ipcsem.Timeout if not had in time."""
+        return _MutexHold(self, 1, _args.check_timeout(timeout), _args.check_priority(priority),
+                          _args.check_deadlock(deadlock))
 
 
-def _check_timeout(timeout, blocking: bool) -> None:
-    if not blocking:
-        raise ValueError("a timeout makes no sense with blocking=False")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if not (0 <= timeout < math.inf):
-        raise ValueError(f"timeout must be finite and >= 0, got {timeout}")
+class _MutexHold(_Hold):
+    __slots__ = ()
+
+    def __enter__(self) -> Lease:
+        lease = super().__enter__()
+        self._prim._died.value = lease.previous_owner_died
+        return lease
+
+    def __exit__(self, *exc) -> None:
+        self._lease = None
+        self._prim._handle.release(1, native_tid())
+
+
+# ------------------------------------------------------------- module level
+def names(backend: str | None = None) -> list[str]:
+    """Every semaphore name the backend shows this process."""
+    return _backend.resolve(backend).names()
+
+
+def unlink(name: str, backend: str | None = None) -> None:
+    """Remove the name: queued waiters give up with Unlinked; processes that
+    have it open keep working on the removed object; a later open creates a
+    new one.  NotFound if there is no such name."""
+    _names.validate(name)
+    _backend.resolve(backend).unlink(name)

@@ -89,7 +89,7 @@ def unique_name(prefix: str = "t") -> str:
 
 def _unlink_quietly(name: str) -> None:
     from ._errors import IpcsemError
-    from ._segment import unlink
+    from ._semaphore import unlink
 
     try:
         unlink(name)

@@ -12,7 +12,7 @@ import sys
 import threading
 
 import ipcsem
-from ipcsem import _ledger
+from ipcsem._shm import _ledger
 
 sem = None
 

@@ -1,0 +1,186 @@
+"""Process facts, read from the kernel: one place for /proc parsing, the
+parent-death signal, and launching helper processes (supervisors, storm
+workers) the same way everywhere.
+
+Start ticks (field 22 of /proc/PID/stat) are read here by hand: they are
+half of a process's identity and must be exact.  Everything else a person
+wants to see about a process (user, command line, thread count, state) comes
+from psutil, the tool users already know for this.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+HAVE_PROC = os.path.exists("/proc/self/stat")
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Stat:
+    """The fields of /proc/PID/stat ipcsem uses."""
+
+    state: str        # R, S, D, T, t, Z, X, ... (the thread-group leader's)
+    ppid: int
+    threads: int      # live threads of the whole thread group
+    start: int        # start time in clock ticks since boot
+
+
+def stat(pid: int) -> Stat | None:
+    """/proc/PID/stat of ``pid``, or None if there is no such process.
+    PermissionError if /proc hides it (hidepid)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm (field 2) may contain spaces and ')': split after the last ')'.
+    try:
+        rest = data[data.rindex(b")") + 2:].split()
+        return Stat(rest[0].decode(), int(rest[1]), int(rest[17]), int(rest[19]))
+    except (ValueError, IndexError):
+        return None  # vanished while we read it (an empty file)
+
+
+def start_of(pid: int) -> int | None:
+    """Start time token of ``pid``, or None if it does not exist."""
+    if HAVE_PROC:
+        try:
+            st = stat(pid)
+        except PermissionError:
+            return None
+        return None if st is None else st.start
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).create_time() * 1_000_000)
+    except psutil.Error:
+        return None
+
+
+def argv(pid: int, start: int | None = None) -> list[str] | None:
+    """The command line of ``pid`` (psutil), ``["[comm]"]`` for a zombie or a
+    kernel thread, None if it is gone (or is no longer the process that
+    started at ``start``)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        try:
+            args = p.cmdline()
+        except psutil.ZombieProcess:
+            args = []
+        if not args:
+            args = [f"[{p.name()}]"]
+    except psutil.Error:
+        return None
+    if start is not None and start_of(pid) != start:
+        return None  # reused while we looked: trust nothing
+    return args
+
+
+def user(pid: int) -> str | None:
+    """The login name (or uid) owning ``pid``, None if unknown."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).username()
+    except psutil.Error:
+        return None
+    except KeyError:  # a uid without a passwd entry
+        try:
+            return str(psutil.Process(pid).uids().real)
+        except psutil.Error:
+            return None
+
+
+def user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies
+    (prctl PR_SET_PDEATHSIG; it survives exec).  False where unavailable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def pdeathsig_preexec(sig: int = signal.SIGKILL, parent: int | None = None,
+                      then: Callable[[], None] | None = None) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child die with us (libc is looked up
+    here, in the parent, not between fork and exec).  If the parent already
+    died before prctl took effect, the child kills itself.  ``then()`` runs
+    after (signal dispositions, masks)."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid() if parent is None else parent
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if then is not None:
+            then()
+
+    return preexec
+
+
+def package_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment in which a child ``python -m ipcsem...`` imports this
+    very ipcsem, even when the parent found it through sys.path rather than
+    an installation."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ if env is None else env)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([here] + paths)
+    return env
+
+
+def launch_supervisor(names: list[str] | tuple[str, ...] = (), *, extra: list[str] = (),
+                      die_with_parent: bool = True, new_session: bool = False,
+                      **popen) -> subprocess.Popen:
+    """Start ``python -m ipcsem supervise [NAME...]`` as a child process (the
+    storm, the tests, the benchmarks all start it this way).  It dies with
+    us unless ``die_with_parent`` is False."""
+    argv = [sys.executable, "-m", "ipcsem", "supervise", *extra, *names]
+    popen.setdefault("stdin", subprocess.DEVNULL)
+    popen.setdefault("env", package_env())
+    if die_with_parent:
+        popen.setdefault("preexec_fn", pdeathsig_preexec())
+    return subprocess.Popen(argv, start_new_session=new_session, **popen)
+
+
+def locks_on(path: str) -> list[int]:
+    """Pids holding a lock (flock/POSIX) on the file at ``path``, from
+    /proc/locks (blocked requests skipped)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[1] != "->" and parts[5] == key:
+                    pids.append(int(parts[4]))
+    except (OSError, ValueError):
+        pass
+    return pids

@@ -1,0 +1,225 @@
+"""One process's open shared-memory semaphore: the shm backend's Handle.
+
+The protocol is the C ledger's (``_ledger.c``); this module adds what needs
+the kernel or Python: who we are, deadlines in monotonic time, healing dead
+holders while we wait or when a non-blocking attempt is refused, and the
+typed errors' names.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from .. import _identity
+from .._backend import Handle, Pending
+from .._errors import IpcsemError, LedgerFull
+from .._records import Holder, Lease, Params, Stats, Waiter
+from . import _ledger, recovery
+from .segment import Segment
+
+ME = _identity.ME
+LOCK_FOREVER = _ledger.LOCK_FOREVER
+WAITING = _ledger.WAITING
+
+# A blocked waiter looks at the ledger at least this often, and one waiter
+# per semaphore (elected through the ledger) then looks for dead holders, so
+# their units come back within about a second without a supervisor.  A
+# refused non-blocking attempt takes part in the same election.
+HEAL_INTERVAL = 0.5
+SLICE_NS = int(HEAL_INTERVAL * 1e9)
+# How long a call that must not wait (take, try_acquire) may wait for the
+# ledger lock itself: transactions hold it for ~100 ns, so this only ever
+# runs out when the lock's holder is stopped or hung.
+TRY_LOCK_NS = 5_000_000
+
+
+class ShmPending(Pending):
+    __slots__ = ("entry", "units")
+
+    def __init__(self, entry: int, units: int) -> None:
+        self.entry = entry
+        self.units = units
+
+
+class ShmHandle(Handle):
+    """A Handle on a ledger in POSIX shared memory."""
+
+    __slots__ = ("name", "params", "created", "segment", "_ledger")
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self.name = segment.name
+        self.params: Params = segment.params
+        self.created = segment.created
+        self._ledger = segment.ledger
+
+    # ------------------------------------------------------------- reading
+    @property
+    def available(self) -> int:
+        return self._ledger.available
+
+    @property
+    def ledger(self) -> _ledger.Ledger:
+        return self._ledger
+
+    def snapshot(self):
+        """The ledger now (``_ledger.Snapshot``), read without the lock."""
+        try:
+            return self._ledger.snapshot()
+        except IpcsemError as e:
+            raise e.with_name(self.name) from None
+
+    def holders(self) -> list[Holder]:
+        snap = self.snapshot()
+        owner_tid = snap.header.mx_owner_tid if self.params.kind == "mutex" else None
+        return [Holder(h.pid, h.start, h.units, h.since_ns / 1e9, h.acquisitions, h.slots,
+                       owner_tid or None)
+                for h in snap.holders if h.units > 0]
+
+    def waiters(self) -> list[Waiter]:
+        return [Waiter(w.pid, w.start, w.tid, w.units, w.priority, w.since_ns / 1e9, w.ticket)
+                for w in self.snapshot().waiters if w.state == WAITING]
+
+    def stats(self) -> Stats:
+        snap = self.snapshot()
+        h, p = snap.header, self.params
+        return Stats(self.name, h.capacity, h.available, h.unowned,
+                     sum(x.units for x in snap.holders),
+                     sum(1 for x in snap.holders if x.units > 0), h.waiting, h.acquisitions,
+                     h.recovered_units, h.recoveries, h.lock_repairs, h.created_ns / 1e9,
+                     h.creator_pid, p.kind, p.slots, p.fair, p.reentrant, p.priority_inheritance)
+
+    # ----------------------------------------------------------- acquiring
+    def take(self, units: int, priority: int, owner: int, tid: int) -> Lease | None:
+        ledger = self._ledger
+        try:
+            try:
+                g = ledger.take(ME.pid, ME.start, tid, owner, units, priority,
+                                time.monotonic_ns() + TRY_LOCK_NS)
+            except LedgerFull:
+                self._heal()   # a full table may be full of the dead
+                g = ledger.take(ME.pid, ME.start, tid, owner, units, priority,
+                                time.monotonic_ns() + TRY_LOCK_NS)
+            if g is None and ledger.claim_heal(time.time_ns(), SLICE_NS) and self._heal():
+                # Refused, and it is our turn to look for the dead: a dead
+                # holder must not lock out callers that never block.
+                g = ledger.take(ME.pid, ME.start, tid, owner, units, priority,
+                                time.monotonic_ns() + TRY_LOCK_NS)
+        except IpcsemError as e:
+            raise e.with_name(self.name) from None
+        return g
+
+    def _enqueue(self, units, priority, owner, tid, flags: int, lock: int):
+        ledger = self._ledger
+        args = (ME.pid, ME.start, tid, owner, units, priority, flags, lock)
+        try:
+            return ledger.enqueue(*args)
+        except LedgerFull:
+            self._heal()
+            return ledger.enqueue(*args)
+
+    def wait(self, units: int, priority: int, owner: int, tid: int, deadline: float | None,
+             deadlock_raise: bool = False,
+             on_slice: Callable[[], None] | None = None) -> Lease | None:
+        ledger = self._ledger
+        deadline_ns = 0 if deadline is None else max(int(deadline * 1e9), 1)
+        flags = _ledger.WF_DEADLOCK_RAISE if deadlock_raise else 0
+        try:
+            got = self._enqueue(units, priority, owner, tid, flags,
+                                LOCK_FOREVER if deadline is None else deadline_ns)
+            if got is None:
+                return None        # the deadline passed waiting for the ledger lock
+            if not isinstance(got, int):
+                return got
+
+            def each_slice() -> None:
+                if ledger.claim_heal(time.time_ns(), SLICE_NS):
+                    self._heal()
+                if on_slice is not None:
+                    on_slice()
+
+            return ledger.wait(got, ME.pid, ME.start, deadline_ns, SLICE_NS, each_slice)
+        except IpcsemError as e:
+            raise e.with_name(self.name) from None
+
+    def enqueue(self, units: int, priority: int, owner: int, tid: int, deadlock_raise: bool,
+                notify: Callable[[], None]) -> Lease | ShmPending:
+        flags = _ledger.WF_ASYNC | (_ledger.WF_DEADLOCK_RAISE if deadlock_raise else 0)
+        try:
+            got = self._enqueue(units, priority, owner, tid, flags, LOCK_FOREVER)
+        except IpcsemError as e:
+            raise e.with_name(self.name) from None
+        if not isinstance(got, int):
+            return got
+        from . import bells
+
+        pending = ShmPending(got, units)
+        bells.watch(self, pending, notify)
+        return pending
+
+    def settle(self, pending: Pending) -> Lease | None:
+        assert isinstance(pending, ShmPending)
+        try:
+            g = self._ledger.settle(pending.entry, ME.pid, ME.start)
+        except IpcsemError as e:
+            raise e.with_name(self.name) from None
+        if g is not None:
+            from . import bells
+
+            bells.unwatch(self, pending)
+        return g
+
+    def cancel(self, pending: Pending) -> None:
+        assert isinstance(pending, ShmPending)
+        from . import bells
+
+        bells.unwatch(self, pending)
+        self._ledger.cancel(pending.entry, ME.pid, ME.start)
+
+    # ----------------------------------------------------------- returning
+    def release(self, units: int, owner: int, lease: Lease | None = None) -> None:
+        try:
+            self._ledger.release(ME.pid, ME.start, owner, units, 0 if lease is None else lease.token)
+        except IpcsemError as e:
+            raise e.with_name(self.name) from None
+
+    def disown(self, units: int) -> None:
+        try:
+            self._ledger.disown(ME.pid, ME.start, units, 0)
+        except IpcsemError as e:
+            raise e.with_name(self.name) from None
+
+    # -------------------------------------------------------------- upkeep
+    def _heal(self) -> int:
+        return recovery.heal(self.segment)
+
+    def recover(self) -> int:
+        try:
+            return self._heal()
+        except IpcsemError as e:
+            raise e.with_name(self.name) from None
+
+    def check(self) -> None:
+        try:
+            self._ledger.check(LOCK_FOREVER)
+        except IpcsemError as e:
+            raise e.with_name(self.name) from None
+
+    def close(self) -> None:
+        """Drop our idle registration (within a bound: the lock's holder may
+        be stopped) and let go of the mapping once no call of ours uses it."""
+        if self._ledger.closed:
+            return
+        try:
+            self._ledger.unregister(ME.pid, ME.start, time.monotonic_ns() + 100_000_000)
+        except IpcsemError:
+            pass  # a corrupt ledger: the mapping goes anyway
+        if not self.segment.close():
+            from .._errors import Closed
+
+            raise Closed("other threads are still inside calls on this semaphore",
+                         name=self.name)
+
+    @property
+    def closed(self) -> bool:
+        return self._ledger.closed

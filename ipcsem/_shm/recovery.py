@@ -1,0 +1,49 @@
+"""Recovery: return the units of dead processes, exactly once.
+
+``heal(segment)`` is the single recovery step every path uses (blocked
+waiters, failed non-blocking attempts, ``Semaphore.recover()``, the
+supervisor): look at every identity the ledger knows, ask the kernel whether
+it is dead, and call the ledger's ``recover(pid, start)``, which is
+idempotent under the ledger lock: however many healers race, a dead
+process's units are posted once.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from .. import _identity
+from . import _ledger
+
+log = logging.getLogger("ipcsem")
+
+# on_recover(name, pid, start, units, entries)
+OnRecover = Callable[[str, int, int, int, int], None]
+
+
+def identities(snapshot) -> set[tuple[int, int]]:
+    """Every (pid, start) a ledger snapshot mentions."""
+    return ({(h.pid, h.start) for h in snapshot.holders}
+            | {(w.pid, w.start) for w in snapshot.waiters})
+
+
+def recover_identity(segment, pid: int, start: int, on_recover: OnRecover | None = None,
+                     lock: int = _ledger.LOCK_FOREVER) -> int:
+    """Return what one identity, known to be dead, holds or waits for (the
+    ledger rings the waiters this grants to); report it.  Units recovered
+    (0 if another recoverer got there first).  Wedged if ``lock`` (a
+    CLOCK_MONOTONIC deadline in ns) passes before the ledger lock is had."""
+    units, entries = segment.ledger.recover(pid, start, lock)
+    if units or entries:
+        log.info("recovered %d unit(s) of %s from dead pid %d", units, segment.name, pid)
+        if on_recover is not None:
+            on_recover(segment.name, pid, start, units, entries)
+    return units
+
+
+def heal(segment, on_recover: OnRecover | None = None,
+         lock: int = _ledger.LOCK_FOREVER) -> int:
+    """Recover every dead holder/waiter of one semaphore; units recovered."""
+    snap = segment.ledger.snapshot()
+    return sum(recover_identity(segment, pid, start, on_recover, lock)
+               for pid, start in identities(snap) if _identity.is_dead(pid, start))
