@@ -1367,22 +1367,28 @@ static void body_cancel(Ledger *L, Call *c)
         return;
     int64_t h = ld(WAITER(V, w, WA_HOLDER));
     if (state == W_GRANTED && holder_ok(V, h)) {
+        /* The grant's units are the process's: another of its threads may
+         * already have released or disowned some.  Give back what is still
+         * held, up to the grant. */
         int64_t units = ld(WAITER(V, w, WA_UNITS)), held = ld(HOLDER(V, h, HO_UNITS));
-        if (units > held || units < 1) {
-            fail(c, E_CORRUPT, "granted entry %lld has more units than its holder",
+        if (units < 1 || held < 0) {
+            fail(c, E_CORRUPT, "granted entry %lld is inconsistent with its holder",
                  (long long)w);
             return;
         }
-        if (is_slotted(V))
-            slots_move(V, c, h, units, ld(WAITER(V, w, WA_TOKEN)), 0);
-        if (is_mutex(V)) {
-            tx_store(V, c, HDR(V, H_MX_OWNER_KEY), 0);
-            tx_store(V, c, HDR(V, H_MX_OWNER_TID), 0);
-            tx_store(V, c, HDR(V, H_MX_DEPTH), 0);
+        int64_t back = units < held ? units : held;
+        if (back > 0) {
+            if (is_slotted(V))
+                slots_move(V, c, h, back, ld(WAITER(V, w, WA_TOKEN)), 0);
+            if (is_mutex(V) && ld(HDR(V, H_MX_OWNER_KEY)) == ld(WAITER(V, w, WA_OWNER))) {
+                tx_store(V, c, HDR(V, H_MX_OWNER_KEY), 0);
+                tx_store(V, c, HDR(V, H_MX_OWNER_TID), 0);
+                tx_store(V, c, HDR(V, H_MX_DEPTH), 0);
+            }
+            tx_store(V, c, HOLDER(V, h, HO_UNITS), held - back);
+            tx_store(V, c, HDR(V, H_AVAILABLE), ld(HDR(V, H_AVAILABLE)) + back);
         }
-        tx_store(V, c, HOLDER(V, h, HO_UNITS), held - units);
-        tx_store(V, c, HDR(V, H_AVAILABLE), ld(HDR(V, H_AVAILABLE)) + units);
-        c->r[0] = units;
+        c->r[0] = back;
     }
     free_waiter(V, c, w);
     tx_commit(V, c);
