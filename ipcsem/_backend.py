@@ -190,3 +190,8 @@ def _load(scheme: str) -> None:
 def forget(url: str) -> None:
     """Drop a cached backend (tests; after its server went away)."""
     _CACHE.pop(url, None)
+
+
+# The default backend is always loaded: opening a semaphore must not depend
+# on finding modules later (a process may drop privileges or chroot first).
+from . import _shm  # noqa: E402,F401

@@ -218,10 +218,10 @@ def test_kill_during_the_repair_of_a_dead_owners_update():
 
 
 LOCKER = """
-import ctypes, sys
-from ipcsem import _segment
-seg = _segment.open_segment(sys.argv[1])
-addr = ctypes.addressof(ctypes.c_char.from_buffer(seg._mmap, 512))   # the ledger mutex
+import ctypes, mmap, os, sys
+fd = os.open("/dev/shm/ipcsem." + sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, os.fstat(fd).st_size)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(m, 512))   # the ledger mutex
 assert ctypes.CDLL(None).pthread_mutex_lock(ctypes.c_void_p(addr)) == 0
 print("locked", flush=True)
 # ... and exit normally: interpreter teardown unmaps the ledger before the
@@ -234,7 +234,8 @@ def test_lock_owner_that_exits_with_the_ledger_unmapped(name):
     p = subprocess.run([sys.executable, "-c", LOCKER, name], capture_output=True, text=True,
                        timeout=30)
     assert p.stdout.strip() == "locked", p.stderr
-    word = int.from_bytes(sem._seg._mmap[512:516], "little")
+    with open(f"/dev/shm/ipcsem.{name}", "rb") as f:
+        word = int.from_bytes(os.pread(f.fileno(), 4, 512), "little")
     assert word & 0x3FFFFFFF and not word & 0x40000000  # "held" by a dead TID, unmarked
     start = time.monotonic()
     assert sem.acquire(2, timeout=10)

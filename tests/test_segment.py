@@ -6,12 +6,16 @@ import signal
 import subprocess
 import sys
 
-import posix_ipc
 import pytest
 
 import ipcsem
-from ipcsem import _ledger, _names
+from ipcsem import _names
+from ipcsem._records import Params
+from ipcsem._shm import _ledger
+from ipcsem._shm.segment import open_segment
 from procs import held_by, queued_pids, wait_until
+
+DEFAULT_SIZE = _ledger.segment_size(2, 1024, 1024, 0)
 
 CREATE_AT_ONCE = """
 import ipcsem, sys, time
@@ -43,11 +47,12 @@ def test_many_processes_create_the_same_name_at_once(name):
 
 DIE_WHILE_CREATING = """
 import os, signal, sys
-from ipcsem import _ledger, _segment
+from ipcsem._records import Params
+from ipcsem._shm import _ledger, segment
 def die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
 _ledger.initialize = die          # the creator is killed right before the layout is written
-_segment.open_segment(sys.argv[1], 3)
+segment.open_segment(sys.argv[1], Params(3, 3))
 """
 
 
@@ -63,13 +68,9 @@ def test_creator_killed_midway_leaves_a_name_the_next_creator_heals(name):
 
 
 def write_segment(name, data: bytes):
-    shm = posix_ipc.SharedMemory(_names.shm_name(name), posix_ipc.O_CREX, size=len(data) or 0)
-    if data:
-        import mmap
-
-        with mmap.mmap(shm.fd, len(data)) as m:
-            m[:] = data
-    shm.close_fd()
+    fd = os.open(_names.shm_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, data)
+    os.close(fd)
 
 
 def open_in_child(name):
@@ -82,12 +83,15 @@ def open_in_child(name):
                           timeout=30)
 
 
-@pytest.mark.parametrize("kind", ["foreign", "truncated", "tiny", "version", "inconsistent"])
+@pytest.mark.parametrize("kind", ["foreign", "truncated", "tiny", "version", "inconsistent",
+                                  "v1"])
 def test_bad_segments_are_typed_errors_naming_the_remedy(name, kind):
     """Hazard 10: never SIGBUS, never a hang, never silent trust."""
-    good = _ledger.segment_size(1024, 1024)
+    good = DEFAULT_SIZE
     if kind == "foreign":
         write_segment(name, os.urandom(8192))
+    elif kind == "v1":   # a ledger of ipcsem 0.1 (layout version 1) still under the name
+        write_segment(name, b"IPCSEM01" + (1).to_bytes(8, "little") + bytes(8192))
     elif kind == "tiny":
         write_segment(name, b"\1" * 100)
     else:
@@ -106,7 +110,9 @@ def test_bad_segments_are_typed_errors_naming_the_remedy(name, kind):
     assert r.stdout.startswith("Corrupt")
     assert f"ipcsem rm --force {name}" in r.stdout and _names.shm_path(name) in r.stdout
     if kind == "version":
-        assert "version 99" in r.stdout
+        assert "layout version unknown" in r.stdout
+    if kind == "v1":
+        assert "layout version 1" in r.stdout
     ipcsem.unlink(name)                       # and the remedy works
     assert not os.path.exists(_names.shm_path(name))
 
@@ -114,8 +120,10 @@ def test_bad_segments_are_typed_errors_naming_the_remedy(name, kind):
 def test_broken_invariant_is_reported_by_check(name):
     sem = ipcsem.Semaphore(name, capacity=2)
     sem.acquire()
-    m = sem._seg._mmap
-    m[13 * 8:14 * 8] = (2).to_bytes(8, "little")    # available: 2 while 1 is held
+    fd = os.open(_names.shm_path(name), os.O_RDWR)
+    available = 18   # header word of `available` in layout 2
+    os.pwrite(fd, (2).to_bytes(8, "little"), available * 8)   # 2 free while 1 is held
+    os.close(fd)
     with pytest.raises(ipcsem.Corrupt, match="units lost or invented"):
         sem.check()
 
@@ -173,7 +181,7 @@ def test_limits(name):
     with pytest.raises(ValueError):
         ipcsem.Semaphore(name, capacity=1, max_holders=0)
     small = ipcsem.Semaphore(name, capacity=1, max_holders=2, max_waiters=3)
-    assert os.stat(_names.shm_path(name)).st_size == _ledger.segment_size(2, 3)
+    assert os.stat(_names.shm_path(name)).st_size == _ledger.segment_size(1, 2, 3, 0)
     small.check()
 
 
@@ -218,9 +226,10 @@ def test_exactly_one_racing_create_reports_creating(name):
     """`ipcsem create` relies on this: the creator is decided under the flock."""
     import time
 
-    code = ("import sys,time\nfrom ipcsem import _segment\nt=float(sys.argv[2])\n"
+    code = ("import sys,time\nfrom ipcsem._records import Params\n"
+            "from ipcsem._shm.segment import open_segment\nt=float(sys.argv[2])\n"
             "while time.time()<t: pass\n"
-            "s=_segment.open_segment(sys.argv[1],2)\nprint(int(s.created))")
+            "s=open_segment(sys.argv[1],Params(2,2))\nprint(int(s.created))")
     go = time.time() + 1.0
     procs = [subprocess.Popen([sys.executable, "-c", code, name, str(go)], stdout=subprocess.PIPE,
                               text=True) for _ in range(6)]

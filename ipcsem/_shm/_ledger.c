@@ -2288,6 +2288,8 @@ static int verify(View *V, Call *c)
             continue;
         if (i >= hhwm)
             BROKEN("holder slot %lld is above the high-water mark", (long long)i);
+        if (pid < 0)
+            BROKEN("holder slot %lld names pid %lld", (long long)i, (long long)pid);
         int64_t units = ld(HOLDER(V, i, HO_UNITS)), pending = 0;
         if (units < 0 || units > cap)
             BROKEN("holder slot %lld has %lld units", (long long)i, (long long)units);

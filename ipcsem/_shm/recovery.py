@@ -22,9 +22,10 @@ OnRecover = Callable[[str, int, int, int, int], None]
 
 
 def identities(snapshot) -> set[tuple[int, int]]:
-    """Every (pid, start) a ledger snapshot mentions."""
-    return ({(h.pid, h.start) for h in snapshot.holders}
-            | {(w.pid, w.start) for w in snapshot.waiters})
+    """Every (pid, start) a ledger snapshot mentions (a pid <= 0 is no
+    process: a corrupt row, which check() reports; never 'recovered')."""
+    return ({(h.pid, h.start) for h in snapshot.holders if h.pid > 0}
+            | {(w.pid, w.start) for w in snapshot.waiters if w.pid > 0})
 
 
 def recover_identity(segment, pid: int, start: int, on_recover: OnRecover | None = None,
