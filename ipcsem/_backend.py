@@ -115,6 +115,11 @@ class Handle(ABC):
     @abstractmethod
     def disown(self, units: int) -> None: ...
 
+    def owner_died(self, owner: int) -> bool:
+        """Mutexes: ``owner`` owns it and its previous owner died holding it
+        (not yet repaired by a normal release)."""
+        return False
+
     # ----------------------------------------------------------- upkeep
     @abstractmethod
     def recover(self) -> int:

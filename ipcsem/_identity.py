@@ -109,4 +109,17 @@ ME = _Me()
 ME.refresh()
 os.register_at_fork(after_in_child=ME.refresh)
 
-native_tid = threading.get_native_id
+_tls = threading.local()
+
+
+def native_tid() -> int:
+    """The calling thread's native id, cached per thread (gettid() is a
+    system call; a forked child's thread gets its own, new id)."""
+    try:
+        return _tls.tid
+    except AttributeError:
+        tid = _tls.tid = threading.get_native_id()
+        return tid
+
+
+os.register_at_fork(after_in_child=lambda: _tls.__dict__.clear())

@@ -6,11 +6,11 @@ that decides who holds what to the backend (``ipcsem._backend``).
 """
 from __future__ import annotations
 
-import threading
 import time
 from typing import Callable, final
 
 from . import _args, _backend, _names
+from ._shm import _ledger
 from ._errors import IpcsemError, PolicyMismatch, Timeout
 from ._identity import native_tid
 from ._records import Holder, Lease, Params, Stats, Waiter
@@ -82,8 +82,13 @@ def _deadlock_probe(name: str) -> Callable[[], None]:
     return lambda: _deadlock.raise_if_victim(name)
 
 
-class _Primitive:
-    """What Semaphore and Mutex share: a name, a handle, observation."""
+class _Primitive(_ledger.Primitive):
+    """What Semaphore and Mutex share: a name, a handle, observation.
+
+    The hot methods (``acquire``, ``release``, ``__enter__``, ``__exit__``)
+    are inherited from a C base type that does the common uncontended case on
+    the shared-memory backend without running any Python, and otherwise calls
+    the ``_*_slow`` methods here, which are the implementation."""
 
     __slots__ = ("_name", "_handle", "_capacity", "__weakref__")
 
@@ -103,6 +108,9 @@ class _Primitive:
             if want is not None and getattr(found, setting) != want:
                 self._handle.close()
                 raise PolicyMismatch(name, setting, getattr(found, setting), want)
+        fast = getattr(self._handle, "fast_ledger", None)
+        if fast is not None and not found.priority_inheritance:
+            self._fast_attach(fast)
 
     # ------------------------------------------------------------ properties
     @property
@@ -154,6 +162,7 @@ class _Primitive:
         """Let go of the semaphore.  Units this process holds stay held (and
         recoverable).  Blocking acquires of other threads on this handle give
         up with ipcsem.Closed first."""
+        self._fast_attach(None)
         self._handle.close()
 
     def unlink(self) -> None:
@@ -200,7 +209,7 @@ class Semaphore(_Primitive):
     ``mode`` (default 0o600) and ``group`` choose who may share it.
     """
 
-    __slots__ = ("_slotted", "_mine")
+    __slots__ = ()
 
     def __init__(self, name: str, capacity: int | None = None, *, initial: int | None = None,
                  mode: int = 0o600, group: str | int | None = None, slots: bool | None = None,
@@ -219,15 +228,11 @@ class Semaphore(_Primitive):
                              slots=bool(slots), fair=True if fair is None else fair)
         super().__init__(name, params, backend, group, {"slots": slots, "fair": fair,
                                                         "kind": "semaphore"}, options)
-        self._slotted = self._handle.params.slots
-        # Slotted semaphores: each thread's grants from acquire(), newest
-        # last, so release() frees the unit numbers its own acquire got.
-        self._mine = threading.local() if self._slotted else None
 
     # --------------------------------------------------------------- acquire
-    def acquire(self, *args, units: int | None = None, blocking: bool | None = None,
-                block: bool | None = None, timeout: float | None = None, priority: int = 0,
-                deadlock: str = "wait") -> bool:
+    def _acquire_slow(self, *args, units: int | None = None, blocking: bool | None = None,
+                      block: bool | None = None, timeout: float | None = None,
+                      priority: int = 0, deadlock: str = "wait") -> bool:
         """Take ``units`` units (default 1), all or none; True when taken.
 
         Every form of the standard library works with its meaning:
@@ -244,12 +249,8 @@ class Semaphore(_Primitive):
         """
         if args:
             units, blocking, timeout = _positional(args, units, blocking, timeout)
-        g = self._grant_from_args(blocking, timeout, units, block, priority, deadlock)
-        if g is None:
-            return False
-        if self._slotted:
-            self._remember(g)
-        return True
+        return self._grant_from_args(blocking, timeout, units, block, priority,
+                                     deadlock) is not None
 
     def _grant_from_args(self, blocking, timeout, units, block, priority, deadlock):
         if block is not None:
@@ -280,21 +281,18 @@ class Semaphore(_Primitive):
         """Take ``units`` now if that overtakes nobody; never blocks.  A dead
         holder's units are recovered first when that would change the answer
         (at most twice a second per semaphore)."""
-        return self.acquire(units, blocking=False)
+        return self._grant(units, False, None, 0, False) is not None
 
     # --------------------------------------------------------------- release
-    def release(self, units: int = 1, *, n: int | None = None) -> None:
-        """Give back ``units`` (threading's ``release(n)`` too): owned units
-        first; beyond that an unowned post (producer/consumer signalling),
-        allowed only up to the capacity: otherwise ValueError and nothing
-        changes.  On a slotted semaphore the unit numbers of this thread's
-        latest acquire() go first."""
+    def _release_slow(self, units: int = 1, *, n: int | None = None) -> None:
+        """release(units=1, *, n=None): give back ``units`` (threading's
+        ``release(n)`` too): owned units first; beyond that an unowned post
+        (producer/consumer signalling), allowed only up to the capacity:
+        otherwise ValueError and nothing changes.  On a slotted semaphore the
+        unit numbers of this thread's latest grant go first."""
         if n is not None:
             units = n
-        if self._slotted:
-            self._handle.release(units, 0, self._recall(units))
-        else:
-            self._handle.release(units, 0)
+        self._handle.release(units, native_tid())
 
     def disown(self, units: int = 1) -> None:
         """Hand owned units off without returning them: they stay taken but
@@ -304,35 +302,12 @@ class Semaphore(_Primitive):
         slotted semaphore their unit numbers stay taken, owned by nobody."""
         self._handle.disown(units)
 
-    def _remember(self, g: Lease) -> None:
-        stack = getattr(self._mine, "grants", None)
-        if stack is None:
-            stack = self._mine.grants = []
-        stack.append([g, g.units])
-
-    def _recall(self, units: int) -> Lease | None:
-        """The grant whose unit numbers a bare release() frees first."""
-        stack = getattr(self._mine, "grants", None)
-        if not stack:
-            return None
-        top = stack[-1]
-        top[1] -= units
-        if top[1] <= 0:
-            stack.pop()
-        return top[0]
-
     # ------------------------------------------------------ context managers
-    def __enter__(self) -> Lease:
-        g = self._grant(1, True, None, 0, False)
-        if self._slotted:
-            self._remember(g)
-        return g
+    def _enter_slow(self) -> Lease:
+        return self._grant(1, True, None, 0, False)
 
-    def __exit__(self, *exc) -> None:
-        if self._slotted:
-            self._handle.release(1, 0, self._recall(1))
-        else:
-            self._handle.release(1, 0)
+    def _exit_slow(self, *exc) -> None:
+        self._handle.release(1, native_tid())
 
     def hold(self, units: int = 1, *, timeout: float | None = None, priority: int = 0,
              deadlock: str = "wait") -> _Hold:
@@ -362,7 +337,7 @@ class _Hold:
 
     def __exit__(self, *exc) -> None:
         lease, self._lease = self._lease, None
-        self._prim._handle.release(self._units, 0, lease)
+        self._prim._handle.release(self._units, native_tid(), lease)
 
 
 @final
@@ -378,7 +353,7 @@ class Mutex(_Primitive):
     the owner raises DeadlockDetected instead of waiting forever.
     """
 
-    __slots__ = ("_died",)
+    __slots__ = ()
 
     def __init__(self, name: str, *, reentrant: bool | None = None,
                  priority_inheritance: bool | None = None, mode: int = 0o600,
@@ -395,10 +370,9 @@ class Mutex(_Primitive):
         super().__init__(name, params, backend, group,
                          {"kind": "mutex", "reentrant": reentrant,
                           "priority_inheritance": priority_inheritance}, options)
-        self._died = threading.local()
 
-    def acquire(self, blocking: bool = True, timeout: float | None = None, *,
-                priority: int = 0, deadlock: str = "wait") -> bool:
+    def _acquire_slow(self, blocking: bool = True, timeout: float | None = None, *,
+                      priority: int = 0, deadlock: str = "wait") -> bool:
         """Lock it (threading.Lock's signature: ``timeout=-1`` is forever).
         True when this thread owns it; False on timeout or when a
         non-blocking attempt finds it taken."""
@@ -408,31 +382,25 @@ class Mutex(_Primitive):
         if not blocking and t is not None:
             raise ValueError("can't specify a timeout for a non-blocking acquire")
         _args.check_priority(priority)
-        g = self._grant(1, blocking, t, priority, _args.check_deadlock(deadlock))
-        if g is None:
-            return False
-        self._died.value = g.previous_owner_died
-        return True
+        return self._grant(1, blocking, t, priority, _args.check_deadlock(deadlock)) is not None
 
-    def release(self) -> None:
-        """Unlock it; NotOwner unless this thread owns it."""
+    def _release_slow(self) -> None:
+        """release(): unlock it; NotOwner unless this thread owns it."""
         self._handle.release(1, native_tid())
 
     @property
     def previous_owner_died(self) -> bool:
-        """For the current owner, after acquire: its previous owner died
-        holding it and nobody has released it normally since."""
-        return getattr(self._died, "value", False)
+        """For the current owner: its previous owner died holding it and
+        nobody has released it normally since (repair, then release)."""
+        return self._handle.owner_died(native_tid())
 
     def locked(self) -> bool:
         return self._handle.available == 0
 
-    def __enter__(self) -> Lease:
-        g = self._grant(1, True, None, 0, False)
-        self._died.value = g.previous_owner_died
-        return g
+    def _enter_slow(self) -> Lease:
+        return self._grant(1, True, None, 0, False)
 
-    def __exit__(self, *exc) -> None:
+    def _exit_slow(self, *exc) -> None:
         self._handle.release(1, native_tid())
 
     def hold(self, *, timeout: float | None = None, priority: int = 0,
@@ -444,11 +412,6 @@ class Mutex(_Primitive):
 
 class _MutexHold(_Hold):
     __slots__ = ()
-
-    def __enter__(self) -> Lease:
-        lease = super().__enter__()
-        self._prim._died.value = lease.previous_owner_died
-        return lease
 
     def __exit__(self, *exc) -> None:
         self._lease = None

@@ -13,7 +13,9 @@ agree with the model field by field: the invariant is checked, not assumed.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import subprocess
 import uuid
 
 import hypothesis.strategies as st
@@ -22,15 +24,25 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import ipcsem
+from ipcsem._identity import start_of
 from ipcsem._records import Params
 from ipcsem._shm import _ledger
 from ipcsem._shm.segment import open_segment
 
-# Identities that are never real processes (pid_max is at most 2**22).
-IDENTS = [(5_000_000 + i, 4242 + i) for i in range(4)]
+def _live_identities(n: int) -> list[tuple[int, int]]:
+    """Identities of real, live processes that never touch a ledger: any
+    healer on the machine (a supervisor, a blocked waiter) must see them
+    alive, or it would recover their units behind the model's back."""
+    procs = [subprocess.Popen(["sleep", "infinity"]) for _ in range(n)]
+    atexit.register(lambda: [p.kill() for p in procs])
+    return [(p.pid, start_of(p.pid)) for p in procs]
+
+
+IDENTS = _live_identities(4)
 FOREVER = _ledger.LOCK_FOREVER
 LIMIT = _ledger.OVERTAKE_LIMIT
 MAX_WAITERS = 8
+KEYS = (1, 2)     # two threads' owner keys
 
 
 class Model:
@@ -46,7 +58,7 @@ class Model:
         self.ticket = 0
         self.token = 1
         self.overtaken = 0
-        # unit -> None (free), "U" (unowned), (ident, token)
+        # unit -> None (free), "U" (unowned), (ident, token, key)
         self.units = [None] * initial + ["U"] * (capacity - initial) if slots else None
 
     # -- the queue in serving order
@@ -80,7 +92,7 @@ class Model:
             self.overtaken = 0
 
     # -- grants
-    def give(self, ident, units):
+    def give(self, ident, units, key=1):
         token, self.token = self.token, self.token + 1
         self.available -= units
         self.owned[ident] += units
@@ -90,7 +102,7 @@ class Model:
                 if len(got) == units:
                     break
                 if self.units[u] is None:
-                    self.units[u] = (ident, token)
+                    self.units[u] = (ident, token, key)
                     got.append(u)
         return token, tuple(got)
 
@@ -102,22 +114,33 @@ class Model:
             if not self.fair and self.overtaken < LIMIT:
                 return                  # rung, not granted: it takes them itself
             self.remove(h[4])
-            token, slots = self.give(h[1], h[2])
+            token, slots = self.give(h[1], h[2], h[5])
             self.granted[h[4]] = (h[1], h[2], token, slots)
 
-    def move_slots(self, ident, units, hint, to):
+    def move_slots(self, ident, units, hint, to, key=0):
+        """The ledger's order: grant `hint`'s unit numbers, then owner `key`'s
+        grants newest first, then any; highest numbers first within each."""
         moved = []
-        for pass_ in (0, 1):
+
+        def take(pred):
             for u in reversed(range(self.capacity)):
                 if len(moved) == units:
-                    return moved
+                    return
                 o = self.units[u]
-                if not isinstance(o, tuple) or o[0] != ident:
-                    continue
-                if pass_ == 0 and o[1] != hint:
-                    continue
-                self.units[u] = None if to is None else (to, o[1])
-                moved.append(u)
+                if isinstance(o, tuple) and o[0] == ident and pred(o):
+                    self.units[u] = None if to is None else (to, o[1], o[2])
+                    moved.append(u)
+
+        if hint:
+            take(lambda o: o[1] == hint)
+        while key and len(moved) < units:
+            tokens = [o[1] for o in self.units if isinstance(o, tuple) and o[0] == ident
+                      and o[2] == key]
+            if not tokens:
+                break
+            newest = max(tokens)
+            take(lambda o: o[1] == newest)
+        take(lambda o: True)
         return moved
 
 
@@ -152,33 +175,35 @@ class LedgerMachine(RuleBasedStateMachine):
         assert g is not None
         assert (g.units, g.token, g.slots) == (units, token, slots)
 
-    @rule(data=st.data(), who=st.sampled_from(IDENTS), prio=st.integers(0, 2))
+    @rule(data=st.data(), who=st.sampled_from(IDENTS), prio=st.integers(0, 2),
+          key=st.sampled_from(KEYS))
     @precondition(lambda self: self.m is not None)
-    def take(self, data, who, prio):
+    def take(self, data, who, prio, key):
         m, units = self.m, self.draw_units(data)
         how = m.may_take(units, prio)
-        g = self.L.take(*who, 1, 1, units, prio, FOREVER)
+        g = self.L.take(*who, key, key, units, prio, FOREVER)
         if not how:
             assert g is None
             return
         if how == 2:
             m.overtaken += 1
-        self.expect_grant(g, *m.give(who, units), units)
+        self.expect_grant(g, *m.give(who, units, key), units)
 
-    @rule(data=st.data(), who=st.sampled_from(IDENTS), prio=st.integers(0, 2))
+    @rule(data=st.data(), who=st.sampled_from(IDENTS), prio=st.integers(0, 2),
+          key=st.sampled_from(KEYS))
     @precondition(lambda self: self.m is not None
                   and len(self.m.queue) + len(self.m.granted) < MAX_WAITERS)
-    def enqueue(self, data, who, prio):
+    def enqueue(self, data, who, prio, key):
         m, units = self.m, self.draw_units(data)
         how = m.may_take(units, prio)
-        got = self.L.enqueue(*who, 1, 1, units, prio, 0, FOREVER)
+        got = self.L.enqueue(*who, key, key, units, prio, 0, FOREVER)
         if how:
             if how == 2:
                 m.overtaken += 1
-            self.expect_grant(got, *m.give(who, units), units)
+            self.expect_grant(got, *m.give(who, units, key), units)
         else:
             assert isinstance(got, int) and got >= 0
-            m.insert([m.ticket, who, units, prio, got])
+            m.insert([m.ticket, who, units, prio, got, key])
             m.ticket += 1
 
     def pending_entry(self, data):
@@ -198,14 +223,15 @@ class LedgerMachine(RuleBasedStateMachine):
             h = m.head()
             if h[4] == entry and h[2] <= m.available:   # the woken head takes them itself
                 m.remove(entry)
-                token, slots = m.give(ident, h[2])
+                token, slots = m.give(ident, h[2], h[5])
                 m.granted[entry] = (ident, h[2], token, slots)
         g = self.L.settle(entry, *ident)
         if entry in m.granted:
             _, units, token, slots = m.granted.pop(entry)
             if self.SLOTS:
                 slots = tuple(sorted(u for u in range(m.capacity)
-                                     if m.units[u] == (ident, token)))
+                                     if isinstance(m.units[u], tuple)
+                                     and m.units[u][:2] == (ident, token)))
             self.expect_grant(g, token, slots, units)
             if not m.fair:
                 m.grant_loop()
@@ -233,9 +259,9 @@ class LedgerMachine(RuleBasedStateMachine):
             m.remove(entry)
         m.grant_loop()
 
-    @rule(data=st.data(), who=st.sampled_from(IDENTS))
+    @rule(data=st.data(), who=st.sampled_from(IDENTS), key=st.sampled_from(KEYS))
     @precondition(lambda self: self.m is not None)
-    def release(self, data, who):
+    def release(self, data, who, key):
         m, units = self.m, self.draw_units(data)
         owned = m.owned[who]
         extra = max(units - owned, 0)
@@ -243,11 +269,11 @@ class LedgerMachine(RuleBasedStateMachine):
         hint = data.draw(st.sampled_from(tokens)) if tokens else 0
         if extra > m.unowned:
             with pytest.raises(ValueError):
-                self.L.release(*who, 0, units, hint)
+                self.L.release(*who, key, units, hint)
             return
-        self.L.release(*who, 0, units, hint)
+        self.L.release(*who, key, units, hint)
         if m.slots:
-            m.move_slots(who, units - extra, hint, None)
+            m.move_slots(who, units - extra, hint, None, key)
             freed = 0
             for u in range(m.capacity):
                 if freed == extra:
@@ -260,19 +286,19 @@ class LedgerMachine(RuleBasedStateMachine):
         m.available += units
         m.grant_loop()
 
-    @rule(data=st.data(), who=st.sampled_from(IDENTS))
+    @rule(data=st.data(), who=st.sampled_from(IDENTS), key=st.sampled_from(KEYS))
     @precondition(lambda self: self.m is not None)
-    def disown(self, data, who):
+    def disown(self, data, who, key):
         m, units = self.m, self.draw_units(data)
         if m.owned[who] < units:
             with pytest.raises(ValueError):
-                self.L.disown(*who, units, 0)
+                self.L.disown(*who, units, 0, key)
             return
-        self.L.disown(*who, units, 0)
+        self.L.disown(*who, units, 0, key)
         m.owned[who] -= units
         m.unowned += units
         if m.slots:
-            for u in m.move_slots(who, units, 0, "gone"):
+            for u in m.move_slots(who, units, 0, "gone", key):
                 m.units[u] = "U"
 
     @rule(who=st.sampled_from(IDENTS))

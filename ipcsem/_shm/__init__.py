@@ -17,7 +17,7 @@ from . import _ledger
 from .handle import ShmHandle
 from .segment import open_segment, unlink
 
-_identity.ME.on_change(_ledger.set_self_pid)
+_identity.ME.on_change(lambda pid: _ledger.set_identity(pid, _identity.ME.start))
 Lease.register(_ledger.Grant)
 
 

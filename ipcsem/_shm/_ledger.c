@@ -53,6 +53,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structseq.h>
+#include <structmember.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -80,7 +81,7 @@
 #define UNDO_COUNT_OFF 640
 #define HOLDER_WORDS 8
 #define WAITER_WORDS 16
-#define UNIT_WORDS 2
+#define UNIT_WORDS 3
 #define UNDO_BASE 64           /* entries every transaction may need */
 #define MAX_SLOTS (1 << 20)
 #define MAX_CAPACITY 2147483647LL /* SEM_VALUE_MAX on Linux */
@@ -129,12 +130,15 @@ enum { W_FREE = 0, W_WAITING = 1, W_GRANTED = 2 };
 #define WF_ASYNC 1          /* ring the holder's process bell, not the entry's */
 #define WF_DEADLOCK_RAISE 2 /* the waiter asked deadlock="raise" (read by detectors) */
 #define WF_KNOWN (WF_ASYNC | WF_DEADLOCK_RAISE)
-/* Unit table (slotted): owner (0 free, -1 unowned, h + 1 holder slot h), token. */
-enum { UN_OWNER = 0, UN_TOKEN };
+/* Unit table (slotted): owner (0 free, -1 unowned, h + 1 holder slot h), the
+ * grant's token, and its owner key (thread or task): a bare release frees
+ * the unit numbers of the calling thread's latest grant first. */
+enum { UN_OWNER = 0, UN_TOKEN, UN_KEY };
 
 /* Lock waiting modes (the lock_ns argument of locked calls). */
 #define LOCK_FOREVER (-1)     /* wait as long as it takes; signal handlers run */
 #define LOCK_UNINTERRUPTED (-2) /* wait as long as it takes; signals wait for us */
+#define LOCK_TRY (-3)           /* do not wait at all (the facade's fast path) */
 
 /* A view of a ledger: the live mapping, or a private copy, so the same
  * accessors read both. */
@@ -184,8 +188,23 @@ typedef struct {
 
 static PyObject *CorruptError, *FullError, *UnlinkedError, *NotOwnerError, *DeadlockError,
     *WedgedError, *ClosedError;
-static int64_t self_pid = 0;      /* diagnostic only: who holds the lock */
+/* This process's pid, kept current across fork() by an atfork handler
+ * (glibc no longer caches getpid(): a system call per transaction would
+ * cost more than the transaction).  Recorded as the lock owner for tools,
+ * and used to tell a forked child's handles from its parent's. */
+static int64_t self_pid = 0;
+static int64_t self_start = 0;  /* start ticks of this process (0: not known yet) */
 static long crash_countdown = -1; /* test hook: SIGKILL self at the Nth point */
+/* The calling thread's native id, cached: gettid() is a system call, and a
+ * thread id is needed on every acquire (waiter entries and mutexes record it). */
+static __thread int64_t tls_tid = 0;
+
+static inline int64_t my_tid(void)
+{
+    if (!tls_tid)
+        tls_tid = (int64_t)syscall(SYS_gettid);
+    return tls_tid;
+}
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -268,7 +287,14 @@ static void list_free(List *l)
 
 static void call_init(Call *c)
 {
-    memset(c, 0, sizeof *c);
+    /* No memset of the whole struct: it is ~1 KiB and this is the hot path. */
+    memset(c->r, 0, sizeof c->r);
+    c->err = E_OK;
+    c->msg[0] = 0;
+    c->undo_n = 0;
+    c->in_tx = 0;
+    c->copy = NULL;
+    c->lock_owner_pid = 0;
     list_init(&c->wakes);
     list_init(&c->slots);
 }
@@ -626,9 +652,10 @@ static void unregister_holder(View *V, Call *c, int64_t h)
 
 /* ------------------------------------------------------------- slots */
 
-/* Give `units` free unit numbers (lowest first) to holder h with `token`;
- * remember them for the caller when `mine`. */
-static void slots_assign(View *V, Call *c, int64_t h, int64_t units, int64_t token, int mine)
+/* Give `units` free unit numbers (lowest first) to holder h with `token`
+ * for owner `key`; remember them for the caller when `mine`. */
+static void slots_assign(View *V, Call *c, int64_t h, int64_t units, int64_t token, int64_t key,
+                         int mine)
 {
     int64_t given = 0;
     for (int64_t u = 0; u < V->capacity && given < units; u++) {
@@ -636,6 +663,7 @@ static void slots_assign(View *V, Call *c, int64_t h, int64_t units, int64_t tok
             continue;
         tx_store(V, c, UNIT(V, u, UN_OWNER), h + 1);
         tx_store(V, c, UNIT(V, u, UN_TOKEN), token);
+        tx_store(V, c, UNIT(V, u, UN_KEY), key);
         if (mine && list_add(c, &c->slots, u) < 0)
             return;
         given++;
@@ -645,22 +673,42 @@ static void slots_assign(View *V, Call *c, int64_t h, int64_t units, int64_t tok
              (long long)given, (long long)units);
 }
 
-/* Move `units` of holder h's unit numbers to `to` (0: free, -1: unowned):
- * those of grant `token` first, then the others, highest numbers first. */
-static void slots_move(View *V, Call *c, int64_t h, int64_t units, int64_t token, int64_t to)
+static int64_t slots_move_token(View *V, Call *c, int64_t h, int64_t want, int64_t token,
+                                int64_t to)
 {
     int64_t moved = 0;
-    for (int pass = 0; pass < 2 && moved < units; pass++) {
-        for (int64_t u = V->capacity - 1; u >= 0 && moved < units; u--) {
-            if (ld(UNIT(V, u, UN_OWNER)) != h + 1)
-                continue;
-            if (pass == 0 && ld(UNIT(V, u, UN_TOKEN)) != token)
-                continue;
-            tx_store(V, c, UNIT(V, u, UN_OWNER), to);
-            if (to == 0)
-                tx_store(V, c, UNIT(V, u, UN_TOKEN), 0);
-            moved++;
-        }
+    for (int64_t u = V->capacity - 1; u >= 0 && moved < want; u--) {
+        if (ld(UNIT(V, u, UN_OWNER)) != h + 1 || ld(UNIT(V, u, UN_TOKEN)) != token)
+            continue;
+        tx_store(V, c, UNIT(V, u, UN_OWNER), to); /* a free unit's token and key are never read */
+        moved++;
+    }
+    return moved;
+}
+
+/* Move `units` of holder h's unit numbers to `to` (0: free, -1: unowned):
+ * those of grant `token` first (when given), then those of owner `key`'s
+ * grants, newest grant first (a thread's bare release undoes its own latest
+ * acquire), then any, highest numbers first. */
+static void slots_move(View *V, Call *c, int64_t h, int64_t units, int64_t token, int64_t key,
+                       int64_t to)
+{
+    int64_t moved = token ? slots_move_token(V, c, h, units, token, to) : 0;
+    while (moved < units && key) {
+        int64_t newest = 0;
+        for (int64_t u = 0; u < V->capacity; u++)
+            if (ld(UNIT(V, u, UN_OWNER)) == h + 1 && ld(UNIT(V, u, UN_KEY)) == key &&
+                ld(UNIT(V, u, UN_TOKEN)) > newest)
+                newest = ld(UNIT(V, u, UN_TOKEN));
+        if (!newest)
+            break;
+        moved += slots_move_token(V, c, h, units - moved, newest, to);
+    }
+    for (int64_t u = V->capacity - 1; u >= 0 && moved < units; u--) {
+        if (ld(UNIT(V, u, UN_OWNER)) != h + 1)
+            continue;
+        tx_store(V, c, UNIT(V, u, UN_OWNER), to);
+        moved++;
     }
     if (moved < units)
         fail(c, E_CORRUPT, "holder slot %lld owns fewer unit numbers than units",
@@ -675,7 +723,6 @@ static void slots_free_unowned(View *V, Call *c, int64_t units)
         if (ld(UNIT(V, u, UN_OWNER)) != -1)
             continue;
         tx_store(V, c, UNIT(V, u, UN_OWNER), 0);
-        tx_store(V, c, UNIT(V, u, UN_TOKEN), 0);
         freed++;
     }
     if (freed < units)
@@ -708,7 +755,7 @@ static int64_t give_units(View *V, Call *c, int64_t h, int64_t units, int64_t no
     tx_store(V, c, HDR(V, H_ACQUISITIONS), ld(HDR(V, H_ACQUISITIONS)) + 1);
     tx_store(V, c, HDR(V, H_NEXT_TOKEN), token + 1);
     if (is_slotted(V))
-        slots_assign(V, c, h, units, token, mine);
+        slots_assign(V, c, h, units, token, owner, mine);
     if (is_mutex(V)) {
         tx_store(V, c, HDR(V, H_MX_OWNER_KEY), owner);
         tx_store(V, c, HDR(V, H_MX_OWNER_TID), tid);
@@ -914,9 +961,9 @@ static int run_locked(Ledger *L, Body body, Call *c, int64_t mode)
         fail(c, E_VALUE, "ledger is closed");
         return -1;
     }
-    if (L->active_pid != getpid()) { /* a forked child: the parent's calls are not ours */
+    if (L->active_pid != self_pid) { /* a forked child: the parent's calls are not ours */
         L->active = 0;
-        L->active_pid = getpid();
+        L->active_pid = (pid_t)self_pid;
     }
     L->active++; /* with the GIL: release_buffer() refuses while > 0 */
     int rc = pthread_mutex_trylock(MUTEX(V));
@@ -926,6 +973,9 @@ static int run_locked(Ledger *L, Body body, Call *c, int64_t mode)
         if (rc == 0 || rc == EOWNERDEAD)
             unlock(V, c);
         ring_wakes(V, c);
+    } else if (mode == LOCK_TRY) {
+        c->lock_owner_pid = ld(HDR(V, H_LOCK_OWNER));
+        fail(c, E_LOCK_TIMEOUT, "ledger lock busy");
     } else {
         PyThreadState *ts = PyEval_SaveThread();
         rc = lock_wait(V, c, mode, &ts);
@@ -999,18 +1049,61 @@ static PyObject *raise_call_error(Call *c)
 
 /* -------------------------------------------------------- result records */
 
-static PyTypeObject *GrantType, *HolderRowType, *WaiterRowType, *HeaderType, *SnapshotType;
+static PyTypeObject *HolderRowType, *WaiterRowType, *HeaderType, *SnapshotType;
 
-static PyStructSequence_Field grant_fields[] = {
-    {"units", "units granted"},
-    {"slots", "unit numbers granted (slotted semaphores), else ()"},
-    {"token", "fencing token of this grant (strictly increasing per semaphore)"},
-    {"previous_owner_died", "mutex: its previous owner died holding it, not yet repaired"},
-    {"valid", "always True on one machine: a lease ends only with its process"},
-    {"deadline", "always None: a lease on one machine does not expire by time"},
+/* ipcsem.Lease on this backend: what one grant gave the caller.  A small C
+ * type rather than a struct sequence: a grant happens on every acquire, and
+ * a struct sequence costs dictionary lookups to build and to free. */
+typedef struct {
+    PyObject_HEAD
+    long long units;
+    PyObject *slots;
+    long long token;
+    char previous_owner_died;
+} LeaseObject;
+
+static PyMemberDef Lease_members[] = {
+    {"units", T_LONGLONG, offsetof(LeaseObject, units), READONLY, "units granted"},
+    {"slots", T_OBJECT, offsetof(LeaseObject, slots), READONLY,
+     "unit numbers granted, sorted (slotted semaphores), else ()"},
+    {"token", T_LONGLONG, offsetof(LeaseObject, token), READONLY,
+     "fencing token of this grant (strictly increasing per semaphore)"},
+    {"previous_owner_died", T_BOOL, offsetof(LeaseObject, previous_owner_died), READONLY,
+     "mutex: its previous owner died holding it, not yet repaired"},
     {NULL}};
-static PyStructSequence_Desc grant_desc = {
-    "ipcsem.Lease", "What one grant gave the caller (see ipcsem.Lease).", grant_fields, 6};
+
+static PyObject *Lease_valid(PyObject *self, void *c) { Py_RETURN_TRUE; }
+static PyObject *Lease_deadline(PyObject *self, void *c) { Py_RETURN_NONE; }
+
+static PyGetSetDef Lease_getset[] = {
+    {"valid", Lease_valid, NULL, "always True on one machine: a lease ends only with its process",
+     NULL},
+    {"deadline", Lease_deadline, NULL, "always None: a lease on one machine does not expire", NULL},
+    {NULL}};
+
+static void Lease_dealloc(LeaseObject *g)
+{
+    Py_XDECREF(g->slots);
+    PyObject_Free(g);
+}
+
+static PyObject *Lease_repr(LeaseObject *g)
+{
+    return PyUnicode_FromFormat("ipcsem.Lease(units=%lld, slots=%R, token=%lld%s)", g->units,
+                                g->slots, g->token,
+                                g->previous_owner_died ? ", previous_owner_died=True" : "");
+}
+
+static PyTypeObject LeaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipcsem.Lease",
+    .tp_basicsize = sizeof(LeaseObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What a grant gave the caller (see ipcsem.Lease).",
+    .tp_dealloc = (destructor)Lease_dealloc,
+    .tp_repr = (reprfunc)Lease_repr,
+    .tp_members = Lease_members,
+    .tp_getset = Lease_getset,
+};
 
 static PyObject *slots_tuple(List *l)
 {
@@ -1039,25 +1132,19 @@ static PyObject *empty_tuple;
 
 static PyObject *make_grant(int64_t units, int64_t token, List *slots, int owner_died)
 {
-    PyObject *g = PyStructSequence_New(GrantType);
-    if (!g)
+    PyObject *sl = slots->n ? slots_tuple(slots) : Py_NewRef(empty_tuple);
+    if (!sl)
         return NULL;
-    PyObject *s = slots->n ? slots_tuple(slots) : Py_NewRef(empty_tuple);
-    PyObject *u = PyLong_FromLongLong(units), *t = PyLong_FromLongLong(token);
-    if (!s || !u || !t) {
-        Py_XDECREF(s);
-        Py_XDECREF(u);
-        Py_XDECREF(t);
-        Py_DECREF(g);
+    LeaseObject *g = PyObject_New(LeaseObject, &LeaseType);
+    if (!g) {
+        Py_DECREF(sl);
         return NULL;
     }
-    PyStructSequence_SET_ITEM(g, 0, u);
-    PyStructSequence_SET_ITEM(g, 1, s);
-    PyStructSequence_SET_ITEM(g, 2, t);
-    PyStructSequence_SET_ITEM(g, 3, Py_NewRef(owner_died ? Py_True : Py_False));
-    PyStructSequence_SET_ITEM(g, 4, Py_NewRef(Py_True));
-    PyStructSequence_SET_ITEM(g, 5, Py_NewRef(Py_None));
-    return g;
+    g->units = units;
+    g->slots = sl;
+    g->token = token;
+    g->previous_owner_died = owner_died != 0;
+    return (PyObject *)g;
 }
 
 /* -------------------------------------------------------- argument parsing */
@@ -1076,6 +1163,15 @@ static int parse_args(Call *c, PyObject *const *args, Py_ssize_t nargs, Py_ssize
             return -1;
     }
     return 0;
+}
+
+/* A tid or owner argument of 0 means the calling thread. */
+static inline void default_thread(int64_t *tid, int64_t *owner)
+{
+    if (tid && !*tid)
+        *tid = my_tid();
+    if (owner && !*owner)
+        *owner = tid ? *tid : my_tid();
 }
 
 static int check_open(Ledger *L)
@@ -1167,7 +1263,7 @@ static void body_take(Ledger *L, Call *c)
 
 static int lock_mode_arg(int64_t mode)
 {
-    if (mode < LOCK_UNINTERRUPTED) {
+    if (mode < LOCK_TRY) {
         PyErr_SetString(PyExc_ValueError, "bad lock mode");
         return -1;
     }
@@ -1188,6 +1284,7 @@ static PyObject *Ledger_take(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
     if (parse_args(&c, args, nargs, 7, "take") < 0 || check_open(L) < 0 ||
         check_units(L, c.a[4]) < 0 || check_priority(c.a[5]) < 0 || lock_mode_arg(c.a[6]) < 0)
         goto error;
+    default_thread(&c.a[2], &c.a[3]);
     if (run_locked(L, body_take, &c, c.a[6]) < 0) {
         if (c.err == E_LOCK_TIMEOUT) {
             call_done(&c);
@@ -1274,6 +1371,7 @@ static PyObject *Ledger_enqueue(Ledger *L, PyObject *const *args, Py_ssize_t nar
     if (parse_args(&c, args, nargs, 8, "enqueue") < 0 || check_open(L) < 0 ||
         check_units(L, c.a[4]) < 0 || check_priority(c.a[5]) < 0 || lock_mode_arg(c.a[7]) < 0)
         goto error;
+    default_thread(&c.a[2], &c.a[3]);
     if (run_locked(L, body_enqueue, &c, c.a[7]) < 0) {
         if (c.err == E_LOCK_TIMEOUT) {
             call_done(&c);
@@ -1379,7 +1477,7 @@ static void body_cancel(Ledger *L, Call *c)
         int64_t back = units < held ? units : held;
         if (back > 0) {
             if (is_slotted(V))
-                slots_move(V, c, h, back, ld(WAITER(V, w, WA_TOKEN)), 0);
+                slots_move(V, c, h, back, ld(WAITER(V, w, WA_TOKEN)), 0, 0);
             if (is_mutex(V) && ld(HDR(V, H_MX_OWNER_KEY)) == ld(WAITER(V, w, WA_OWNER))) {
                 tx_store(V, c, HDR(V, H_MX_OWNER_KEY), 0);
                 tx_store(V, c, HDR(V, H_MX_OWNER_TID), 0);
@@ -1645,7 +1743,7 @@ static void body_release(Ledger *L, Call *c)
     }
     if (from_owned) {
         if (is_slotted(V))
-            slots_move(V, c, h, from_owned, hint, 0);
+            slots_move(V, c, h, from_owned, hint, owner, 0);
         tx_store(V, c, HOLDER(V, h, HO_UNITS), owned - from_owned);
     }
     if (extra) {
@@ -1664,6 +1762,7 @@ static PyObject *Ledger_release(Ledger *L, PyObject *const *args, Py_ssize_t nar
     if (parse_args(&c, args, nargs, 5, "release") < 0 || check_open(L) < 0 ||
         check_units(L, c.a[3]) < 0)
         goto error;
+    default_thread(NULL, &c.a[2]);
     if (run_locked(L, body_release, &c, LOCK_FOREVER) < 0) {
         raise_call_error(&c);
         goto error;
@@ -1675,7 +1774,7 @@ error:
     return NULL;
 }
 
-/* disown(pid, start, units, token_hint): owned units become units out
+/* disown(pid, start, units, token_hint, key): owned units become units out
  * without an owner (a hand-off: a consumer's item, a producer's filled
  * slot).  A slotted semaphore keeps their unit numbers taken, owned by
  * nobody.  Not for mutexes. */
@@ -1695,7 +1794,7 @@ static void body_disown(Ledger *L, Call *c)
         return;
     }
     if (is_slotted(V))
-        slots_move(V, c, h, units, c->a[3], -1);
+        slots_move(V, c, h, units, c->a[3], c->a[4], -1);
     tx_store(V, c, HOLDER(V, h, HO_UNITS), owned - units);
     tx_store(V, c, HDR(V, H_UNOWNED), ld(HDR(V, H_UNOWNED)) + units);
     tx_commit(V, c);
@@ -1704,9 +1803,10 @@ static void body_disown(Ledger *L, Call *c)
 static PyObject *Ledger_disown(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
 {
     Call c;
-    if (parse_args(&c, args, nargs, 4, "disown") < 0 || check_open(L) < 0 ||
+    if (parse_args(&c, args, nargs, 5, "disown") < 0 || check_open(L) < 0 ||
         check_units(L, c.a[2]) < 0)
         goto error;
+    default_thread(NULL, &c.a[4]);
     if (run_locked(L, body_disown, &c, LOCK_FOREVER) < 0) {
         raise_call_error(&c);
         goto error;
@@ -1746,7 +1846,7 @@ static void body_recover(Ledger *L, Call *c)
         }
         if (units) {
             if (is_slotted(V))
-                slots_move(V, c, h, units, 0, 0);
+                slots_move(V, c, h, units, 0, 0, 0);
             if (is_mutex(V)) {
                 tx_store(V, c, HDR(V, H_MX_OWNER_KEY), 0);
                 tx_store(V, c, HDR(V, H_MX_OWNER_TID), 0);
@@ -1904,7 +2004,7 @@ static int64_t geo_total(int64_t cap, int64_t mh, int64_t mw, int64_t policy, Ge
     g->units_off = g->waiters_off + mw * WAITER_WORDS * 8;
     int64_t nunits = (policy & P_SLOTS) ? cap : 0;
     g->undo_off = g->units_off + nunits * UNIT_WORDS * 8;
-    g->undo_max = UNDO_BASE + 3 * nunits;
+    g->undo_max = UNDO_BASE + 4 * nunits;
     g->total = g->undo_off + g->undo_max * 16;
     return g->total;
 }
@@ -2472,7 +2572,7 @@ static int Ledger_init(Ledger *L, PyObject *args, PyObject *kwds)
     L->has_buffer = 1;
     for (int i = 0; i < 8; i++)
         L->waits[i] = -1;
-    L->active_pid = getpid();
+    L->active_pid = (pid_t)self_pid;
     View *V = &L->v;
     char *base = L->buffer.buf;
     Py_ssize_t size = L->buffer.len;
@@ -2528,9 +2628,9 @@ static PyObject *Ledger_shutdown(Ledger *L, PyObject *arg)
     double seconds = PyFloat_AsDouble(arg);
     if (seconds == -1.0 && PyErr_Occurred())
         return NULL;
-    if (L->active_pid != getpid()) {
+    if (L->active_pid != self_pid) {
         L->active = 0; /* a forked child: the parent's threads are not here */
-        L->active_pid = getpid();
+        L->active_pid = (pid_t)self_pid;
         for (int i = 0; i < 8; i++)
             L->waits[i] = -1;
     }
@@ -2589,10 +2689,22 @@ static PyObject *Ledger_get_max_waiters(Ledger *L, void *c) { return PyLong_From
 static PyObject *Ledger_get_closed(Ledger *L, void *c) { return PyBool_FromLong(L->v.base == NULL); }
 static PyObject *Ledger_get_active(Ledger *L, void *c)
 {
-    return PyLong_FromLong(L->active_pid == getpid() ? L->active : 0);
+    return PyLong_FromLong(L->active_pid == self_pid ? L->active : 0);
+}
+
+static PyObject *Ledger_get_mutex(Ledger *L, void *c)
+{
+    if (check_open(L) < 0)
+        return NULL;
+    View *V = &L->v;
+    return Py_BuildValue("(LLLL)", (long long)ld(HDR(V, H_MX_OWNER_KEY)),
+                         (long long)ld(HDR(V, H_MX_OWNER_TID)), (long long)ld(HDR(V, H_MX_DEPTH)),
+                         (long long)ld(HDR(V, H_MX_OWNER_DIED)));
 }
 
 static PyGetSetDef Ledger_getset[] = {
+    {"mutex", (getter)Ledger_get_mutex, NULL,
+     "(owner key, owner tid, depth, owner died), lock-free: exact for the owner itself", NULL},
     {"capacity", (getter)Ledger_get_capacity, NULL, "capacity (fixed at creation)", NULL},
     {"policy", (getter)Ledger_get_policy, NULL, "creation-time policy bits (P_*)", NULL},
     {"available", (getter)Ledger_get_available, NULL, "units free now (lock-free read)", NULL},
@@ -2635,6 +2747,205 @@ static PyTypeObject LedgerType = {
     .tp_dealloc = (destructor)Ledger_dealloc,
     .tp_methods = Ledger_methods,
     .tp_getset = Ledger_getset,
+};
+
+/* ------------------------------------------------------- the fast path */
+
+/* The base type of ipcsem.Semaphore and ipcsem.Mutex.  Its four hot methods
+ * (acquire, release, __enter__, __exit__) handle exactly one case in C —
+ * the shared-memory backend, no arguments (or release(n)), the ledger lock
+ * free, the units free — and hand every other call, unchanged, to the
+ * Python methods _acquire_slow, _release_slow, _enter_slow and _exit_slow,
+ * which are the implementation.  A failure of any kind on the fast path
+ * changes nothing and takes the slow path too, so errors, names and
+ * waiting live in one place.  Why: a Python-level method call costs about
+ * what the whole ledger transaction does. */
+typedef struct {
+    PyObject_HEAD
+    Ledger *fast; /* the shm ledger when the fast path applies, else NULL */
+} Primitive;
+
+static void Primitive_dealloc(Primitive *P)
+{
+    PyTypeObject *tp = Py_TYPE(P);
+    if (tp->tp_flags & Py_TPFLAGS_HAVE_GC)
+        PyObject_GC_UnTrack(P);
+    Py_CLEAR(P->fast);
+    tp->tp_free((PyObject *)P);
+    if (tp->tp_flags & Py_TPFLAGS_HEAPTYPE)
+        Py_DECREF(tp);
+}
+
+static int Primitive_traverse(Primitive *P, visitproc visit, void *arg)
+{
+    Py_VISIT(P->fast);
+    if (Py_TYPE(P)->tp_flags & Py_TPFLAGS_HEAPTYPE)
+        Py_VISIT(Py_TYPE(P));
+    return 0;
+}
+
+static int Primitive_clear(Primitive *P)
+{
+    Py_CLEAR(P->fast);
+    return 0;
+}
+
+/* _fast_attach(ledger or None) */
+static PyObject *Primitive_attach(Primitive *P, PyObject *arg)
+{
+    if (arg != Py_None && !PyObject_TypeCheck(arg, &LedgerType)) {
+        PyErr_SetString(PyExc_TypeError, "a Ledger or None");
+        return NULL;
+    }
+    Py_XSETREF(P->fast, arg == Py_None ? NULL : (Ledger *)Py_NewRef(arg));
+    Py_RETURN_NONE;
+}
+
+static PyObject *slow(PyObject *self, const char *name, PyObject *const *args, size_t nargsf,
+                      PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8], **stack = small;
+    if (total + 1 > 8) {
+        stack = PyMem_Malloc((total + 1) * sizeof(PyObject *));
+        if (!stack)
+            return PyErr_NoMemory();
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < total; i++)
+        stack[i + 1] = args[i];
+    PyObject *meth = PyUnicode_InternFromString(name);
+    PyObject *r = meth ? PyObject_VectorcallMethod(meth, stack, (nargs + 1), kwnames) : NULL;
+    Py_XDECREF(meth);
+    if (stack != small)
+        PyMem_Free(stack);
+    return r;
+}
+
+/* One fast transaction: 1 on success (c->r filled), 0 to take the slow path. */
+static int fast_call(Primitive *P, Body body, Call *c)
+{
+    Ledger *L = P->fast;
+    if (!L || !L->v.base || !self_start)
+        return 0;
+    if (run_locked(L, body, c, LOCK_TRY) < 0) {
+        if (c->err == E_SIGNAL)
+            PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static int fast_take(Primitive *P, Call *c, int64_t units)
+{
+    call_init(c);
+    if (P->fast && (units < 1 || units > P->fast->v.capacity))
+        return 0;
+    int64_t tid = my_tid();
+    c->a[0] = self_pid, c->a[1] = self_start, c->a[2] = tid, c->a[3] = tid;
+    c->a[4] = units, c->a[5] = 0;
+    return fast_call(P, body_take, c) && c->r[0] == 1;
+}
+
+static int fast_release(Primitive *P, Call *c, int64_t units)
+{
+    call_init(c);
+    c->a[0] = self_pid, c->a[1] = self_start, c->a[2] = my_tid(), c->a[3] = units, c->a[4] = 0;
+    if (P->fast && (units < 1 || units > P->fast->v.capacity))
+        return 0;
+    return fast_call(P, body_release, c);
+}
+
+static PyObject *Primitive_acquire(Primitive *P, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    /* acquire() and acquire(k) with an int k (never a bool: that is
+     * blocking=) on a semaphore; the slow path decides what else is meant */
+    if (!kwnames && (nargs == 0 || (nargs == 1 && PyLong_CheckExact(args[0])))) {
+        int64_t units = 1;
+        if (nargs == 1) {
+            units = PyLong_AsLongLong(args[0]);
+            if (units == -1 && PyErr_Occurred())
+                PyErr_Clear();
+        }
+        Call c;
+        int ok = units >= 1 && fast_take(P, &c, units);
+        call_done(&c);
+        if (ok)
+            Py_RETURN_TRUE;
+    }
+    return slow((PyObject *)P, "_acquire_slow", args, nargsf, kwnames);
+}
+
+static PyObject *Primitive_release(Primitive *P, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (!kwnames && (nargs == 0 || (nargs == 1 && PyLong_CheckExact(args[0])))) {
+        int64_t units = 1;
+        if (nargs == 1) {
+            units = PyLong_AsLongLong(args[0]);
+            if (units == -1 && PyErr_Occurred())
+                PyErr_Clear();
+        }
+        Call c;
+        int ok = units >= 1 && fast_release(P, &c, units);
+        call_done(&c);
+        if (ok)
+            Py_RETURN_NONE;
+    }
+    return slow((PyObject *)P, "_release_slow", args, nargsf, kwnames);
+}
+
+static PyObject *Primitive_enter(Primitive *P, PyObject *const *args, size_t nargsf,
+                                 PyObject *kwnames)
+{
+    Call c;
+    if (fast_take(P, &c, 1)) {
+        PyObject *g = grant_result(&c, 1);
+        call_done(&c);
+        return g;
+    }
+    call_done(&c);
+    return slow((PyObject *)P, "_enter_slow", args, nargsf, kwnames);
+}
+
+static PyObject *Primitive_exit(Primitive *P, PyObject *const *args, size_t nargsf,
+                                PyObject *kwnames)
+{
+    Call c;
+    int ok = fast_release(P, &c, 1);
+    call_done(&c);
+    if (ok)
+        Py_RETURN_NONE;
+    return slow((PyObject *)P, "_exit_slow", args, nargsf, kwnames);
+}
+
+static PyMethodDef Primitive_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))Primitive_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire(...) -> bool: take units (see the class's documentation)."},
+    {"release", (PyCFunction)(void (*)(void))Primitive_release, METH_FASTCALL | METH_KEYWORDS,
+     "release(...): give units back (see the class's documentation)."},
+    {"__enter__", (PyCFunction)(void (*)(void))Primitive_enter, METH_FASTCALL | METH_KEYWORDS,
+     "Acquire one unit; the Lease."},
+    {"__exit__", (PyCFunction)(void (*)(void))Primitive_exit, METH_FASTCALL | METH_KEYWORDS,
+     "Release what __enter__ took."},
+    {"_fast_attach", (PyCFunction)Primitive_attach, METH_O,
+     "use this shm Ledger for the fast path (None: never)"},
+    {NULL}};
+
+static PyTypeObject PrimitiveType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipcsem._shm._ledger.Primitive",
+    .tp_basicsize = sizeof(Primitive),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Base of ipcsem.Semaphore and ipcsem.Mutex: a C fast path for their hot methods.",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)Primitive_dealloc,
+    .tp_traverse = (traverseproc)Primitive_traverse,
+    .tp_clear = (inquiry)Primitive_clear,
+    .tp_methods = Primitive_methods,
 };
 
 /* ------------------------------------------------------ module functions */
@@ -2793,11 +3104,13 @@ static PyObject *mod_seqlock_words(PyObject *mod, PyObject *arg)
     return r;
 }
 
-static PyObject *mod_set_self_pid(PyObject *mod, PyObject *arg)
+static PyObject *mod_set_identity(PyObject *mod, PyObject *args)
 {
-    self_pid = PyLong_AsLongLong(arg);
-    if (self_pid == -1 && PyErr_Occurred())
+    long long pid, start;
+    if (!PyArg_ParseTuple(args, "LL", &pid, &start))
         return NULL;
+    self_pid = pid;
+    self_start = start;
     Py_RETURN_NONE;
 }
 
@@ -2810,6 +3123,11 @@ static PyObject *mod_set_crash_point(PyObject *mod, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static PyObject *mod_tid(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong(my_tid());
+}
+
 static PyMethodDef module_methods[] = {
     {"initialize", mod_initialize, METH_VARARGS, "lay out a fresh ledger in a buffer"},
     {"segment_size", mod_segment_size, METH_VARARGS,
@@ -2817,7 +3135,9 @@ static PyMethodDef module_methods[] = {
     {"extent", mod_extent, METH_O, "regions of a ledger to read, from its header bytes"},
     {"parse", mod_parse, METH_VARARGS, "Snapshot from pread copies of the regions"},
     {"seqlock_words", mod_seqlock_words, METH_O, "(commits, undo_count) of header bytes"},
-    {"set_self_pid", mod_set_self_pid, METH_O, "pid recorded as lock owner (diagnostics)"},
+    {"set_identity", mod_set_identity, METH_VARARGS,
+     "(pid, start) of this process: the lock owner tools see, the fast path's identity"},
+    {"tid", mod_tid, METH_NOARGS, "the calling thread's native id (cached per thread)"},
     {"set_crash_point", mod_set_crash_point, METH_O,
      "TEST HOOK: SIGKILL this process at the Nth crash point inside a transaction (-1: off)"},
     {NULL}};
@@ -2831,9 +3151,18 @@ static int add_type(PyObject *m, const char *name, PyTypeObject *t)
     return PyModule_AddObjectRef(m, name, (PyObject *)t);
 }
 
+static void atfork_child(void)
+{
+    self_pid = getpid();
+    self_start = 0; /* the facade's fast path waits for Python to set the child's identity */
+    tls_tid = 0; /* the forking thread is the child's only thread, with a new id */
+}
+
 PyMODINIT_FUNC PyInit__ledger(void)
 {
-    if (PyType_Ready(&LedgerType) < 0)
+    self_pid = getpid();
+    pthread_atfork(NULL, NULL, atfork_child);
+    if (PyType_Ready(&LedgerType) < 0 || PyType_Ready(&PrimitiveType) < 0)
         return NULL;
     /* ipcsem's typed errors live in one place, ipcsem._errors; the C layer
      * raises them directly (the Python layer adds the name and path). */
@@ -2852,18 +3181,20 @@ PyMODINIT_FUNC PyInit__ledger(void)
         !WedgedError || !ClosedError)
         return NULL;
     empty_tuple = PyTuple_New(0);
-    GrantType = PyStructSequence_NewType(&grant_desc);
     HolderRowType = PyStructSequence_NewType(&holder_desc);
     WaiterRowType = PyStructSequence_NewType(&waiter_desc);
     HeaderType = PyStructSequence_NewType(&header_desc);
     SnapshotType = PyStructSequence_NewType(&snapshot_desc);
-    if (!empty_tuple || !GrantType || !HolderRowType || !WaiterRowType || !HeaderType ||
+    if (PyType_Ready(&LeaseType) < 0)
+        return NULL;
+    if (!empty_tuple || !HolderRowType || !WaiterRowType || !HeaderType ||
         !SnapshotType)
         return NULL;
     PyObject *m = PyModule_Create(&ledger_module);
     if (!m)
         return NULL;
-    if (add_type(m, "Ledger", &LedgerType) < 0 || add_type(m, "Grant", GrantType) < 0 ||
+    if (add_type(m, "Ledger", &LedgerType) < 0 || add_type(m, "Grant", &LeaseType) < 0 ||
+        add_type(m, "Primitive", &PrimitiveType) < 0 ||
         add_type(m, "HolderRow", HolderRowType) < 0 || add_type(m, "WaiterRow", WaiterRowType) < 0 ||
         add_type(m, "Header", HeaderType) < 0 || add_type(m, "Snapshot", SnapshotType) < 0)
         return NULL;

@@ -62,6 +62,15 @@ class ShmHandle(Handle):
     def ledger(self) -> _ledger.Ledger:
         return self._ledger
 
+    @property
+    def fast_ledger(self) -> _ledger.Ledger:
+        """The ledger the facade's C fast path may use (see _ledger.Primitive)."""
+        return self._ledger
+
+    def owner_died(self, owner: int) -> bool:
+        key, _tid, _depth, died = self._ledger.mutex
+        return key == owner and bool(died)
+
     def snapshot(self):
         """The ledger now (``_ledger.Snapshot``), read without the lock."""
         try:
