@@ -12,7 +12,7 @@ Modules:
     contenders  one small class per semaphore implementation, common interface
     procs       launching worker processes (subprocess or fork) + cleanup
     worker      code that runs inside worker processes (``python -m tools.bench.worker``)
-    figures     the six measurements
+    figures/    the six measurements, one module per figure (+ common.py)
     stats       percentiles, Jain fairness index
     report      results.json / results.md / plots
 """

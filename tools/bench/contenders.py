@@ -1,6 +1,6 @@
 """Contenders: one small class per named-semaphore implementation.
 
-Common interface (what figures.py and worker.py rely on):
+Common interface (what figures/ and worker.py rely on):
 
     c.key            stable id used on the CLI, in JSON and in worker argv
     c.label          display name in tables/plots
