@@ -2765,22 +2765,18 @@ typedef struct {
     Ledger *fast; /* the shm ledger when the fast path applies, else NULL */
 } Primitive;
 
+/* Python subclasses (Semaphore, Mutex) are heap types: their subtype_dealloc
+ * and subtype_traverse handle the type's reference; this only handles ours. */
 static void Primitive_dealloc(Primitive *P)
 {
-    PyTypeObject *tp = Py_TYPE(P);
-    if (tp->tp_flags & Py_TPFLAGS_HAVE_GC)
-        PyObject_GC_UnTrack(P);
+    PyObject_GC_UnTrack(P);
     Py_CLEAR(P->fast);
-    tp->tp_free((PyObject *)P);
-    if (tp->tp_flags & Py_TPFLAGS_HEAPTYPE)
-        Py_DECREF(tp);
+    Py_TYPE(P)->tp_free((PyObject *)P);
 }
 
 static int Primitive_traverse(Primitive *P, visitproc visit, void *arg)
 {
     Py_VISIT(P->fast);
-    if (Py_TYPE(P)->tp_flags & Py_TPFLAGS_HEAPTYPE)
-        Py_VISIT(Py_TYPE(P));
     return 0;
 }
 

@@ -194,7 +194,7 @@ class ShmHandle(Handle):
 
     def disown(self, units: int) -> None:
         try:
-            self._ledger.disown(ME.pid, ME.start, units, 0)
+            self._ledger.disown(ME.pid, ME.start, units, 0, 0)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
 
