@@ -173,7 +173,7 @@ typedef struct {
 } List;
 
 typedef struct {
-    int64_t a[8];     /* arguments */
+    int64_t a[12];    /* arguments */
     int64_t r[6];     /* results */
     int err;
     char msg[240];
@@ -1567,30 +1567,49 @@ static int track_wait(Ledger *L, int64_t w)
     return -1;
 }
 
-/* wait(w, pid, start, deadline_ns, slice_ns, on_slice)
- *   -> Grant | None (deadline passed: the entry is cancelled).
- * Parks on entry w's doorbell until it is granted.  Every `slice_ns`
- * (and after every wake-up) it looks at the entry; `on_slice()` (healing,
- * deadlock detection) runs between slices.  Whatever a signal handler or
- * on_slice raises cancels the entry first, in C, uninterruptibly, giving
- * back a grant that raced in: nothing is left behind.  Raises Unlinked when
- * the name was unlinked, Closed when another thread closed the handle. */
+/* wait(pid, start, tid, owner, units, priority, flags, deadline_ns, slice_ns,
+ *      on_slice) -> Grant | None (the deadline passed: nothing is left queued).
+ * Queue the request and park on its doorbell until it is granted — one C
+ * call, so no Python code (where a signal handler could raise) runs between
+ * queueing and waiting.  Every `slice_ns` (and after every wake-up) it looks
+ * at the entry; `on_slice()` (healing, deadlock detection) runs between
+ * slices.  Whatever a signal handler or on_slice raises cancels the entry
+ * first, in C, uninterruptibly, giving back a grant that raced in: nothing is
+ * left behind.  Raises Unlinked when the name was unlinked, Closed when
+ * another thread closed the handle, LedgerFull when the queue is full. */
 static PyObject *Ledger_wait(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "wait takes 6 arguments");
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "wait takes 10 arguments");
         return NULL;
     }
-    int64_t a[5];
-    for (int i = 0; i < 5; i++) {
-        a[i] = PyLong_AsLongLong(args[i]);
-        if (a[i] == -1 && PyErr_Occurred())
-            return NULL;
-    }
-    PyObject *on_slice = args[5];
-    int64_t w = a[0], pid = a[1], start = a[2], deadline = a[3], slice = a[4];
-    if (check_open(L) < 0 || check_entry(L, w) < 0)
+    Call q;
+    if (parse_args(&q, args, 9, 9, "wait") < 0 || check_open(L) < 0 ||
+        check_units(L, q.a[4]) < 0 || check_priority(q.a[5]) < 0) {
+        call_done(&q);
         return NULL;
+    }
+    default_thread(&q.a[2], &q.a[3]);
+    PyObject *on_slice = args[9];
+    int64_t pid = q.a[0], start = q.a[1], deadline = q.a[7], slice = q.a[8];
+    /* enqueue: the lock waits until the deadline (a signal may end it;
+     * nothing is queued then) */
+    if (run_locked(L, body_enqueue, &q, deadline > 0 ? deadline : LOCK_FOREVER) < 0) {
+        PyObject *r = NULL;
+        if (q.err == E_LOCK_TIMEOUT)
+            r = Py_NewRef(Py_None);
+        else
+            raise_call_error(&q);
+        call_done(&q);
+        return r;
+    }
+    if (q.r[0]) { /* free after all */
+        PyObject *g = grant_result(&q, q.a[4]);
+        call_done(&q);
+        return g;
+    }
+    int64_t w = q.r[3];
+    call_done(&q);
     if (slice <= 0)
         slice = 500000000LL;
     View *V = &L->v;

@@ -14,7 +14,7 @@ from .. import _identity
 from .._backend import Handle, Pending
 from .._errors import IpcsemError, LedgerFull
 from .._records import Holder, Lease, Params, Stats, Waiter
-from . import _ledger, recovery
+from . import _ledger, recovery, watch
 from .segment import Segment
 
 ME = _identity.ME
@@ -133,23 +133,28 @@ class ShmHandle(Handle):
         ledger = self._ledger
         deadline_ns = 0 if deadline is None else max(int(deadline * 1e9), 1)
         flags = _ledger.WF_DEADLOCK_RAISE if deadlock_raise else 0
+
+        def each_slice() -> None:
+            if ledger.claim_heal(time.time_ns(), SLICE_NS):
+                self._heal()
+            if on_slice is not None:
+                on_slice()
+
+        args = (ME.pid, ME.start, tid, owner, units, priority, flags, deadline_ns, SLICE_NS,
+                each_slice)
+        # Queueing and waiting are one C call: no Python code, where a signal
+        # handler could raise, runs between them.
+        watch.watching(self.segment)
         try:
-            got = self._enqueue(units, priority, owner, tid, flags,
-                                LOCK_FOREVER if deadline is None else deadline_ns)
-            if got is None:
-                return None        # the deadline passed waiting for the ledger lock
-            if not isinstance(got, int):
-                return got
-
-            def each_slice() -> None:
-                if ledger.claim_heal(time.time_ns(), SLICE_NS):
-                    self._heal()
-                if on_slice is not None:
-                    on_slice()
-
-            return ledger.wait(got, ME.pid, ME.start, deadline_ns, SLICE_NS, each_slice)
+            try:
+                return ledger.wait(*args)
+            except LedgerFull:
+                self._heal()      # a full table may be full of the dead
+                return ledger.wait(*args)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
+        finally:
+            watch.done(self.segment)
 
     def enqueue(self, units: int, priority: int, owner: int, tid: int, deadlock_raise: bool,
                 notify: Callable[[], None]) -> Lease | ShmPending:
