@@ -26,7 +26,8 @@ from ._errors import (
     Wedged,
 )
 from ._records import Deadlock, Holder, Lease, Params, Stats, Waiter
-from ._semaphore import Mutex, Semaphore, names, unlink
+from ._base import names, unlink
+from ._semaphore import Mutex, Semaphore
 
 __all__ = [
     "CapacityMismatch", "Closed", "Corrupt", "Deadlock", "DeadlockDetected", "Holder",
