@@ -36,13 +36,13 @@ pytest_plugins = ["pytester"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _docs_example() -> str:
+def _docs_examples() -> dict[str, str]:
+    """Every block of docs/testing.md that starts with ``# test_NAME.py``."""
     with open(os.path.join(ROOT, "docs", "testing.md")) as f:
         text = f.read()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    example = [b for b in blocks if b.startswith("# test_")]
-    assert len(example) == 1, "docs/testing.md must have one example block starting '# test_'"
-    return example[0]
+    blocks = re.findall(r"```python\n(# (test_\w+)\.py\n.*?)```", text, re.S)
+    assert len(blocks) >= 2, "docs/testing.md lost its example test files"
+    return {module: body for body, module in blocks}
 
 
 def _gone(pid: int) -> bool:
@@ -50,13 +50,15 @@ def _gone(pid: int) -> bool:
 
 
 # ============================================================== as a plugin
-def test_docs_example_runs_as_a_plugin(pytester):
-    """The copyable example of docs/testing.md passes with only
+def test_docs_examples_run_as_a_plugin(pytester):
+    """The copyable examples of docs/testing.md pass with only
     `pytest_plugins = ["ipcsem.testing"]` in a conftest."""
+    examples = _docs_examples()
+    assert {"test_gpu_pool", "test_queue_order"} <= set(examples)
     pytester.makeconftest('pytest_plugins = ["ipcsem.testing"]\n')
-    pytester.makepyfile(test_gpu_pool=_docs_example())
+    pytester.makepyfile(**examples)
     result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
 
 
 def test_plugin_fixtures_clean_up(pytester, tmp_path):
