@@ -501,7 +501,8 @@ class Agent:
         """Open (or, with ``capacity``, create) ``name``; options as
         ``ipcsem.Semaphore``'s (initial, slots, fair, mode, max_holders,
         max_waiters).  Returns its capacity."""
-        return self.cmd(" ".join(["open", name] + ([str(capacity)] if capacity else [])
+        return self.cmd(" ".join(["open", name]
+                                 + ([str(capacity)] if capacity is not None else [])
                                  + _options(options)))
 
     def open_mutex(self, name: str, **options) -> int:
