@@ -117,7 +117,7 @@ def unique_name(prefix: str = "t") -> str:
 
 def _unlink_quietly(name: str, backend: str | None = None) -> None:
     from ._errors import IpcsemError
-    from ._semaphore import unlink
+    from ._base import unlink
 
     try:
         unlink(name, backend=backend)
