@@ -108,6 +108,10 @@ class Handle(ABC):
         """Leave the queue; a grant that raced in is given back (possibly a
         moment later, by the backend, if it is busy now)."""
 
+    def recover_if_due(self) -> None:
+        """Recover dead holders if it is this process's turn (rate-limited
+        across processes); event-loop waiters call it every slice."""
+
     def park(self, pending: Pending, parked: bool) -> None:
         """Tell deadlock detectors whether the waiter's event loop has
         nothing else to run (optional)."""

@@ -233,6 +233,13 @@ class ShmHandle(Handle):
     def _heal(self) -> int:
         return recovery.heal(self.segment)
 
+    def recover_if_due(self) -> None:
+        if self._ledger.claim_heal(time.time_ns(), SLICE_NS):
+            try:
+                self._heal()
+            except IpcsemError:
+                pass      # a wedged or corrupt ledger: the waiter's own calls say so
+
     def recover(self) -> int:
         try:
             return self._heal()
