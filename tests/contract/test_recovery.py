@@ -46,10 +46,13 @@ def test_killed_waiter_does_not_block_the_queue(backend, sem_name):
     dead.start_acquire(1, on=sem)
     alive.start_acquire(1, on=sem)
     dead.kill()
-    sem.release()          # grants the unit to the dead head of the queue
+    sem.release()          # grants the unit to the dead head of the queue ...
     assert alive.result(timeout=backend.recovery_timeout + 5) is True
     assert held_by(sem) == {alive.pid: 1}
-    assert sem.stats().recovered_units == 1
+    # ... unless a watcher (the other waiter watches the ledger's processes)
+    # removed the dead entry first; either way its death was recovered once.
+    st = sem.stats()
+    assert st.recoveries == 1 and st.recovered_units in (0, 1)
     assert_consistent(sem, available=0, holders={alive: 1}, waiting=0)
 
 
