@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench chaos clean
 
-$(STAMP): pyproject.toml setup.py ipcsem/_ledger.c
+$(STAMP): pyproject.toml setup.py ipcsem/_shm/_ledger.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
