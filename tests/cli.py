@@ -83,7 +83,8 @@ def _can_private_shm() -> bool:
     return r.returncode == 0
 
 
-needs_private_shm = pytest.mark.skipif(not _can_private_shm(),
+_PRIVATE_SHM = _can_private_shm()
+needs_private_shm = pytest.mark.skipif(not _PRIVATE_SHM,
                                        reason="needs root and mount namespaces "
                                               "(a private /dev/shm)")
 
@@ -147,9 +148,74 @@ def in_child(fn, *, uid: int | None = None, gid: int | None = None, groups=(),
 
 def cli_in_child(argv: list[str], *, status: bool = False, **kw) -> tuple[int, str, str]:
     """`ipcsem ARGV` (or `ipcsem-status ARGV`) run in a forked child."""
+    _preload()
     from ipcsem import cli
 
     return in_child(lambda: (cli.status_main if status else cli.main)(argv), **kw)
+
+
+def _preload() -> None:
+    """Import now what the CLI imports lazily: a child dropped to another
+    uid may not be able to read the interpreter's library (pyenv under a
+    0700 /root), so it must find everything loaded already."""
+    import importlib
+
+    import psutil
+
+    from ipcsem import cli
+
+    cli.build_parser()
+    for mod in ("ipcsem.cli.status", "ipcsem.cli.metrics", "ipcsem.cli.manage", "resource",
+                "pwd", "grp", "prometheus_client"):
+        importlib.import_module(mod)
+    p = psutil.Process()
+    p.username(), p.cmdline(), p.name()
+
+
+class Started:
+    """Popen factory for code that runs where the ``procs`` fixture does not
+    (a forked child): every process is killed on ``close()``."""
+
+    def __init__(self) -> None:
+        self.made: list[subprocess.Popen] = []
+
+    def __call__(self, args, **kw) -> subprocess.Popen:
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        p = subprocess.Popen(args, **kw)
+        self.made.append(p)
+        return p
+
+    def close(self) -> None:
+        import signal
+
+        for p in self.made:
+            if p.poll() is None:
+                try:
+                    p.send_signal(signal.SIGCONT)
+                    p.kill()
+                except ProcessLookupError:
+                    pass
+            p.wait(10)
+
+
+def isolated(scenario, timeout: float = 60) -> None:
+    """Run ``scenario(procs)`` where no other test's supervisor or recoverer
+    can touch its semaphores (a private /dev/shm, when we may make one),
+    else here."""
+    def body() -> int:
+        started = Started()
+        try:
+            scenario(started)
+        finally:
+            started.close()
+        return 0
+
+    if _PRIVATE_SHM:
+        code, out, err = in_child(body, private_shm=True, timeout=timeout)
+        assert code == 0, out + err
+    else:
+        body()
 
 
 # ----------------------------------------------- a ledger, wedged on purpose
