@@ -148,13 +148,13 @@ def in_child(fn, *, uid: int | None = None, gid: int | None = None, groups=(),
 
 def cli_in_child(argv: list[str], *, status: bool = False, **kw) -> tuple[int, str, str]:
     """`ipcsem ARGV` (or `ipcsem-status ARGV`) run in a forked child."""
-    _preload()
+    preload()
     from ipcsem import cli
 
     return in_child(lambda: (cli.status_main if status else cli.main)(argv), **kw)
 
 
-def _preload() -> None:
+def preload() -> None:
     """Import now what the CLI imports lazily: a child dropped to another
     uid may not be able to read the interpreter's library (pyenv under a
     0700 /root), so it must find everything loaded already."""

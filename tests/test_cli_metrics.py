@@ -178,3 +178,20 @@ def test_metrics_usage_errors(tmp_path):
         s.close()
     assert r.returncode == 1 and r.stdout == "" and "cannot serve metrics" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_grafana_dashboard_uses_only_metrics_we_export(name):
+    """The sample dashboard is valid JSON and every metric its queries use
+    is one `--prometheus` prints (a renamed metric breaks it here)."""
+    import json
+    import re
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(here, "contrib", "grafana-ipcsem.json")) as f:
+        dash = json.load(f)
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", ())]
+    exprs += [v["definition"] for v in dash["templating"]["list"]]
+    used = {m for e in exprs for m in re.findall(r"\bipcsem_[a-z_]+", e)}
+    assert run(IPCSEM, "create", name, "--capacity", "1").returncode == 0
+    exported = {k[0] for k in samples(run(STATUS, "--prometheus", name).stdout)}
+    assert used and used <= exported, used - exported

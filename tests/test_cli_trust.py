@@ -21,7 +21,7 @@ import pytest
 import ipcsem
 
 from cli import (IPCSEM, SPARE_GID, SPARE_UID, STATUS, cli_in_child, drop_to, isolated,
-                 needs_root, needs_scripts, run, sem_json, wait_for, wedge)
+                 needs_root, needs_scripts, preload, run, sem_json, wait_for, wedge)
 
 pytestmark = needs_scripts
 
@@ -66,6 +66,7 @@ def test_group_member_with_read_only_permission_sees_a_0640_semaphore(name, proc
 def owned_by_another_user(name: str, uid: int) -> int:
     """A process of ``uid`` creates NAME (mode 0600), takes a unit and is
     SIGKILLed: NAME is that user's, with a dead holder.  Its pid."""
+    preload()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -94,7 +95,7 @@ def writers_of(log, path: str) -> tuple[set[int], set[int]]:
     """(pids that opened ``path`` for writing, pids that dropped root)."""
     opened, dropped = set(), set()
     for line in open(log):
-        pid, _, call = line.partition(" ")
+        pid, call = line.split(None, 1)      # strace pads the pid: "812  openat(..."
         if call.startswith("openat(") and f'"{path}"' in call and "O_RDWR" in call:
             opened.add(int(pid))
         m = re.match(r"setresuid\((\d+), \1, \1\) = 0", call)
@@ -140,6 +141,7 @@ def root_on_another_users_scenario(name: str, tmp_path) -> None:
 @needs_root
 def test_root_rm_of_another_users_semaphore_in_use_refuses_with_the_reason(name):
     uid = SPARE_UID + 4
+    preload()
     r_fd, w_fd = os.pipe()
     pid = os.fork()
     if pid == 0:

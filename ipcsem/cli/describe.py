@@ -34,6 +34,20 @@ def user_name(uid: int) -> str:
     return name
 
 
+_policies: dict[tuple[int, int], tuple[str, bool, bool, bool]] = {}
+
+
+def _policy(header, mode: int) -> tuple[str, bool, bool, bool]:
+    """(kind, slots, fair, reentrant) of a ledger header: ``params_of``,
+    asked once per distinct policy word (there are a handful)."""
+    key = (header.policy, mode)
+    got = _policies.get(key)
+    if got is None:
+        p = params_of(header, mode)
+        got = _policies[key] = (p.kind, p.slots, p.fair, p.reentrant)
+    return got
+
+
 def blank(name: str) -> dict:
     """A SEMAPHORE object of the --json schema with nothing known yet."""
     return {
@@ -58,46 +72,54 @@ def describe(name: str, procs: Procs, detail: bool = True, only_pid: int | None 
     Raises NotFound if the name is gone; every other failure is put in
     ``error`` (a status tool shows a semaphore it cannot read, never crashes
     on it)."""
-    obj = blank(name)
     try:
         view = read_view(name)
     except NotFound:
         raise
     except PermissionDenied as e:
+        obj = blank(name)
         obj.update(owner=e.owner, mode=None if e.mode is None else f"{e.mode:04o}",
                    error_kind="permission_denied",
                    error=f"permission denied (owner {e.owner or '?'}, mode "
                          f"{'?' if e.mode is None else format(e.mode, '04o')}): {e.reason}")
         return obj
     except Corrupt as e:
+        obj = blank(name)
         _file_facts(obj)
         obj.update(error=str(e), error_kind="corrupt")
         return obj
     except (IpcsemError, OSError, ValueError) as e:
+        obj = blank(name)
         _file_facts(obj)
         obj.update(error=f"unreadable: {e}", error_kind="unreadable")
         return obj
     snap = view.snapshot
     h = snap.header
-    params = params_of(h, view.mode)
+    kind, slots, fair, reentrant = _policy(h, view.mode)
     now = time.time() if now is None else now
-    mutex = params.kind == "mutex"
+    mutex = kind == "mutex"
     lock_owner = h.lock_owner if h.lock_owner > 0 else None
     lock_state = None
     if lock_owner is not None:
         s = stopped(lock_owner)
         lock_state = "dead" if s is None else ("stopped" if s else "alive")
-    wedged = lock_state == "stopped" or not snap.consistent
-    obj.update(
-        capacity=h.capacity, available=h.available, unowned=h.unowned,
-        recovered_units=h.recovered_units, recoveries=h.recoveries,
-        acquisitions=h.acquisitions, lock_repairs=h.lock_repairs, created=h.created_ns / 1e9,
-        creator_pid=h.creator_pid, unlinked=bool(h.flags & 1), consistent=snap.consistent,
-        lock_owner=lock_owner, lock_owner_state=lock_state, wedged=wedged,
-        owner=user_name(view.uid), mode=f"{view.mode:04o}",
-        kind=params.kind, slots=params.slots, fair=params.fair,
-        reentrant=params.reentrant if mutex else None, deadlocked=False,
-    )
+    consistent = snap.consistent
+    # One dict literal, keys in the order of blank(): this runs once per
+    # semaphore of the list, 10,000 times for 10,000 semaphores.
+    obj = {
+        "name": name, "capacity": h.capacity, "available": h.available, "unowned": h.unowned,
+        "held": None, "holders": None, "waiters": None, "dead_holders": None,
+        "longest_wait": None, "recovered_units": h.recovered_units,
+        "recoveries": h.recoveries, "acquisitions": h.acquisitions,
+        "lock_repairs": h.lock_repairs, "created": h.created_ns / 1e9,
+        "creator_pid": h.creator_pid, "owner": user_name(view.uid),
+        "mode": f"{view.mode:04o}", "unlinked": bool(h.flags & 1), "consistent": consistent,
+        "lock_owner": lock_owner, "error": None,
+        "kind": kind, "slots": slots, "fair": fair, "reentrant": reentrant if mutex else None,
+        "mutex_owner_pid": None, "mutex_owner_tid": None, "previous_owner_died": None,
+        "lock_owner_state": lock_state, "wedged": lock_state == "stopped" or not consistent,
+        "head_reason": None, "deadlocked": False, "error_kind": None,
+    }
     if mutex:
         obj["previous_owner_died"] = bool(h.mx_owner_died)
     held = dead = dead_units = 0

@@ -120,11 +120,10 @@ def families(objs: list[dict], missing: list[str] = (),
             longest.add_metric([name, str(prio)], max(waits, default=0.0))
         wedged.add_metric(labels, 1 if o["wedged"] else 0)
         deadlocked.add_metric(labels, 1 if o["deadlocked"] else 0)
-        created = o["created"]
-        acquisitions.add_metric(labels, o["acquisitions"], created=created)
-        recovered.add_metric(labels, o["recovered_units"], created=created)
-        recoveries.add_metric(labels, o["recoveries"], created=created)
-        repairs.add_metric(labels, o["lock_repairs"], created=created)
+        acquisitions.add_metric(labels, o["acquisitions"])
+        recovered.add_metric(labels, o["recovered_units"])
+        recoveries.add_metric(labels, o["recoveries"])
+        repairs.add_metric(labels, o["lock_repairs"])
         info.add_metric(labels, {"kind": o["kind"], "slots": str(o["slots"]).lower(),
                                  "fair": str(o["fair"]).lower(), "owner": o["owner"] or "",
                                  "mode": o["mode"] or ""})
