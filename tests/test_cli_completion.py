@@ -139,7 +139,7 @@ def test_zsh_completion_loads_and_completes(tmp_path, name):
              ("ipcsem create x --mo", ["ipcsem create x --mode "]),
              ("ipcsem-status --prom", ["ipcsem-status --prometheus "]),
              ("ipcsem completion ", ["bash", "zsh"])]
-    for (line, expect), text in zip(cases, zsh_complete(str(script), cases)):
+    for (line, expect), text in zip(cases, zsh_complete(str(script), cases), strict=True):
         assert all(w in text for w in expect), (line, text)
 
 

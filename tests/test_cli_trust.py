@@ -195,8 +195,10 @@ def test_privsep_child_runs_as_the_user_for_good():
 
 
 # ------------------------------------------------------------- wedged
-def dead_holder(procs, name: str) -> int:
-    p = procs([IPCSEM, "run", name, "--", "sleep", "60"])
+def dead_holder(procs, name: str, create: bool = False) -> int:
+    p = procs([IPCSEM, "run", name, *(["--capacity", "2"] if create else []), "--",
+               "sleep", "60"])
+    wait_for(lambda: os.path.exists(f"/dev/shm/ipcsem.{name}"), what="the semaphore")
     wait_for(lambda: sem_json(name)["holders"], what="the holder")
     p.kill()
     p.wait()
@@ -285,3 +287,25 @@ def test_empty_files_under_ipcsem_names_cost_nothing(names):
     assert r.returncode == 1 and r.stderr.count("--force") == 4
     assert run(IPCSEM, "rm", "--force", *empties).returncode == 0
     assert not any(os.path.exists(f"/dev/shm/ipcsem.{n}") for n in empties)
+
+
+def recover_everyone_scenario(procs) -> None:
+    mine = "t-mine"
+    dead_mine = dead_holder(procs, mine, create=True)
+    theirs = {f"t-user{i}": SPARE_UID + 10 + i for i in range(2)}
+    dead = {n: owned_by_another_user(n, uid) for n, uid in theirs.items()}
+    r = run(IPCSEM, "recover", timeout=30)
+    assert r.returncode == 0, r.stderr
+    lines = sorted(r.stdout.splitlines())
+    want = sorted([f"recovered name={mine} pid={dead_mine} units=1 queue_entries=0"]
+                  + [f"recovered name={n} pid={pid} units=1 queue_entries=0"
+                     for n, pid in dead.items()])
+    assert lines == want
+    for n in [mine, *theirs]:
+        assert sem_json(n)["dead_holders"] == 0
+
+
+@needs_root
+def test_root_recover_without_names_recovers_every_users_semaphores():
+    """One worker per owning user does that user's; root does its own."""
+    isolated(recover_everyone_scenario)

@@ -181,9 +181,9 @@ def main() -> int:
             p.stdin.write(b"go\n")
             p.stdin.close()
             if n <= CAPACITY:
-                got = wait_for(lambda: any(h.pid == p.pid for h in sem.holders()), 20, 0.002)
+                got = wait_for(lambda p=p: any(h.pid == p.pid for h in sem.holders()), 20, 0.002)
             else:
-                got = wait_for(lambda: any(w.pid == p.pid for w in sem.waiters()), 20, 0.002)
+                got = wait_for(lambda p=p: any(w.pid == p.pid for w in sem.waiters()), 20, 0.002)
             if not got:
                 raise RuntimeError(f"worker {n} did not {'hold' if n <= CAPACITY else 'queue'}")
         table(t0, sem, who, "two hold, three wait")

@@ -9,10 +9,10 @@ import argparse
 import stat
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .. import _args, _names
-from .._errors import Corrupt, IpcsemError, NotFound, Wedged
+from .._errors import Corrupt, IpcsemError, NotFound, PermissionDenied, Wedged
 from .._shm import _ledger, recovery
 from .._shm.segment import DEFAULT_SLOTS, open_segment, owner_of, remove_file, unlink
 from . import privsep
@@ -315,7 +315,9 @@ def _recover_job(explicit: bool):
 def _recover_one(name: str, emit: Emit, explicit: bool) -> None:
     try:
         seg = open_segment(name, wait_for_creator=False)
-    except NotFound as e:
+    except (NotFound, PermissionDenied) as e:
+        # Without NAMEs: every semaphore this user may recover; another
+        # user's is theirs (or root's) to recover, not an error of ours.
         if explicit:
             emit({"event": "error", "message": str(e)})
         return

@@ -15,7 +15,7 @@ import os
 import select
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 EVENT_MAX = 4096        # bytes per event line
 CHILD_BOUND = 30.0      # seconds the child may take for all its names

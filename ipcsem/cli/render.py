@@ -139,7 +139,7 @@ def render_list(objs: list[dict], width: int) -> list[str]:
     name_w = max(4, min(max(len(o["name"]) for o in objs), room))
     widths = [name_w] + widths
     out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w)
-                     for i, (h, w) in enumerate(zip(heads, widths))).rstrip()]
+                     for i, (h, w) in enumerate(zip(heads, widths, strict=True))).rstrip()]
     it = iter(rows)
     wedged = deadlocked = False
     for o in objs:
@@ -153,7 +153,7 @@ def render_list(objs: list[dict], width: int) -> list[str]:
                 out.append(clip(f"{name:{name_w}}  ! {msg}", width))
             continue
         r = next(it)
-        cells = "  ".join(c.rjust(w) for c, w in zip(r[1:], widths[1:]))
+        cells = "  ".join(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))
         if len(name) > name_w:   # long names get a line of their own
             out.append(name)
             name = ""
