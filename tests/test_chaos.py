@@ -84,9 +84,9 @@ def test_slotted_storm_comes_out_whole(name):
     the oracle files of its lease's unit numbers, and the fresh process at
     the end was given every number."""
     before = _children()
-    r = run_storm(name, capacity=3, workers=6, kill_every=0.01, kills=250, spawn="fork",
+    r = run_storm(name, capacity=3, workers=6, kill_every=0.01, kills=200, spawn="fork",
                   slots=True)
-    _assert_whole(r, name, kills=250, before=before)
+    _assert_whole(r, name, kills=200, before=before)
     text = format_report(r)
     assert r.details["kind"] == "slots" and r.details["bad_slots"] == 0, text
     assert r.details["recovered_units"] > 0 and r.self_kills > 0, text
@@ -98,8 +98,8 @@ def test_mutex_storm_comes_out_whole(name):
     previous_owner_died True for the next owner after each owner killed
     holding it, False after a normal release (checked along the tokens)."""
     before = _children()
-    r = run_storm(name, workers=5, kill_every=0.01, kills=250, spawn="fork", mutex=True)
-    _assert_whole(r, name, kills=250, before=before)
+    r = run_storm(name, workers=5, kill_every=0.01, kills=200, spawn="fork", mutex=True)
+    _assert_whole(r, name, kills=200, before=before)
     text = format_report(r)
     d = r.details
     assert d["kind"] == "mutex" and d["capacity"] == 1, text
@@ -140,7 +140,7 @@ def test_slotted_storm_reports_a_shared_slot(name):
     """Per-slot oracle self-test: 3 slots over 2 files, so the holders of
     slots 0 and 2 share a file: that must be reported as over-admission of
     a slot, and fail the storm."""
-    r = run_storm(name, capacity=3, workers=6, kill_every=0.1, duration=1.5, spawn="fork",
+    r = run_storm(name, capacity=3, workers=6, kill_every=0.1, duration=1.0, spawn="fork",
                   slots=True, oracle_slots=2)
     text = format_report(r)
     assert r.over_admissions > 0 and not r.ok, text

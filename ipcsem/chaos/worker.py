@@ -17,7 +17,9 @@ slice.)  A share of the workers arm the ledger's crash hook, so they SIGKILL
 ledger lock.
 
 The worker's row in the shared counters says what it is doing (the storm
-reads it to pick and classify kills) and, while it holds, which grant.
+reads it to pick and classify kills) and, while it holds, which grant.  It
+writes its first state only after every import, so that kills, which only
+pick workers past STARTING, never land in ``import``.
 """
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
+import ipcsem
+
+from .. import _proc
+from .._errors import Timeout
+from .._identity import ME
 from .counters import (ACQUIRING, CLOSING, HOLDING, IDLE, OPENING, RELEASING, W_ARMED, W_BUSY,
                        W_CYCLES, W_PID, W_STATE, W_TIMEOUTS, W_TOKEN, W_VIOLATIONS, Counters)
 from .oracle import Oracle, proc_state
@@ -124,8 +131,6 @@ def run_forked(cfg: WorkerConfig, err_path: str) -> None:
 
 def die_with_parent(parent: int) -> None:
     """SIGKILL this worker when the storm process dies (no orphans looping)."""
-    from .. import _proc
-
     _proc.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent:  # it died before prctl took effect
         os._exit(3)
@@ -172,8 +177,6 @@ class Worker:
             self.state(IDLE)
 
     def reopen(self) -> None:
-        import ipcsem
-
         if self.sem is not None:
             self.state(CLOSING)
             self.sem.close()          # unregisters: a transaction too
@@ -191,8 +194,6 @@ class Worker:
 
     # ---------------------------------------------------------- semaphore
     def semaphore_cycle(self) -> None:
-        from .._errors import Timeout
-
         sem, rng = self.sem, self.rng
         k = rng.randint(1, self.max_k)
         prio = rng.choice((-1, 1, 2)) if rng.random() < 0.2 else 0
@@ -238,8 +239,6 @@ class Worker:
 
     # -------------------------------------------------------------- mutex
     def mutex_cycle(self) -> None:
-        from .._errors import Timeout
-
         m, rng = self.sem, self.rng
         prio = rng.choice((-1, 1, 2)) if rng.random() < 0.2 else 0
         how = rng.random()
@@ -311,8 +310,6 @@ class Worker:
     def my_slots(self) -> tuple[int, ...]:
         """The unit numbers this process holds, from the ledger (after a
         bool-returning acquire: it holds this one grant only)."""
-        from .._identity import ME
-
         for h in self.sem.holders():
             if (h.pid, h.start) == (ME.pid, ME.start):
                 return h.slots
@@ -322,8 +319,6 @@ class Worker:
         """The violation is on record; now say what we can about it."""
         o = self.oracle
         try:
-            from .._identity import ME
-
             o.note(f"via {form}; oracle files held by {o.diagnose()}")
             o.note(f"me pid{ME.pid} start{ME.start}; ledger available {self.sem.available} "
                    "holders " + " ".join(f"pid{h.pid}:{h.units}u:{list(h.slots)}:"
