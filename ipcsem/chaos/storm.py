@@ -21,14 +21,13 @@ import signal
 import tempfile
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .. import _names
 from .counters import (HOLDING, RELEASING, STARTING, STATE_NAMES, W_ARMED, W_BUSY, W_CYCLES,
                        W_STATE, W_TIMEOUTS, W_TOKEN, Counters)
+from .options import Options
 from .oracle import BAD_SLOTS, count_violations
 from .procs import STOP_SIGNALS, SupervisorProc, WorkerProc, tail
 from .report import Report
@@ -58,58 +57,18 @@ class Tally:
 
 
 class Storm:
-    """One storm.  ``Storm(...).run()`` -> Report; arguments as run_storm's.
+    """One storm.  ``Storm(...).run()`` -> Report; arguments as run_storm's
+    (:class:`~ipcsem.chaos.options.Options`).
 
     Raises ValueError for bad arguments or an existing NAME (before anything
     is created), KeyboardInterrupt when interrupted (after the clean-up)."""
 
-    def __init__(self, name: str | None = None, capacity: int | None = None, workers: int = 8,
-                 kill_every: float = 0.01, duration: float | None = None,
-                 kills: int | None = None, supervisor: bool = True,
-                 self_kill_fraction: float = 0.2, seed: int | None = None,
-                 multi_unit: bool = True, *, spawn: str = "exec", slots: bool = False,
-                 mutex: bool = False, oracle_slots: int | None = None,
-                 progress: Callable[[str], None] | None = None, stall_timeout: float = 30.0,
-                 settle_timeout: float = 5.0, verify_timeout: float = 5.0,
-                 check_every: float = 0.05) -> None:
-        from .. import _args
-
-        if spawn not in ("exec", "fork"):
-            raise ValueError(f"spawn must be 'exec' or 'fork', not {spawn!r}")
-        if slots and mutex:
-            raise ValueError("a mutex has no slots: give slots or mutex, not both")
-        if capacity is None:
-            capacity = 1 if mutex else 3
-        limit = _args.MAX_SLOTTED_CAPACITY if slots else _args.MAX_CAPACITY
-        if capacity.__class__ is not int or not 1 <= capacity <= limit:
-            raise ValueError(f"capacity must be an int in 1..{limit}")
-        if mutex and capacity != 1:
-            raise ValueError(f"a mutex has capacity 1, not {capacity}")
-        if workers.__class__ is not int or workers < 1:
-            raise ValueError("workers must be an int >= 1")
-        if not kill_every > 0:
-            raise ValueError("kill_every must be > 0")
-        if not 0.0 <= self_kill_fraction <= 1.0:
-            raise ValueError("self_kill_fraction must be in 0..1")
-        if kills is not None and kills < 1:
-            raise ValueError("kills must be >= 1")
-        if kills is None and duration is None:
-            kills = 1000
-        self.name = name if name is not None else f"chaos-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        _names.validate(self.name)
-        if self.name in _names.names():
-            raise ValueError(f"semaphore {self.name!r} already exists; a storm needs a fresh name")
-        self.kind = "mutex" if mutex else "slots" if slots else "semaphore"
-        self.capacity, self.workers, self.kill_every = capacity, workers, kill_every
-        self.duration, self.kills = duration, kills
-        self.supervised, self.self_kill_fraction = supervisor, self_kill_fraction
-        self.seed = random.SystemRandom().randrange(2**32) if seed is None else seed
-        self.multi_unit, self.spawn = multi_unit, spawn
-        self.files = capacity if oracle_slots is None else int(oracle_slots)
-        self.progress = progress
-        self.stall_timeout, self.settle_timeout = stall_timeout, settle_timeout
-        self.verify_timeout, self.check_every = verify_timeout, check_every
-        self.rng = random.Random(self.seed)
+    def __init__(self, *args, **options) -> None:
+        self.opt = opt = Options(*args, **options)
+        if opt.name in _names.names():
+            raise ValueError(f"semaphore {opt.name!r} already exists; a storm needs a fresh name")
+        self.name, self.kind, self.capacity = opt.name, opt.kind, opt.capacity
+        self.rng = random.Random(opt.seed)
         self.interrupted: int | None = None   # the first stop signal, once one came
         self.tally = Tally()
         self.live: dict[int, WorkerProc] = {}
@@ -120,7 +79,7 @@ class Storm:
         self.counters: Counters | None = None
         self.tmp = ""
         self.storm_seconds = 0.0
-        self.end: tuple[int, str | None, dict] = (capacity, "not verified", {})
+        self.end: tuple[int, str | None, dict] = (opt.capacity, "not verified", {})
         # Read from the storm's files at clean-up (_read_findings).
         self.totals = {W_CYCLES: 0, W_TIMEOUTS: 0, W_BUSY: 0}
         self.over = self.bad_slots = self.sup_starts = self.sup_recoveries = 0
@@ -140,8 +99,8 @@ class Storm:
                 self._storm()
                 self._finish()
                 if not self.interrupted:
-                    self.end = verify(self.sem, self.capacity, settle_timeout=self.settle_timeout,
-                                      verify_timeout=self.verify_timeout, kind=self.kind,
+                    self.end = verify(self.sem, self.capacity, settle_timeout=self.opt.settle_timeout,
+                                      verify_timeout=self.opt.verify_timeout, kind=self.kind,
                                       should_stop=lambda: self.interrupted is not None)
             finally:
                 self._cleanup()
@@ -176,7 +135,7 @@ class Storm:
         os.mkdir(self.path("oracle"))
         for f in ("violations", "grants"):
             open(self.path(f), "wb").close()
-        self.counters = Counters(self.path("counters"), self.workers)
+        self.counters = Counters(self.path("counters"), self.opt.workers)
         if self.kind == "mutex":
             self.sem = ipcsem.Mutex(self.name)
         else:
@@ -192,18 +151,18 @@ class Storm:
         """Start everything, then kill and check until a stop condition."""
         if self.interrupted:
             return
-        if self.supervised:
+        if self.opt.supervisor:
             self.sup = self.sup_record = SupervisorProc(self.name, self.tmp)
             self.sup.start()
-        for i in range(self.workers):
+        for i in range(self.opt.workers):
             if self.interrupted:
                 return
             self._spawn(i)
         t0 = time.monotonic()
         self._t0 = self._last_ready = self._last_progress = t0
-        self._deadline = None if self.duration is None else t0 + self.duration
-        self._next_kill = t0 + self.kill_every * self.rng.uniform(0.5, 1.5)
-        self._next_check = t0 + self.check_every
+        self._deadline = None if self.opt.duration is None else t0 + self.opt.duration
+        self._next_kill = t0 + self.opt.kill_every * self.rng.uniform(0.5, 1.5)
+        self._next_check = t0 + self.opt.check_every
         try:
             while not self._done(time.monotonic()):
                 self._tick(time.monotonic())
@@ -218,11 +177,11 @@ class Storm:
     def _done(self, now: float) -> bool:
         return (self.interrupted is not None
                 or (self._deadline is not None and now >= self._deadline)
-                or (self.kills is not None and self.tally.kills >= self.kills))
+                or (self.opt.kills is not None and self.tally.kills >= self.opt.kills))
 
     def _tick(self, now: float) -> None:
-        if now - self._last_ready > self.stall_timeout:
-            raise _Abort(f"no worker got past start-up for {self.stall_timeout:.0f} s")
+        if now - self._last_ready > self.opt.stall_timeout:
+            raise _Abort(f"no worker got past start-up for {self.opt.stall_timeout:.0f} s")
         self._reap_and_respawn()
         self._keep_supervisor()
         if now >= self._next_kill or now - self._last_ready > 1.0:
@@ -231,9 +190,9 @@ class Storm:
                 self._kill_one(now, ready)
         if now >= self._next_check:
             self._check_ledger(now)
-        if self.progress is not None and now - self._last_progress >= 5.0:
+        if self.opt.progress is not None and now - self._last_progress >= 5.0:
             self._last_progress = now
-            self.progress(f"{now - self._t0:7.1f} s  kills {self.tally.kills}  self-kills "
+            self.opt.progress(f"{now - self._t0:7.1f} s  kills {self.tally.kills}  self-kills "
                           f"{self.tally.self_kills}  cycles {self.counters.total(W_CYCLES)}  "
                           f"over-admissions {count_violations(self.path('violations'))}")
 
@@ -299,15 +258,15 @@ class Storm:
         self.counters.reset(index)
         cfg = WorkerConfig(
             name=self.name, index=index, capacity=self.capacity, kind=self.kind,
-            oracle=self.path("oracle"), files=self.files, counters=self.path("counters"),
+            oracle=self.path("oracle"), files=self.opt.files, counters=self.path("counters"),
             violations=self.path("violations"), grants=self.path("grants"),
-            self_kill=int(self.rng.random() < self.self_kill_fraction),
-            seed=self.rng.randrange(2**63), multi_unit=int(bool(self.multi_unit)),
+            self_kill=int(self.rng.random() < self.opt.self_kill_fraction),
+            seed=self.rng.randrange(2**63), multi_unit=int(bool(self.opt.multi_unit)),
             parent=os.getpid())
         self.gens[index] = self.gens.get(index, 0) + 1
         if self.gens[index] > 1:
             self.tally.respawns += 1
-        self.live[index] = WorkerProc.spawn(cfg, self.path(f"worker-{index}.err"), self.spawn)
+        self.live[index] = WorkerProc.spawn(cfg, self.path(f"worker-{index}.err"), self.opt.spawn)
 
     def _ready(self) -> list[WorkerProc]:
         """Workers past interpreter start-up."""
@@ -335,7 +294,7 @@ class Storm:
         if not ready or 2 * len(ready) < len(self.live):
             self._next_kill = now + 0.002
             return
-        self._next_kill = now + self.kill_every * self.rng.uniform(0.5, 1.5)
+        self._next_kill = now + self.opt.kill_every * self.rng.uniform(0.5, 1.5)
         holding = [w for w in ready
                    if self.counters.get(w.index, W_STATE) in (HOLDING, RELEASING)]
         if holding and self.rng.random() < 0.3:
@@ -389,7 +348,7 @@ class Storm:
         first), so a failure here is real."""
         from .._errors import IpcsemError
 
-        self._next_check = now + self.check_every
+        self._next_check = now + self.opt.check_every
         self.tally.mid_checks += 1
         try:
             self.sem.check()
@@ -433,9 +392,9 @@ class Storm:
                           "numbers (see violations)")
         details = dict(details, **self.grant_details)
         details.update(
-            name=self.name, kind=self.kind, capacity=self.capacity, workers=self.workers,
-            spawn=self.spawn, seed=self.seed, supervisor=self.supervised,
-            oracle_slots=self.files, kill_every=self.kill_every,
+            name=self.name, kind=self.kind, capacity=self.capacity, workers=self.opt.workers,
+            spawn=self.opt.spawn, seed=self.opt.seed, supervisor=self.opt.supervisor,
+            oracle_slots=self.opt.files, kill_every=self.opt.kill_every,
             storm_seconds=round(self.storm_seconds, 3),
             kills_by_state={STATE_NAMES[i]: n for i, n in enumerate(t.kill_states) if n},
             respawns=t.respawns, unexplained_kills=t.unexplained,
@@ -444,7 +403,7 @@ class Storm:
             midstorm_check_failures=len(t.mid_failures),
             midstorm_check_errors=t.mid_failures[:10], violations=self.violations,
             bad_slots=self.bad_slots, errors=errors)
-        if self.supervised:
+        if self.opt.supervisor:
             details["supervisor_starts"] = self.sup_starts
             details["supervisor_recoveries"] = self.sup_recoveries
         return Report(kills=t.kills, self_kills=t.self_kills,

@@ -32,25 +32,9 @@ def verify(sem, capacity: int, *, settle_timeout: float = 5.0, verify_timeout: f
     as a dict) when it got one.  ``should_stop()`` True (the storm was
     interrupted) cuts the waits short.
     """
-    from .._errors import IpcsemError
-
     details: dict = {}
     problems: list[str] = []
-    t0 = time.monotonic()
-    recovered = 0
-    while True:
-        recovered += sem.recover()
-        if (sem.available == capacity or time.monotonic() - t0 >= settle_timeout
-                or should_stop()):
-            break
-        time.sleep(0.02)
-    available = sem.available
-    lost = capacity - available
-    details["final_recovered_units"] = recovered
-    details["settle_seconds"] = round(time.monotonic() - t0, 4)
-    if lost:
-        problems.append(f"available is {available} of {capacity} after {settle_timeout} s "
-                        "of recovery")
+    lost = _settle(sem, capacity, settle_timeout, should_stop, details, problems)
     ok, said, grant = independent_acquire(sem.name, capacity, verify_timeout, kind, should_stop)
     details["independent_acquire"] = said
     if not ok:
@@ -61,6 +45,37 @@ def verify(sem, capacity: int, *, settle_timeout: float = 5.0, verify_timeout: f
             problems.append(f"a fresh process holding all {capacity} units was given slots "
                             f"{grant['slots']}")
         details["final_grant"] = grant
+    _nothing_left(sem, problems)
+    st = sem.stats()
+    details.update(lock_repairs=st.lock_repairs, recovered_units=st.recovered_units,
+                   recoveries=st.recoveries, acquisitions=st.acquisitions)
+    return lost, ("; ".join(problems) or None), details
+
+
+def _settle(sem, capacity: int, settle_timeout: float, should_stop, details: dict,
+            problems: list[str]) -> int:
+    """recover() until every unit is back or time is up: the units lost."""
+    t0 = time.monotonic()
+    recovered = 0
+    while True:
+        recovered += sem.recover()
+        if (sem.available == capacity or time.monotonic() - t0 >= settle_timeout
+                or should_stop()):
+            break
+        time.sleep(0.02)
+    available = sem.available
+    details["final_recovered_units"] = recovered
+    details["settle_seconds"] = round(time.monotonic() - t0, 4)
+    if available != capacity:
+        problems.append(f"available is {available} of {capacity} after {settle_timeout} s "
+                        "of recovery")
+    return capacity - available
+
+
+def _nothing_left(sem, problems: list[str]) -> None:
+    """No holder, no waiter, and the ledger invariant holds."""
+    from .._errors import IpcsemError
+
     holders, waiters = sem.holders(), sem.waiters()
     if holders:
         problems.append(f"holders left: {holders}")
@@ -70,10 +85,6 @@ def verify(sem, capacity: int, *, settle_timeout: float = 5.0, verify_timeout: f
         sem.check()
     except IpcsemError as e:
         problems.append(f"check() failed: {e}")
-    st = sem.stats()
-    details.update(lock_repairs=st.lock_repairs, recovered_units=st.recovered_units,
-                   recoveries=st.recoveries, acquisitions=st.acquisitions)
-    return lost, ("; ".join(problems) or None), details
 
 
 def independent_acquire(name: str, capacity: int, timeout: float, kind: str,

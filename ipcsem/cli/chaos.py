@@ -195,8 +195,10 @@ def run(args) -> int:
         stops.ignore()
         print("chaos: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    stops.restore()
-    print(report.to_json() if args.json else format_report(report), flush=True)
+    try:
+        print(report.to_json() if args.json else format_report(report), flush=True)
+    finally:
+        stops.restore()     # the verdict is out: a signal from now on is an ordinary one
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
