@@ -99,9 +99,7 @@ class Storm:
                 self._storm()
                 self._finish()
                 if not self.interrupted:
-                    self.end = verify(self.sem, self.capacity, settle_timeout=self.opt.settle_timeout,
-                                      verify_timeout=self.opt.verify_timeout, kind=self.kind,
-                                      should_stop=lambda: self.interrupted is not None)
+                    self._verify()
             finally:
                 self._cleanup()
         if self.interrupted:
@@ -192,9 +190,10 @@ class Storm:
             self._check_ledger(now)
         if self.opt.progress is not None and now - self._last_progress >= 5.0:
             self._last_progress = now
-            self.opt.progress(f"{now - self._t0:7.1f} s  kills {self.tally.kills}  self-kills "
-                          f"{self.tally.self_kills}  cycles {self.counters.total(W_CYCLES)}  "
-                          f"over-admissions {count_violations(self.path('violations'))}")
+            t = self.tally
+            self.opt.progress(f"{now - self._t0:7.1f} s  kills {t.kills}  self-kills "
+                              f"{t.self_kills}  cycles {self.counters.total(W_CYCLES)}  "
+                              f"over-admissions {count_violations(self.path('violations'))}")
 
     def _finish(self) -> None:
         """The storm is over: every worker dies, the supervisor stops."""
@@ -210,6 +209,12 @@ class Storm:
                 if code not in (0, None, -signal.SIGTERM):  # -SIGTERM: stopped while starting
                     self.tally.errors.append(f"supervisor exited with {code} on SIGTERM: "
                                              f"{self.sup.stderr_tail()}")
+
+    def _verify(self) -> None:
+        """Every worker dead: the semaphore must be whole (verify.py)."""
+        self.end = verify(self.sem, self.capacity, settle_timeout=self.opt.settle_timeout,
+                          verify_timeout=self.opt.verify_timeout, kind=self.kind,
+                          should_stop=lambda: self.interrupted is not None)
 
     def _cleanup(self) -> None:
         """Whatever happened: no process of ours left, NAME removed, the

@@ -181,7 +181,7 @@ class Worker:
             self.state(CLOSING)
             self.sem.close()          # unregisters: a transaction too
         self.state(OPENING)
-        self.sem = ipcsem.Mutex(self.cfg.name) if self.cfg.kind == "mutex" \
+        self.sem = ipcsem.Mutex(self.cfg.name, create=False) if self.cfg.kind == "mutex" \
             else ipcsem.Semaphore(self.cfg.name)
         if os.getppid() != self.cfg.parent:
             os._exit(3)
@@ -204,10 +204,10 @@ class Worker:
                 if how < 0.08:
                     k = 1
                     with sem as lease:
-                        self.hold(k, lease, asked, "with sem")
+                        self.use(k, lease, asked, "with sem")
                 else:
                     with sem.hold(k, timeout=rng.uniform(0, 0.02), priority=prio) as lease:
-                        self.hold(k, lease, asked, f"hold({k}, timeout, priority={prio})")
+                        self.use(k, lease, asked, f"hold({k}, timeout, priority={prio})")
             except Timeout:
                 self.count(W_TIMEOUTS)
                 return
@@ -233,7 +233,7 @@ class Worker:
         if not got:
             self.count(W_TIMEOUTS)
             return
-        self.hold(k, None, asked, form)
+        self.use(k, None, asked, form)
         sem.release(k)
         self.count(W_CYCLES)
 
@@ -247,11 +247,11 @@ class Worker:
             try:
                 if how < 0.30:
                     with m as lease:
-                        self.hold(1, lease, asked, "with mutex")
+                        self.use(1, lease, asked, "with mutex")
                 else:
                     timeout = 0.0 if how < 0.45 else rng.uniform(0, 0.02)
                     with m.hold(timeout=timeout, priority=prio) as lease:
-                        self.hold(1, lease, asked, f"hold(timeout={timeout:.4f}, priority={prio})")
+                        self.use(1, lease, asked, f"hold(timeout={timeout:.4f}, priority={prio})")
             except Timeout:
                 self.count(W_BUSY if how < 0.45 else W_TIMEOUTS)
                 return
@@ -275,12 +275,12 @@ class Worker:
         if not got:
             self.count(W_TIMEOUTS)
             return
-        self.hold(1, None, asked, form)
+        self.use(1, None, asked, form)
         m.release()
         self.count(W_CYCLES)
 
     # ------------------------------------------------------------ holding
-    def hold(self, k: int, lease, asked: int, form: str) -> None:
+    def use(self, k: int, lease, asked: int, form: str) -> None:
         """The protected work: take the oracle for the grant, hold 0-2 ms,
         drop it; the state says RELEASING when this returns."""
         token = 0 if lease is None else lease.token
