@@ -219,9 +219,9 @@ def test_sigterm_interrupts_and_cleans_up(name):
 
 
 def test_forked_workers_do_not_inherit_the_stop_handler(name):
-    """The storm catches SIGTERM; its forked workers must not run its
-    handler: each one has the default disposition, or (just forked, before
-    it reset them) has the signals blocked."""
+    """The storm catches SIGTERM; no process it starts may run its handler:
+    each child has the default disposition, or (just forked, before it reset
+    them; a supervisor before its exec) has the signals blocked."""
     p = _start_storm(name)
     with _killed_on_failure(p):
         _wait_for(p, lambda: name in ipcsem.names(), "the storm has begun")
@@ -235,7 +235,7 @@ def test_forked_workers_do_not_inherit_the_stop_handler(name):
                     masks = _sigmasks(w.pid)
                     caught, blocked = masks["SigCgt"], masks["SigBlk"]
                     if "supervise" in " ".join(w.cmdline()):
-                        continue
+                        continue             # its own handlers, after its exec
                 except (OSError, psutil.Error):
                     continue                 # killed meanwhile: the storm's doing
                 checked += 1

@@ -1,5 +1,10 @@
 """The storm's child processes: workers (exec'd or forked) and the
-supervisor, each killable, reapable and restartable."""
+supervisor, each killable, reapable and restartable.
+
+No child ever runs the storm's stop-signal handler: forks happen with the
+stop signals blocked, and the child resets them to SIG_DFL before it
+unblocks them (run_forked, or :func:`child_preexec` before an exec).
+"""
 from __future__ import annotations
 
 import os
@@ -7,12 +12,37 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 from .. import _proc
 from .worker import WorkerConfig, run_forked
 
 # What must not reach a forked child before it has reset its handlers.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def stop_signals_blocked():
+    """Around a fork: a stop signal that arrives meanwhile is delivered to
+    the parent (whose handler only sets a flag) once this block ends."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def default_stop_signals() -> None:
+    """In a new child: the stop signals back to SIG_DFL, then unblocked."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def child_preexec():
+    """The preexec_fn for a child the storm execs (inside
+    stop_signals_blocked()): die with the storm, default stop signals."""
+    return _proc.pdeathsig_preexec(then=default_stop_signals)
 
 
 class WorkerProc:
@@ -36,16 +66,10 @@ class WorkerProc:
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=err, start_new_session=True, env=_proc.package_env())
             return cls(cfg.index, p.pid, bool(cfg.self_kill), p)
-        # Block the stop signals across fork(): the child resets their
-        # handlers before unblocking, and the parent gets any that arrived
-        # as soon as it unblocks (its handler only sets a flag).
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
+        with stop_signals_blocked():
             pid = os.fork()
-            if pid == 0:  # the child: never returns
+            if pid == 0:  # the child resets the stop signals; never returns
                 run_forked(cfg, err_path)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         return cls(cfg.index, pid, bool(cfg.self_kill))
 
     def poll(self) -> int | None:
@@ -84,13 +108,22 @@ class SupervisorProc:
         self.started = 0.0
         self.starts = 0
         self.unexpected_exits: list[int] = []
+        self._recoveries_before = 0
 
     def start(self) -> None:
-        with open(self.out_path, "ab") as out, open(self.err_path, "ab") as err:
+        with open(self.out_path, "ab") as out, open(self.err_path, "ab") as err, \
+                stop_signals_blocked():
             self.proc = _proc.launch_supervisor([self.name], stdout=out, stderr=err,
-                                                new_session=True)
+                                                new_session=True, preexec_fn=child_preexec())
         self.started = time.monotonic()
         self.starts += 1
+        self._recoveries_before = self.recoveries()
+
+    def has_worked(self) -> bool:
+        """It has recovered something since it (re)started: it watches.  (On
+        a busy machine an interpreter start takes a good part of a second;
+        killing it sooner would leave the storm unsupervised.)"""
+        return self.recoveries() > self._recoveries_before
 
     def exited(self) -> int | None:
         """Its exit code if it exited by itself (then it is forgotten)."""

@@ -312,9 +312,9 @@ class Storm:
             self.tally.kills += 1
         self._dead(w, code, by_us)
         self._spawn(w.index)
-        # ~5% of kills also take the supervisor down (once it has had time
-        # to start watching).
-        if self.sup is not None and self.rng.random() < 0.05 and now - self.sup.started > 0.3:
+        # ~5% of kills also take the supervisor down (once it is seen to
+        # watch: it has recovered something since it started).
+        if self.sup is not None and self.rng.random() < 0.05 and self.sup.has_worked():
             self.sup.kill()
             self.tally.supervisor_kills += 1
             self.sup.start()

@@ -92,12 +92,13 @@ def independent_acquire(name: str, capacity: int, timeout: float, kind: str,
     """Run :func:`verify_main` in a fresh interpreter: (ok, what it said,
     its grant as a dict (asked_ns, token, died, slots, pid) or None)."""
     from .. import _proc
+    from .procs import child_preexec, stop_signals_blocked
 
-    with open(os.devnull, "rb") as null:
+    with open(os.devnull, "rb") as null, stop_signals_blocked():
         p = subprocess.Popen([sys.executable, "-m", "ipcsem.chaos", "verify", name,
                               str(capacity), str(timeout), kind],
                              stdin=null, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=_proc.package_env(), preexec_fn=_proc.pdeathsig_preexec())
+                             env=_proc.package_env(), preexec_fn=child_preexec())
     end = time.monotonic() + timeout + 30
     try:
         while True:

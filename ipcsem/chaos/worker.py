@@ -98,12 +98,13 @@ def run_forked(cfg: WorkerConfig, err_path: str) -> None:
 
     The storm forks with SIGINT/SIGTERM/SIGHUP blocked, so none of them can
     reach the storm's handler in this child before it is reset here."""
+    from .procs import default_stop_signals
+
     code = 70
     try:
         os.setsid()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        default_stop_signals()
         # Inherit no open file: above all no open file description that may
         # carry somebody's flock (an exec'd worker gets close_fds too), and
         # not the storm's stdout/stderr, which a caller may be reading to EOF.
