@@ -164,12 +164,17 @@ def _start_storm(name, *extra):
 
 @contextlib.contextmanager
 def _killed_on_failure(p):
-    """A failed step must not leave the storm running its 60 s."""
+    """A failed step must not leave the storm running its 60 s (SIGTERM
+    first: a SIGKILLed storm cannot remove its temporary files)."""
     try:
         yield
     except BaseException:
-        p.kill()
-        p.communicate()
+        p.terminate()
+        try:
+            p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
         raise
 
 
