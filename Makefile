@@ -28,7 +28,7 @@ bench: $(STAMP)
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
 chaos: $(STAMP)
-	$(PY) tools/chaos.py --kills 10000 --spawn fork
+	$(VENV)/bin/ipcsem chaos --kills 10000 --spawn fork
 
 clean:
 	rm -rf $(VENV) build *.egg-info ipcsem/*.so
