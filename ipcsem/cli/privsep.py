@@ -17,34 +17,13 @@ import signal
 import time
 from collections.abc import Callable
 
+from .. import _proc
+
 EVENT_MAX = 4096        # bytes per event line
 CHILD_BOUND = 30.0      # seconds the child may take for all its names
 
 
-# SEAM REQUEST: this is ipcsem._shm.supervisor._become; made public there
-# (e.g. ``ipcsem._proc.become(uid)``), this copy goes.
-def become(uid: int) -> None:
-    """Drop to ``uid`` for good: supplementary groups, then gid, then uid."""
-    import pwd
-
-    try:
-        pw = pwd.getpwuid(uid)
-        gid, groups = pw.pw_gid, os.getgrouplist(pw.pw_name, pw.pw_gid)
-    except KeyError:
-        gid, groups = uid, [uid]    # a uid without a passwd entry: its own group only
-    os.setgroups(groups)
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    if os.geteuid() != uid or (uid != 0 and _can_regain_root()):
-        raise PermissionError(f"could not drop privileges to uid {uid}")
-
-
-def _can_regain_root() -> bool:
-    try:
-        os.setresuid(0, 0, 0)
-    except PermissionError:
-        return False
-    return True
+become = _proc.become
 
 
 def needs_drop(owner_uid: int) -> bool:
