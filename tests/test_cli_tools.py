@@ -6,6 +6,7 @@ Holders are real `ipcsem run` processes (or small Python programs using the
 library); kills are real SIGKILLs; nothing is mocked."""
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import pwd
@@ -463,14 +464,15 @@ def watches(sup_pid: int, pid: int) -> bool:
 
 
 def test_unit_file_runs_supervise():
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(here, "contrib", "ipcsem-supervise.service")) as f:
-        unit = f.read()
+    """The unit ships inside the installed package (package data), so it is
+    read through importlib.resources, not from the source tree."""
+    unit_file = importlib.resources.files("ipcsem").joinpath("_data/ipcsem-supervise.service")
+    unit = unit_file.read_text()
     lines = [x.strip() for x in unit.splitlines() if x.strip() and not x.startswith("#")]
     assert "[Service]" in lines and "Type=simple" in lines and "Restart=always" in lines
     assert any(x.startswith("ExecStart=") and x.endswith("ipcsem supervise") for x in lines)
     systemd_analyze = shutil.which("systemd-analyze")
     if systemd_analyze:
-        r = run(systemd_analyze, "verify", os.path.join(here, "contrib",
-                                                        "ipcsem-supervise.service"))
+        with importlib.resources.as_file(unit_file) as path:
+            r = run(systemd_analyze, "verify", str(path))
         assert "Unknown key" not in r.stderr and "Unknown section" not in r.stderr, r.stderr
