@@ -32,8 +32,11 @@ test-all:
 
 # sdist and wheel into dist/ (the wheel is linux_x86_64: release wheels come
 # from cibuildwheel, see pyproject.toml)
+# (without the egg-info an earlier build left: its SOURCES.txt would be added
+# to the sdist whatever MANIFEST.in says now)
 build: $(STAMP)
 	$(PY) -m pip install -q build
+	rm -rf ipcsem.egg-info
 	$(PY) -m build
 
 bench: $(STAMP)
