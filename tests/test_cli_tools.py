@@ -6,6 +6,7 @@ Holders are real `ipcsem run` processes (or small Python programs using the
 library); kills are real SIGKILLs; nothing is mocked."""
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import pwd
