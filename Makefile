@@ -47,4 +47,4 @@ chaos: $(STAMP)
 	$(VENV)/bin/ipcsem chaos --kills 10000 --spawn fork
 
 clean:
-	rm -rf $(VENV) build *.egg-info ipcsem/*.so
+	rm -rf $(VENV) .venv-* dist build *.egg-info ipcsem/*.so ipcsem/*/*.so
