@@ -75,7 +75,7 @@ def _read_states(names: list[str] | None) -> list[SemState]:
     from ._shm.segment import read_view
 
     states = []
-    for name in (names if names is not None else _names.names()):
+    for name in sorted(names if names is not None else _names.names()):
         try:
             snap = read_view(name).snapshot
         except (IpcsemError, OSError):

@@ -202,11 +202,11 @@ def become(uid: int) -> None:
     os.setgroups(groups)
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
-    if os.geteuid() != uid or (uid != 0 and _can_regain_root()):
+    if os.geteuid() != uid or (uid != 0 and can_regain_root()):
         raise PermissionError(f"could not drop privileges to uid {uid}")
 
 
-def _can_regain_root() -> bool:
+def can_regain_root() -> bool:
     try:
         os.setresuid(0, 0, 0)
     except PermissionError:

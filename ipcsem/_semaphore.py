@@ -11,9 +11,9 @@ from typing import Callable, final
 
 from . import _args, _backend, _names
 from ._base import Opened, group_id, make_params
-from ._errors import Timeout
-from ._identity import native_tid
-from ._records import Lease, Params
+from ._errors import DeadlockDetected, Timeout
+from ._identity import ME, native_tid
+from ._records import Deadlock, Lease, Params
 from ._shm import _ledger
 
 
@@ -45,6 +45,15 @@ def _positional(args: tuple, units, blocking, timeout):
         raise TypeError(f"acquire(): the first argument is blocking (a bool) or a unit count "
                         f"(an int), not {type(first).__name__}")
     return units, blocking, timeout
+
+
+def _self_deadlock(e: DeadlockDetected, name: str, tid: int) -> DeadlockDetected:
+    """A non-reentrant mutex asked for by its own owner: a deadlock of one
+    thread, described as any other."""
+    if isinstance(e.deadlock, Deadlock):
+        return e
+    desc = f"thread {tid} of pid {ME.pid} owns {name!r} and asked for it again: {e.deadlock}"
+    return DeadlockDetected(Deadlock((ME.pid,), (name,), desc, (desc,)), name=name)
 
 
 def _deadlock_probe(name: str) -> Callable[[], None]:
@@ -86,7 +95,10 @@ class _Primitive(Opened, _ledger.Primitive):
         tid = native_tid()
         owner = tid if owner is None else owner
         h = self._handle
-        g = h.take(units, priority, owner, tid)
+        try:
+            g = h.take(units, priority, owner, tid)
+        except DeadlockDetected as e:
+            raise _self_deadlock(e, self._name, tid) from None
         if g is not None or not wait or timeout == 0:
             return g
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -172,9 +184,10 @@ class Semaphore(_Primitive):
             units = 1
         elif units.__class__ is not int:
             raise TypeError(f"units must be an int, not {type(units).__name__}")
-        t = _args.check_timeout(timeout)
-        if not blocking and t is not None:
+        if not blocking and timeout is not None:
             raise ValueError("can't specify a timeout for a non-blocking acquire")
+        # threading.Semaphore and multiprocessing do not wait for a negative timeout
+        t = _args.check_timeout(timeout, "now")
         if priority:
             _args.check_priority(priority)
         raise_dl = _args.check_deadlock(deadlock) if deadlock != "wait" else False
@@ -184,6 +197,7 @@ class Semaphore(_Primitive):
         """Take ``units`` now if that overtakes nobody; never blocks.  A dead
         holder's units are recovered first when that would change the answer
         (at most twice a second per semaphore)."""
+        _args.check_units(units, self._capacity)
         return self._grant(units, False, None, 0, False) is not None
 
     # --------------------------------------------------------------- release
@@ -195,6 +209,7 @@ class Semaphore(_Primitive):
         unit numbers of this thread's latest grant go first."""
         if n is not None:
             units = n
+        _args.check_units(units, self._capacity)
         self._handle.release(units, native_tid())
 
     def disown(self, units: int = 1) -> None:
@@ -203,6 +218,7 @@ class Semaphore(_Primitive):
         (a consumer's item, a producer's filled slot).  An unowned post by
         anyone (``release`` beyond what it owns) returns them later.  On a
         slotted semaphore their unit numbers stay taken, owned by nobody."""
+        _args.check_units(units, self._capacity)
         self._handle.disown(units)
 
     # ------------------------------------------------------ context managers
@@ -269,9 +285,9 @@ class Mutex(_Primitive):
         non-blocking attempt finds it taken."""
         if blocking.__class__ is not bool:
             raise TypeError(f"blocking must be True or False, not {blocking!r}")
-        t = _args.check_timeout(timeout)
-        if not blocking and t is not None:
+        if not blocking and timeout is not None and timeout != -1:
             raise ValueError("can't specify a timeout for a non-blocking acquire")
+        t = _args.check_timeout(timeout, "lock")     # threading.Lock: -1 is forever
         _args.check_priority(priority)
         return self._grant(1, blocking, t, priority, _args.check_deadlock(deadlock)) is not None
 

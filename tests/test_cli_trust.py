@@ -171,6 +171,7 @@ def test_root_rm_of_another_users_semaphore_in_use_refuses_with_the_reason(name)
 
 
 def test_privsep_child_runs_as_the_user_for_good():
+    from ipcsem import _proc
     from ipcsem.cli import privsep
 
     if os.geteuid() != 0:
@@ -179,7 +180,7 @@ def test_privsep_child_runs_as_the_user_for_good():
 
     def job(emit):
         emit({"event": "facts", "euid": os.geteuid(), "ruid": os.getuid(),
-              "groups": os.getgroups(), "regain": privsep._can_regain_root()})
+              "groups": os.getgroups(), "regain": _proc.can_regain_root()})
         return 0
 
     events, code = privsep.as_user(uid, job)

@@ -162,6 +162,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.seg = open_segment(self.name, p)
         self.L = self.seg.ledger
         self.m = Model(capacity, initial, slots=self.SLOTS, fair=self.FAIR)
+        self.m.token = self.L.snapshot().header.next_token   # tokens start at the creation time
 
     def teardown(self):
         if self.m is not None:
@@ -408,6 +409,7 @@ class MutexMachine(RuleBasedStateMachine):
         self.seg = open_segment(self.name, p)
         self.L = self.seg.ledger
         self.m = MutexModel(self.REENTRANT)
+        self.m.token = self.L.snapshot().header.next_token
 
     def teardown(self):
         self.seg.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from .. import _identity
+from .. import _identity, _pi
 from .._backend import Handle, Pending
 from .._errors import IpcsemError, LedgerFull, Wedged
 from .._records import Holder, Lease, Params, Stats, Waiter
@@ -135,7 +135,11 @@ class ShmHandle(Handle):
         deadline_ns = 0 if deadline is None else max(int(deadline * 1e9), 1)
         flags = _ledger.WF_DEADLOCK_RAISE if deadlock_raise else 0
 
+        pi = self.params.priority_inheritance
+
         def each_slice() -> None:
+            if pi:
+                _pi.update(self, ME.pid)     # our owner runs at least as well as we do
             if ledger.claim_heal(time.time_ns(), SLICE_NS):
                 # never longer than a slice, never past our deadline
                 bound = time.monotonic_ns() + SLICE_NS
@@ -143,7 +147,8 @@ class ShmHandle(Handle):
             if on_slice is not None:
                 on_slice()
 
-        args = (ME.pid, ME.start, tid, owner, units, priority, flags, deadline_ns, SLICE_NS,
+        slice_ns = int(_pi.SLICE * 1e9) if pi else SLICE_NS
+        args = (ME.pid, ME.start, tid, owner, units, priority, flags, deadline_ns, slice_ns,
                 each_slice)
         # Queueing and waiting are one C call: no Python code, where a signal
         # handler could raise, runs between them.
@@ -221,6 +226,8 @@ class ShmHandle(Handle):
 
     # ----------------------------------------------------------- returning
     def release(self, units: int, owner: int, lease: Lease | None = None) -> None:
+        if self.params.priority_inheritance:
+            _pi.restore_self(self)    # our own priority back before the mutex goes
         try:
             self._ledger.release(ME.pid, ME.start, owner, units, 0 if lease is None else lease.token)
         except IpcsemError as e:

@@ -10,6 +10,7 @@ process's units are posted once.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable
 
 from .. import _identity
@@ -44,7 +45,39 @@ def recover_identity(segment, pid: int, start: int, on_recover: OnRecover | None
 
 def heal(segment, on_recover: OnRecover | None = None,
          lock: int = _ledger.LOCK_FOREVER) -> int:
-    """Recover every dead holder/waiter of one semaphore; units recovered."""
-    snap = segment.ledger.snapshot()
-    return sum(recover_identity(segment, pid, start, on_recover, lock)
-               for pid, start in identities(snap) if _identity.is_dead(pid, start))
+    """Recover every dead holder/waiter of one semaphore; units recovered.
+
+    The look is lock-free.  If it caught the ledger between two stores (a
+    process died inside a transaction, perhaps inside a recovery), the dead
+    may not show: take the lock once, which rolls the half-done transaction
+    back, and look again."""
+    ledger = segment.ledger
+    snap = ledger.snapshot()
+    if not snap.consistent:
+        ledger.touch(lock)
+        snap = ledger.snapshot()
+    units = sum(recover_identity(segment, pid, start, on_recover, lock)
+                for pid, start in identities(snap) if _identity.is_dead(pid, start))
+    return units + _orphaned_mutex(segment, snap, on_recover, lock)
+
+
+def _orphaned_mutex(segment, snap, on_recover, lock) -> int:
+    """A mutex whose owning *thread* exited while its process lives would stay
+    locked for good: recover it (owner-died for the next owner)."""
+    h = snap.header
+    if not h.mx_owner or h.mx_owner < 0:        # free, or owned by a task (no thread)
+        return 0
+    holder = next((x for x in snap.holders if x.units > 0), None)
+    if holder is None or _identity.is_dead(holder.pid, holder.start):
+        return 0                                # the process's recovery covers it
+    if os.path.exists(f"/proc/{holder.pid}/task/{h.mx_owner_tid}"):
+        return 0
+    if _identity.start_of(holder.pid) != holder.start:
+        return 0
+    if segment.ledger.recover_orphan(holder.pid, holder.start, h.mx_owner, lock):
+        log.info("recovered mutex %s from exited thread %d of pid %d", segment.name,
+                 h.mx_owner_tid, holder.pid)
+        if on_recover is not None:
+            on_recover(segment.name, holder.pid, holder.start, 1, 0)
+        return 1
+    return 0

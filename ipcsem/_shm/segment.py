@@ -324,11 +324,13 @@ def _initialise(fd: int, p: Params, name: str) -> mmap.mmap:
 
 
 def _check_policy(name: str, found: Params, asked: Params) -> None:
+    """Capacity and kind must agree; the other settings only where the
+    caller gave them explicitly (the facade checks those: a default is no
+    request)."""
     if found.capacity != asked.capacity:
         raise CapacityMismatch(name, found.capacity, asked.capacity)
-    for setting in ("kind", "slots", "fair", "reentrant", "priority_inheritance"):
-        if getattr(found, setting) != getattr(asked, setting):
-            raise PolicyMismatch(name, setting, getattr(found, setting), getattr(asked, setting))
+    if found.kind != asked.kind:
+        raise PolicyMismatch(name, "kind", found.kind, asked.kind)
 
 
 # ------------------------------------------------------------ removing
