@@ -188,6 +188,29 @@ def wait_queued(sem, child: Child, units: int | None = None, timeout: float = 10
                timeout, what=f"pid {child.pid} queued on {sem.name}")
 
 
+def state_of(pid: int) -> str:
+    """The process state letter of /proc/PID/stat (R, S, T, Z, ...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def stop_holding_the_ledger_lock(sem, child: Child, tries: int = 3000) -> bool:
+    """SIGSTOP ``child`` (which must be looping over locked ledger calls on
+    ``sem``, e.g. ``while True: s.check()``) at a moment it holds the ledger
+    lock; True when caught (it is left stopped), False if it never was."""
+    for _ in range(tries):
+        os.kill(child.pid, signal.SIGSTOP)
+        end = time.monotonic() + 5
+        while state_of(child.pid) not in ("T", "t"):
+            if time.monotonic() > end:
+                raise AssertionError(f"pid {child.pid} did not stop")
+            time.sleep(0.0002)
+        if sem._handle.snapshot().header.lock_owner == child.pid:
+            return True
+        os.kill(child.pid, signal.SIGCONT)
+    return False
+
+
 def thread_ids(pid: int) -> set[int]:
     return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
 
