@@ -101,15 +101,15 @@ class Child:
         """True if the code begun last has not answered within ``seconds``."""
         end = time.monotonic() + seconds
         while b"\n" not in self._buffer:
-            left = end - time.monotonic()
-            if left <= 0:
-                return True
+            left = max(end - time.monotonic(), 0)
             ready, _, _ = select.select([self._fd], [], [], left)
             if ready:
                 chunk = os.read(self._fd, 65536)
                 if not chunk:
                     return False
                 self._buffer += chunk
+            elif left == 0:
+                return True
         return False
 
     def thread(self, code: str, name: str = "worker") -> None:
@@ -209,6 +209,58 @@ def stop_holding_the_ledger_lock(sem, child: Child, tries: int = 3000) -> bool:
             return True
         os.kill(child.pid, signal.SIGCONT)
     return False
+
+
+def sweep_crash_points(create, setup: str, op: str, verify, batch: int = 8,
+                       max_points: int = 800) -> int:
+    """Kill a child at every crash point of ``op`` (the C ledger's fault
+    injection: a real SIGKILL at the Nth store of its transactions), one
+    fresh semaphore per point.  ``create()`` -> (name, sem, extra children
+    or []); the child runs ``setup`` (with ``name`` bound), then ``op`` with
+    the crash point armed; ``verify(sem, died, point)`` checks what is left; a child that
+    survived (the op completed) is killed before it is called, so its units
+    are a dead holder's too.
+    Returns the number of crash points ``op`` has (the first it survived)."""
+    for first in range(0, max_points, batch):
+        cases = []
+        try:
+            for point in range(first, first + batch):
+                name, sem, extra = create()
+                child = Child(wait=False)
+                cases.append((point, name, sem, child, extra))
+            for point, name, sem, child, extra in cases:
+                child.ready()
+                child.run(f"name = {name!r}\n" + setup)
+                child.run("from ipcsem._shm import _ledger")
+                child.begin(f"_ledger.set_crash_point({point})\n{op}")
+            survived = []
+            for point, name, sem, child, extra in cases:
+                try:
+                    child.result(20)
+                    died = False
+                    survived.append(point)
+                    child.kill()
+                except EOFError:
+                    child.proc.wait(10)
+                    died = child.proc.returncode == -9
+                    assert died, f"crash point {point}: child exited with {child.proc.returncode}"
+                verify(sem, died, point)
+            if survived:
+                assert survived == list(range(survived[0], first + batch)), survived
+                assert survived[0] > 3, "the crash points never fired"
+                return survived[0]
+        finally:
+            for point, name, sem, child, extra in cases:
+                child.close()
+                for x in extra:
+                    x.close()
+                try:
+                    import ipcsem
+
+                    ipcsem.unlink(name)
+                except Exception:
+                    pass
+    raise AssertionError("the operation never completed: crash points not exhausted")
 
 
 def thread_ids(pid: int) -> set[int]:

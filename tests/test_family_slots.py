@@ -328,3 +328,165 @@ def test_slots_disjoint_and_complete_under_a_sigkill_storm(name, tmp_path):
     assert int(token) > last
     assert sem.holders() == [] and sem.available == CAPACITY
     sem.check()
+
+
+# ------------------------------------------- crash points inside slotted ops
+# The C ledger's fault injection kills the child at the Nth store of its
+# transactions; after every kill the slot table must agree with the counts
+# (check()) and every unit number must come back exactly once.
+def _fresh(capacity=4):
+    import uuid
+
+    n = f"t-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return n, ipcsem.Semaphore(n, capacity=capacity, slots=True), []
+
+
+def _all_numbers_back(sem, point):
+    """After recovery: nothing held, every unit number free exactly once."""
+    sem.check()         # takes the lock: a dead transaction is rolled back (H2)
+    sem.recover()
+    sem.check()
+    assert sem.holders() == [], point
+    unowned = sem.stats().unowned
+    assert sem.available == sem.capacity - unowned, point
+    if unowned:
+        sem.release(unowned)            # an unowned post brings the disowned back
+    with sem.hold(sem.capacity, timeout=5) as lease:
+        assert lease.slots == tuple(range(sem.capacity)), point
+
+
+def test_kill_at_every_crash_point_of_a_slotted_take():
+    from family_procs import sweep_crash_points
+
+    def verify(sem, died, point):
+        sem.check()                     # takes the lock: a dead transaction is rolled back
+        slots = [h.slots for h in sem.holders()]
+        assert slots in ([(0,)], [(0, 1, 2)]), (point, slots)     # before or after, no mix
+        if not died:
+            assert slots == [(0, 1, 2)]
+        _all_numbers_back(sem, point)
+
+    assert sweep_crash_points(_fresh, "s = ipcsem.Semaphore(name); s.acquire()", "s.acquire(2)",
+                              verify) > 10
+
+
+def test_kill_at_every_crash_point_of_a_slotted_release():
+    from family_procs import sweep_crash_points
+
+    def verify(sem, died, point):
+        sem.check()                     # takes the lock: a dead transaction is rolled back
+        slots = [h.slots for h in sem.holders()]
+        assert slots in ([(0, 1, 2)], [(0, 1)]), (point, slots)
+        if not died:
+            assert slots == [(0, 1)]
+        _all_numbers_back(sem, point)
+
+    assert sweep_crash_points(_fresh, "s = ipcsem.Semaphore(name); s.acquire(); s.acquire(2)",
+                              "s.release()", verify) > 5
+
+
+def test_kill_at_every_crash_point_of_a_slotted_disown():
+    from family_procs import sweep_crash_points
+
+    def verify(sem, died, point):
+        sem.check()
+        state = ([h.slots for h in sem.holders()], sem.stats().unowned)
+        assert state in (([(0, 1)], 0), ([(0,)], 1)), (point, state)
+        if not died:
+            assert state == ([(0,)], 1)
+        _all_numbers_back(sem, point)
+
+    assert sweep_crash_points(_fresh, "s = ipcsem.Semaphore(name); s.acquire(2)", "s.disown()",
+                              verify) > 5
+
+
+def test_kill_at_every_crash_point_of_a_release_that_grants_a_queued_waiter():
+    from family_procs import Child
+
+    waiters = {}
+
+    def create():
+        n, sem, _ = _fresh(capacity=2)
+        w = Child(f"s = ipcsem.Semaphore({n!r})")
+        waiters[n] = w
+        return n, sem, [w]
+
+    def queue_waiter(sem):
+        w = waiters[sem.name]
+        w.begin("l = s.hold(timeout=30).__enter__(); result = l.slots")
+        wait_queued(sem, w)
+
+    def verify(sem, died, point):
+        w = waiters[sem.name]
+        slots = w.result(20)            # granted exactly once, dead releaser or not
+        assert len(slots) == 1 and slots[0] in (0, 1), (point, slots)
+        sem.check()
+        sem.recover()                   # the releaser's other unit
+        assert holders_slots(sem) == {w.pid: slots}, point
+        if not died:
+            assert slots == (1,)        # the releaser's highest number went
+        w.kill()
+        _all_numbers_back(sem, point)
+
+    assert _sweep_with_waiter(create, "s = ipcsem.Semaphore(name); s.acquire(2)", verify,
+                              queue_waiter) > 5
+
+
+def _sweep_with_waiter(create, setup, verify, queue_waiter, batch=6, max_points=400):
+    """family_procs.sweep_crash_points, with a waiter queued after the
+    setup and before the crash point is armed; the op is ``s.release()``."""
+    from family_procs import Child
+
+    for first in range(0, max_points, batch):
+        cases = []
+        try:
+            for point in range(first, first + batch):
+                name, sem, extra = create()
+                cases.append((point, name, sem, Child(wait=False), extra))
+            for point, name, sem, child, extra in cases:
+                child.ready()
+                child.run(f"name = {name!r}\n" + setup)
+                queue_waiter(sem)
+                child.begin(f"from ipcsem._shm import _ledger\n"
+                            f"_ledger.set_crash_point({point})\ns.release()")
+            survived = []
+            for point, name, sem, child, extra in cases:
+                try:
+                    child.result(20)
+                    died = False
+                    survived.append(point)
+                    child.kill()
+                except EOFError:
+                    child.proc.wait(10)
+                    assert child.proc.returncode == -9, point
+                    died = True
+                verify(sem, died, point)
+            if survived:
+                assert survived == list(range(survived[0], first + batch)), survived
+                return survived[0]
+        finally:
+            for point, name, sem, child, extra in cases:
+                child.close()
+                for x in extra:
+                    x.close()
+                try:
+                    ipcsem.unlink(name)
+                except ipcsem.IpcsemError:
+                    pass
+    raise AssertionError("the release never completed")
+
+
+def test_kill_at_every_crash_point_of_recovering_a_dead_slotted_holder():
+    from family_procs import Child, sweep_crash_points
+
+    def create():
+        n, sem, _ = _fresh()
+        dead = Child(f"s = ipcsem.Semaphore({n!r}); s.acquire(); s.acquire(2)")
+        dead.kill()
+        return n, sem, [dead]
+
+    def verify(sem, died, point):
+        _all_numbers_back(sem, point)
+        assert sem.stats().recovered_units == 3, point   # exactly once, whoever finished it
+
+    assert sweep_crash_points(create, "s = ipcsem.Semaphore(name)", "s.recover()", verify) > 5
