@@ -79,7 +79,7 @@ def test_non_reentrant_reacquire_by_the_owner_raises_instead_of_hanging(name, ch
     ipcsem.Mutex(name)
     a = children(f"m = ipcsem.Mutex({name!r})")
     a.run("m.acquire()")
-    for call in ("m.acquire()", "m.acquire(True, 5)", "m.acquire(timeout=-1)",
+    for call in ("m.acquire()", "m.acquire(True, 5)", "m.acquire(timeout=-1)", "m.acquire(False)",
                  "m.hold().__enter__()", "m.__enter__()"):
         with pytest.raises(ChildError) as e:
             a.run(call, timeout=10)     # a hang fails here, not a self-deadlock
