@@ -190,3 +190,18 @@ def test_owner_thread_exits_without_release_next_owner_sees_it(name, children):
     # acquirer gets it and is told.
     assert b.run("m.acquire(timeout=5)", timeout=20) is True
     assert b.run("m.previous_owner_died") is True
+
+
+@pytest.mark.xfail(strict=True, reason="D4 in docs/family-bugs.md: a self-deadlock's .deadlock "
+                                       "is a str, not an ipcsem.Deadlock")
+def test_self_deadlock_error_carries_a_deadlock_record(name):
+    m = ipcsem.Mutex(name)
+    m.acquire()
+    try:
+        with pytest.raises(ipcsem.DeadlockDetected) as e:
+            m.acquire()
+        dl = e.value.deadlock
+        assert isinstance(dl, ipcsem.Deadlock)
+        assert dl.processes == (os.getpid(),) and dl.semaphores == (name,)
+    finally:
+        m.release()

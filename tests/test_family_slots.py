@@ -76,6 +76,15 @@ def test_reopen_without_restating_slots_opens_it(name, children):
     assert c.run(f"ipcsem.Semaphore({name!r}, capacity=4).params.slots") is True
 
 
+def test_slotted_capacity_is_bounded_and_a_refusal_creates_nothing(name):
+    with pytest.raises(ValueError):
+        ipcsem.Semaphore(name, capacity=4097, slots=True)
+    with pytest.raises(ipcsem.NotFound):
+        ipcsem.Semaphore(name)
+    assert ipcsem.Semaphore(name, capacity=4096, slots=True).hold(4096).__enter__().slots == \
+        tuple(range(4096))
+
+
 def test_grants_pick_the_lowest_free_unit_numbers(name, children):
     sem = ipcsem.Semaphore(name, capacity=5, slots=True)
     a, b, c = children(f"s = ipcsem.Semaphore({name!r})", n=3)
