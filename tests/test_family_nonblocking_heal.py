@@ -76,10 +76,13 @@ def test_failed_attempts_while_the_holder_lives_recover_nothing(name, children):
     assert other.run("[s.acquire(timeout=0) for _ in range(200)].count(True)") == 0
     assert counters(sem) == before, "a refused attempt changed the ledger"
     assert [h.pid for h in sem.holders()] == [holder.pid]
-    # Rate-limited: the attempts just made claimed the healer's turn, so no
-    # one may scan again within HEAL_INTERVAL (a lock-free election).
-    from ipcsem._shm.handle import SLICE_NS
+    # Rate-limited (a lock-free election, one scan per HEAL_INTERVAL): once
+    # the last claim is old, a refused attempt claims, and nobody may scan
+    # again right after it.
+    from ipcsem._shm.handle import HEAL_INTERVAL, SLICE_NS
 
+    time.sleep(HEAL_INTERVAL * 1.2)
+    assert sem.try_acquire() is False
     assert sem._handle.ledger.claim_heal(time.time_ns(), SLICE_NS) is False
     holder.run("s.release()")
     assert sem.try_acquire() is True
