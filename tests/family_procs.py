@@ -188,6 +188,15 @@ def wait_queued(sem, child: Child, units: int | None = None, timeout: float = 10
                timeout, what=f"pid {child.pid} queued on {sem.name}")
 
 
+def ledger_view(name: str):
+    """The ledger of ``name`` now (a Snapshot: .header, .holders, .waiters,
+    .consistent), read the way status tools do (``read_view``: a pread copy,
+    no mapping, no lock) -- the facade has no public snapshot."""
+    from ipcsem._shm.segment import read_view
+
+    return read_view(name).snapshot
+
+
 def state_of(pid: int) -> str:
     """The process state letter of /proc/PID/stat (R, S, T, Z, ...)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -205,7 +214,7 @@ def stop_holding_the_ledger_lock(sem, child: Child, tries: int = 3000) -> bool:
             if time.monotonic() > end:
                 raise AssertionError(f"pid {child.pid} did not stop")
             time.sleep(0.0002)
-        if sem._handle.snapshot().header.lock_owner == child.pid:
+        if ledger_view(sem.name).header.lock_owner == child.pid:
             return True
         os.kill(child.pid, signal.SIGCONT)
     return False

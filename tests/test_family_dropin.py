@@ -12,7 +12,7 @@ import threading
 import pytest
 
 import ipcsem
-from family_procs import ChildError, children, wait_queued  # noqa: F401
+from family_procs import ChildError, children, ledger_view, wait_queued  # noqa: F401
 
 # --------------------------------------------- code written for the stdlib
 THREADING_CODE = '''
@@ -211,11 +211,11 @@ def test_the_forms_keep_their_meaning_across_processes(name, children):
 def test_misuse_is_a_typed_error_that_changes_nothing(name, children, call, error):
     sem = ipcsem.Semaphore(name, capacity=2)
     c = children(f"s = ipcsem.Semaphore({name!r})")
-    before = sem._handle.snapshot().header
+    before = ledger_view(sem.name).header
     with pytest.raises(ChildError) as e:
         c.run(call)
     assert e.value.type == error, e.value
-    after = sem._handle.snapshot().header
+    after = ledger_view(sem.name).header
     assert (after.available, after.unowned, after.waiting, after.acquisitions) == \
         (before.available, before.unowned, before.waiting, before.acquisitions)
     assert sem.holders() == [] and sem.waiters() == []

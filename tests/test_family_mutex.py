@@ -4,7 +4,7 @@ import os
 import pytest
 
 import ipcsem
-from family_procs import ChildError, children, wait_queued, wait_until  # noqa: F401
+from family_procs import ChildError, children, ledger_view, wait_queued, wait_until  # noqa: F401
 
 
 def owner_of(m) -> tuple[int, int] | None:
@@ -15,7 +15,7 @@ def owner_of(m) -> tuple[int, int] | None:
 
 
 def ledger_state(m):
-    h = m._handle.snapshot().header
+    h = ledger_view(m.name).header
     return (h.available, h.mx_owner, h.mx_owner_tid, h.mx_depth, h.mx_owner_died,
             tuple((x.pid, x.units) for x in m.holders()))
 
@@ -95,11 +95,11 @@ def test_reentrant_nests_and_frees_at_depth_zero(name, children):
     a, b = children(f"m = ipcsem.Mutex({name!r}, reentrant=True)", n=2)
     tokens = a.run("result = [m.hold().__enter__().token for _ in range(3)]")
     assert len(set(tokens)) == 1, "nesting is one grant"
-    assert m._handle.snapshot().header.mx_depth == 3
+    assert ledger_view(m.name).header.mx_depth == 3
     for left in (2, 1):
         a.run("m.release()")
         assert m.locked() and b.run("m.acquire(False)") is False
-        assert m._handle.snapshot().header.mx_depth == left
+        assert ledger_view(m.name).header.mx_depth == left
     a.run("m.release()")
     assert not m.locked()
     assert b.run("m.acquire(False)") is True
@@ -121,7 +121,7 @@ def test_owner_killed_next_owners_see_previous_owner_died_until_a_normal_release
     a.kill()
     assert b.result(15) == (True, True)
     assert owner_of(m)[0] == b.pid
-    assert m._handle.snapshot().header.mx_owner_died == 1
+    assert ledger_view(m.name).header.mx_owner_died == 1
     # b dies holding it too, never having released: still not repaired.
     b.kill()
     # c never blocks: its non-blocking attempts heal (issue 9 §4).
@@ -129,7 +129,7 @@ def test_owner_killed_next_owners_see_previous_owner_died_until_a_normal_release
     assert c.run("m.previous_owner_died") is True
     # c repairs and releases normally: the next owner sees a healthy mutex.
     c.run("m.release()")
-    assert m._handle.snapshot().header.mx_owner_died == 0
+    assert ledger_view(m.name).header.mx_owner_died == 0
     assert d.run("lease = m.hold().__enter__(); "
                  "result = (lease.previous_owner_died, m.previous_owner_died)") == (False, False)
     d.run("m.release()")
@@ -141,9 +141,10 @@ def test_reentrant_owner_killed_at_depth_two(name, children):
     a, b = children(f"m = ipcsem.Mutex({name!r}, reentrant=True)", n=2)
     a.run("m.acquire(); m.acquire()")
     a.kill()
-    assert m.recover() == 1
+    m.recover()
+    assert m.stats().recovered_units == 1 and not m.locked()
     assert b.run("(m.acquire(False), m.previous_owner_died)") == (True, True)
-    assert m._handle.snapshot().header.mx_depth == 1
+    assert ledger_view(m.name).header.mx_depth == 1
     b.run("m.release()")
     assert not m.locked()
 

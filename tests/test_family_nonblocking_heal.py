@@ -13,13 +13,13 @@ import time
 import pytest
 
 import ipcsem
-from family_procs import children, stop_holding_the_ledger_lock, wait_until  # noqa: F401
+from family_procs import children, ledger_view, stop_holding_the_ledger_lock, wait_until  # noqa: F401
 
 DEADLINE = 6.0     # "within ~1 s of the death", checked as "eventually", with room
 
 
 def counters(sem):
-    h = sem._handle.snapshot().header
+    h = ledger_view(sem.name).header
     return h.recoveries, h.recovered_units, h.registrations, h.acquisitions
 
 
@@ -61,8 +61,9 @@ def test_every_non_blocking_form_heals_in_a_fresh_process(name, children, call):
     assert sem.waiters() == []
     # The successful job exited holding its unit(s) (it never released):
     # they are a dead holder's now, and come back like any other.
-    assert sem.recover() == (2 if "(2)" in call else 1)
+    sem.recover()
     assert sem.available == 2 and sem.holders() == []
+    assert sem.stats().recovered_units == 2 + (2 if "(2)" in call else 1)
     sem.check()
 
 
@@ -83,7 +84,11 @@ def test_failed_attempts_while_the_holder_lives_recover_nothing(name, children):
 
     time.sleep(HEAL_INTERVAL * 1.2)
     assert sem.try_acquire() is False
-    assert sem._handle.ledger.claim_heal(time.time_ns(), SLICE_NS) is False
+    from ipcsem._shm.segment import open_segment
+
+    other_mapping = open_segment(sem.name)      # the election lives in the shared ledger
+    assert other_mapping.ledger.claim_heal(time.time_ns(), SLICE_NS) is False
+    other_mapping.close()
     holder.run("s.release()")
     assert sem.try_acquire() is True
     sem.release()
@@ -146,6 +151,20 @@ def test_try_acquire_never_blocks_on_a_stopped_lock_holder(name, children):
 
 
 # ------------------------------------------- a recoverer dies mid-recovery
+class Interfered(Exception):
+    pass
+
+
+def _retrying(attempt, tries=3):
+    """attempt() again when a third party's healing got in the way."""
+    for _ in range(tries - 1):
+        try:
+            return attempt()
+        except Interfered:
+            pass
+    return attempt()
+
+
 def _recoverer_killed_at(point, name, made, waiter=None):
     """A dead holder D (1 unit of a capacity-1 semaphore), and a recoverer R
     killed by the crash point inside its ``recover()``.  ``waiter``, if
@@ -166,7 +185,10 @@ def _recoverer_killed_at(point, name, made, waiter=None):
         d.kill()
         r.begin(f"_ledger.set_crash_point({point}); s.recover()")
         try:
-            r.result(20)
+            if r.result(20) == 0:
+                # Someone else (another engineer's machine-wide healer)
+                # recovered D first: this point proved nothing.
+                raise Interfered(point)
             return False
         except EOFError:
             r.proc.wait(10)
@@ -184,8 +206,8 @@ def _points_that_tear(names, made, first_only=False):
     while True:
         name = names()
         sem = ipcsem.Semaphore(name, capacity=1)
-        died = _recoverer_killed_at(point, name, made)
-        snap = sem._handle.snapshot()
+        died = _retrying(lambda: _recoverer_killed_at(point, name, made))
+        snap = ledger_view(sem.name)
         shown = list(snap.holders)         # any row of D: healing would look at it
         sem.check()                        # the lock: the dead transaction is rolled back
         if died and not shown and sem.holders():
@@ -206,7 +228,7 @@ def test_recover_after_a_recoverer_died_mid_recovery_returns_the_units(names):
         while True:
             name = names()
             sem = ipcsem.Semaphore(name, capacity=1)
-            died = _recoverer_killed_at(point, name, made)
+            died = _retrying(lambda: _recoverer_killed_at(point, name, made))
             sem.recover()                  # whatever R did or did not finish: the unit is back
             sem.check()                    # (seen after the lock rolled a dead transaction back)
             if sem.holders() or sem.available != 1:
