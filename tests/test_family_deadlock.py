@@ -274,8 +274,6 @@ def test_dead_holder_in_a_cycle_is_not_one(sems, children):
     assert b.result(15) is True
 
 
-@pytest.mark.xfail(strict=True, reason="D1 in docs/family-bugs.md: unowned units are not "
-                                       "counted as returnable")
 def test_consumer_waiting_for_an_unowned_post_is_not_one(sems, children):
     ns, (q,) = sems({"capacity": 4, "initial": 0})      # a queue: items are posted
     consumer, producer = children(opener(ns), n=2)
@@ -379,8 +377,6 @@ except ipcsem.DeadlockDetected:
     assert ipcsem.find_deadlocks([m1, m2]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="D2 in docs/family-bugs.md: a bystander is made the "
-                                       "victim; a second victim follows")
 def test_a_bystander_is_not_the_victim(sems, children):
     """a and b deadlock on S1/S2; c then queues for S1 too, holding nothing.
     c's giving up would free nothing: one of a, b must be the one told, and

@@ -179,8 +179,6 @@ def test_hold_times_out_with_timeout_error(name, children):
     assert m.waiters() == []
 
 
-@pytest.mark.xfail(strict=True, reason="M1 in docs/family-bugs.md: a mutex whose owning thread "
-                                       "exited stays locked while its process lives")
 def test_owner_thread_exits_without_release_next_owner_sees_it(name, children):
     m = ipcsem.Mutex(name)
     a = children(f"m = ipcsem.Mutex({name!r})")
@@ -193,8 +191,6 @@ def test_owner_thread_exits_without_release_next_owner_sees_it(name, children):
     assert b.run("m.previous_owner_died") is True
 
 
-@pytest.mark.xfail(strict=True, reason="D4 in docs/family-bugs.md: a self-deadlock's .deadlock "
-                                       "is a str, not an ipcsem.Deadlock")
 def test_self_deadlock_error_carries_a_deadlock_record(name):
     m = ipcsem.Mutex(name)
     m.acquire()

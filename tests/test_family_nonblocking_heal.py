@@ -130,8 +130,6 @@ def test_ipcsem_run_timeout_zero_heals(name, children):
                timeout=DEADLINE + 4, interval=0, what="ipcsem run --timeout 0 after the death")
 
 
-@pytest.mark.xfail(strict=True, reason="H1 in docs/family-bugs.md: healing waits forever for a "
-                                       "stopped ledger-lock holder")
 def test_try_acquire_never_blocks_on_a_stopped_lock_holder(name, children):
     sem = ipcsem.Semaphore(name, capacity=1)
     dead = children(f"s = ipcsem.Semaphore({name!r}); s.acquire()")
@@ -219,8 +217,6 @@ def _points_that_tear(names, made, first_only=False):
         point += 1
 
 
-@pytest.mark.xfail(strict=True, reason="H2 in docs/family-bugs.md: healing trusts a snapshot "
-                                       "torn by a dead transaction")
 def test_recover_after_a_recoverer_died_mid_recovery_returns_the_units(names):
     made = []
     try:
@@ -243,8 +239,6 @@ def test_recover_after_a_recoverer_died_mid_recovery_returns_the_units(names):
             c.close()
 
 
-@pytest.mark.xfail(strict=True, reason="H2 in docs/family-bugs.md: a blocked waiter never sees "
-                                       "the units of a holder whose recoverer died")
 def test_blocked_waiter_gets_the_units_when_a_recoverer_died_mid_recovery(names):
     """The user-visible symptom of H2: nobody takes the ledger lock while
     everyone waits, so the dead transaction's torn state stays, and every

@@ -68,8 +68,6 @@ def test_slots_are_fixed_at_creation(name, children):
     assert c.run(f"ipcsem.Semaphore({name!r}).hold(2).__enter__().slots") == (0, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="P1 in docs/family-bugs.md: an unstated setting is "
-                                       "compared as its default")
 def test_reopen_without_restating_slots_opens_it(name, children):
     ipcsem.Semaphore(name, capacity=4, slots=True)
     c = children()
@@ -187,8 +185,6 @@ def test_bare_release_frees_the_slots_of_this_threads_latest_acquire(name, child
     sem.check()
 
 
-@pytest.mark.xfail(strict=True, reason="S1 in docs/family-bugs.md: release(n) spanning grants "
-                                       "frees another thread's slot")
 def test_release_of_several_grants_frees_only_this_threads_slots(name, children):
     sem = ipcsem.Semaphore(name, capacity=4, slots=True)
     c = children(f"s = ipcsem.Semaphore({name!r})")
@@ -199,8 +195,6 @@ def test_release_of_several_grants_frees_only_this_threads_slots(name, children)
     assert holders_slots(sem) == {c.pid: (1,)}
 
 
-@pytest.mark.xfail(strict=True, reason="S2 in docs/family-bugs.md: disown() hands off the "
-                                       "process's highest slot, not this thread's grant")
 def test_disown_hands_off_this_threads_slot(name, children):
     sem = ipcsem.Semaphore(name, capacity=4, slots=True)
     c = children(f"s = ipcsem.Semaphore({name!r})")

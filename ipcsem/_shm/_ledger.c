@@ -3185,6 +3185,7 @@ static PyObject *Primitive_acquire(Primitive *P, PyObject *const *args, size_t n
                 PyErr_Clear();
         }
         Call c;
+        call_init(&c);
         int ok = units >= 1 && fast_take(P, &c, units);
         call_done(&c);
         if (ok)
@@ -3205,6 +3206,7 @@ static PyObject *Primitive_release(Primitive *P, PyObject *const *args, size_t n
                 PyErr_Clear();
         }
         Call c;
+        call_init(&c);
         int ok = units >= 1 && fast_release(P, &c, units);
         call_done(&c);
         if (ok)
