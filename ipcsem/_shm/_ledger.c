@@ -407,14 +407,17 @@ static void tx_commit(View *V, Call *c)
     }
 }
 
-/* Is `off` a word a transaction may have stored?  Header fields (but not the
- * mutex or the log) and the slot regions. */
+/* Is `off` a word a transaction may have stored?  The header fields that
+ * transactions change (never the ones fixed at creation — a forged log
+ * could otherwise erase the magic and have the ledger re-initialised under
+ * its holders — nor the mutex, the log, or the lock-free words) and the
+ * slot regions. */
 static int undo_target_ok(View *V, int64_t off)
 {
     if (off < 0 || (off & 7) || off > V->size - 8)
         return 0;
     if (off < H_NFIELDS * 8)
-        return 1;
+        return off >= H_FLAGS * 8 && off < H_LAST_HEAL_NS * 8;
     int64_t undo_off = (char *)V->undo - V->base;
     return off >= HEADER_SIZE && off < undo_off;
 }

@@ -138,14 +138,18 @@ def _start_metrics(args, exporter) -> list[str]:
     return lines
 
 
-def _recovered_line(name, pid, units, entries, after_ms, cmd) -> str:
+def _recovered_line(name, pid, units, entries, after_ms, cmd, reported_by=None) -> str:
     after = "" if after_ms is None else f" after_ms={after_ms:.2f}"
+    # As root, events come from per-user workers: say whose, so a worker's
+    # forged line cannot pass for root's own word.
+    by = "" if reported_by is None else f" reported_by_uid={reported_by}"
     return (f"recovered name={name} pid={pid} units={units} queue_entries={entries}{after} "
-            f"cmd={(cmd if cmd is not None else '?')!r}")
+            f"cmd={(cmd if cmd is not None else '?')!r}{by}")
 
 
-def _warn(name: str, error: str) -> None:
-    print(f"warning name={name} error={error!r}", file=sys.stderr, flush=True)
+def _warn(name: str, error: str, reported_by=None) -> None:
+    by = "" if reported_by is None else f" reported_by_uid={reported_by}"
+    print(f"warning name={name} error={error!r}{by}", file=sys.stderr, flush=True)
 
 
 def _make(args, root: bool, counters=None):
@@ -157,9 +161,9 @@ def _make(args, root: bool, counters=None):
                 if counters is not None:
                     counters.recovered(ev["name"], ev["units"])
                 print(_recovered_line(ev["name"], ev["pid"], ev["units"], ev["entries"],
-                                      ev["after_ms"], ev["cmd"]), flush=True)
+                                      ev["after_ms"], ev["cmd"], ev["uid"]), flush=True)
             elif ev["event"] == "warning":
-                _warn(ev["name"], ev["error"])
+                _warn(ev["name"], ev["error"], ev["uid"])
             elif ev["event"] == "worker":
                 print(f"worker uid={ev['uid']} {ev['status']}", file=sys.stderr, flush=True)
 
