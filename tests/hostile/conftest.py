@@ -330,7 +330,7 @@ class Proc:
     def __init__(self, fn, *args, user: User | None = None, label: str | None = None) -> None:
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
-        self.label = label or getattr(fn, "__name__", "proc")
+        self.label = label = label or getattr(fn, "__name__", "proc")
         self.user = user
         pid = os.fork()
         if pid == 0:
@@ -352,6 +352,11 @@ class Proc:
                     chan.send(("raise", describe(e)))
                 except BaseException:  # noqa: BLE001
                     code = 3
+                    try:
+                        sys.stderr.write(f"{label or fn}: could not report:\n"
+                                         f"{traceback.format_exc()}\n{describe(e)}\n")
+                    except BaseException:  # noqa: BLE001
+                        pass
             finally:
                 os._exit(code)
         os.close(down_r)
