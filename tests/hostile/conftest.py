@@ -373,7 +373,10 @@ class Proc:
 
     def recv(self, timeout: float = 10.0):
         """The next message it sent (not its final word)."""
-        msg = self.chan.recv(timeout)
+        try:
+            msg = self.chan.recv(timeout)
+        except EOFError:
+            raise AssertionError(f"{self.label} went away: {self.outcome(5).summary()}") from None
         if isinstance(msg, tuple) and msg and msg[0] in ("return", "raise"):
             self._early.append(msg)
             raise AssertionError(f"{self.label} ended instead of talking: "
@@ -543,6 +546,21 @@ def hold_and_report(chan, name: str, units: int = 1):
         time.sleep(60)
 
 
+def make_ledger(name: str, capacity: int = 1, mode: int = 0o600, group: int | None = None,
+                **params) -> None:
+    """Create NAME as the calling user through the segment layer (no
+    Semaphore object: see hostile-bugs.md H11 for why tests that make many
+    avoid dropping them)."""
+    from ipcsem._records import Params
+
+    seg = segment.open_segment(name, Params(capacity=capacity, initial=capacity, mode=mode,
+                                            **params), group=group)
+    seg.close()
+
+
+KEEP: list = []   # handles never dropped (H11)
+
+
 def holder_pids(name: str) -> set[int]:
     """Pids holding units of ``name``, from a read-only view (pread)."""
     v = segment.read_view(name)
@@ -614,3 +632,89 @@ def forge_lock_owner(name: str, user: User, tid: int = 1) -> None:
     lock's futex word: the lock looks held by a process that never lets go."""
     out = Proc(_write_lock_word, name, tid, user=user).outcome(10)
     assert out.kind == "return" and out.value & FUTEX_TID_MASK == tid, out.summary()
+
+
+# ------------------------------------------------------ forging a ledger
+#
+# A writer of a ledger can put any bytes anywhere in it.  The layout is the
+# C file's: header fields are int64 words in the order of its first enum
+# (read from the source, so a reordered layout cannot silently break the
+# forgeries), then holder slots (8 words), waiter entries (16 words), ...
+
+def _c_enum(first: str) -> dict[str, int]:
+    import re
+
+    src = open(os.path.join(os.path.dirname(_ledger.__file__), "_ledger.c")).read()
+    body = src[src.index("enum {", src.index(first) - 40):]
+    body = body[:body.index("}")]
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    names = [n.split("=")[0].strip() for n in body[len("enum {"):].split(",")]
+    return {n: i for i, n in enumerate(n for n in names if n)}
+
+
+HDR = _c_enum("H_MAGIC = 0")
+HO = _c_enum("HO_PID = 0")
+UNDO_COUNT_OFF = 640
+HOLDER_BYTES = 8 * 8
+
+
+def read_word(name: str, offset: int) -> int:
+    fd = os.open(shm_path(name), os.O_RDONLY)
+    try:
+        return struct.unpack("<q", os.pread(fd, 8, offset))[0]
+    finally:
+        os.close(fd)
+
+
+def header_word(name: str, field: str) -> int:
+    return read_word(name, HDR[field] * 8)
+
+
+def write_words(name: str, edits: dict[int, int]) -> None:
+    """Store int64 values at byte offsets of NAME's file (as its writer)."""
+    fd = os.open(shm_path(name), os.O_RDWR)
+    try:
+        for off, value in edits.items():
+            os.pwrite(fd, struct.pack("<q", value), off)
+    finally:
+        os.close(fd)
+
+
+def holder_offset(name: str, slot: int, field: str) -> int:
+    return header_word(name, "H_HOLDERS_OFF") + slot * HOLDER_BYTES + HO[field] * 8
+
+
+def forge_holder(name: str, slot: int, pid: int, start: int, units: int) -> None:
+    """Write a holder row (and take its units from ``available``)."""
+    write_words(name, {
+        holder_offset(name, slot, "HO_PID"): pid,
+        holder_offset(name, slot, "HO_START"): start,
+        holder_offset(name, slot, "HO_UNITS"): units,
+        HDR["H_HOLDER_HWM"] * 8: max(header_word(name, "H_HOLDER_HWM"), slot + 1),
+        HDR["H_AVAILABLE"] * 8: header_word(name, "H_AVAILABLE") - units,
+    })
+
+
+def forge_undo(name: str, entries: list[tuple[int, int]], count: int | None = None) -> None:
+    """Leave an undo log behind, as if its writer had died mid-transaction."""
+    base = header_word(name, "H_UNDO_OFF")
+    edits = {}
+    for i, (off, old) in enumerate(entries):
+        edits[base + 16 * i] = off
+        edits[base + 16 * i + 8] = old
+    edits[UNDO_COUNT_OFF] = len(entries) if count is None else count
+    write_words(name, edits)
+
+
+def dead_identity() -> tuple[int, int]:
+    """(pid, start) of a process that has exited (a child we reaped)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    start = None
+    for _ in range(100):
+        start = _proc.start_of(pid)
+        if start:
+            break
+    os.waitpid(pid, 0)
+    return pid, start or 12345
