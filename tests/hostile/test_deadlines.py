@@ -158,3 +158,32 @@ def test_unlink_of_a_wedged_semaphore_is_bounded():
     (kind, value), took = out.value
     assert kind == "return" and took < 5 + SLACK, out.value
     assert not os.path.exists(shm_path(name))
+
+
+def _tools_on_a_wedged_semaphore(chan, name):
+    sem = ipcsem.Semaphore(name)
+    chan.send("opened")
+    chan.recv(30)
+    return {"recover": timed(sem.recover), "check": timed(sem.check)}
+
+
+@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H3: recover() and check() wait "
+                                       "LOCK_FOREVER")
+@isolated()
+def test_recover_and_check_are_bounded_on_a_wedged_semaphore():
+    """The tools' calls: a wedged semaphore (lock held by a stopped process,
+    a dead holder to recover) is Wedged within a few seconds, naming it."""
+    name = new_name()
+    assert_survived(Proc(_make, name, 1, user=ALICE), 10)
+    holder = Proc(hold_and_report, name, user=ALICE)
+    holder.expect(("holding", holder.pid))
+    victim = Proc(_tools_on_a_wedged_semaphore, name, user=ALICE)
+    victim.expect("opened")
+    stopped = stop_inside_transaction(name, ALICE)
+    holder.kill()
+    victim.send("go")
+    out = victim.outcome(2 * (5 + SLACK) + 2)
+    stopped.kill(signal.SIGCONT)
+    assert out.status is not None, "recover()/check() hung on a wedged semaphore"
+    for call, ((kind, value), took) in out.value.items():
+        assert kind == "raise" and "Wedged" in value["mro"] and took <= 5 + SLACK, (call, value)
