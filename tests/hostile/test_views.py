@@ -28,7 +28,7 @@ from .conftest import (ALICE, ATTACKER, HDR, UNDO_COUNT_OFF, Proc, _ledger, asse
 VIEW_ERRORS = ("Corrupt", "PermissionDenied", "NotFound")
 
 
-SCALE = 1 << 18   # table rows (the real limit, MAX_SLOTS, is 1 << 20: four times the cost)
+SCALE = 1 << 17   # table rows (the real limit, MAX_SLOTS, is 1 << 20: eight times the cost)
 
 
 def _crafted_sparse(chan, name):
@@ -54,11 +54,12 @@ def _crafted_sparse(chan, name):
     return os.stat(path).st_blocks * 512, size
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H7: 50 tries x 48 MB of pread")
+@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H7: 50 tries x 24 MB of pread")
 @isolated(shm_size="1g", timeout=120)
 def test_a_view_of_a_crafted_sparse_ledger_is_cheap():
-    """Root's view of an attacker's 48 MB sparse "ledger in flight" takes
-    well under a second (a single copy of it takes a few milliseconds)."""
+    """Root's view of an attacker's 24 MB sparse "ledger in flight" takes
+    well under half a second (a single copy of it takes a few milliseconds;
+    50 of them, as today, take over a second even on an idle machine)."""
     name = new_name()
     out = assert_survived(Proc(_crafted_sparse, name, user=ATTACKER), 60)
     allocated, size = out.value
@@ -69,7 +70,7 @@ def test_a_view_of_a_crafted_sparse_ledger_is_cheap():
         return r[0], took
 
     kind, took = assert_survived(Proc(view), 60).value
-    assert took < 1.0, f"one view took {took:.2f} s"
+    assert took < 0.5, f"one view took {took:.2f} s"
 
 
 # --------------------------------------------------------- any bytes at all
@@ -153,7 +154,7 @@ def test_the_parser_survives_any_bytes():
     fixed = 17          # H_MAGIC .. H_NONCE: the geometry the parser recomputes
     words = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
 
-    @settings(max_examples=200, deadline=None, database=None,
+    @settings(max_examples=120, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(st.dictionaries(st.integers(fixed, 511 // 8), words, max_size=30),
            st.dictionaries(st.integers(0, fixed - 1), words, max_size=1),
