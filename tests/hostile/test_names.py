@@ -93,21 +93,24 @@ KINDS = ["symlink-to-victims", "symlink-to-passwd", "directory", "fifo", "socket
          "empty-0600", "ledger-0666", "ledger-0600", "ledger-0644", "ledger-0640"]
 
 
+@pytest.mark.parametrize("victim", ["alice", "root"])
 @pytest.mark.parametrize("how", ["create-private", "create-group", "open"])
 @isolated(timeout=90)
-def test_a_squatted_name_is_an_error(how):
-    """Every kind of squat, every way of opening: a typed PermissionDenied
-    (or Corrupt/NotFound for what is no ledger at all) that names the
-    owner, in well under a second, and nothing of the attacker's mapped."""
+def test_a_squatted_name_is_an_error(how, victim):
+    """Every kind of squat, every way of opening, by a user and by root: a
+    typed PermissionDenied (or Corrupt for what is no ledger at all) that
+    names the owner, in well under a second, and nothing of the attacker's
+    mapped."""
+    user = ALICE if victim == "alice" else None
     # A ledger of the victim's own, for the symlink to point at.
     assert_survived(Proc(lambda chan: ipcsem.Semaphore("victims-own", 1).close() or "ok",
-                         user=ALICE), 10)
+                         user=user), 10)
     failures = []
     for kind in KINDS:
         name = new_name("sq")
         attacker = Proc(_plant, name, kind, user=ATTACKER, label=f"attacker({kind})")
         attacker.expect("planted")
-        victim = Proc(_victim, name, how, user=ALICE, label=f"victim({kind}, {how})")
+        victim = Proc(_victim, name, how, user=user, label=f"{victim}({kind}, {how})")
         victim.expect("opened", timeout=15)
         attacker.send("spring")
         attacker.expect("sprung")

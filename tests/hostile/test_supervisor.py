@@ -245,6 +245,38 @@ def test_a_users_supervisor_is_not_stopped_by_her_broken_semaphores():
     assert legit not in names, errors
 
 
+def _timed_sweeps(chan, names):
+    sup = supervisor.Supervisor(names, on_error=lambda name, message: None)
+    took = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        sup.run_once_sweep()
+        took.append(time.monotonic() - t0)
+    sup.close()
+    return took
+
+
+@isolated()
+def test_a_sweep_pays_little_for_empty_files_and_a_bound_per_wedged_ledger():
+    """v1: four empty files cost 2 s a sweep, a wedged ledger stopped it.
+    Now an empty file is skipped without waiting and a wedged ledger costs
+    at most LOCK_BOUND — every sweep, so pidfd deaths wait at most that."""
+    def mess(chan):
+        for i in range(4):
+            plant_file(shm_path(f"e{i}"), mode=0o600)
+        for i in range(2):
+            make_ledger(f"w{i}", 2)
+            pid, start = dead_identity()
+            forge_holder(f"w{i}", 0, pid, start + 1, 1)
+            write_words(f"w{i}", {512: 1})
+        return "made"
+
+    assert_survived(Proc(mess, user=ALICE), 10)
+    took = assert_survived(Proc(_timed_sweeps, None, user=ALICE), 30).value
+    bound = 2 * supervisor.LOCK_BOUND + 0.5
+    assert max(took) <= bound, f"sweeps took {took} (bound {bound:.1f} s)"
+
+
 @pytest.mark.xfail(strict=True, reason="hostile-bugs.md H5: a non-root supervisor adopts "
                                        "group-mates' ledgers")
 @isolated(timeout=60)
@@ -450,3 +482,35 @@ def test_workers_inherit_no_root_fds():
         if len(inherited) > 0:
             leaks[worker.uids().real] = inherited
     assert not leaks, f"workers hold root's descriptors: {leaks}"
+
+
+def _cli_with_a_forging_worker(chan, evil_uid, victim_name):
+    real = supervisor._worker_main
+
+    def worker_main(fd, uid, names, sweep, poll):
+        if uid != evil_uid:
+            return real(fd, uid, names, sweep, poll)
+        os.write(fd, ('{"event": "recovered", "name": "%s", "pid": 4242, "start": 1, '
+                      '"units": 2, "entries": 0, "after_ms": 0.4, "cmd": "python train.py"}\n'
+                      % victim_name).encode())
+        time.sleep(120)
+
+    supervisor._worker_main = worker_main   # SEAM REQUEST: RootSupervisor(worker=...) for tests
+    return _cli_supervise(chan, "--sweep", "0.3")
+
+
+@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H15: root's log does not say whose "
+                                       "worker reported an event")
+@isolated(timeout=30)
+def test_root_log_says_whose_worker_spoke():
+    """A (compromised) worker of the attacker's reports a recovery in ALICE's
+    semaphore.  Root cannot know it is false — but its log line must say
+    which user's worker said it (and that ALICE does not own it), or the
+    operator reads a forgery as fact."""
+    legit = new_name("gpu")
+    assert_survived(Proc(_make, legit, user=ALICE), 10)
+    assert_survived(Proc(_make, new_name("evil"), user=ATTACKER), 10)
+    sup = LoggedProc(_cli_with_a_forging_worker, ATTACKER.uid, legit)
+    line = sup.wait_for(lambda line: line.startswith("recovered") and legit in line,
+                        what="the forged line")
+    assert str(ATTACKER.uid) in line, f"nothing in {line!r} says it came from uid {ATTACKER.uid}"

@@ -227,3 +227,26 @@ def test_root_views_a_wedged_semaphore_without_waiting_or_mapping():
     assert kind == "return" and facts == (ALICE.uid, 2), facts
     assert took < 0.5 and not mapped
     assert shm_listing() == before
+
+
+def _group_reader(chan, name):
+    view, _ = timed(segment.read_view, name)
+    opened, _ = timed(ipcsem.Semaphore, name)
+    return (view[0], view[1].snapshot.header.capacity if view[0] == "return" else view[1]), \
+        (opened[0], opened[1]["mro"] if opened[0] == "raise" else None)
+
+
+@isolated()
+def test_a_group_reader_can_view_but_not_use():
+    """ALICE's ``0640 alice:TEAM`` semaphore: BOB (TEAM) may read it, so his
+    status tools see it (pread); he may not write it, so he cannot open it
+    for use: PermissionDenied, never a mapping of what he cannot trust
+    anyone with."""
+    from .conftest import BOB, TEAM
+
+    name = new_name()
+    assert_survived(Proc(lambda chan: make_ledger(name, 3, mode=0o640, group=TEAM) or "ok",
+                         user=ALICE), 10)
+    (vkind, vfacts), (okind, omro) = assert_survived(Proc(_group_reader, name, user=BOB), 10).value
+    assert (vkind, vfacts) == ("return", 3), vfacts
+    assert okind == "raise" and "PermissionDenied" in omro, omro
