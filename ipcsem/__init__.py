@@ -7,6 +7,7 @@
 
 See README.md for the tools and docs/design.md for how it works.
 """
+from ._aio import AsyncMutex, AsyncSemaphore
 from ._deadlock import find_deadlocks
 from ._errors import (
     CapacityMismatch,
@@ -26,10 +27,11 @@ from ._errors import (
     Wedged,
 )
 from ._records import Deadlock, Holder, Lease, Params, Stats, Waiter
-from ._semaphore import Mutex, Semaphore, names, unlink
+from ._base import names, unlink
+from ._semaphore import Mutex, Semaphore
 
 __all__ = [
-    "CapacityMismatch", "Closed", "Corrupt", "Deadlock", "DeadlockDetected", "Holder",
+    "AsyncMutex", "AsyncSemaphore", "CapacityMismatch", "Closed", "Corrupt", "Deadlock", "DeadlockDetected", "Holder",
     "IpcsemError", "Lease", "LeaseLost", "LedgerFull", "Mutex", "NotFound", "NotOwner", "Params",
     "PermissionDenied", "PolicyMismatch", "Semaphore", "Stats", "Timeout", "Unavailable",
     "Unlinked", "Waiter", "Wedged", "find_deadlocks", "names", "unlink",

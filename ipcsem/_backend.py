@@ -90,12 +90,14 @@ class Handle(ABC):
 
     # Event-loop callers never block: they enqueue, are notified (from any
     # thread) when the request may have changed, and settle or cancel.
+    # None of these may block the caller for more than a few milliseconds.
     @abstractmethod
     def enqueue(self, units: int, priority: int, owner: int, tid: int, deadlock_raise: bool,
-                notify: Callable[[], None]) -> Lease | Pending:
+                notify: Callable[[], None]) -> Lease | Pending | None:
         """The Lease at once if it can be had now (like ``take``), else a
         Pending entry in the queue; ``notify()`` is called, possibly from
-        another thread, whenever it may have been granted."""
+        another thread, whenever it may have been granted.  None: the
+        backend is momentarily busy; try again shortly."""
 
     @abstractmethod
     def settle(self, pending: Pending) -> Lease | None:
@@ -103,7 +105,16 @@ class Handle(ABC):
 
     @abstractmethod
     def cancel(self, pending: Pending) -> None:
-        """Leave the queue; a grant that raced in is given back."""
+        """Leave the queue; a grant that raced in is given back (possibly a
+        moment later, by the backend, if it is busy now)."""
+
+    def recover_if_due(self) -> None:
+        """Recover dead holders if it is this process's turn (rate-limited
+        across processes); event-loop waiters call it every slice."""
+
+    def park(self, pending: Pending, parked: bool) -> None:
+        """Tell deadlock detectors whether the waiter's event loop has
+        nothing else to run (optional)."""
 
     # ----------------------------------------------------------- returning
     @abstractmethod

@@ -13,9 +13,11 @@ the queue in serving order; per process: its threads):
 * holdings belong to processes, waits to threads.  A process is *live* if
   one of its threads is not parked in an ipcsem wait (it may release), or it
   is dead or hidden from us (recovery or its own code will free its units).
-  Threads that ipcsem itself runs (named ``ipcsem-*``) do not count; an
-  event-loop waiter (async) never parks its thread, so its process is live:
-  no false positives from tasks we cannot see;
+  Threads that ipcsem itself runs (named ``ipcsem-*``) do not count.  An
+  event-loop waiter does not park its thread; its entry says "parked" only
+  while every task of its loop waits on ipcsem (the loop can then do nothing
+  but wait), so a loop with other work is live: no false positives from
+  tasks we cannot see;
 * a live process gives back all its holdings;
 * a queue is served in order: its head is granted when it fits the free
   units (strict FIFO: an entry behind a head that cannot be served is not
@@ -53,6 +55,8 @@ class Queued:
     since: float
     raise_: bool
     is_async: bool
+    owner: int = 0
+    parked: bool = False        # async: every task of its loop waits on ipcsem
 
 
 @dataclass
@@ -81,7 +85,8 @@ def _read_states(names: list[str] | None) -> list[SemState]:
             if w.state == _ledger.WAITING:
                 queue.append(Queued((w.pid, w.start), w.tid, w.units, w.since_ns / 1e9,
                                     bool(w.flags & _ledger.WF_DEADLOCK_RAISE),
-                                    bool(w.flags & _ledger.WF_ASYNC)))
+                                    bool(w.flags & _ledger.WF_ASYNC), w.owner,
+                                    bool(w.flags & _ledger.WF_PARKED)))
             else:
                 granted.add((w.pid, w.tid))
         states.append(SemState(name, snap.header.available, holdings, queue, granted))
@@ -119,7 +124,7 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
         idents.update(s.holdings)
         for q in s.queue:
             idents.add(q.ident)
-            if not q.is_async:
+            if not q.is_async or q.parked:
                 parked.setdefault(q.ident, set()).add(q.tid)
     live: set[Ident] = set()
     for ident in idents:
@@ -193,7 +198,7 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
                 edges.append(f"pid {q.ident[0]} (thread {q.tid}) waits for {q.units} of "
                              f"{s.name!r} ({free[s.name]} could be free)")
                 if q.raise_:
-                    victims.append((q.since, q.ident[0], q.tid, s.name))
+                    victims.append((q.since, q.ident[0], q.tid, q.owner, s.name))
         pids = tuple(sorted(m[0] for m in members))
         desc = (f"{len(members)} process(es) {', '.join(map(str, pids))} wait for each other on "
                 f"{', '.join(repr(n) for n in sems)}: " + "; ".join(edges))
@@ -217,11 +222,14 @@ def find_deadlocks(names: list[str] | None = None) -> list[Deadlock]:
     return [dl for dl, _victim in reduce(_read_states(names))]
 
 
-def raise_if_victim(name: str) -> None:
-    """For a ``deadlock="raise"`` waiter on ``name`` (this thread): raise
-    DeadlockDetected if its wait closes a deadlock and it is the one chosen
-    to give up (the participant that asked and started waiting last)."""
+def raise_if_victim(name: str, owner: int | None = None) -> None:
+    """For a ``deadlock="raise"`` waiter on ``name`` (this thread, or the task
+    with owner key ``owner``): raise DeadlockDetected if its wait closes a
+    deadlock and it is the one chosen to give up (the participant that
+    asked and started waiting last)."""
     me, tid = ME.pid, native_tid()
     for dl, victim in reduce(_read_states(None)):
-        if victim is not None and victim[1] == me and victim[2] == tid and victim[3] == name:
+        if victim is None or victim[1] != me or victim[4] != name:
+            continue
+        if (victim[3] == owner) if owner is not None else (victim[2] == tid):
             raise DeadlockDetected(dl, name=name)

@@ -10,39 +10,11 @@ import time
 from typing import Callable, final
 
 from . import _args, _backend, _names
-from ._shm import _ledger
-from ._errors import IpcsemError, PolicyMismatch, Timeout
+from ._base import Opened, group_id, make_params
+from ._errors import Timeout
 from ._identity import native_tid
-from ._records import Holder, Lease, Params, Stats, Waiter
-
-_UNSET = object()
-
-
-def _params(capacity, initial, mode, max_holders, max_waiters, *, kind="semaphore",
-            slots=False, fair=True, reentrant=False, priority_inheritance=False) -> Params:
-    _args.check_int("capacity", capacity, 1,
-                    _args.MAX_SLOTTED_CAPACITY if slots else _args.MAX_CAPACITY)
-    if initial is None:
-        initial = capacity
-    _args.check_int("initial", initial, 0, capacity)
-    _args.check_int("mode", mode, 0, 0o777)
-    _args.check_int("max_holders", max_holders, 1, _args.MAX_TABLE)
-    _args.check_int("max_waiters", max_waiters, 1, _args.MAX_TABLE)
-    return Params(capacity, initial, kind, slots, fair, reentrant, priority_inheritance, mode,
-                  max_holders, max_waiters)
-
-
-def _group_id(group) -> int | None:
-    if group is None:
-        return None
-    if isinstance(group, str):
-        import grp
-
-        try:
-            return grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ValueError(f"no such group {group!r}") from None
-    return _args.check_int("group", group, 0, 2**32 - 2)
+from ._records import Lease, Params
+from ._shm import _ledger
 
 
 def _positional(args: tuple, units, blocking, timeout):
@@ -82,8 +54,9 @@ def _deadlock_probe(name: str) -> Callable[[], None]:
     return lambda: _deadlock.raise_if_victim(name)
 
 
-class _Primitive(_ledger.Primitive):
-    """What Semaphore and Mutex share: a name, a handle, observation.
+class _Primitive(Opened, _ledger.Primitive):
+    """What Semaphore and Mutex share (beyond ``Opened``): the one sync
+    acquire path.
 
     The hot methods (``acquire``, ``release``, ``__enter__``, ``__exit__``)
     are inherited from a C base type that does the common uncontended case on
@@ -94,87 +67,17 @@ class _Primitive(_ledger.Primitive):
 
     def __init__(self, name: str, params: Params | None, backend: str | None, group,
                  policy: dict, options: dict) -> None:
-        _names.validate(name)
-        b = _backend.resolve(backend)
-        gid = _group_id(group)
-        kw = dict(options)
-        if gid is not None:
-            kw["group"] = gid
-        self._name = name
-        self._handle = b.open(name, params, **kw)
-        self._capacity = self._handle.params.capacity
-        found = self._handle.params
-        for setting, want in policy.items():
-            if want is not None and getattr(found, setting) != want:
-                self._handle.close()
-                raise PolicyMismatch(name, setting, getattr(found, setting), want)
+        self._open(name, params, backend, group, policy, options)
         fast = getattr(self._handle, "fast_ledger", None)
-        if fast is not None and not found.priority_inheritance:
+        if fast is not None and not self._handle.params.priority_inheritance:
             self._fast_attach(fast)
 
-    # ------------------------------------------------------------ properties
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def capacity(self) -> int:
-        return self._capacity
-
-    @property
-    def available(self) -> int:
-        """Units free right now, read from the ledger."""
-        return self._handle.available
-
-    @property
-    def created(self) -> bool:
-        """This handle's open created the semaphore (decided under the
-        creation lock: of racing creators exactly one sees True)."""
-        return self._handle.created
-
-    @property
-    def params(self) -> Params:
-        """The creation-time policy (capacity, slots, fair, kind, ...)."""
-        return self._handle.params
-
-    # ----------------------------------------------------------- observation
-    def holders(self) -> list[Holder]:
-        """Processes holding units now."""
-        return self._handle.holders()
-
-    def waiters(self) -> list[Waiter]:
-        """Blocked acquires in the order they will be served."""
-        return self._handle.waiters()
-
-    def stats(self) -> Stats:
-        return self._handle.stats()
-
-    def recover(self) -> int:
-        """Return the units of dead holders now; the number of units recovered."""
-        return self._handle.recover()
-
-    def check(self) -> None:
-        """Verify the ledger invariant (see docs/design.md); raise Corrupt if broken."""
-        self._handle.check()
-
-    # -------------------------------------------------------------- lifetime
     def close(self) -> None:
         """Let go of the semaphore.  Units this process holds stay held (and
         recoverable).  Blocking acquires of other threads on this handle give
         up with ipcsem.Closed first."""
         self._fast_attach(None)
         self._handle.close()
-
-    def unlink(self) -> None:
-        """Remove the name (see ipcsem.unlink)."""
-        unlink(self._name)
-
-    def __repr__(self) -> str:
-        kind = type(self).__name__
-        try:
-            return f"<ipcsem.{kind} {self._name!r} {self.available}/{self._capacity} available>"
-        except IpcsemError:
-            return f"<ipcsem.{kind} {self._name!r} closed>"
 
     # -------------------------------------------------------------- granting
     def _grant(self, units: int, wait: bool, timeout: float | None, priority: int,
@@ -224,7 +127,7 @@ class Semaphore(_Primitive):
                 raise ValueError("initial= needs capacity= (it only applies when creating)")
             params = None
         else:
-            params = _params(capacity, initial, mode, max_holders, max_waiters,
+            params = make_params(capacity, initial, mode, max_holders, max_waiters,
                              slots=bool(slots), fair=True if fair is None else fair)
         super().__init__(name, params, backend, group, {"slots": slots, "fair": fair,
                                                         "kind": "semaphore"}, options)
@@ -364,7 +267,7 @@ class Mutex(_Primitive):
             _args.check_bool("reentrant", reentrant)
         if priority_inheritance is not None:
             _args.check_bool("priority_inheritance", priority_inheritance)
-        params = _params(1, 1, mode, max_holders, max_waiters, kind="mutex",
+        params = make_params(1, 1, mode, max_holders, max_waiters, kind="mutex",
                          reentrant=bool(reentrant),
                          priority_inheritance=bool(priority_inheritance)) if create else None
         super().__init__(name, params, backend, group,
@@ -418,15 +321,3 @@ class _MutexHold(_Hold):
         self._prim._handle.release(1, native_tid())
 
 
-# ------------------------------------------------------------- module level
-def names(backend: str | None = None) -> list[str]:
-    """Every semaphore name the backend shows this process."""
-    return _backend.resolve(backend).names()
-
-
-def unlink(name: str, backend: str | None = None) -> None:
-    """Remove the name: queued waiters give up with Unlinked; processes that
-    have it open keep working on the removed object; a later open creates a
-    new one.  NotFound if there is no such name."""
-    _names.validate(name)
-    _backend.resolve(backend).unlink(name)

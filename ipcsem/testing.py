@@ -1,7 +1,7 @@
 """Test helpers for code that uses ipcsem: real processes, real SIGKILLs.
 
-Use it from your own pytest suite, either as a plugin (the fixtures appear
-by themselves)::
+ipcsem's own suite tests itself with this kit; use it from yours, either as
+a plugin (the fixtures appear by themselves)::
 
     # conftest.py
     pytest_plugins = ["ipcsem.testing"]
@@ -25,31 +25,44 @@ A test::
 
 What is here
 ------------
+Names and processes that hold:
+
 ``unique_name(prefix="t")``
     a fresh semaphore name; the ``ipcsem_name`` fixture gives one and
     unlinks it after the test.
-``spawn_holder(name, units=1, *, capacity=None, timeout=10) -> HolderProcess``
-    start a *separate* process (``python -m ipcsem.testing hold NAME UNITS``)
-    that acquires the units and blocks; returns once it holds them.  The
-    ``holder_factory`` fixture is ``spawn_holder`` plus clean-up: every
-    holder still running at teardown is SIGKILLed and reaped.
-``kill_and_wait_recovered(sem, holder, *, timeout=5.0, recover=True) -> float``
-    SIGKILL the holder and wait until the ledger no longer shows it; with
-    ``recover=False`` only wait (something else must recover: a supervisor,
-    a blocked waiter).  Returns the seconds it took; AssertionError if it
-    did not happen in time.
-``assert_consistent(sem, *, available=None, held=None, holders=None, waiting=None, unowned=None)``
-    ``sem.check()`` (the ledger invariant) plus exact counts; an
-    AssertionError lists every expected vs actual value.
-``wait_until(predicate, timeout=5.0, *, what=None)``
-    poll until ``predicate()`` is true (e.g. a holder started with
-    ``wait=False`` is queued); AssertionError on timeout.
+``spawn_holder(name, units=1, *, capacity=None, timeout=10, wait=True, backend=None)``
+    start a *separate* process (``python -m ipcsem.testing hold``) that
+    acquires the units and blocks; returns a ``HolderProcess`` once it holds
+    them.  ``holder_factory`` is ``spawn_holder`` plus clean-up.
+``Agent(backend=None, env=None, wait=True)``
+    a separate process driven command by command (``python -m
+    ipcsem.testing agent``): open, acquire, release, queue, hold a lease,
+    lock a mutex, install signal handlers, fork, arm a crash point.
+    ``agent_factory`` is ``Agent`` plus clean-up.
+``start_supervisor(*names)``
+    ``ipcsem supervise NAME...`` as a child; ``.stop()`` returns its log.
 
-Only the fixtures need pytest; the rest imports and works without it.
-See docs/testing.md.
+Asserting:
+
+``kill_and_wait_recovered(sem, holder, *, timeout=5.0, recover=True, sig=SIGKILL)``
+    SIGKILL the holder and wait until the ledger no longer shows it.
+``assert_consistent(sem, *, available=, held=, holders=, waiting=, unowned=)``
+    ``sem.check()`` (the ledger invariant) plus exact counts.
+``can_take_all(name, units, timeout=5.0, *, backend=None)``
+    the independent oracle: can a fresh process take ``units`` units now?
+``wait_until(predicate, timeout=5.0, *, interval=0.005, what=None)``
+    poll until ``predicate()`` is true; AssertionError on timeout.
+``held_by(sem)``, ``queued_pids(sem)``
+    ``{pid: units}`` of the holders and the waiters' pids in serving order.
+
+Every helper that starts a process takes ``backend=`` (a backend URL, as
+``ipcsem.Semaphore(..., backend=)``; default ``$IPCSEM_BACKEND``, else the
+shared-memory backend).  Only the fixtures need pytest; the rest imports and
+works without it.  See docs/testing.md.
 """
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -58,15 +71,18 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 __all__ = [
-    "HolderError", "HolderProcess", "assert_consistent", "kill_and_wait_recovered",
-    "spawn_holder", "unique_name", "wait_until",
-]  # + the fixtures "holder_factory", "ipcsem_name" when pytest is importable
+    "Agent", "AgentError", "AgentLease", "HolderError", "HolderProcess", "SupervisorProcess",
+    "assert_consistent", "can_take_all", "held_by", "kill_and_wait_recovered", "queued_pids",
+    "spawn_holder", "start_supervisor", "unique_name", "wait_until",
+]  # + the fixtures "agent_factory", "holder_factory", "ipcsem_name" when pytest is importable
 
 READY = "holding"          # first word of the holder's ready line
 RELEASED = "released"      # the holder's last line after a release request
-EXIT_TIMEOUT = 75          # the holder did not get its units in time
+EXIT_TIMEOUT = 75          # the holder (or the oracle) did not get its units in time
+MODULE = "ipcsem.testing"
 
 
 class HolderError(RuntimeError):
@@ -75,11 +91,23 @@ class HolderError(RuntimeError):
     carries its exit status and the tail of its stderr."""
 
 
+class AgentError(Exception):
+    """What a command raised inside an agent process: ``type`` is the
+    exception's class name (``"NotOwner"``, ``"KeyboardInterrupt"``, ...),
+    ``message`` its text.  ``str()`` is ``"TYPE MESSAGE"``."""
+
+    def __init__(self, type_: str, message: str = "") -> None:
+        super().__init__(f"{type_} {message}".rstrip())
+        self.type = type_
+        self.message = message
+
+
 # ================================================================= names
 def unique_name(prefix: str = "t") -> str:
     """A semaphore name no other test (in this or another process) uses:
     ``PREFIX-PID-RANDOM``.  Nothing is created; see the ``ipcsem_name``
-    fixture for a name that is also removed after the test."""
+    fixture for a name that is also removed after the test.  ValueError if
+    the prefix makes an invalid name."""
     from . import _names
 
     name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
@@ -87,14 +115,87 @@ def unique_name(prefix: str = "t") -> str:
     return name
 
 
-def _unlink_quietly(name: str) -> None:
+def _unlink_quietly(name: str, backend: str | None = None) -> None:
     from ._errors import IpcsemError
-    from ._semaphore import unlink
+    from ._base import unlink
 
     try:
-        unlink(name)
+        unlink(name, backend=backend)
     except IpcsemError:
         pass
+
+
+def _child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a helper process: ours plus ``env``, with
+    PYTHONPATH such that it imports this very ipcsem (even when the suite
+    found it through sys.path rather than an installation)."""
+    from . import _proc
+
+    return _proc.package_env({**os.environ, **(env or {})})
+
+
+class _LineReader:
+    """Lines from a child's stdout with a timeout (select() cannot see a
+    text wrapper's buffer, so we keep our own)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self._proc = proc
+        self._fd = proc.stdout.fileno()
+        self._buffer = b""
+
+    def line(self, timeout: float) -> str | None:
+        """One line; None at end of file; TimeoutError when nothing came
+        within ``timeout`` seconds."""
+        end = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = max(0.0, end - time.monotonic())
+            ready, _, _ = select.select([self._fd], [], [], left)
+            if not ready:
+                if time.monotonic() >= end:
+                    raise TimeoutError
+                continue
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode(errors="replace")
+
+
+def _stderr_tail(proc: subprocess.Popen) -> str:
+    """The last line of an exited child's piped stderr, or ''."""
+    if proc.poll() is None or proc.stderr is None:
+        return ""
+    try:
+        err = proc.stderr.read().decode(errors="replace").strip()
+    except (OSError, ValueError):
+        return ""
+    return err.splitlines()[-1] if err else ""
+
+
+def _close_pipes(proc: subprocess.Popen) -> None:
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is None:
+            continue
+        try:
+            f.close()
+        except (OSError, ValueError):
+            pass
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """SIGKILL (after a SIGCONT: it may be stopped) if running, and reap."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - the kernel owes us this
+        pass
+    _close_pipes(proc)
 
 
 # ======================================================== holder process
@@ -102,63 +203,39 @@ class HolderProcess:
     """A separate process holding units of a semaphore (see spawn_holder).
 
     ``pid`` and ``start`` are its ipcsem identity; ``units`` what it holds
-    (or waits for, before ``wait_holding()`` returned).  Usable as a context
-    manager: leaving the block SIGKILLs it if it still runs, and reaps it.
+    (or waits for, before ``wait_holding()`` returned); ``token`` and
+    ``slots`` its lease's fencing token and unit numbers once it holds.
+    Usable as a context manager: leaving the block SIGKILLs it if it still
+    runs, and reaps it.
     """
 
     def __init__(self, name: str, units: int = 1, *, capacity: int | None = None,
-                 timeout: float | None = 10) -> None:
+                 timeout: float | None = 10, backend: str | None = None) -> None:
         self.name = name
         self.units = units
+        self.backend = backend
+        self.timeout = timeout             # how long the holder itself waits for its units
         self.start: int | None = None      # known once it holds (the ready line)
+        self.token: int | None = None
+        self.slots: tuple[int, ...] = ()
         self.holding = False
-        argv = [sys.executable, "-m", "ipcsem.testing", "hold", name, str(units)]
+        argv = [sys.executable, "-m", MODULE, "hold", name, str(units)]
         if capacity is not None:
             argv += ["--capacity", str(capacity)]
         if timeout is not None:
             argv += ["--timeout", repr(float(timeout))]
-        # The child must import this very ipcsem, even when the suite found it
-        # through sys.path rather than an installation.
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [here] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        if backend is not None:
+            argv += ["--backend", backend]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env)
+                                     stderr=subprocess.PIPE, env=_child_env())
         self.pid = self.proc.pid
-        self._buffer = b""
-
-    # ------------------------------------------------------------ talking
-    def _read_line(self, timeout: float) -> str | None:
-        """One line from the holder's stdout; None at end of file; raises
-        TimeoutError when nothing came within ``timeout`` seconds."""
-        fd = self.proc.stdout.fileno()
-        end = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            left = end - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                return None
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode(errors="replace")
+        self._lines = _LineReader(self.proc)
 
     def _failure(self, what: str) -> HolderError:
         """A HolderError saying ``what`` and, if the holder has exited, how."""
         rc = self.proc.poll()
-        err = ""
-        if rc is not None:
-            try:
-                err = self.proc.stderr.read().decode(errors="replace").strip()
-            except (OSError, ValueError):
-                pass
+        tail = _stderr_tail(self.proc)
         how = "still running" if rc is None else f"exit status {rc}"
-        tail = err.splitlines()[-1] if err else ""
         return HolderError(f"holder process {self.pid} for {self.name!r}: {what} ({how})"
                            + (f": {tail}" if tail else ""))
 
@@ -171,22 +248,21 @@ class HolderProcess:
         from ._errors import Timeout
 
         try:
-            line = self._read_line(timeout)
+            line = self._lines.line(timeout)
         except TimeoutError:
             self.close()
-            raise Timeout(f"holder process {self.pid} did not get {self.units} unit(s) of "
-                          f"{self.name!r} within {timeout} s", self.name) from None
+            raise Timeout(self.name, self.units, timeout) from None
         if line is None:
             self.proc.wait(10)
             if self.proc.returncode == EXIT_TIMEOUT:
-                raise Timeout(f"holder process {self.pid} did not get {self.units} unit(s) of "
-                              f"{self.name!r} in time", self.name)
+                raise Timeout(self.name, self.units, self.timeout)
             raise self._failure("exited before holding its units")
         words = line.split()
-        if len(words) != 5 or words[0] != READY:
+        if len(words) != 7 or words[0] != READY:
             self.close()
             raise self._failure(f"unexpected line {line!r}")
-        self.start = int(words[4])
+        self.start, self.token = int(words[4]), int(words[5])
+        self.slots = () if words[6] == "-" else tuple(int(s) for s in words[6].split(","))
         self.holding = True
         return self
 
@@ -228,7 +304,7 @@ class HolderProcess:
         except (BrokenPipeError, OSError):
             raise self._failure("cannot release: it closed its stdin") from None
         try:
-            line = self._read_line(timeout)
+            line = self._lines.line(timeout)
         except TimeoutError:
             raise self._failure(f"no answer to release within {timeout} s (stopped?)") from None
         if line != RELEASED:
@@ -238,28 +314,12 @@ class HolderProcess:
         except subprocess.TimeoutExpired:
             raise self._failure(f"released but did not exit within {timeout} s") from None
         self.holding = False
-        self._close_pipes()
+        _close_pipes(self.proc)
         return rc
 
     def close(self) -> None:
         """SIGKILL it if it still runs, reap it, close the pipes.  Idempotent."""
-        if self.proc.poll() is None:
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - the kernel owes us this
-            pass
-        self._close_pipes()
-
-    def _close_pipes(self) -> None:
-        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                f.close()
-            except (OSError, ValueError):
-                pass
+        _reap(self.proc)
 
     def __enter__(self) -> HolderProcess:
         return self
@@ -274,7 +334,8 @@ class HolderProcess:
 
 
 def spawn_holder(name: str, units: int = 1, *, capacity: int | None = None,
-                 timeout: float | None = 10, wait: bool = True) -> HolderProcess:
+                 timeout: float | None = 10, wait: bool = True,
+                 backend: str | None = None) -> HolderProcess:
     """Start a separate process that acquires ``units`` of ``name`` and
     blocks holding them, and return once it holds them.
 
@@ -285,7 +346,8 @@ def spawn_holder(name: str, units: int = 1, *, capacity: int | None = None,
     most ``timeout`` seconds for the units (None: forever): ipcsem.Timeout
     if they did not come; HolderError if the process failed (e.g. NotFound).
     With ``wait=False`` it returns at once (the holder may still be queued):
-    call ``holder.wait_holding()``.
+    call ``holder.wait_holding()``.  ``backend``: the backend URL the holder
+    opens NAME on.  ValueError for a bad name or unit count.
 
     The caller owns the process: ``kill()``, ``release()`` or ``close()``
     it, or use it as a context manager, or use the ``holder_factory``
@@ -296,7 +358,7 @@ def spawn_holder(name: str, units: int = 1, *, capacity: int | None = None,
     _names.validate(name)
     if units.__class__ is not int or units < 1:
         raise ValueError(f"units must be an int >= 1, got {units!r}")
-    holder = HolderProcess(name, units, capacity=capacity, timeout=timeout)
+    holder = HolderProcess(name, units, capacity=capacity, timeout=timeout, backend=backend)
     if wait:
         try:
             # The holder itself gives up after `timeout`; allow for its start-up.
@@ -305,6 +367,337 @@ def spawn_holder(name: str, units: int = 1, *, capacity: int | None = None,
             holder.close()
             raise
     return holder
+
+
+# ================================================================= agent
+@dataclass(frozen=True)
+class AgentLease:
+    """A lease an agent holds (``Agent.hold``): as ``ipcsem.Lease``."""
+
+    units: int
+    slots: tuple[int, ...]
+    token: int
+    previous_owner_died: bool
+
+
+class Agent:
+    """A separate process (``python -m ipcsem.testing agent``) that a test
+    drives one command at a time, to act as an unrelated user of a
+    semaphore: its own pid, start time and mapping; killed with real signals.
+
+    Each command is one line on its stdin; the agent answers one line
+    (``ok JSON`` or ``err TYPE MESSAGE``); commands that may block first say
+    ``queued`` (they are about to wait).  ``cmd(line)`` sends a command and
+    returns its result (or raises AgentError); the methods below are the
+    same commands with Python arguments.  Commands (one primitive is open at
+    a time: the last ``open`` or ``mutex``)::
+
+        open NAME [CAPACITY] [initial=K slots=1 fair=0 mode=0o660 ...] -> capacity
+        mutex NAME [reentrant=1]                   -> 1 (a Mutex is now open)
+        acquire UNITS [TIMEOUT|-] [PRIORITY]       -> bool   (says "queued" first)
+        try UNITS                                  -> bool
+        release UNITS | disown UNITS               -> None
+        hold UNITS [TIMEOUT|-] [PRIORITY]          -> {units, slots, token,
+                                                       previous_owner_died} ("queued")
+        unhold                                     -> None (leaves the latest hold)
+        recover -> units | close -> None | pid -> pid | ident -> [pid, start]
+        crashpoint N        SIGKILL itself at the Nth crash point inside a
+                            ledger transaction (shm backend; -1: off)
+        handler SIG         install a handler for SIG that returns (EINTR)
+        handler-exit SIG    install a handler that raises SystemExit
+        fork-child-release  fork; the child tries to release 1 unit; -> the
+                            child's exit code (0: refused, as it owns nothing)
+        fork-zombie UNITS   fork a child that takes UNITS and exits unreaped
+                            -> its pid (once it is a zombie)
+        threads N ROUNDS    N threads each do ROUNDS ``with sem:`` -> [errors]
+        admitted DIR ROUNDS [THREADS]  as threads, and while holding each takes
+                            one of CAPACITY flocks DIR/0.. -> times none was free
+        sleep S | exit
+
+    ``backend`` opens every semaphore on that backend URL; ``env`` adds
+    environment variables.  ``wait=False`` returns before it has started
+    (start several, then ``ready()`` each).  Kill it with ``kill(sig)``;
+    ``close()`` (or the ``agent_factory`` fixture) SIGKILLs and reaps it.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None, wait: bool = True, *,
+                 backend: str | None = None) -> None:
+        argv = [sys.executable, "-m", MODULE, "agent"]
+        if backend is not None:
+            argv += ["--backend", backend]
+        self.backend = backend
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=_child_env(env))
+        self.pid = self.proc.pid
+        self.start: int | None = None       # its identity's start, from the ready line
+        self._lines = _LineReader(self.proc)
+        self._pushback: list[str] = []      # lines answered() read ahead
+        if wait:
+            self.ready()
+
+    # ------------------------------------------------------------ talking
+    def ready(self, timeout: float = 30) -> Agent:
+        """Wait until it has started (returns self, for chaining)."""
+        if self.start is not None:
+            return self
+        words = self.read(timeout).split()
+        if len(words) != 3 or words[0] != "ready" or int(words[1]) != self.pid:
+            raise AgentError("AgentError", f"agent {self.pid} said {' '.join(words)!r} "
+                                           "instead of ready")
+        self.start = int(words[2])
+        return self
+
+    def send(self, line: str) -> None:
+        """Send one command line without waiting for the answer."""
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def read(self, timeout: float = 10) -> str:
+        """The next line it says.  TimeoutError if nothing came within
+        ``timeout`` seconds (it is blocked, or stopped); EOFError if it
+        exited (the message has its exit status and stderr's last line)."""
+        if self._pushback:
+            return self._pushback.pop(0)
+        try:
+            line = self._lines.line(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"agent {self.pid} said nothing for {timeout} s") from None
+        if line is None:
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+            tail = _stderr_tail(self.proc)
+            raise EOFError(f"agent {self.pid} exited (rc={self.proc.poll()})"
+                           + (f": {tail}" if tail else ""))
+        return line
+
+    def answered(self, within: float = 0.3) -> bool:
+        """Whether it said something within ``within`` seconds (e.g. the
+        answer of a blocked acquire: False means it still waits).  What it
+        said is kept for the next ``read()``/``result()``."""
+        if self._pushback:
+            return True
+        try:
+            self._pushback.append(self.read(within))
+        except TimeoutError:
+            return False
+        return True
+
+    def result(self, timeout: float = 10):
+        """The answer of the command in flight (after ``start_acquire``)."""
+        return _parse_answer(self.read(timeout))
+
+    def cmd(self, line: str, timeout: float = 10):
+        """Run a command and return its result; AgentError if it raised."""
+        self.send(line)
+        answer = self.read(timeout)
+        if answer == "queued":
+            answer = self.read(timeout)
+        return _parse_answer(answer)
+
+    # ------------------------------------------------------ the commands
+    def open(self, name: str, capacity: int | None = None, **options) -> int:
+        """Open (or, with ``capacity``, create) ``name``; options as
+        ``ipcsem.Semaphore``'s (initial, slots, fair, mode, max_holders,
+        max_waiters).  Returns its capacity."""
+        return self.cmd(" ".join(["open", name]
+                                 + ([str(capacity)] if capacity is not None else [])
+                                 + _options(options)))
+
+    def open_mutex(self, name: str, **options) -> int:
+        """Open (or create) the mutex ``name``; options as ``ipcsem.Mutex``'s."""
+        return self.cmd(" ".join(["mutex", name] + _options(options)))
+
+    def try_acquire(self, units: int = 1) -> bool:
+        return self.cmd(f"try {units}")
+
+    def acquire(self, units: int = 1, timeout: float | None = None, priority: int = 0,
+                *, answer_within: float = 30) -> bool:
+        """A blocking acquire; its result (answered within ``answer_within``)."""
+        return self.cmd(_wait_command("acquire", units, timeout, priority), answer_within)
+
+    def start_acquire(self, units: int = 1, timeout: float | None = None, priority: int = 0,
+                      *, on=None) -> None:
+        """Begin a blocking acquire and return once the agent is about to
+        wait; with ``on=sem``, once ``sem.waiters()`` shows it queued (an
+        AssertionError if it never does, e.g. it got the units at once).
+        Its answer comes later: ``result()``."""
+        self._start(_wait_command("acquire", units, timeout, priority), on)
+
+    def release(self, units: int = 1) -> None:
+        return self.cmd(f"release {units}")
+
+    def disown(self, units: int = 1) -> None:
+        return self.cmd(f"disown {units}")
+
+    def hold(self, units: int = 1, timeout: float | None = None, priority: int = 0,
+             *, answer_within: float = 30) -> AgentLease:
+        """Enter ``with sem.hold(units, ...)`` and stay inside; the lease.
+        AgentError("Timeout") if not had in time.  ``unhold()`` leaves it."""
+        return _lease(self.cmd(_wait_command("hold", units, timeout, priority), answer_within))
+
+    def start_hold(self, units: int = 1, timeout: float | None = None, priority: int = 0,
+                   *, on=None) -> None:
+        """As ``start_acquire``, for ``hold``; then ``lease_result()``."""
+        self._start(_wait_command("hold", units, timeout, priority), on)
+
+    def lease_result(self, timeout: float = 10) -> AgentLease:
+        return _lease(self.result(timeout))
+
+    def unhold(self) -> None:
+        return self.cmd("unhold")
+
+    def recover(self) -> int:
+        return self.cmd("recover")
+
+    def _start(self, line: str, on) -> None:
+        self.send(line)
+        said = self.read()
+        if said != "queued":
+            raise AgentError("AgentError", f"agent {self.pid} answered {said!r} to {line!r}")
+        if on is not None:
+            wait_until(lambda: self.pid in queued_pids(on), timeout=10,
+                       what=f"agent {self.pid} queued on {on.name!r}")
+
+    # -------------------------------------------------------------- state
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    # ------------------------------------------------------------ actions
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig``; for SIGKILL also wait for it to end and reap it."""
+        os.kill(self.pid, sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        """SIGKILL it if it still runs, reap it, close the pipes.  Idempotent."""
+        _reap(self.proc)
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"exited {self.proc.returncode}"
+        return f"<Agent pid {self.pid} {state}>"
+
+
+def _options(options: Mapping[str, object]) -> list[str]:
+    out = []
+    for key, value in options.items():
+        if value is None:
+            continue
+        out.append(f"{key}={int(value) if isinstance(value, bool) else value}")
+    return out
+
+
+def _wait_command(verb: str, units: int, timeout: float | None, priority: int) -> str:
+    return f"{verb} {units} {'-' if timeout is None else repr(float(timeout))} {priority}"
+
+
+def _parse_answer(answer: str):
+    kind, _, rest = answer.partition(" ")
+    if kind == "ok":
+        return json.loads(rest)
+    if kind == "err":
+        type_, _, message = rest.partition(" ")
+        raise AgentError(type_, message)
+    raise AgentError("AgentError", f"unexpected answer {answer!r}")
+
+
+def _lease(d: dict) -> AgentLease:
+    return AgentLease(d["units"], tuple(d["slots"]), d["token"], d["previous_owner_died"])
+
+
+# ================================================== oracle and supervisor
+def can_take_all(name: str, units: int, timeout: float = 5.0, *,
+                 backend: str | None = None) -> bool:
+    """The independent oracle: a fresh process (``python -m ipcsem.testing
+    take``) tries to acquire ``units`` units of ``name`` within ``timeout``
+    seconds; True if it got them (it releases them and exits).  It trusts
+    no count in this process: only whether another process is admitted.
+    AssertionError if that process failed (e.g. NotFound)."""
+    argv = [sys.executable, "-m", MODULE, "take", name, str(units), "--timeout", repr(timeout)]
+    if backend is not None:
+        argv += ["--backend", backend]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30,
+                         env=_child_env())
+    if out.returncode not in (0, EXIT_TIMEOUT):
+        raise AssertionError(f"oracle process for {name!r} failed with exit status "
+                             f"{out.returncode}: {out.stderr.strip()}")
+    return out.returncode == 0
+
+
+class SupervisorProcess:
+    """A running ``ipcsem supervise`` (see start_supervisor).  ``stop()``
+    ends it with SIGTERM and returns everything it logged."""
+
+    def __init__(self, proc: subprocess.Popen, first_line: str) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.first_line = first_line
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def kill(self) -> None:
+        """SIGKILL it (as a crash would) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 10) -> str:
+        """SIGTERM (if it still runs), wait, and return its whole log."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        except ValueError:       # already communicated
+            out = ""
+        return self.first_line + (out or "")
+
+    def __enter__(self) -> SupervisorProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_supervisor(*names: str, extra: tuple[str, ...] = (),
+                     timeout: float = 30) -> SupervisorProcess:
+    """Start ``ipcsem supervise [EXTRA...] [NAME...]`` (the shared-memory
+    supervisor; no NAME: every semaphore) as a child that dies with us, and
+    return once it says it is supervising.  Stop it with ``stop()`` (which
+    returns its log) or use it as a context manager.  AssertionError if it
+    does not start."""
+    from . import _proc
+
+    proc = _proc.launch_supervisor(list(names), extra=list(extra), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    first = proc.stdout.readline() if ready else ""
+    if not first.startswith("supervising"):
+        _reap(proc)
+        raise AssertionError(f"ipcsem supervise did not start: {first!r}")
+    return SupervisorProcess(proc, first)
 
 
 # =================================================== asserting on a ledger
@@ -322,6 +715,16 @@ def wait_until(predicate, timeout: float = 5.0, *, interval: float = 0.005,
             raise AssertionError(f"timed out after {timeout} s waiting for "
                                  f"{what or getattr(predicate, '__name__', 'a condition')}")
         time.sleep(interval)
+
+
+def held_by(sem) -> dict[int, int]:
+    """``{pid: units}`` of every process holding units of ``sem`` now."""
+    return {h.pid: h.units for h in sem.holders()}
+
+
+def queued_pids(sem) -> list[int]:
+    """The pids of ``sem``'s waiters, in the order they will be served."""
+    return [w.pid for w in sem.waiters()]
 
 
 def _presence(sem, pid: int, start: int | None) -> tuple[int, int]:
@@ -356,12 +759,12 @@ def kill_and_wait_recovered(sem, holder, *, timeout: float = 5.0, recover: bool 
     ``sig`` sends another signal instead (a process stopped by SIGSTOP is
     alive and is never recovered: that times out).
 
-    ``holder`` is a HolderProcess, or any process handle with ``pid`` and
-    ``send_signal(sig)`` (a ``subprocess.Popen`` of your own worker; it is
-    reaped after a SIGKILL).  AssertionError if it holds nothing and waits for
-    nothing before the signal, or if it is still in the ledger after
-    ``timeout`` seconds; the message says what the process is (alive,
-    stopped, zombie) and what the ledger holds.
+    ``holder`` is a HolderProcess, an Agent, or any process handle with
+    ``pid`` and ``send_signal(sig)`` (a ``subprocess.Popen`` of your own
+    worker; it is reaped after a SIGKILL).  AssertionError if it holds
+    nothing and waits for nothing before the signal, or if it is still in
+    the ledger after ``timeout`` seconds; the message says what the process
+    is (alive, stopped, zombie) and what the ledger holds.
     """
     from . import _identity
 
@@ -417,10 +820,10 @@ def assert_consistent(sem, *, available: int | None = None, held: int | None = N
 
     ``available``: units free; ``held``: units owned by processes;
     ``holders``: how many processes hold units, or a mapping
-    ``{pid (or HolderProcess): units}`` that must be exactly who holds what;
-    ``waiting``: queued requests; ``unowned``: units out without an owner.
-    None skips a count.  AssertionError listing each mismatch as expected
-    vs actual, with the ledger's holders and waiters.
+    ``{pid (or HolderProcess, Agent): units}`` that must be exactly who
+    holds what; ``waiting``: queued requests; ``unowned``: units out without
+    an owner.  None skips a count.  AssertionError listing each mismatch as
+    expected vs actual, with the ledger's holders and waiters.
     """
     from ._errors import Corrupt
 
@@ -437,7 +840,7 @@ def assert_consistent(sem, *, available: int | None = None, held: int | None = N
     if holders is not None:
         if isinstance(holders, Mapping):
             want = {getattr(k, "pid", k): v for k, v in holders.items()}
-            got = {h.pid: h.units for h in sem.holders()}
+            got = held_by(sem)
             if want != got:
                 wrong.append(f"holders: expected {_pids(want)}, actual {_pids(got)}")
         elif holders != st.holders:
@@ -452,7 +855,7 @@ def _pids(d: dict) -> str:
 
 # ============================================================== fixtures
 def _define_fixtures(pytest) -> None:
-    global ipcsem_name, holder_factory
+    global ipcsem_name, holder_factory, agent_factory
 
     @pytest.fixture
     def ipcsem_name():
@@ -476,9 +879,24 @@ def _define_fixtures(pytest) -> None:
         for holder in made:
             holder.close()
 
+    @pytest.fixture
+    def agent_factory():
+        """``Agent(...)`` that remembers its processes: each still running at
+        teardown is SIGKILLed (after a SIGCONT) and reaped."""
+        made: list[Agent] = []
+
+        def factory(**kw) -> Agent:
+            agent = Agent(**kw)
+            made.append(agent)
+            return agent
+
+        yield factory
+        for agent in made:
+            agent.close()
+
 
 # pytest is imported only to define the fixtures, and not at all in the
-# holder process (`python -m ipcsem.testing hold`), which must start fast.
+# helper processes (`python -m ipcsem.testing ...`), which must start fast.
 if __name__ != "__main__":
     try:
         import pytest as _pytest
@@ -486,28 +904,39 @@ if __name__ != "__main__":
         _pytest = None
     if _pytest is not None:
         _define_fixtures(_pytest)
-        __all__ += ["holder_factory", "ipcsem_name"]
+        __all__ += ["agent_factory", "holder_factory", "ipcsem_name"]
 
 
-# ===================================================== the holder process
-HOLD_USAGE = "python -m ipcsem.testing hold NAME UNITS [--capacity N] [--timeout S]"
+# ================================================ the helper processes
+USAGE = ("usage: python -m ipcsem.testing hold NAME UNITS [--capacity N] [--timeout S] "
+         "[--backend URL]\n"
+         "       python -m ipcsem.testing take NAME UNITS [--timeout S] [--backend URL]\n"
+         "       python -m ipcsem.testing agent [--backend URL]")
+
+
+def _argparser(prog: str, description: str):
+    import argparse
+
+    p = argparse.ArgumentParser(prog=f"python -m ipcsem.testing {prog}",
+                                description=description)
+    p.add_argument("--backend", default=None, metavar="URL",
+                   help="the backend URL (default: $IPCSEM_BACKEND, else shm)")
+    return p
 
 
 def hold_main(argv: list[str]) -> int:
     """The holder process: acquire UNITS of NAME, print
-    ``holding NAME UNITS PID START``, then block until stdin says
-    ``release`` (or closes): release, print ``released``, exit 0.
-    Exit 75 if the units did not come within --timeout, 1 on an ipcsem
-    error (one line on stderr), 2 on bad arguments."""
-    import argparse
-
-    from ._errors import IpcsemError
+    ``holding NAME UNITS PID START TOKEN SLOTS`` (SLOTS: comma-separated
+    unit numbers, or ``-``), then block until stdin says ``release`` (or
+    closes): release, print ``released``, exit 0.  Exit 75 if the units did
+    not come within --timeout, 1 on an ipcsem error (one line on stderr), 2
+    on bad arguments."""
+    from ._errors import IpcsemError, Timeout
     from ._identity import ME
     from ._semaphore import Semaphore
 
-    p = argparse.ArgumentParser(prog="python -m ipcsem.testing hold",
-                                description="Hold units of a semaphore until told to "
-                                            "release (a helper process for tests).")
+    p = _argparser("hold", "Hold units of a semaphore until told to release "
+                           "(a helper process for tests).")
     p.add_argument("name", metavar="NAME")
     p.add_argument("units", metavar="UNITS", type=int)
     p.add_argument("--capacity", type=int, default=None, metavar="N",
@@ -516,19 +945,22 @@ def hold_main(argv: list[str]) -> int:
                    help="give up (exit 75) if the units are not had within S seconds")
     args = p.parse_args(argv)
     try:
-        sem = Semaphore(args.name, args.capacity)
-        if not sem.acquire(args.units, timeout=args.timeout):
+        sem = Semaphore(args.name, args.capacity, backend=args.backend)
+        try:
+            with sem.hold(args.units, timeout=args.timeout) as lease:
+                slots = ",".join(map(str, lease.slots)) or "-"
+                try:
+                    print(f"{READY} {args.name} {args.units} {ME.pid} {ME.start} "
+                          f"{lease.token} {slots}", flush=True)
+                    for line in sys.stdin:       # blocks; end of file: our parent is gone
+                        if line.strip() == "release":
+                            break
+                except OSError:                  # our parent is gone (broken pipe)
+                    pass
+        except Timeout:
             print(f"hold: {args.units} unit(s) of {args.name!r} not acquired within "
                   f"{args.timeout} s", file=sys.stderr, flush=True)
             return EXIT_TIMEOUT
-        try:
-            print(f"{READY} {args.name} {args.units} {ME.pid} {ME.start}", flush=True)
-            for line in sys.stdin:       # blocks; end of file: our parent is gone
-                if line.strip() == "release":
-                    break
-        except OSError:                  # our parent is gone (broken pipe)
-            pass
-        sem.release(args.units)
         sem.close()
     except (IpcsemError, ValueError) as e:
         print(f"hold: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
@@ -542,10 +974,304 @@ def hold_main(argv: list[str]) -> int:
     return 0
 
 
+def take_main(argv: list[str]) -> int:
+    """The oracle process: acquire UNITS of NAME within --timeout, release
+    them, exit 0; exit 75 if they did not come, 1 on an ipcsem error."""
+    from ._errors import IpcsemError
+    from ._semaphore import Semaphore
+
+    p = _argparser("take", "Take units of a semaphore and give them back "
+                           "(the independent oracle of tests).")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("units", metavar="UNITS", type=int)
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S")
+    args = p.parse_args(argv)
+    try:
+        sem = Semaphore(args.name, backend=args.backend)
+        if not sem.acquire(args.units, timeout=args.timeout):
+            return EXIT_TIMEOUT
+        sem.release(args.units)
+        sem.close()
+    except (IpcsemError, ValueError) as e:
+        print(f"take: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+class _AgentLoop:
+    """The agent process's side of the Agent protocol (see Agent)."""
+
+    def __init__(self, backend: str | None) -> None:
+        self.backend = backend
+        self.prim = None                     # the open Semaphore or Mutex
+        self.holds: list = []                # entered hold() contexts, newest last
+
+    @staticmethod
+    def say(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    def serve(self) -> None:
+        from ._identity import ME
+
+        self.say(f"ready {ME.pid} {ME.start}")
+        for line in sys.stdin:
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                result = self.run(parts[0], parts[1:])
+                self.say("ok " + json.dumps(result))
+            except BaseException as e:  # noqa: BLE001 - every outcome goes back to the test
+                text = " ".join(str(e).split())
+                self.say(f"err {type(e).__name__} {text}")
+
+    def run(self, cmd: str, args: list[str]):
+        handler = getattr(self, "do_" + cmd.replace("-", "_"), None)
+        if handler is None:
+            raise ValueError(f"unknown command {cmd!r}")
+        return handler(*args)
+
+    # ----------------------------------------------------------- opening
+    def do_open(self, name: str, *rest: str):
+        from ._semaphore import Semaphore
+
+        capacity = None
+        if rest and "=" not in rest[0]:
+            capacity, rest = int(rest[0]), rest[1:]
+        self.prim = Semaphore(name, capacity, backend=self.backend, **_parse_options(rest))
+        self.holds = []
+        return self.prim.capacity
+
+    def do_mutex(self, name: str, *rest: str):
+        from ._semaphore import Mutex
+
+        self.prim = Mutex(name, backend=self.backend, **_parse_options(rest))
+        self.holds = []
+        return 1
+
+    def _is_mutex(self) -> bool:
+        from ._semaphore import Mutex
+
+        return isinstance(self.prim, Mutex)
+
+    # --------------------------------------------------------- acquiring
+    def do_acquire(self, units: str, timeout: str = "-", priority: str = "0"):
+        t = None if timeout == "-" else float(timeout)
+        self.say("queued")       # the test may now watch the ledger for our entry
+        if self._is_mutex():
+            _one(units)
+            return self.prim.acquire(timeout=t, priority=int(priority))
+        return self.prim.acquire(int(units), timeout=t, priority=int(priority))
+
+    def do_try(self, units: str):
+        if self._is_mutex():
+            _one(units)
+            return self.prim.acquire(False)
+        return self.prim.try_acquire(int(units))
+
+    def do_hold(self, units: str, timeout: str = "-", priority: str = "0"):
+        t = None if timeout == "-" else float(timeout)
+        if self._is_mutex():
+            _one(units)
+            ctx = self.prim.hold(timeout=t, priority=int(priority))
+        else:
+            ctx = self.prim.hold(int(units), timeout=t, priority=int(priority))
+        self.say("queued")
+        lease = ctx.__enter__()
+        self.holds.append(ctx)
+        return {"units": lease.units, "slots": list(lease.slots), "token": lease.token,
+                "previous_owner_died": bool(lease.previous_owner_died)}
+
+    def do_unhold(self):
+        if not self.holds:
+            raise ValueError("no hold() to leave")
+        self.holds.pop().__exit__(None, None, None)
+
+    def do_release(self, units: str = "1"):
+        if self._is_mutex():
+            _one(units)
+            return self.prim.release()
+        return self.prim.release(int(units))
+
+    def do_disown(self, units: str):
+        return self.prim.disown(int(units))
+
+    def do_recover(self):
+        return self.prim.recover()
+
+    def do_close(self):
+        self.prim.close()
+
+    # ----------------------------------------------------------- process
+    def do_pid(self):
+        return os.getpid()
+
+    def do_ident(self):
+        from ._identity import ME
+
+        return [ME.pid, ME.start]
+
+    def do_crashpoint(self, n: str):
+        from ._shm import _ledger
+
+        _ledger.set_crash_point(int(n))
+        return int(n)
+
+    def do_handler(self, sig: str):
+        # a handler that returns: a blocked acquire must go on waiting (EINTR)
+        signal.signal(int(sig), lambda *a: None)
+        return int(sig)
+
+    def do_handler_exit(self, sig: str):
+        # a handler that raises, like most SIGTERM handlers (sys.exit)
+        def leave(signum, frame):
+            raise SystemExit(f"signal {signum}")
+
+        signal.signal(int(sig), leave)
+        return int(sig)
+
+    def do_fork_child_release(self):
+        # hazard 13: the child of a holder is another process and holds nothing
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self.prim.release(1)
+                os._exit(3)  # must not happen: the child owns nothing
+            except ValueError:
+                os._exit(0)
+            except BaseException:
+                os._exit(4)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    def do_fork_zombie(self, units: str):
+        # hazard 6: a child that takes units and exits; we never reap it
+        from . import _proc
+        from ._semaphore import Semaphore
+
+        pid = os.fork()
+        if pid == 0:
+            try:
+                Semaphore(self.prim.name, backend=self.backend).acquire(int(units))
+            finally:
+                os._exit(0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:   # until it is a zombie (holding its units)
+            st = _proc.stat(pid)
+            if st is not None and st.state == "Z":
+                return pid
+            time.sleep(0.005)
+        raise RuntimeError(f"child {pid} did not become a zombie in 10 s")
+
+    def do_threads(self, n: str, rounds: str):
+        import threading
+
+        errors: list[str] = []
+
+        def work():
+            try:
+                for _ in range(int(rounds)):
+                    with self.prim:
+                        pass
+            except BaseException as e:  # noqa: BLE001 - reported to the test
+                errors.append(repr(e))
+
+        ts = [threading.Thread(target=work) for _ in range(int(n))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return errors
+
+    def do_admitted(self, directory: str, rounds: str, threads: str = "1"):
+        """THREADS threads each take one unit ROUNDS times; while holding,
+        each must get one of CAPACITY flocks on DIRECTORY/0..CAPACITY-1
+        (the kernel's count, not ipcsem's).  -> how often none was free:
+        more holders than capacity (0 when the semaphore is right)."""
+        import fcntl
+        import threading
+
+        paths = [os.path.join(directory, str(i)) for i in range(self.prim.capacity)]
+        over: list[int] = []
+        errors: list[str] = []
+
+        def work():
+            # Each thread opens its own descriptions: flocks of two threads conflict.
+            fds = [os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) for p in paths]
+            try:
+                for _ in range(int(rounds)):
+                    with self.prim:
+                        for fd in fds:
+                            try:
+                                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                            except BlockingIOError:
+                                continue
+                            fcntl.flock(fd, fcntl.LOCK_UN)
+                            break
+                        else:
+                            over.append(1)
+            except BaseException as e:  # noqa: BLE001 - reported to the test
+                errors.append(repr(e))
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+        ts = [threading.Thread(target=work) for _ in range(int(threads))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        return len(over)
+
+    def do_sleep(self, seconds: str):
+        time.sleep(float(seconds))
+
+    def do_exit(self):
+        self.say("ok null")
+        os._exit(0)
+
+
+def _one(units: str) -> None:
+    if int(units) != 1:
+        raise ValueError(f"a mutex has 1 unit, not {units}")
+
+
+def _parse_options(words) -> dict:
+    """``key=value`` words of ``open``/``mutex``: ints (0o660 too), booleans."""
+    out = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, not {word!r}")
+        low = value.lower()
+        out[key] = (True if low == "true" else False if low == "false" else
+                    None if low == "none" else int(value, 0))
+    for key in ("slots", "fair", "reentrant", "priority_inheritance"):
+        if key in out and out[key] is not None:
+            out[key] = bool(out[key])
+    return out
+
+
+def agent_main(argv: list[str]) -> int:
+    """The agent process: answer commands on stdin (see Agent) until end of
+    file or ``exit``."""
+    p = _argparser("agent", "A process driven command by command over stdin "
+                            "(the Agent of ipcsem.testing).")
+    args = p.parse_args(argv)
+    try:
+        _AgentLoop(args.backend).serve()
+    except (BrokenPipeError, KeyboardInterrupt):
+        return 1
+    return 0
+
+
 def _main(argv: list[str]) -> int:
-    if argv[:1] == ["hold"]:
-        return hold_main(argv[1:])
-    print(f"usage: {HOLD_USAGE}", file=sys.stderr)
+    commands = {"hold": hold_main, "take": take_main, "agent": agent_main}
+    if argv[:1] and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
+    print(USAGE, file=sys.stderr)
     return 2
 
 

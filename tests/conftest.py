@@ -1,38 +1,31 @@
-import os
+"""Fixture wiring for ipcsem's own suite.  The process fixtures are the
+kit's (``ipcsem.testing``: the kit users get is the kit the project tests
+itself with); the short names here are what the suite's tests ask for."""
 import signal
 import subprocess
-import uuid
 
 import pytest
 
 import ipcsem
-from procs import Agent
+from ipcsem.testing import (  # noqa: F401 - fixtures, registered by importing them
+    agent_factory,
+    holder_factory,
+    ipcsem_name,
+    unique_name,
+)
 
 
 @pytest.fixture
-def name():
+def name(ipcsem_name):
     """A semaphore name no other test uses; removed afterwards."""
-    n = f"t-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    yield n
-    try:
-        ipcsem.unlink(n)
-    except ipcsem.IpcsemError:
-        pass
+    return ipcsem_name
 
 
 @pytest.fixture
-def agents():
-    """Factory of driven processes; every one is killed at teardown."""
-    made = []
-
-    def make(**kw):
-        a = Agent(**kw)
-        made.append(a)
-        return a
-
-    yield make
-    for a in made:
-        a.close()
+def agents(agent_factory):
+    """Factory of driven processes (ipcsem.testing.Agent); every one is
+    killed and reaped at teardown."""
+    return agent_factory
 
 
 @pytest.fixture
@@ -41,7 +34,7 @@ def names():
     made: list[str] = []
 
     def make() -> str:
-        n = f"t-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        n = unique_name("t")
         made.append(n)
         return n
 

@@ -225,7 +225,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 m.remove(entry)
                 token, slots = m.give(ident, h[2], h[5])
                 m.granted[entry] = (ident, h[2], token, slots)
-        g = self.L.settle(entry, *ident)
+        g = self.L.settle(entry, *ident, FOREVER)
         if entry in m.granted:
             _, units, token, slots = m.granted.pop(entry)
             if self.SLOTS:
@@ -243,7 +243,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def cancel(self, data):
         m = self.m
         entry, ident = self.pending_entry(data)
-        back = self.L.cancel(entry, *ident)
+        back = self.L.cancel(entry, *ident, FOREVER)
         if entry in m.granted:
             # The grant's units are the process's: it may have released or
             # disowned some since; what is still held goes back.
@@ -455,7 +455,7 @@ class MutexMachine(RuleBasedStateMachine):
         m = self.m
         entry = data.draw(st.sampled_from(sorted(m.granted)))
         ident, token = m.granted.pop(entry)
-        g = self.L.settle(entry, *ident)
+        g = self.L.settle(entry, *ident, FOREVER)
         assert g is not None and g.token == token and g.previous_owner_died == m.died
 
     @rule(who=st.sampled_from(IDENTS[:3]), key=st.sampled_from(KEYS))

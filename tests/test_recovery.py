@@ -1,6 +1,9 @@
-"""Crash recovery (hazards 1, 3-8), with real SIGKILL/SIGSTOP of separate
-processes.  Oracles: whether a *different* process can take the units, the
-kernel's own view of the dead (psutil), and check()."""
+"""Crash recovery on one machine (hazards 5-8), with real SIGKILL/SIGSTOP of
+separate processes: the supervisor, zombies, stopped holders, reused pids,
+recovery itself killed.  What every backend promises about a killed holder
+or waiter is tests/contract/test_recovery.py.  Oracles: whether a
+*different* process can take the units, the kernel's own view of the dead
+(psutil), and check()."""
 import signal
 import subprocess
 import sys
@@ -11,31 +14,17 @@ import pytest
 
 import ipcsem
 from ipcsem import _identity
-from procs import can_take_all, held_by, queued_pids, start_supervisor, stop, wait_until
+from ipcsem._shm import _ledger
+from ipcsem._shm.segment import open_segment
+from ipcsem.testing import (can_take_all, held_by, queued_pids, start_supervisor,
+                            wait_until)
 
 
 def holder(agents, name, units=1, capacity=None):
     a = agents()
-    a.cmd(f"open {name}" + (f" {capacity}" if capacity else ""))
-    assert a.cmd(f"try {units}") is True
+    a.open(name, capacity)
+    assert a.try_acquire(units) is True
     return a
-
-
-def test_killed_holder_units_come_back_without_supervisor(name, agents):
-    """Hazard 1 + 'no daemon is a single point of failure': a blocked waiter
-    heals the semaphore itself."""
-    sem = ipcsem.Semaphore(name, capacity=2)
-    h = holder(agents, name, units=2)
-    w = agents()
-    w.cmd(f"open {name}")
-    w.start_acquire(2)
-    h.kill()
-    assert w.result(timeout=10) is True      # the waiter got both units
-    assert held_by(sem) == {w.pid: 2}
-    assert sem.stats().recovered_units == 2
-    w.close()
-    assert can_take_all(name, 2)
-    sem.check()
 
 
 def test_killed_holder_with_supervisor(name, agents):
@@ -44,13 +33,13 @@ def test_killed_holder_with_supervisor(name, agents):
     try:
         h = holder(agents, name)
         w = agents()
-        w.cmd(f"open {name}")
-        w.start_acquire(1)
+        w.open(name)
+        w.start_acquire(1, on=sem)
         time.sleep(0.1)  # let the supervisor see the holder register
         h.kill()
         assert w.result(timeout=10) is True
     finally:
-        log = stop(sup)
+        log = sup.stop()
     assert f"recovered name={name} pid={h.pid} units=1" in log
     sem.check()
 
@@ -65,31 +54,11 @@ def test_recover_returns_exactly_once(name, agents):
     sem.check()
 
 
-def test_killed_waiter_does_not_block_the_queue(name, agents):
-    """Hazards 3 and 4: a waiter killed while queued; the unit is then granted
-    to it while it is dead; both must heal."""
-    sem = ipcsem.Semaphore(name, capacity=1)
-    sem.acquire()
-    dead, alive = agents(), agents()
-    for a in (dead, alive):
-        a.cmd(f"open {name}")
-    dead.start_acquire(1)
-    wait_until(lambda: dead.pid in queued_pids(sem))
-    alive.start_acquire(1)
-    wait_until(lambda: alive.pid in queued_pids(sem))
-    dead.kill()
-    sem.release()          # grants the unit to the dead head of the queue
-    assert alive.result(timeout=10) is True   # healed by the waiter itself
-    assert held_by(sem) == {alive.pid: 1}
-    assert sem.stats().recovered_units == 1
-    sem.check()
-
-
 def test_zombie_holder_is_dead(name, agents):
     """Hazard 6: exited but not reaped; psutil says is_running() for it."""
     sem = ipcsem.Semaphore(name, capacity=2)
     parent = agents()
-    parent.cmd(f"open {name}")
+    parent.open(name)
     zombie = parent.cmd("fork-zombie 2")
     p = psutil.Process(zombie)
     assert p.status() == psutil.STATUS_ZOMBIE and p.is_running()  # the trap
@@ -103,12 +72,12 @@ def test_zombie_holder_recovered_by_supervisor_pidfd(name, agents):
     sup = start_supervisor(name)
     try:
         parent = agents()
-        parent.cmd(f"open {name}")
+        parent.open(name)
         zombie = parent.cmd("fork-zombie 1")
         wait_until(lambda: sem.available == 1, timeout=10, what="supervisor recovery")
         assert psutil.Process(zombie).status() == psutil.STATUS_ZOMBIE
     finally:
-        stop(sup)
+        sup.stop()
 
 
 def test_stopped_holder_keeps_its_units(name, agents):
@@ -118,20 +87,20 @@ def test_stopped_holder_keeps_its_units(name, agents):
     try:
         h = holder(agents, name)
         w = agents()
-        w.cmd(f"open {name}")
-        w.start_acquire(1)
+        w.open(name)
+        w.start_acquire(1, on=sem)
         h.kill(signal.SIGSTOP)
-        wait_until(lambda: _identity.status(h.pid, _identity.start_of(h.pid)) == "stopped")
+        wait_until(lambda: _identity.status(h.pid, h.start) == _identity.STOPPED)
         deadline = time.monotonic() + 2.5   # > 4 heal intervals and many sweeps
         while time.monotonic() < deadline:
             assert sem.recover() == 0
             time.sleep(0.1)
         assert held_by(sem) == {h.pid: 1} and queued_pids(sem) == [w.pid]
         h.kill(signal.SIGCONT)
-        h.cmd("release 1")
+        h.release(1)
         assert w.result() is True
     finally:
-        stop(sup)
+        sup.stop()
     sem.check()
 
 
@@ -174,9 +143,15 @@ def test_identity_mismatch_on_a_live_pid(name):
     """Hazard 5 without steering pids: a ledger entry naming a *live* pid with
     another start time is a dead identity."""
     sem = ipcsem.Semaphore(name, capacity=2)
-    me = _identity.ME
-    assert sem._ledger.take(me.pid, me.start - 1, 1, 0) == -1   # "an earlier process with my pid"
+    me, tid = _identity.ME, _identity.native_tid()
+    seg = open_segment(name)
+    try:   # "an earlier process with my pid" takes a unit
+        assert seg.ledger.take(me.pid, me.start - 1, tid, tid, 1, 0, _ledger.LOCK_FOREVER)
+    finally:
+        seg.close()
+    assert [(h.pid, h.start, h.units) for h in sem.holders()] == [(me.pid, me.start - 1, 1)]
     assert sem.recover() == 1
+    assert sem.holders() == [] and sem.available == 2
     sem.check()
 
 
@@ -188,7 +163,7 @@ def test_recovery_killed_midway_is_still_exactly_once(name, agents):
         h = holder(agents, name, units=2)
         h.kill()
         r = agents()
-        r.cmd(f"open {name}")
+        r.open(name)
         r.cmd(f"crashpoint {point}")
         r.send("recover")
         try:
@@ -222,12 +197,11 @@ def test_two_supervisors_and_a_restart(name, agents):
             sem.check()
             assert sem.available == 3            # never more than capacity
             if round_ == 0:
-                sups[0].kill()
-                sups[0].wait()
+                sups[0].kill()                   # as a crash would
                 sups[0] = start_supervisor(name)
     finally:
         for s in sups:
-            stop(s)
+            s.stop()
     assert sem.stats().recovered_units == 9
 
 
@@ -241,5 +215,5 @@ def test_supervisor_picks_up_semaphores_created_later(name, agents):
         h.kill()
         wait_until(lambda: sem.available == 1, timeout=10, what="recovery")
     finally:
-        log = stop(sup)
+        log = sup.stop()
     assert f"recovered name={name}" in log

@@ -14,12 +14,19 @@ import pytest
 
 import ipcsem
 from ipcsem.testing import (
+    Agent,
+    AgentError,
     HolderError,
+    agent_factory,  # noqa: F401 - a fixture, imported the way a user would
     assert_consistent,
-    holder_factory,  # noqa: F401 - a fixture, imported the way a user would
+    can_take_all,
+    held_by,
+    holder_factory,  # noqa: F401 - a fixture
     ipcsem_name,  # noqa: F401 - a fixture
     kill_and_wait_recovered,
+    queued_pids,
     spawn_holder,
+    start_supervisor,
     unique_name,
     wait_until,
 )
@@ -29,13 +36,13 @@ pytest_plugins = ["pytester"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _docs_example() -> str:
+def _docs_examples() -> dict[str, str]:
+    """Every block of docs/testing.md that starts with ``# test_NAME.py``."""
     with open(os.path.join(ROOT, "docs", "testing.md")) as f:
         text = f.read()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    example = [b for b in blocks if b.startswith("# test_")]
-    assert len(example) == 1, "docs/testing.md must have one example block starting '# test_'"
-    return example[0]
+    blocks = re.findall(r"```python\n(# (test_\w+)\.py\n.*?)```", text, re.S)
+    assert len(blocks) >= 2, "docs/testing.md lost its example test files"
+    return {module: body for body, module in blocks}
 
 
 def _gone(pid: int) -> bool:
@@ -43,13 +50,15 @@ def _gone(pid: int) -> bool:
 
 
 # ============================================================== as a plugin
-def test_docs_example_runs_as_a_plugin(pytester):
-    """The copyable example of docs/testing.md passes with only
+def test_docs_examples_run_as_a_plugin(pytester):
+    """The copyable examples of docs/testing.md pass with only
     `pytest_plugins = ["ipcsem.testing"]` in a conftest."""
+    examples = _docs_examples()
+    assert {"test_gpu_pool", "test_queue_order"} <= set(examples)
     pytester.makeconftest('pytest_plugins = ["ipcsem.testing"]\n')
-    pytester.makepyfile(test_gpu_pool=_docs_example())
+    pytester.makepyfile(**examples)
     result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
 
 
 def test_plugin_fixtures_clean_up(pytester, tmp_path):
@@ -122,8 +131,9 @@ def test_holder_queued_then_granted(ipcsem_name, holder_factory):
 def test_spawn_holder_times_out(ipcsem_name, holder_factory):
     sem = ipcsem.Semaphore(ipcsem_name, capacity=1)
     holder_factory(ipcsem_name)
-    with pytest.raises(ipcsem.Timeout, match="did not get 1 unit"):
+    with pytest.raises(ipcsem.Timeout, match="could not acquire 1 unit") as e:
         spawn_holder(ipcsem_name, timeout=0.2)
+    assert (e.value.name, e.value.units, e.value.timeout) == (ipcsem_name, 1, 0.2)
     assert_consistent(sem, available=0, holders=1, waiting=0)   # it left no entry
 
 
@@ -150,6 +160,24 @@ def test_hold_entry_point_usage():
     out = subprocess.run([sys.executable, "-m", "ipcsem.testing"], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 2 and "usage: python -m ipcsem.testing hold" in out.stderr
+    assert "ipcsem.testing take" in out.stderr and "ipcsem.testing agent" in out.stderr
+
+
+def test_holder_reports_its_lease(ipcsem_name, holder_factory):
+    sem = ipcsem.Semaphore(ipcsem_name, capacity=3, slots=True)
+    with sem as mine:
+        h = holder_factory(ipcsem_name, units=2)
+    assert h.slots == (1, 2) and h.token > mine.token
+    assert {x.pid: x.slots for x in sem.holders()} == {h.pid: (1, 2)}
+
+
+def test_holder_on_another_backend(ipcsem_name):
+    """backend= reaches the holder process: an unknown URL fails there."""
+    with pytest.raises(HolderError, match="unknown ipcsem backend"):
+        spawn_holder(ipcsem_name, capacity=1, backend="nosuch://x")
+    h = spawn_holder(ipcsem_name, capacity=1, backend="shm")
+    with h:
+        assert held_by(ipcsem.Semaphore(ipcsem_name, backend="shm")) == {h.pid: 1}
 
 
 # ================================================== kill_and_wait_recovered
@@ -248,3 +276,116 @@ def test_assert_consistent_fails_on_wrong_counts(ipcsem_name, holder_factory):
 def test_assert_consistent_counts_unowned(ipcsem_name):
     sem = ipcsem.Semaphore(ipcsem_name, capacity=3, initial=1)
     assert_consistent(sem, available=1, held=0, unowned=2, holders=0)
+
+
+# =================================================================== agents
+def test_agent_runs_commands_and_reports_errors(ipcsem_name, agent_factory):
+    sem = ipcsem.Semaphore(ipcsem_name, capacity=3)
+    a = agent_factory()
+    assert a.start is not None and a.cmd("ident") == [a.pid, a.start]
+    assert a.open(ipcsem_name) == 3
+    assert a.try_acquire(2) is True
+    assert held_by(sem) == {a.pid: 2}
+    assert a.acquire(2, timeout=0.1) is False
+    with pytest.raises(AgentError) as e:
+        a.release(3)                      # beyond what it owns and the capacity
+    assert e.value.type == "ValueError" and str(e.value).startswith("ValueError ")
+    with pytest.raises(AgentError, match="unknown command"):
+        a.cmd("frobnicate")
+    lease = a.hold(1)
+    assert lease.units == 1 and lease.slots == () and lease.token > 0
+    assert held_by(sem) == {a.pid: 3}
+    a.unhold()
+    a.release(2)
+    assert_consistent(sem, available=3, held=0, holders=0)
+    with pytest.raises(AgentError, match="NotFound"):
+        a.open(ipcsem_name + "-missing")
+
+
+def test_agent_queues_and_answers_later(ipcsem_name, agent_factory):
+    sem = ipcsem.Semaphore(ipcsem_name, capacity=1)
+    sem.acquire()
+    a = agent_factory()
+    a.open(ipcsem_name)
+    a.start_acquire(1, on=sem)
+    assert queued_pids(sem) == [a.pid]
+    assert not a.answered(0.2)            # still waiting ...
+    sem.release()
+    assert a.answered(5)                  # ... answered, and the answer is kept
+    assert a.result() is True
+    assert held_by(sem) == {a.pid: 1}
+
+
+def test_agent_start_acquire_fails_if_it_never_queues(ipcsem_name, agent_factory):
+    sem = ipcsem.Semaphore(ipcsem_name, capacity=1)
+    a = agent_factory()
+    a.open(ipcsem_name)
+    with pytest.raises(AssertionError, match="queued"):
+        a.start_acquire(1, on=sem)          # free: granted at once, never queued
+    assert a.result() is True
+
+
+def test_agent_killed_mid_command_is_eof(ipcsem_name, agent_factory):
+    ipcsem.Semaphore(ipcsem_name, capacity=1).acquire()
+    a = agent_factory()
+    a.open(ipcsem_name)
+    a.start_acquire()
+    a.kill()
+    with pytest.raises(EOFError, match=r"rc=-9"):
+        a.result()
+    assert a.returncode == -signal.SIGKILL
+
+
+def test_agent_factory_cleans_up(pytester, tmp_path):
+    record = tmp_path / "record"
+    pytester.makeconftest('pytest_plugins = ["ipcsem.testing"]\n')
+    pytester.makepyfile(f'''
+def test_leaves_agents(agent_factory):
+    a, b = agent_factory(), agent_factory(wait=False)
+    a.send("sleep 30")
+    b.ready().send("sleep 30")
+    import os, signal
+    os.kill(b.pid, signal.SIGSTOP)        # a stopped one must be reaped too
+    with open({str(record)!r}, "w") as f:
+        f.write(f"{{a.pid}} {{b.pid}}")
+''')
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    for pid in record.read_text().split():
+        assert _gone(int(pid)), f"agent {pid} outlived the test"
+
+
+def test_agent_backend_reaches_the_process(ipcsem_name):
+    with Agent(backend="nosuch://x") as a:
+        with pytest.raises(AgentError, match="unknown ipcsem backend"):
+            a.open(ipcsem_name, 1)
+    assert not os.path.exists(f"/dev/shm/ipcsem.{ipcsem_name}")
+
+
+# =================================================== oracle and supervisor
+def test_can_take_all(ipcsem_name, holder_factory):
+    sem = ipcsem.Semaphore(ipcsem_name, capacity=3)
+    assert can_take_all(ipcsem_name, 3)
+    h = holder_factory(ipcsem_name, units=1)
+    assert not can_take_all(ipcsem_name, 3, timeout=0.2)
+    assert can_take_all(ipcsem_name, 2)
+    assert_consistent(sem, available=2, holders={h: 1}, waiting=0)   # it gave them back
+    with pytest.raises(AssertionError, match="NotFound"):
+        can_take_all(ipcsem_name + "-missing", 1)
+
+
+def test_start_supervisor_recovers_and_logs(ipcsem_name, holder_factory):
+    sem = ipcsem.Semaphore(ipcsem_name, capacity=2)
+    with start_supervisor(ipcsem_name) as sup:
+        assert sup.first_line.startswith("supervising") and sup.poll() is None
+        h = holder_factory(ipcsem_name, units=2)
+        kill_and_wait_recovered(sem, h, recover=False, timeout=5)
+        log = sup.stop()
+    assert f"recovered name={ipcsem_name} pid={h.pid} units=2" in log
+    assert sup.poll() is not None
+    assert_consistent(sem, available=2, holders=0)
+
+
+def test_start_supervisor_fails_clearly():
+    with pytest.raises(AssertionError, match="did not start"):
+        start_supervisor("bad/name")

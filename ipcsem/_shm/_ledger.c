@@ -129,7 +129,8 @@ enum { WA_STATE = 0, WA_PID, WA_START, WA_TID, WA_UNITS, WA_PRIORITY, WA_TICKET,
 enum { W_FREE = 0, W_WAITING = 1, W_GRANTED = 2 };
 #define WF_ASYNC 1          /* ring the holder's process bell, not the entry's */
 #define WF_DEADLOCK_RAISE 2 /* the waiter asked deadlock="raise" (read by detectors) */
-#define WF_KNOWN (WF_ASYNC | WF_DEADLOCK_RAISE)
+#define WF_PARKED 4         /* async: every task of its event loop waits on ipcsem */
+#define WF_KNOWN (WF_ASYNC | WF_DEADLOCK_RAISE | WF_PARKED)
 /* Unit table (slotted): owner (0 free, -1 unowned, h + 1 holder slot h), the
  * grant's token, and its owner key (thread or task): a bare release frees
  * the unit numbers of the calling thread's latest grant first. */
@@ -173,7 +174,7 @@ typedef struct {
 } List;
 
 typedef struct {
-    int64_t a[8];     /* arguments */
+    int64_t a[12];    /* arguments */
     int64_t r[6];     /* results */
     int err;
     char msg[240];
@@ -1502,17 +1503,19 @@ static int check_entry(Ledger *L, int64_t w)
     return 0;
 }
 
-/* settle(w, pid, start) -> Grant (granted; entry freed) | None (still
- * waiting).  Raises Unlinked (entry freed) or IpcsemError if the entry is
- * no longer ours.  For event-loop waiters. */
+/* settle(w, pid, start, lock) -> Grant (granted; entry freed) | None (still
+ * waiting).  Raises Unlinked (entry freed), Wedged (the lock was not had by
+ * the deadline; nothing changed) or RuntimeError if the entry is no longer
+ * ours.  For event-loop waiters. */
 static PyObject *Ledger_settle(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
 {
     Call c;
-    if (parse_args(&c, args, nargs, 3, "settle") < 0 || check_open(L) < 0 ||
-        check_entry(L, c.a[0]) < 0)
+    if (parse_args(&c, args, nargs, 4, "settle") < 0 || check_open(L) < 0 ||
+        check_entry(L, c.a[0]) < 0 || lock_mode_arg(c.a[3]) < 0)
         goto error;
+    int64_t mode = c.a[3];
     c.a[3] = 0;
-    if (run_locked(L, body_settle, &c, LOCK_FOREVER) < 0) {
+    if (run_locked(L, body_settle, &c, mode) < 0) {
         raise_call_error(&c);
         goto error;
     }
@@ -1536,15 +1539,16 @@ error:
     return NULL;
 }
 
-/* cancel(w, pid, start) -> units given back (a grant that raced in).  Never
- * interrupted by a signal: whatever they raise is raised after it. */
+/* cancel(w, pid, start, lock) -> units given back (a grant that raced in).
+ * With LOCK_UNINTERRUPTED never interrupted by a signal: whatever they raise
+ * is raised after it.  Wedged if a deadline passes first (nothing changed). */
 static PyObject *Ledger_cancel(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
 {
     Call c;
-    if (parse_args(&c, args, nargs, 3, "cancel") < 0 || check_open(L) < 0 ||
-        check_entry(L, c.a[0]) < 0)
+    if (parse_args(&c, args, nargs, 4, "cancel") < 0 || check_open(L) < 0 ||
+        check_entry(L, c.a[0]) < 0 || lock_mode_arg(c.a[3]) < 0)
         goto error;
-    if (run_locked(L, body_cancel, &c, LOCK_UNINTERRUPTED) < 0) {
+    if (run_locked(L, body_cancel, &c, c.a[3]) < 0) {
         raise_call_error(&c);
         goto error;
     }
@@ -1553,6 +1557,54 @@ static PyObject *Ledger_cancel(Ledger *L, PyObject *const *args, Py_ssize_t narg
 error:
     call_done(&c);
     return NULL;
+}
+
+/* args: w, pid, start, set, clear: change an entry's flags (WF_PARKED). */
+static void body_flags(Ledger *L, Call *c)
+{
+    View *V = &L->v;
+    int64_t w = c->a[0];
+    if (ld(WAITER(V, w, WA_STATE)) != W_WAITING || ld(WAITER(V, w, WA_PID)) != c->a[1] ||
+        ld(WAITER(V, w, WA_START)) != c->a[2])
+        return;
+    int64_t f = ld(WAITER(V, w, WA_FLAGS));
+    tx_store(V, c, WAITER(V, w, WA_FLAGS), ((f | c->a[3]) & ~c->a[4]) & WF_KNOWN);
+    tx_commit(V, c);
+}
+
+/* set_flags(w, pid, start, set, clear, lock): an event loop tells detectors
+ * whether its thread is parked (every task of the loop waits on ipcsem). */
+static PyObject *Ledger_set_flags(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
+{
+    Call c;
+    if (parse_args(&c, args, nargs, 6, "set_flags") < 0 || check_open(L) < 0 ||
+        check_entry(L, c.a[0]) < 0 || lock_mode_arg(c.a[5]) < 0)
+        goto error;
+    if (run_locked(L, body_flags, &c, c.a[5]) < 0) {
+        raise_call_error(&c);
+        goto error;
+    }
+    call_done(&c);
+    Py_RETURN_NONE;
+error:
+    call_done(&c);
+    return NULL;
+}
+
+/* process_bell(pid, start) -> (holder slot, bell value) | None: what an
+ * event loop's notifier waits on (grants to its async entries ring it). */
+static PyObject *Ledger_process_bell(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
+{
+    Call c;
+    if (parse_args(&c, args, nargs, 2, "process_bell") < 0 || check_open(L) < 0) {
+        call_done(&c);
+        return NULL;
+    }
+    call_done(&c);
+    int64_t h = find_holder(L, c.a[0], c.a[1]);
+    if (h < 0)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(LI)", (long long)h, bell_read(HOLDER(&L->v, h, HO_BELL)));
 }
 
 /* ------------------------------------------------------------- waiting */
@@ -1567,30 +1619,49 @@ static int track_wait(Ledger *L, int64_t w)
     return -1;
 }
 
-/* wait(w, pid, start, deadline_ns, slice_ns, on_slice)
- *   -> Grant | None (deadline passed: the entry is cancelled).
- * Parks on entry w's doorbell until it is granted.  Every `slice_ns`
- * (and after every wake-up) it looks at the entry; `on_slice()` (healing,
- * deadlock detection) runs between slices.  Whatever a signal handler or
- * on_slice raises cancels the entry first, in C, uninterruptibly, giving
- * back a grant that raced in: nothing is left behind.  Raises Unlinked when
- * the name was unlinked, Closed when another thread closed the handle. */
+/* wait(pid, start, tid, owner, units, priority, flags, deadline_ns, slice_ns,
+ *      on_slice) -> Grant | None (the deadline passed: nothing is left queued).
+ * Queue the request and park on its doorbell until it is granted — one C
+ * call, so no Python code (where a signal handler could raise) runs between
+ * queueing and waiting.  Every `slice_ns` (and after every wake-up) it looks
+ * at the entry; `on_slice()` (healing, deadlock detection) runs between
+ * slices.  Whatever a signal handler or on_slice raises cancels the entry
+ * first, in C, uninterruptibly, giving back a grant that raced in: nothing is
+ * left behind.  Raises Unlinked when the name was unlinked, Closed when
+ * another thread closed the handle, LedgerFull when the queue is full. */
 static PyObject *Ledger_wait(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "wait takes 6 arguments");
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "wait takes 10 arguments");
         return NULL;
     }
-    int64_t a[5];
-    for (int i = 0; i < 5; i++) {
-        a[i] = PyLong_AsLongLong(args[i]);
-        if (a[i] == -1 && PyErr_Occurred())
-            return NULL;
-    }
-    PyObject *on_slice = args[5];
-    int64_t w = a[0], pid = a[1], start = a[2], deadline = a[3], slice = a[4];
-    if (check_open(L) < 0 || check_entry(L, w) < 0)
+    Call q;
+    if (parse_args(&q, args, 9, 9, "wait") < 0 || check_open(L) < 0 ||
+        check_units(L, q.a[4]) < 0 || check_priority(q.a[5]) < 0) {
+        call_done(&q);
         return NULL;
+    }
+    default_thread(&q.a[2], &q.a[3]);
+    PyObject *on_slice = args[9];
+    int64_t pid = q.a[0], start = q.a[1], deadline = q.a[7], slice = q.a[8];
+    /* enqueue: the lock waits until the deadline (a signal may end it;
+     * nothing is queued then) */
+    if (run_locked(L, body_enqueue, &q, deadline > 0 ? deadline : LOCK_FOREVER) < 0) {
+        PyObject *r = NULL;
+        if (q.err == E_LOCK_TIMEOUT)
+            r = Py_NewRef(Py_None);
+        else
+            raise_call_error(&q);
+        call_done(&q);
+        return r;
+    }
+    if (q.r[0]) { /* free after all */
+        PyObject *g = grant_result(&q, q.a[4]);
+        call_done(&q);
+        return g;
+    }
+    int64_t w = q.r[3];
+    call_done(&q);
     if (slice <= 0)
         slice = 500000000LL;
     View *V = &L->v;
@@ -2726,6 +2797,8 @@ static PyMethodDef Ledger_methods[] = {
     {"settle", (PyCFunction)(void (*)(void))Ledger_settle, METH_FASTCALL, NULL},
     {"cancel", (PyCFunction)(void (*)(void))Ledger_cancel, METH_FASTCALL, NULL},
     {"ring", (PyCFunction)Ledger_ring, METH_O, NULL},
+    {"set_flags", (PyCFunction)(void (*)(void))Ledger_set_flags, METH_FASTCALL, NULL},
+    {"process_bell", (PyCFunction)(void (*)(void))Ledger_process_bell, METH_FASTCALL, NULL},
     {"release", (PyCFunction)(void (*)(void))Ledger_release, METH_FASTCALL, NULL},
     {"disown", (PyCFunction)(void (*)(void))Ledger_disown, METH_FASTCALL, NULL},
     {"recover", (PyCFunction)(void (*)(void))Ledger_recover, METH_FASTCALL, NULL},
@@ -2765,22 +2838,18 @@ typedef struct {
     Ledger *fast; /* the shm ledger when the fast path applies, else NULL */
 } Primitive;
 
+/* Python subclasses (Semaphore, Mutex) are heap types: their subtype_dealloc
+ * and subtype_traverse handle the type's reference; this only handles ours. */
 static void Primitive_dealloc(Primitive *P)
 {
-    PyTypeObject *tp = Py_TYPE(P);
-    if (tp->tp_flags & Py_TPFLAGS_HAVE_GC)
-        PyObject_GC_UnTrack(P);
+    PyObject_GC_UnTrack(P);
     Py_CLEAR(P->fast);
-    tp->tp_free((PyObject *)P);
-    if (tp->tp_flags & Py_TPFLAGS_HEAPTYPE)
-        Py_DECREF(tp);
+    Py_TYPE(P)->tp_free((PyObject *)P);
 }
 
 static int Primitive_traverse(Primitive *P, visitproc visit, void *arg)
 {
     Py_VISIT(P->fast);
-    if (Py_TYPE(P)->tp_flags & Py_TPFLAGS_HEAPTYPE)
-        Py_VISIT(Py_TYPE(P));
     return 0;
 }
 
@@ -3123,6 +3192,108 @@ static PyObject *mod_set_crash_point(PyObject *mod, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* The notifier's own wake-up word (process-private): poke_bells() rings it
+ * when the set of bells to wait on changes. */
+static uint32_t notifier_word = 0;
+
+static PyObject *mod_poke_bells(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    __atomic_fetch_add(&notifier_word, 1, __ATOMIC_RELEASE);
+    syscall(SYS_futex, &notifier_word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_notifier_word(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLong(__atomic_load_n(&notifier_word, __ATOMIC_ACQUIRE));
+}
+
+/* wait_bells([(ledger, slot, seen), ...], notifier_seen, seconds) -> bool
+ * Sleep (without the GIL) until one of the process bells or the notifier
+ * word no longer reads what was seen, or `seconds` pass; False on timeout.
+ * futex_waitv (Linux 5.16+) waits on up to 127 bells at once; without it,
+ * or beyond, we poll every millisecond. */
+static PyObject *mod_wait_bells(PyObject *mod, PyObject *args)
+{
+    PyObject *items;
+    unsigned long nseen;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "O!kd", &PyList_Type, &items, &nseen, &seconds))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    struct futex_waitv wv[FUTEX_WAITV_MAX];
+    volatile uint32_t *words[FUTEX_WAITV_MAX];
+    uint32_t seen[FUTEX_WAITV_MAX];
+    int count = 0;
+    wv[count] = (struct futex_waitv){.val = (uint32_t)nseen, .uaddr = (uintptr_t)&notifier_word,
+                                     .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
+    words[count] = &notifier_word;
+    seen[count++] = (uint32_t)nseen;
+    PyObject *keep = PyList_New(0); /* the ledgers stay alive while we sleep */
+    if (!keep)
+        return NULL;
+    int overflow = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(items, i);
+        PyObject *lo;
+        long long slot;
+        unsigned long val;
+        if (!PyArg_ParseTuple(t, "O!Lk", &LedgerType, &lo, &slot, &val)) {
+            Py_DECREF(keep);
+            return NULL;
+        }
+        Ledger *L = (Ledger *)lo;
+        if (!L->v.base || !holder_ok(&L->v, slot))
+            continue;
+        if (count == FUTEX_WAITV_MAX) {
+            overflow = 1;
+            continue;
+        }
+        if (PyList_Append(keep, lo) < 0) {
+            Py_DECREF(keep);
+            return NULL;
+        }
+        L->active++;
+        volatile uint32_t *w = bell_word(HOLDER(&L->v, slot, HO_BELL));
+        wv[count] = (struct futex_waitv){.val = (uint32_t)val, .uaddr = (uintptr_t)w,
+                                         .flags = FUTEX_32};
+        words[count] = w;
+        seen[count++] = (uint32_t)val;
+    }
+    int64_t deadline = mono_ns() + (int64_t)(seconds * 1e9);
+    int changed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        for (int i = 0; i < count; i++)
+            if (__atomic_load_n(words[i], __ATOMIC_ACQUIRE) != seen[i])
+                changed = 1;
+        if (changed || mono_ns() >= deadline)
+            break;
+        int64_t until = deadline;
+        if (overflow && until > mono_ns() + 1000000)
+            until = mono_ns() + 1000000;
+        struct timespec ts = ts_of(until);
+        long rc = syscall(SYS_futex_waitv, wv, count, 0, &ts, CLOCK_MONOTONIC);
+        if (rc >= 0) {
+            changed = 1;
+            break;
+        }
+        if (errno == ENOSYS) { /* before Linux 5.16: poll */
+            overflow = 1;
+            struct timespec nap = {0, 1000000};
+            nanosleep(&nap, NULL);
+        } else if (errno != EAGAIN && errno != ETIMEDOUT && errno != EINTR) {
+            struct timespec nap = {0, 1000000};
+            nanosleep(&nap, NULL);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keep); i++)
+        ((Ledger *)PyList_GET_ITEM(keep, i))->active--;
+    Py_DECREF(keep);
+    return PyBool_FromLong(changed);
+}
+
 static PyObject *mod_tid(PyObject *mod, PyObject *Py_UNUSED(ignored))
 {
     return PyLong_FromLongLong(my_tid());
@@ -3138,6 +3309,9 @@ static PyMethodDef module_methods[] = {
     {"set_identity", mod_set_identity, METH_VARARGS,
      "(pid, start) of this process: the lock owner tools see, the fast path's identity"},
     {"tid", mod_tid, METH_NOARGS, "the calling thread's native id (cached per thread)"},
+    {"wait_bells", mod_wait_bells, METH_VARARGS, "sleep until a process bell rings"},
+    {"poke_bells", mod_poke_bells, METH_NOARGS, "wake the notifier (the set of bells changed)"},
+    {"notifier_word", mod_notifier_word, METH_NOARGS, "the notifier's wake-up word now"},
     {"set_crash_point", mod_set_crash_point, METH_O,
      "TEST HOOK: SIGKILL this process at the Nth crash point inside a transaction (-1: off)"},
     {NULL}};
@@ -3209,6 +3383,7 @@ PyMODINIT_FUNC PyInit__ledger(void)
     PyModule_AddIntConstant(m, "P_PI", P_PI);
     PyModule_AddIntConstant(m, "WF_ASYNC", WF_ASYNC);
     PyModule_AddIntConstant(m, "WF_DEADLOCK_RAISE", WF_DEADLOCK_RAISE);
+    PyModule_AddIntConstant(m, "WF_PARKED", WF_PARKED);
     PyModule_AddIntConstant(m, "LOCK_FOREVER", LOCK_FOREVER);
     PyModule_AddIntConstant(m, "LOCK_UNINTERRUPTED", LOCK_UNINTERRUPTED);
     PyModule_AddIntConstant(m, "OVERTAKE_LIMIT", OVERTAKE_LIMIT);

@@ -12,9 +12,9 @@ from typing import Callable
 
 from .. import _identity
 from .._backend import Handle, Pending
-from .._errors import IpcsemError, LedgerFull
+from .._errors import IpcsemError, LedgerFull, Wedged
 from .._records import Holder, Lease, Params, Stats, Waiter
-from . import _ledger, recovery
+from . import _ledger, bells, recovery, watch
 from .segment import Segment
 
 ME = _identity.ME
@@ -133,57 +133,88 @@ class ShmHandle(Handle):
         ledger = self._ledger
         deadline_ns = 0 if deadline is None else max(int(deadline * 1e9), 1)
         flags = _ledger.WF_DEADLOCK_RAISE if deadlock_raise else 0
+
+        def each_slice() -> None:
+            if ledger.claim_heal(time.time_ns(), SLICE_NS):
+                self._heal()
+            if on_slice is not None:
+                on_slice()
+
+        args = (ME.pid, ME.start, tid, owner, units, priority, flags, deadline_ns, SLICE_NS,
+                each_slice)
+        # Queueing and waiting are one C call: no Python code, where a signal
+        # handler could raise, runs between them.
+        watch.watching(self.segment)
         try:
-            got = self._enqueue(units, priority, owner, tid, flags,
-                                LOCK_FOREVER if deadline is None else deadline_ns)
-            if got is None:
-                return None        # the deadline passed waiting for the ledger lock
-            if not isinstance(got, int):
-                return got
-
-            def each_slice() -> None:
-                if ledger.claim_heal(time.time_ns(), SLICE_NS):
-                    self._heal()
-                if on_slice is not None:
-                    on_slice()
-
-            return ledger.wait(got, ME.pid, ME.start, deadline_ns, SLICE_NS, each_slice)
+            try:
+                return ledger.wait(*args)
+            except LedgerFull:
+                self._heal()      # a full table may be full of the dead
+                return ledger.wait(*args)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
+        finally:
+            watch.done(self.segment)
 
     def enqueue(self, units: int, priority: int, owner: int, tid: int, deadlock_raise: bool,
-                notify: Callable[[], None]) -> Lease | ShmPending:
+                notify: Callable[[], None]) -> Lease | ShmPending | None:
+        """As the seam says; None when the ledger lock was busy for
+        TRY_LOCK_NS (an event loop must not wait for it): try again later."""
         flags = _ledger.WF_ASYNC | (_ledger.WF_DEADLOCK_RAISE if deadlock_raise else 0)
         try:
-            got = self._enqueue(units, priority, owner, tid, flags, LOCK_FOREVER)
+            got = self._enqueue(units, priority, owner, tid, flags,
+                                time.monotonic_ns() + TRY_LOCK_NS)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
-        if not isinstance(got, int):
+        if got is None or not isinstance(got, int):
             return got
-        from . import bells
-
         pending = ShmPending(got, units)
         bells.watch(self, pending, notify)
+        watch.watching(self.segment)
         return pending
 
     def settle(self, pending: Pending) -> Lease | None:
+        """The Lease once granted, else None (also when the ledger lock was
+        busy: the caller looks again at its next notification or slice)."""
         assert isinstance(pending, ShmPending)
         try:
-            g = self._ledger.settle(pending.entry, ME.pid, ME.start)
+            g = self._ledger.settle(pending.entry, ME.pid, ME.start,
+                                    time.monotonic_ns() + TRY_LOCK_NS)
+        except Wedged:
+            return None
         except IpcsemError as e:
+            self._forget(pending)
             raise e.with_name(self.name) from None
         if g is not None:
-            from . import bells
-
-            bells.unwatch(self, pending)
+            self._forget(pending)
         return g
 
     def cancel(self, pending: Pending) -> None:
+        """Leave the queue, giving back a grant that raced in.  If the ledger
+        lock is busy (its holder stopped), the notifier thread finishes it
+        as soon as it can: the caller never waits."""
         assert isinstance(pending, ShmPending)
-        from . import bells
+        self._forget(pending)
+        try:
+            self._ledger.cancel(pending.entry, ME.pid, ME.start,
+                                time.monotonic_ns() + TRY_LOCK_NS)
+        except Wedged:
+            bells.cancel_later(self, pending)
 
+    def park(self, pending: Pending, parked: bool) -> None:
+        """Tell deadlock detectors whether this entry's event loop has
+        nothing else to run (every task waits on ipcsem)."""
+        assert isinstance(pending, ShmPending)
+        p = _ledger.WF_PARKED
+        try:
+            self._ledger.set_flags(pending.entry, ME.pid, ME.start, p if parked else 0,
+                                   0 if parked else p, time.monotonic_ns() + TRY_LOCK_NS)
+        except Wedged:
+            pass
+
+    def _forget(self, pending: ShmPending) -> None:
         bells.unwatch(self, pending)
-        self._ledger.cancel(pending.entry, ME.pid, ME.start)
+        watch.done(self.segment)
 
     # ----------------------------------------------------------- returning
     def release(self, units: int, owner: int, lease: Lease | None = None) -> None:
@@ -194,13 +225,20 @@ class ShmHandle(Handle):
 
     def disown(self, units: int) -> None:
         try:
-            self._ledger.disown(ME.pid, ME.start, units, 0)
+            self._ledger.disown(ME.pid, ME.start, units, 0, 0)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
 
     # -------------------------------------------------------------- upkeep
     def _heal(self) -> int:
         return recovery.heal(self.segment)
+
+    def recover_if_due(self) -> None:
+        if self._ledger.claim_heal(time.time_ns(), SLICE_NS):
+            try:
+                self._heal()
+            except IpcsemError:
+                pass      # a wedged or corrupt ledger: the waiter's own calls say so
 
     def recover(self) -> int:
         try:

@@ -179,8 +179,8 @@ class Ipcsem(Contender):
         # Blocked ipcsem waiters wake every HEAL_INTERVAL to look for dead
         # holders (0.5 s when written). Private, so read defensively.
         try:
-            from ipcsem import _semaphore
-            return float(getattr(_semaphore, "HEAL_INTERVAL", 0.5))
+            from ipcsem._shm import handle
+            return float(getattr(handle, "HEAL_INTERVAL", 0.5))
         except Exception:
             return 0.5
 

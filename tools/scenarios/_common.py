@@ -15,7 +15,6 @@ participant) gives one time line for all the processes' output.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import mmap
 import os
 import random
@@ -32,22 +31,15 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import ipcsem  # noqa: E402
+from ipcsem import _proc  # noqa: E402
 
 WIDTH = 80
 
-try:  # resolved up front: preexec_fn must not import anything
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _prctl = None
-PR_SET_PDEATHSIG = 1
 
-
-def _child_setup() -> None:
-    # Own process group: a Ctrl-C at the terminal reaches the director only,
-    # which then stops everyone in order.  Die with the director, however it dies.
+def _own_process_group() -> None:
+    # A Ctrl-C at the terminal reaches the director only, which then stops
+    # everyone in order.
     os.setpgid(0, 0)
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def ready() -> None:
@@ -146,16 +138,15 @@ class Director:
         signal.signal(signal.SIGHUP, _raise_exit)
 
     # ------------------------------------------------------------ resources
-    def semaphore(self, what: str, capacity: int, initial: int | None = None) -> ipcsem.Semaphore:
+    def semaphore(self, what: str, capacity: int, initial: int | None = None,
+                  slots: bool = False) -> ipcsem.Semaphore:
         name = f"{self.tag}-{what}"
         try:  # a leftover of a killed run with our pid: start clean
             ipcsem.unlink(name)
         except ipcsem.IpcsemError:
             pass
         self.names.append(name)
-        if initial is None:
-            return ipcsem.Semaphore(name, capacity=capacity)
-        return ipcsem.Semaphore(name, capacity=capacity, initial=initial)
+        return ipcsem.Semaphore(name, capacity=capacity, initial=initial, slots=slots)
 
     def words(self, what: str, count: int) -> tuple[str, Words]:
         path = os.path.join(self.dir, what)
@@ -166,8 +157,9 @@ class Director:
                repr(self.t0), *map(str, args)]
         env = {**os.environ, "IPCSEM_SCENARIO_DIR": self.dir,
                "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        # Die with the director, however it dies.
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                             preexec_fn=_child_setup)
+                             preexec_fn=_proc.pdeathsig_preexec(then=_own_process_group))
         self.procs[p.pid] = p
         return p
 
@@ -194,6 +186,40 @@ class Director:
             pass
         p.wait()
         self.kills += 1
+
+    def kill_and_recover(self, p: subprocess.Popen, sems) -> tuple[dict[str, int], list[str]]:
+        """SIGKILL ``p`` and return what came back, ``{semaphore name: units}``
+        it held, and the names it was queued on.  It is stopped first, so
+        what it holds cannot change while we read it; after the kill every
+        ledger is recovered until none shows it (a blocked waiter may have
+        recovered some first: the count is what it held, whoever returned it)."""
+        try:
+            os.kill(p.pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+        sleep_until(lambda: _stopped_or_gone(p.pid), 2.0, 0.001)
+        held = {s.name: units for s in sems
+                if (units := sum(h.units for h in s.holders() if h.pid == p.pid))}
+        queued = [s.name for s in sems if any(w.pid == p.pid for w in s.waiters())]
+        self.kill(p)
+        self.recover_dead(p.pid, sems)
+        return held, queued
+
+    def recover_dead(self, pid: int, sems, timeout: float = 10.0) -> dict[str, int]:
+        """For a participant already dead: what the ledgers still show it
+        holding, then recover until none shows it (holding or queued)."""
+        held = {s.name: units for s in sems
+                if (units := sum(h.units for h in s.holders() if h.pid == pid))}
+
+        def gone() -> bool:
+            for s in sems:
+                s.recover()
+            return not any(h.pid == pid for s in sems for h in s.holders()) and \
+                not any(w.pid == pid for s in sems for w in s.waiters())
+
+        if not sleep_until(gone, timeout, 0.005):
+            self.fail(f"pid {pid} still in the ledgers {timeout:g} s after its death")
+        return held
 
     # --------------------------------------------------------------- output
     def say(self, text: str, indent: int = 9) -> None:
@@ -248,6 +274,11 @@ class Director:
             except ipcsem.IpcsemError:
                 pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _stopped_or_gone(pid: int) -> bool:
+    st = _proc.stat(pid)
+    return st is None or st.state in ("T", "t", "Z", "X")
 
 
 def _raise_exit(signum, frame):

@@ -12,9 +12,12 @@ starts), so the arrival order is known exactly, and it checks:
   the earlier arrival got its session no later (the ledger's grant time);
 * at the end all S units are free and every ledger passes check().
 
-With --chaos, random users are SIGKILLed, logged in or still queued; their
-session comes back (or their queue entry goes), the others keep their order,
-and each killed user logs in again, at the back of the queue.
+The director announces each arrival before the user's process starts, so
+every user's "arrives" line comes before its "logged in" line.  With
+--chaos, random users are SIGKILLed, logged in or still queued; their
+session comes back (or their queue entry goes), the others keep their
+order, and each killed user (the same user, a new process) logs in again,
+at the back of the queue.
 """
 from __future__ import annotations
 
@@ -64,15 +67,21 @@ def direct(d: c.Director) -> None:
                     d.fail(f"{label[pid]} exited with {p.returncode}")
 
     def arrive(again: str | None = None) -> None:
+        """A user arrives (``again``: a killed user, back at the end of the
+        queue): announced first, then its process starts; the next user
+        arrives only once this one is in the ledger, holding or queued."""
         nonlocal count
-        count += 1
-        who = f"user{count:02d}"
+        if again is None:
+            count += 1
+            who = f"user{count:02d}"
+        else:
+            who = again
         session = rng.uniform(0.5, 1.2) * a.pace
+        d.say(f"{who} arrives" + (" again, after being killed" if again else ""))
         p = d.spawn("user", sem.name, who, f"{session:.3f}")
         label[p.pid] = who
         live[p.pid] = p
-        # Known arrival order: the next user starts only once this one is in
-        # the ledger, holding or queued.
+
         def seen():
             return p.pid in watch.since or p.pid in watch.ticket
 
@@ -81,12 +90,9 @@ def direct(d: c.Director) -> None:
             d.fail(f"{who} never reached the ledger")
             return
         arrival.append(p.pid)
-        note = f" (again, for killed {again})" if again else ""
         if p.pid in watch.ticket:
-            d.say(f"{who} (pid {p.pid}) arrives{note}: all {a.sessions} sessions taken, "
-                  f"queued at position {watch.position[p.pid]}")
-        else:
-            d.say(f"{who} (pid {p.pid}) arrives{note}: a session is free")
+            d.say(f"{who} (pid {p.pid}): all {a.sessions} sessions taken, queued at "
+                  f"position {watch.position[p.pid]}")
 
     end = time.monotonic() + a.seconds
     next_kill = time.monotonic() + rng.uniform(0.3, 0.8)
@@ -98,12 +104,12 @@ def direct(d: c.Director) -> None:
             if a.chaos and time.monotonic() >= next_kill and live:
                 next_kill = time.monotonic() + rng.uniform(0.2, 0.6)
                 pid = rng.choice(sorted(live))
-                state = "logged in" if pid in {h.pid for h in sem.holders()} else "queued"
-                d.kill(live.pop(pid))
+                held, queued = d.kill_and_recover(live.pop(pid), (sem,))
                 killed.add(pid)
-                back = sem.recover()
+                state = ("logged in" if held else "queued" if queued else
+                         "starting (not yet in the ledger)")
                 d.say(f"SIGKILL {label[pid]} (pid {pid}) while {state}: "
-                      f"{c.plural(back, 'session')} recovered")
+                      f"{c.plural(sum(held.values()), 'session')} recovered")
                 tick()
                 arrive(again=label[pid])
             time.sleep(0.003)

@@ -7,18 +7,18 @@ Three acts, each philosopher a separate process:
 
 1. **naive**: everyone takes the left fork, then the right one.  All five
    hold their left fork and wait for their right: deadlock.  The director
-   sees it in the ledgers alone: from every fork's ``holders()`` and
-   ``waiters()`` it builds the wait-for graph (philosopher -> philosopher
-   holding the fork it waits for) and finds the cycle.  The philosophers'
-   acquires have a timeout, so the act ends; with --chaos the director
-   instead SIGKILLs one of them, its fork comes back, and the others eat.
+   sees it in the ledgers alone, with ``ipcsem.find_deadlocks(forks)``
+   (Holt's reduction over the forks' holders and queues: who can never be
+   granted).  The philosophers' acquires have a timeout, so the act ends;
+   with --chaos the director instead SIGKILLs one of them, its fork comes
+   back, and the others eat.
 2. **ordered**: take the lower-numbered fork first.  No cycle can form.
 3. **butler**: a semaphore of N-1 seats; sit down first.  No cycle either.
 
-In acts 2 and 3 the director checks, all along: no wait-for cycle that lasts
-(a snapshot of five ledgers is not atomic, so a cycle must be seen in three
-polls in a row to count), two neighbours never eat at once, no acquire times
-out, everyone eats.  With --chaos it SIGKILLs random philosophers (mid-meal,
+In acts 2 and 3 the director checks, all along: no deadlock that lasts
+(``find_deadlocks`` reads five ledgers one after another, not in one atomic
+picture, so a deadlock must be seen in three polls in a row to count), two
+neighbours never eat at once, no acquire times out, everyone eats.  With --chaos it SIGKILLs random philosophers (mid-meal,
 waiting, thinking) and respawns them; their forks and seat come back.
 """
 from __future__ import annotations
@@ -87,29 +87,28 @@ def philosopher(t0: float, mode: str, i: str, n: str, tag: str, path: str) -> in
     return 0
 
 
-def wait_for_graph(forks, who: dict[int, int]):
-    """{philosopher: (fork it waits for, philosopher holding that fork)}."""
-    holder = {}
-    for k, f in enumerate(forks):
-        for h in f.holders():
-            holder[k] = who.get(h.pid)
-    edges = {}
-    for k, f in enumerate(forks):
-        for w in f.waiters():
-            if w.pid in who and holder.get(k) is not None:
-                edges[who[w.pid]] = (k, holder[k])
-    return edges
+def deadlocks(names: list[str]) -> list:
+    """The deadlocks among these semaphores right now (ipcsem.find_deadlocks);
+    a semaphore removed meanwhile means none."""
+    try:
+        return c.ipcsem.find_deadlocks(names)
+    except c.ipcsem.NotFound:
+        return []
 
 
-def find_cycle(edges) -> list[int] | None:
-    for start in edges:
-        seen, p = [], start
-        while p in edges and p not in seen:
-            seen.append(p)
-            p = edges[p][1]
-        if p in seen:
-            return seen[seen.index(p):]
-    return None
+def describe(dl, who: dict[int, int], forks) -> str:
+    """A Deadlock in the scenario's words: which philosopher holds which
+    fork and waits for which (read from the forks' ledgers)."""
+    holds = {k: {h.pid for h in f.holders()} for k, f in enumerate(forks)}
+    waits = {k: {w.pid for w in f.waiters()} for k, f in enumerate(forks)}
+    parts = []
+    for pid in dl.processes:
+        held = [f"fork {k}" for k in holds if pid in holds[k]]
+        wanted = [f"fork {k}" for k in waits if pid in waits[k]]
+        name = f"P{who[pid]}" if pid in who else f"pid {pid}"
+        parts.append(f"{name} holds {' and '.join(held) or 'nothing'}, waits for "
+                     f"{' and '.join(wanted) or 'nothing'}")
+    return "; ".join(parts)
 
 
 def act(d: c.Director, mode: str, seconds: float, forks, path: str, words) -> None:
@@ -134,30 +133,32 @@ def act(d: c.Director, mode: str, seconds: float, forks, path: str, words) -> No
     streak, last, reported = 0, None, False
     neighbours_together = 0
     next_kill = time.monotonic() + d.rng.uniform(0.2, 0.5)
+    watched = [f.name for f in forks] + ([d.butler.name] if mode == "butler" else [])
     while any(p.poll() is None for p in procs.values()):
-        edges = wait_for_graph(forks, who)
-        cycle = find_cycle(edges)
-        key = tuple(sorted(cycle)) if cycle else None
+        found = deadlocks(watched)
+        key = tuple(sorted(dl.processes for dl in found)) if found else None
         streak = streak + 1 if key and key == last else (1 if key else 0)
         last = key
         if streak >= 3 and not reported:
             reported = True
-            chain = ", ".join(f"P{p} waits for fork {edges[p][0]} held by P{edges[p][1]}"
-                              for p in cycle)
+            chain = " | ".join(describe(dl, who, forks) for dl in found)
             if mode == "naive":
-                d.say(f"DEADLOCK found in the ledgers: wait-for cycle {chain}", indent=9)
+                d.say(f"DEADLOCK found in the ledgers (ipcsem.find_deadlocks): {chain}",
+                      indent=9)
                 if a.chaos:
                     victim = procs[d.rng.randrange(n)]
                     i = who[victim.pid]
-                    d.kill(victim)
+                    # Its queue entry on fork i+1 goes too (recovered until no
+                    # ledger shows it), or a later release would grant that fork
+                    # to the dead (until the next heal).
+                    held, _queued = d.kill_and_recover(victim, forks)
                     killed.add(victim.pid)
-                    # Its queue entry on fork i+1 goes too, or a later release
-                    # would grant that fork to the dead (until the next heal).
-                    back = sum(f.recover() for f in forks)
-                    d.say(f"SIGKILL philosopher {i}: its fork {i} comes back "
-                          f"({c.plural(back, 'unit')} recovered) and the cycle is broken")
+                    got = [f"fork {k}" for k, f in enumerate(forks) if held.get(f.name)]
+                    d.say(f"SIGKILL philosopher {i}: {c.plural(sum(held.values()), 'unit')} "
+                          f"recovered ({', '.join(got) or 'none'}); the deadlock is broken")
+                    d.check(not deadlocks(watched), "naive: still a deadlock after the kill")
             else:
-                d.fail(f"{mode}: wait-for cycle that lasts: {chain}")
+                d.fail(f"{mode}: a deadlock that lasts: {chain}")
         if mode != "naive":
             # Read the flags forwards, then backwards: a meal that ends just as
             # its neighbour's begins cannot look simultaneous in both orders.
@@ -174,16 +175,18 @@ def act(d: c.Director, mode: str, seconds: float, forks, path: str, words) -> No
                 next_kill = time.monotonic() + d.rng.uniform(0.15, 0.4)
                 i = d.rng.choice(ready)
                 victim = procs[i]
-                state = ("eating" if words[n + i] == victim.pid else
-                         "waiting" if victim.pid in {x for f in forks for x in
-                                                     (w.pid for w in f.waiters())} else
-                         "holding a fork or thinking")
-                d.kill(victim)
+                eating = words[n + i] == victim.pid
+                held, queued = d.kill_and_recover(victim, (*forks, d.butler))
                 killed.add(victim.pid)
                 words[n + i] = 0
-                back = sum(f.recover() for f in forks) + d.butler.recover()
+                got = [f"fork {k}" for k, f in enumerate(forks) if held.get(f.name)]
+                if held.get(d.butler.name):
+                    got.append("a seat")
+                state = ("eating" if eating else "waiting" if queued else
+                         "holding a fork" if got else "thinking")
                 d.say(f"SIGKILL philosopher {i} (pid {victim.pid}) while {state}: "
-                      f"{c.plural(back, 'unit')} recovered; respawned")
+                      f"{c.plural(sum(held.values()), 'unit')} recovered"
+                      + (f" ({', '.join(got)})" if got else "") + "; respawned")
                 start(i)
         for i, p in list(procs.items()):
             if p.poll() is not None and p.pid not in killed and p.returncode not in (0, 3):

@@ -2,7 +2,7 @@
 
     python -m tools.scenarios.prodcons [--chaos] [--seconds S] [--slots 4]
                                        [--producers 3] [--consumers 3]
-                                       [--protocol safe|readme]
+                                       [--protocol readme|late]
     python -m tools.scenarios.prodcons --windows
 
 Three semaphores: ``empty`` (capacity N, initially N), ``full`` (capacity N,
@@ -12,41 +12,46 @@ and tail (items ever taken); item k carries sequence number k.
 
 Where the disown goes matters.  Two protocols:
 
-  readme (README.md)                      safe (the default here)
+  readme (README.md, the default)         late (disown after the change)
   producer: empty.acquire()               empty.acquire()
-            with use: put                 with use: empty.disown(); put
-            empty.disown(); full.release()          full.release()
+            with use: empty.disown()      with use: put
+                      put; full.release()  empty.disown(); full.release()
   consumer: full.acquire()                full.acquire()
-            with use: take                with use: full.disown(); take
-            full.disown(); empty.release()          empty.release()
+            with use: full.disown()       with use: take
+                      take; empty.release()  full.disown(); empty.release()
 
 An owned unit comes back when its owner dies.  That is right only while the
-buffer has not yet changed on its behalf.  In the readme protocol a producer
+buffer has not yet changed on its behalf.  In the late protocol a producer
 killed after its put but before its disown gets its empty unit back although
 its slot is full: empty now promises a slot that holds an item (a later
 producer would overwrite one); a consumer killed after its take but before
 its disown gets its full unit back although the item is gone (a later
-consumer would take from an empty slot).  In the safe protocol the disown
+consumer would take from an empty slot).  In the readme protocol the disown
 comes first, so a death can only *lose* a unit, never return one wrongly;
-and because every change is made under ``use``, the director, holding
-``use``, sees the exact invariant
+and because every change (the posts too) is made under ``use``, the
+director, holding ``use``, sees the exact invariant
 
     E := empty.available + empty.held  ==  N - items
     F :=  full.available +  full.held  ==  items          (items = head - tail)
 
 (held = units owned by processes, dead or alive: a dead owner's units come
 back to available).  ``E + F <= N`` (the classic emptyCount + fullCount <= N)
-follows, but is weaker: the readme protocol's wrong return keeps E + F <= N
+follows, but is weaker: the late protocol's wrong return keeps E + F <= N
 and still breaks E <= N - items.  A death inside the critical section shows
 as E < N - items (a slot lost) or F < items (an item nobody was told about);
 the director detects it on its next look and re-posts exactly the missing
-units (``release`` beyond what one owns is an unowned post).
+units (``release`` beyond what one owns is an unowned post).  That repair is
+only right because the post is inside ``use`` too: a post after the lock
+would let the director see a live producer's item as unsignalled, and
+re-posting it would promise one item twice.
 
 Run mode checks, all along: the invariant above (E + F <= N only, for
---protocol readme); no producer finds the buffer full, no consumer finds it
+--protocol late); no producer finds the buffer full, no consumer finds it
 empty or a wrong sequence number; at the end every item was taken exactly
 once and processed exactly once, except items taken by a consumer that was
 then SIGKILLed before processing them: those are lost with it, and listed.
+The consumers start first and wait on the empty buffer; the producers then
+fill it and wait whenever it is full; each participant says so now and then.
 With --chaos the director SIGKILLs random participants, and each one also
 SIGKILLs itself at a random protocol point with probability SELF_KILL per
 item (outside kills almost never land in a critical section).
@@ -55,6 +60,7 @@ and prints what each death does to the ledgers and the buffer.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -85,13 +91,56 @@ class Buffer:
         return self.w[HEAD] - self.w[TAIL]
 
 
+# The README's producer/consumer section, as the readme protocol runs it
+# (tests/test_scenarios.py holds the README to it).
+README_PROTOCOL = """\
+empty = ipcsem.Semaphore("empty", capacity=8)              # 8 free slots
+full = ipcsem.Semaphore("full", capacity=8, initial=0)     # 0 items
+use = ipcsem.Semaphore("use", capacity=1)                  # the buffer's lock
+# producer                          # consumer
+empty.acquire()                     full.acquire()
+with use:                           with use:
+    empty.disown()                      full.disown()
+    put_item()                          item = take_item()
+    full.release()                      empty.release()
+"""
+
 POINTS = {
-    ("readme", "producer"): ["after-acquire", "after-put", "after-unlock", "after-disown"],
-    ("readme", "consumer"): ["after-acquire", "after-take", "after-unlock", "after-disown"],
-    ("safe", "producer"): ["after-acquire", "after-disown", "after-put"],
-    ("safe", "consumer"): ["after-acquire", "after-disown", "after-take"],
+    ("late", "producer"): ["after-acquire", "after-put", "after-unlock", "after-disown"],
+    ("late", "consumer"): ["after-acquire", "after-take", "after-unlock", "after-disown"],
+    ("readme", "producer"): ["after-acquire", "after-disown", "after-put"],
+    ("readme", "consumer"): ["after-acquire", "after-disown", "after-take"],
 }
 SELF_KILL = 0.003   # --chaos: chance per item that a participant dies at a random point
+TELL_EVERY = 1.5    # a participant says it had to wait at most this often (seconds)
+
+
+class Teller:
+    """Says, now and then, that a participant had to wait: the textbook's
+    producer blocked on a full buffer, consumer on an empty one."""
+
+    def __init__(self, t0: float, me: str, quiet: bool) -> None:
+        self.t0, self.me, self.quiet, self.next = t0, me, quiet, 0.0
+
+    def waited(self, seconds: float, what: str) -> None:
+        now = time.monotonic()
+        if not self.quiet and now >= self.next and seconds >= 0.001:
+            self.next = now + TELL_EVERY
+            took = f"{seconds * 1000:.0f} ms" if seconds < 0.1 else f"{seconds:.2f} s"
+            c.say(self.t0, f"{self.me} waited {took}: {what}")
+
+
+def take_unit(sem, stop, teller: Teller, what: str) -> bool:
+    """One unit of ``sem``, blocking until it comes or ``stop()``; tells
+    ``what`` when it had to wait."""
+    if sem.acquire(timeout=0):
+        return True
+    since = time.monotonic()
+    while not stop():
+        if sem.acquire(timeout=0.2):
+            teller.waited(time.monotonic() - since, what)
+            return True
+    return False
 
 
 def _pick(die_at: str, protocol: str, role: str, rng) -> str:
@@ -100,11 +149,17 @@ def _pick(die_at: str, protocol: str, role: str, rng) -> str:
     return die_at
 
 
-def _die_point(point: str, target: str, t0: float = 0.0, role: str = "") -> None:
+def _die_point(point: str, target: str, t0: float, role: str, sems) -> None:
     if point == target:
         if t0:
             c.say(t0, f"{role} {os.getpid()} SIGKILLs itself {point} (chaos)")
-        os.kill(os.getpid(), signal.SIGKILL)
+        # What it holds as it dies, for the director's report: only this
+        # process changes its own holdings, so this is exact.
+        me = os.getpid()
+        held = {s.name: units for s in sems
+                if (units := sum(h.units for h in s.holders() if h.pid == me))}
+        c.note("held", json.dumps(held))
+        os.kill(me, signal.SIGKILL)
 
 
 def producer(t0, protocol, tag, path, n, m, die_at, pace) -> int:
@@ -126,17 +181,19 @@ def producer(t0, protocol, tag, path, n, m, die_at, pace) -> int:
         w[RING + head % n] = head + 1
         w[HEAD] = head + 1          # the put commits with this one store
 
+    teller = Teller(t0, me, quiet=die_at not in ("-", "chaos"))   # --windows: quiet
     while not w[STOP_P] and w[HEAD] < m - n:
-        if not empty.acquire(timeout=0.2):
+        if not take_unit(empty, lambda: w[STOP_P], teller,
+                         "the buffer was full (blocked in empty.acquire)"):
             continue
         point = _pick(die_at, protocol, "producer", rng)
         t = t0 if die_at == "chaos" else 0.0
 
         def _die_at(target, point=point, t=t):
-            _die_point(point, target, t, "producer")
+            _die_point(point, target, t, "producer", (empty, full, use))
 
         _die_at("after-acquire")
-        if protocol == "safe":
+        if protocol == "readme":
             with use:
                 empty.disown()
                 _die_at("after-disown")
@@ -182,17 +239,19 @@ def consumer(t0, protocol, tag, path, n, m, die_at, pace) -> int:
         w[TAIL] = tail + 1          # the take commits with this one store
         return seq
 
+    teller = Teller(t0, me, quiet=die_at not in ("-", "chaos"))   # --windows: quiet
     while not w[STOP_C]:
-        if not full.acquire(timeout=0.2):
+        if not take_unit(full, lambda: w[STOP_C], teller,
+                         "the buffer was empty (blocked in full.acquire)"):
             continue
         point = _pick(die_at, protocol, "consumer", rng)
         t = t0 if die_at == "chaos" else 0.0
 
         def _die_at(target, point=point, t=t):
-            _die_point(point, target, t, "consumer")
+            _die_point(point, target, t, "consumer", (empty, full, use))
 
         _die_at("after-acquire")
-        if protocol == "safe":
+        if protocol == "readme":
             with use:
                 full.disown()
                 _die_at("after-disown")
@@ -270,7 +329,7 @@ def run_mode(d: c.Director) -> None:
     path, _ = d.words("buffer", RING + n + 2 * m)
     b = Buffer(path, n, m)
     w = b.w
-    strict = a.protocol == "safe"
+    strict = a.protocol == "readme"
     audit = Audit(d, empty, full, use, b)
     c.raw(f"prodcons: {a.producers} producers and {a.consumers} consumers share a ring of "
           f"{n} slots")
@@ -288,12 +347,25 @@ def run_mode(d: c.Director) -> None:
         live[p.pid] = p
         return p
 
-    for _ in range(a.producers):
-        start("P")
-    for _ in range(a.consumers):
+    if strict:
+        c.raw("the README's protocol (every post under the lock too):")
+        for line in README_PROTOCOL.splitlines()[3:]:
+            c.raw("    " + line)
+        c.rule()
+    for _ in range(a.consumers):       # first: they find the buffer empty, and wait
         start("C")
     d.wait_ready(live.values())
-    d.say("all participants ready")
+    d.say(f"{c.plural(a.consumers, 'consumer')} ready; the buffer is empty")
+    d.say(f"{c.plural(a.producers, 'producer')} start")
+    for _ in range(a.producers):
+        start("P")
+    d.wait_ready(live.values())
+    sems = (use, empty, full)
+
+    def came_back(held: dict[str, int]) -> str:
+        parts = ", ".join(f"{units} {name.rsplit('-', 1)[1]}" for name, units in held.items())
+        return f"{c.plural(sum(held.values()), 'unit')} recovered" + (f" ({parts})" if parts
+                                                                         else "")
 
     def reap():
         for pid, p in list(live.items()):
@@ -302,8 +374,11 @@ def run_mode(d: c.Director) -> None:
                 if a.chaos and p.returncode == -signal.SIGKILL and pid not in killed:
                     killed.add(pid)      # it SIGKILLed itself at a protocol point
                     d.kills += 1
-                    back = sum(s.recover() for s in (use, empty, full))
-                    d.say(f"  {c.plural(back, 'unit')} recovered; respawned")
+                    d.recover_dead(pid, sems)
+                    # What it held as it died: it may have been recovered before we
+                    # looked (by a blocked acquire, ours on `use` included).
+                    held = json.loads(d.note(pid, "held") or "{}")
+                    d.say(f"  {came_back(held)}; respawned")
                     audit.look(strict, repair=strict, allowed_loss=1, unreaped=unreaped)
                     if not w[STOP_P] or roles[pid] == "C":
                         start(roles[pid])
@@ -324,11 +399,15 @@ def run_mode(d: c.Director) -> None:
             next_kill = time.monotonic() + d.rng.uniform(0.1, 0.3)
             pid = d.rng.choice(ready)
             role = roles[pid]
-            d.kill(live.pop(pid))
+            held, queued = d.kill_and_recover(live.pop(pid), sems)
             killed.add(pid)
-            back = sum(s.recover() for s in (use, empty, full))
-            d.say(f"SIGKILL {'producer' if role == 'P' else 'consumer'} {pid}: "
-                  f"{c.plural(back, 'unit')} recovered; respawned")
+            doing = ""
+            if queued:
+                doing = (" while waiting for a free slot" if queued == [empty.name] else
+                         " while waiting for an item" if queued == [full.name] else
+                         " while waiting for the lock")
+            d.say(f"SIGKILL {'producer' if role == 'P' else 'consumer'} {pid}{doing}: "
+                  f"{came_back(held)}; respawned")
             audit.look(strict, repair=strict, allowed_loss=1, unreaped=unreaped)
             start(role)
         else:
@@ -384,19 +463,19 @@ def run_mode(d: c.Director) -> None:
 # What each death does, as (E - (N - items), F - items, effect).
 EXPECTED = {
     ("readme", "producer", "after-acquire"): (0, 0, "clean: the empty unit comes back"),
-    ("readme", "producer", "after-put"): (+1, -1, "WRONG RETURN: slot full yet free"),
-    ("readme", "producer", "after-unlock"): (+1, -1, "WRONG RETURN: slot full yet free"),
-    ("readme", "producer", "after-disown"): (0, -1, "item put, never signalled"),
+    ("readme", "producer", "after-disown"): (-1, 0, "slot lost (detected, repairable)"),
+    ("readme", "producer", "after-put"): (0, -1, "item unsignalled (repairable)"),
     ("readme", "consumer", "after-acquire"): (0, 0, "clean: the full unit comes back"),
-    ("readme", "consumer", "after-take"): (-1, +1, "WRONG RETURN: item gone yet full"),
-    ("readme", "consumer", "after-unlock"): (-1, +1, "WRONG RETURN: item gone yet full"),
-    ("readme", "consumer", "after-disown"): (-1, 0, "slot lost; item lost w/ consumer"),
-    ("safe", "producer", "after-acquire"): (0, 0, "clean: the empty unit comes back"),
-    ("safe", "producer", "after-disown"): (-1, 0, "slot lost (detected, repairable)"),
-    ("safe", "producer", "after-put"): (0, -1, "item unsignalled (repairable)"),
-    ("safe", "consumer", "after-acquire"): (0, 0, "clean: the full unit comes back"),
-    ("safe", "consumer", "after-disown"): (0, -1, "item unsignalled (repairable)"),
-    ("safe", "consumer", "after-take"): (-1, 0, "slot lost (repairable), item lost"),
+    ("readme", "consumer", "after-disown"): (0, -1, "item unsignalled (repairable)"),
+    ("readme", "consumer", "after-take"): (-1, 0, "slot lost (repairable), item lost"),
+    ("late", "producer", "after-acquire"): (0, 0, "clean: the empty unit comes back"),
+    ("late", "producer", "after-put"): (+1, -1, "WRONG RETURN: slot full yet free"),
+    ("late", "producer", "after-unlock"): (+1, -1, "WRONG RETURN: slot full yet free"),
+    ("late", "producer", "after-disown"): (0, -1, "item put, never signalled"),
+    ("late", "consumer", "after-acquire"): (0, 0, "clean: the full unit comes back"),
+    ("late", "consumer", "after-take"): (-1, +1, "WRONG RETURN: item gone yet full"),
+    ("late", "consumer", "after-unlock"): (-1, +1, "WRONG RETURN: item gone yet full"),
+    ("late", "consumer", "after-disown"): (-1, 0, "slot lost; item lost w/ consumer"),
 }
 
 
@@ -432,14 +511,15 @@ def windows_mode(d: c.Director) -> None:
                     f"expected {want_e} {want_f}")
         c.raw(f"{protocol:<8} {role:<9} {point:<14} {de:>+3} {df:>+3}  {effect}"
               + ("" if ok else "  (UNEXPECTED)"))
-        d.check(not (protocol == "safe" and (de > 0 or df > 0)),
-                f"safe protocol returned a unit wrongly ({role} {point})")
+        d.check(not (protocol == "readme" and (de > 0 or df > 0)),
+                f"readme protocol returned a unit wrongly ({role} {point})")
     c.rule()
     c.raw(c.textwrap.fill(
-        "readme: a death between put/take and disown returns a unit that must not come "
+        "late: a death between put/take and disown returns a unit that must not come "
         "back (+1): the counts promise a slot or an item that is not there, and no count "
-        "check (E + F <= N still holds) can see it; only the buffer can. safe: a death "
-        "can only lose a unit (-1), which the buffer shows and a repairer re-posts.",
+        "check (E + F <= N still holds) can see it; only the buffer can. readme (disown "
+        "first): a death can only lose a unit (-1), which the buffer shows and a "
+        "repairer holding the lock re-posts.",
         c.WIDTH))
 
 
@@ -455,7 +535,9 @@ def main(argv=None) -> int:
     p.add_argument("--slots", type=int, default=4, help="buffer size N (default 4)")
     p.add_argument("--producers", type=int, default=3)
     p.add_argument("--consumers", type=int, default=3)
-    p.add_argument("--protocol", choices=["safe", "readme"], default="safe")
+    p.add_argument("--protocol", choices=["readme", "late"], default="readme",
+                   help="readme: the README's order, disown first (default); late: disown "
+                        "after the put/take")
     p.add_argument("--pace", type=float, default=1.0, help="scale the sleeps between items")
     p.add_argument("--windows", action="store_true",
                    help="kill one participant at each point of both protocols; print a table")

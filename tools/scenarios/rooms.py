@@ -3,13 +3,16 @@
     python -m tools.scenarios.rooms [--chaos] [--seconds S] [--rooms 10]
                                     [--students 40]
 
-Each student is a separate process: it asks the desk (one unit of the
-``rooms`` semaphore), studies, gives the room back, and prints how long it
-waited.  Students arrive at random, several at once, so the arrival order is
+Each student is a separate process: it asks the desk for a room (one unit
+of the ``rooms`` semaphore, created with ``slots=True``, so the lease says
+*which* room: its unit number), studies, gives the room back, and says which
+room it got after how long a wait and which it returned, with the number of
+free rooms each time.  Students arrive at random, several at once, so the arrival order is
 the order in which ipcsem queued them: the ticket of their queue entry,
 which the director reads from ``waiters()`` while they wait.  It checks:
 
-* never more than the number of rooms in use (the ledger's holders);
+* never more than the number of rooms in use (the ledger's holders), and
+  never one room given to two students (the students' own leases);
 * FIFO at the desk: of two students who queued, the one with the earlier
   ticket got a room no later (the ledger's grant time, ``Holder.since``);
 * every student who was not killed got a room; at the end all rooms are free
@@ -31,22 +34,25 @@ SCENARIO = "rooms"
 def student(t0: float, name: str, who: str, study: str) -> int:
     desk = c.ipcsem.Semaphore(name)
     asked = time.time()
-    desk.acquire()
-    waited = time.time() - asked
-    # The ledger's grant time, for the director (which polls, and may miss a
-    # short stay on a loaded machine).
-    since = next(h.since for h in desk.holders() if h.pid == c.os.getpid())
-    c.note("since", repr(since))
-    c.say(t0, f"{who} got a room after waiting {waited:4.2f} s")
-    time.sleep(float(study))
-    desk.release()
+    with desk as lease:
+        waited = time.time() - asked
+        (room,) = lease.slots
+        # The ledger's grant time and the room, for the director (which
+        # polls, and may miss a short stay on a loaded machine).
+        since = next(h.since for h in desk.holders() if h.pid == c.os.getpid())
+        c.note("since", repr(since))
+        c.note("room", str(room))
+        c.say(t0, f"{who} got room {room} after waiting {waited:4.2f} s "
+                  f"({desk.available} of {desk.capacity} free)")
+        time.sleep(float(study))
+    c.say(t0, f"{who} returns room {room} ({desk.available} of {desk.capacity} free)")
     return 0
 
 
 def direct(d: c.Director) -> None:
     a = d.args
     rng = d.rng
-    desk = d.semaphore("rooms", a.rooms)
+    desk = d.semaphore("rooms", a.rooms, slots=True)
     watch = c.QueueWatch(desk)
     c.raw(f"rooms: {a.rooms} study rooms; {a.students} students arrive at random over "
           f"{a.seconds:g} s")
@@ -63,6 +69,9 @@ def direct(d: c.Director) -> None:
         waiters, holders = watch.poll()
         if sum(h.units for h in holders) > a.rooms:
             d.fail(f"{sum(h.units for h in holders)} rooms in use, only {a.rooms} exist")
+        rooms = [r for h in holders for r in h.slots]
+        if len(rooms) != len(set(rooms)):
+            d.fail(f"one room given to two students at once: {sorted(rooms)}")
         for i, w in enumerate(waiters, 1):
             if w.pid in label and w.pid not in queue_seen:
                 queue_seen.add(w.pid)
@@ -97,12 +106,14 @@ def direct(d: c.Director) -> None:
         if a.chaos and now >= next_kill and in_ledger and (times or now - start < a.seconds):
             next_kill = now + rng.uniform(0.3, 0.7)
             pid = rng.choice(in_ledger)
-            state = "studying" if pid in {h.pid for h in desk.holders()} else "waiting"
-            d.kill(live.pop(pid))
+            rooms = {h.pid: h.slots for h in desk.holders()}.get(pid, ())
+            held, _queued = d.kill_and_recover(live.pop(pid), (desk,))
             killed.add(pid)
-            back = desk.recover()
+            state = (f"studying in room {rooms[0]}" if held and rooms else
+                     "studying" if held else "waiting")
             d.say(f"SIGKILL {label[pid]} (pid {pid}) while {state}: "
-                  f"{c.plural(back, 'room')} recovered; a new student comes")
+                  f"{c.plural(sum(held.values()), 'room')} back at the desk "
+                  f"({desk.available} of {a.rooms} free); a new student comes")
             arrive()
         tick()
         if now - start > a.seconds + 60:

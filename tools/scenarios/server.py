@@ -17,7 +17,8 @@ semaphores:
 
 Worker: slots.acquire(); tickets.acquire(); with board: take the oldest
 NEW request, mark it SERVING by me, tickets.disown(); serve; with board:
-mark it DONE; slots.release().
+mark it DONE; slots.release().  Each worker says when it starts and when it
+is done with a request, so the N-at-once limit can be followed line by line.
 
 **A worker killed mid-request** (the decision): its slot unit comes back by
 itself (owned, recovered by ipcsem), and the request is *not* lost: the
@@ -115,6 +116,8 @@ def worker(t0, tag, path, wid, pace) -> int:
                     continue
                 w[base + 3] = time.monotonic_ns()
                 w[base] = DONE | wid << 4
+            c.say(t0, f"{me} done with request #{i + 1} after "
+                      f"{(w[base + 3] - w[base + 2]) / 1e9:.2f} s; gives its slot back")
         finally:
             slots.release()
     return 0
@@ -142,6 +145,7 @@ def direct(d: c.Director) -> None:
     most = 0
     done = 0
     board_new = 0
+    serving_now = 0
 
     def hire():
         nonlocal next_wid
@@ -156,7 +160,7 @@ def direct(d: c.Director) -> None:
     d.say(f"{a.workers} workers ready; the dispatcher opens the doors")
 
     def reconcile() -> None:
-        nonlocal most, done, board_new
+        nonlocal most, done, board_new, serving_now
         with board:
             count, live_serving, new, finished = w[NEXT], 0, 0, 0
             for i in range(count):
@@ -174,7 +178,7 @@ def direct(d: c.Director) -> None:
                     new += 1
                 if kind == DONE:
                     finished += 1
-            done, board_new = finished, new
+            done, board_new, serving_now = finished, new, live_serving
             most = max(most, live_serving)
             d.check(live_serving <= n, f"{live_serving} requests served at once, limit {n}")
             st = tickets.stats()
@@ -185,15 +189,26 @@ def direct(d: c.Director) -> None:
                       f"{c.plural(have, 'ticket')}: posted {new - have}")
             d.check(have <= new, f"{have} tickets for {new} waiting requests")
 
+    def what_came_back(held: dict[str, int]) -> str:
+        """'2 units recovered (its slot, 1 ticket)': the units a killed
+        participant held, each named, so the count and the names agree."""
+        parts = []
+        if held.get(slots.name):
+            parts.append("its slot")
+        if held.get(board.name):
+            parts.append("the board lock")
+        if held.get(tickets.name):
+            parts.append(c.plural(held[tickets.name], "ticket"))
+        total = sum(held.values())
+        return f"{c.plural(total, 'unit')} recovered ({', '.join(parts) or 'it held none'})"
+
     def kill_worker(wid: int, why: str) -> None:
         p = workers.pop(wid)
-        held = any(h.pid == p.pid for h in slots.holders())
-        d.kill(p)
+        held, _queued = d.kill_and_recover(p, (slots, board, tickets))
         dead.add(wid)
         killed_pids.add(p.pid)
-        back = slots.recover() + board.recover() + tickets.recover()
-        d.say(f"SIGKILL w{wid} (pid {p.pid}) {why}: {c.plural(back, 'unit')} recovered"
-              + (" (its slot among them)" if held else "") + "; a new worker is forked")
+        d.say(f"SIGKILL w{wid} (pid {p.pid}) {why}: {what_came_back(held)}; a new worker "
+              "is forked")
         reconcile()
         hire()
 
@@ -223,11 +238,10 @@ def direct(d: c.Director) -> None:
         if a.chaos and now >= next_kill and now < until:
             next_kill = now + d.rng.uniform(0.15, 0.5)
             if d.rng.random() < 0.15 and dp.poll() is None and d.is_ready(dp):
-                d.kill(dp)
+                held, _queued = d.kill_and_recover(dp, (slots, board, tickets))
                 killed_pids.add(dp.pid)
-                back = board.recover() + tickets.recover()
-                d.say(f"SIGKILL the dispatcher (pid {dp.pid}): {c.plural(back, 'unit')} "
-                      "recovered; restarted")
+                d.say(f"SIGKILL the dispatcher (pid {dp.pid}): {what_came_back(held)}; "
+                      "restarted")
                 reconcile()
                 disp.append(d.spawn("dispatcher", d.tag, path, f"{until:.6f}", a.rate))
             else:
@@ -237,9 +251,9 @@ def direct(d: c.Director) -> None:
         reconcile()
         if now >= next_status:
             next_status += 1.0
-            d.say(f"status: {w[NEXT]} requests arrived, {done} served, {board_new} "
-                  f"waiting; {n - slots.available} of {n} slots taken, "
-                  f"{c.plural(len(slots.waiters()), 'worker')} waiting for one")
+            d.say(f"status: {c.plural(w[NEXT], 'request')} arrived, {done} done, "
+                  f"{serving_now} being served (limit {n}), {board_new} waiting on the "
+                  f"board; {c.plural(len(slots.waiters()), 'worker')} waiting for a slot")
         if w[VIOLATIONS]:
             break
         if disp[-1].poll() == 0 and done == w[NEXT]:

@@ -1,0 +1,205 @@
+"""Fast recovery without a daemon: a waiting process watches the holders.
+
+While any thread of this process is blocked on a semaphore, one thread of
+ours ("ipcsem-watch", started on first use) holds a pidfd for every process
+that semaphore's ledger names and polls them: the moment one exits (its whole
+thread group; a zombie counts) we recover its units, and the ledger grants
+them to the queue — a blocked waiter gets a dead holder's unit as fast as
+the supervisor would give it, with no supervisor running.
+
+Every waiting process watches (no election): a death is then recovered by
+whichever watcher sees it first, and the others find nothing to do
+(recovery is idempotent under the ledger lock).  At most WATCH_MAX processes
+are watched per process, so a huge table cannot exhaust our descriptors;
+beyond that, and on kernels without pidfds, the waiters' half-second healing
+slices cover it.
+"""
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+
+from .. import _identity
+from .._errors import IpcsemError
+from . import recovery
+
+WATCH_MAX = 256          # pidfds per process
+REFRESH = 0.05           # how often to look for new holders (lock-free counter read)
+
+_lock = threading.Lock()
+_segments: dict[int, list] = {}          # id(segment) -> [segment, waits, seen_changes]
+_thread: threading.Thread | None = None
+_wake_r = _wake_w = -1
+
+
+def _name_thread() -> None:
+    """Give the watcher thread an OS name deadlock detection can tell apart."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, b"ipcsem-watch", 0, 0, 0)   # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+def watching(segment) -> None:
+    """A thread of ours starts waiting on ``segment``."""
+    global _thread, _wake_r, _wake_w
+    if not hasattr(os, "pidfd_open"):
+        return
+    with _lock:
+        entry = _segments.get(id(segment))
+        if entry is None:
+            _segments[id(segment)] = [segment, 1, None, set()]
+        else:
+            entry[1] += 1
+        if _thread is None or not _thread.is_alive():
+            if _wake_r < 0:
+                _wake_r, _wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            _thread = threading.Thread(target=_run, name="ipcsem-watch", daemon=True)
+            _thread.start()
+    _poke()
+
+
+def done(segment) -> None:
+    """That thread stopped waiting."""
+    with _lock:
+        entry = _segments.get(id(segment))
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del _segments[id(segment)]
+
+
+def _poke() -> None:
+    if _wake_w >= 0:
+        try:
+            os.write(_wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+
+def _after_fork_in_child() -> None:
+    global _thread, _wake_r, _wake_w
+    _segments.clear()
+    _thread = None
+    for fd in (_wake_r, _wake_w):
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _wake_r = _wake_w = -1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _run() -> None:
+    _name_thread()
+    poller = select.poll()
+    poller.register(_wake_r, select.POLLIN)
+    pidfds: dict[tuple[int, int], int] = {}      # identity -> pidfd
+    by_fd: dict[int, tuple[int, int]] = {}
+    where: dict[tuple[int, int], set[int]] = {}   # identity -> id(segment)s
+    next_refresh = 0.0
+    while True:
+        with _lock:
+            segs = {k: v[0] for k, v in _segments.items()}
+            entries = {k: v for k, v in _segments.items()}
+        now = time.monotonic()
+        if now >= next_refresh:
+            next_refresh = now + REFRESH
+            wanted: dict[tuple[int, int], set[int]] = {}
+            dead: list[tuple[int, tuple[int, int]]] = []
+            for key, seg in segs.items():
+                entry = entries[key]
+                try:
+                    if seg.ledger.closed:
+                        continue
+                    # identities only change when someone registers or leaves
+                    changes = seg.ledger.changes
+                    if changes != entry[2]:
+                        entry[3] = {i for i in recovery.identities(seg.ledger.snapshot())
+                                    if i[0] != _identity.ME.pid}
+                        entry[2] = changes
+                except (IpcsemError, ValueError, OSError):
+                    continue
+                for ident in entry[3]:
+                    wanted.setdefault(ident, set()).add(key)
+            for ident in list(pidfds):
+                if ident not in wanted:
+                    fd = pidfds.pop(ident)
+                    by_fd.pop(fd, None)
+                    poller.unregister(fd)
+                    os.close(fd)
+            for ident, keys in wanted.items():
+                if ident in pidfds or len(pidfds) >= WATCH_MAX:
+                    continue
+                try:
+                    fd = os.pidfd_open(ident[0])
+                except ProcessLookupError:
+                    dead.extend((key, ident) for key in keys)   # gone already
+                    continue
+                except OSError:
+                    continue          # out of fds: the waiters' slices cover it
+                if _identity.start_of(ident[0]) != ident[1]:
+                    os.close(fd)      # the pid was reused: our holder is gone
+                    dead.extend((key, ident) for key in keys)
+                    continue
+                pidfds[ident] = fd
+                by_fd[fd] = ident
+                poller.register(fd, select.POLLIN)
+            where = wanted
+            for key, ident in dead:
+                _recover(segs.get(key), ident)
+        if not segs:
+            # Nobody waits: close everything and sleep until someone does.
+            for fd in list(by_fd):
+                poller.unregister(fd)
+                os.close(fd)
+            pidfds.clear()
+            by_fd.clear()
+            try:
+                select.select([_wake_r], [], [], 5.0)
+            except (InterruptedError, OSError):
+                pass
+            _drain()
+            next_refresh = 0.0
+            continue
+        try:
+            events = poller.poll(REFRESH * 1000)
+        except InterruptedError:
+            continue
+        for fd, _ev in events:
+            if fd == _wake_r:
+                _drain()
+                next_refresh = 0.0
+                continue
+            ident = by_fd.pop(fd, None)
+            if ident is None:
+                continue
+            poller.unregister(fd)
+            os.close(fd)
+            del pidfds[ident]
+            for key in where.get(ident, ()):
+                _recover(segs.get(key), ident)
+
+
+def _recover(seg, ident) -> None:
+    if seg is None or not _identity.is_dead(*ident):
+        return
+    try:
+        recovery.recover_identity(seg, *ident, lock=time.monotonic_ns() + 200_000_000)
+    except (IpcsemError, ValueError, OSError):
+        pass      # closed, wedged, corrupt: the waiters' own slices say so
+
+
+def _drain() -> None:
+    try:
+        while os.read(_wake_r, 4096):
+            pass
+    except (BlockingIOError, OSError):
+        pass
