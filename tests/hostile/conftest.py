@@ -52,7 +52,13 @@ from ipcsem._shm import _ledger, handle, recovery, segment, supervisor  # noqa: 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# psutil loads submodules on first use: use them once now, while /root is ours.
+# Modules load lazily on first use; a child that dropped to another uid can
+# no longer read /root (pyenv): use them once now, while it is ours.
+import asyncio  # noqa: E402
+import concurrent.futures.thread  # noqa: E402,F401  (run_in_executor)
+
+asyncio.run(asyncio.sleep(0))
+
 psutil.Process().cmdline()
 psutil.Process().create_time()
 psutil.Process().status()

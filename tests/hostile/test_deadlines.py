@@ -195,3 +195,74 @@ def test_recover_and_check_are_bounded_on_a_wedged_semaphore():
         (kind, value), took = out.value
         assert kind == "raise" and "Wedged" in value["mro"] and took <= TOOL_BOUND + SLACK, \
             (t.label, value)
+
+
+# ------------------------------------------------------------- event loops
+
+
+def _async_waiter(chan, name, timeout):
+    """An event loop: one task acquires with a deadline, another ticks every
+    10 ms.  Reports the acquire's result and the loop's longest stall."""
+    import asyncio
+
+    async def main():
+        sem = ipcsem.AsyncSemaphore(name)
+        stalls = [0.0]
+        stop = asyncio.Event()
+
+        async def ticker():
+            last = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                stalls[0] = max(stalls[0], now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        await asyncio.sleep(0.05)
+        chan.send("looping")
+        # The test wedges the lock meanwhile; the loop keeps ticking.
+        await asyncio.get_running_loop().run_in_executor(None, chan.recv, 30)
+        stalls[0] = 0.0
+        t0 = time.monotonic()
+        try:
+            got = await sem.acquire(timeout=timeout)
+        except ipcsem.IpcsemError as e:
+            got = type(e).__name__
+        took = time.monotonic() - t0
+        stop.set()
+        await tick
+        return got, took, stalls[0]
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("when", [
+    "before",
+    pytest.param("dead-holder", marks=pytest.mark.xfail(
+        strict=True, reason="hostile-bugs.md H3: take()'s heal blocks the whole event loop")),
+])
+@isolated()
+def test_an_event_loop_is_never_blocked_by_a_wedged_lock(when):
+    """AsyncSemaphore.acquire(timeout=1) with the ledger lock held by a
+    stopped process: the loop keeps running (no stall over 0.5 s) and the
+    acquire gives up by its deadline.  "dead-holder": a dead holder's units
+    are due for recovery too — the heal must not block the loop either."""
+    name = new_name()
+    assert_survived(Proc(_make, name, 1, user=ALICE), 10)
+    holder = Proc(hold_and_report, name, user=ALICE)
+    holder.expect(("holding", holder.pid))
+    loop = Proc(_async_waiter, name, 1.0, user=ALICE, label="event loop")
+    loop.expect("looping")
+    stopped = stop_inside_transaction(name, ALICE)
+    if when == "dead-holder":
+        holder.kill()
+        time.sleep(0.6)       # the stopped churner's heal election has lapsed
+    assert loop.alive(), loop.outcome(1).summary()
+    loop.send("go")
+    out = loop.outcome(1.0 + SLACK + 3)
+    stopped.kill(signal.SIGCONT)
+    assert out.status is not None, "the event loop hung"
+    got, took, stall = out.value
+    assert got in (False, None, "Timeout"), out.value
+    assert took <= 1.0 + SLACK and stall <= 0.5, f"acquire took {took:.2f} s, loop stalled {stall:.2f} s"
