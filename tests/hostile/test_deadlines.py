@@ -260,7 +260,7 @@ def test_an_event_loop_is_never_blocked_by_a_wedged_lock(when):
         time.sleep(0.6)       # the stopped churner's heal election has lapsed
     assert loop.alive(), loop.outcome(1).summary()
     loop.send("go")
-    out = loop.outcome(1.0 + SLACK + 3)
+    out = loop.outcome(1.0 + SLACK + 1)
     stopped.kill(signal.SIGCONT)
     assert out.status is not None, "the event loop hung"
     got, took, stall = out.value
