@@ -346,3 +346,30 @@ def test_two_users_of_one_group_share_a_semaphore():
     bob2.send("done")
     assert assert_survived(bob2, 10).value == "done"
     assert list(shm_listing()) == [f"ipcsem.{name}"], "files other than the ledger appeared"
+
+
+def _try_unlink(chan, name):
+    return timed(ipcsem.unlink, name)[0]
+
+
+def _use_after(chan, name):
+    sem = ipcsem.Semaphore(name, 2, mode=0o660, group=TEAM)
+    return timed(sem.acquire, timeout=1)[0]
+
+
+@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H16: unlink marks the ledger before "
+                                       "finding it may not remove the file")
+@isolated()
+def test_a_group_member_who_may_not_unlink_changes_nothing():
+    """BOB (TEAM) may write ALICE's ``0660 alice:TEAM`` semaphore but not
+    remove its file (the sticky bit of /dev/shm).  His ``ipcsem.unlink``
+    is refused — and a refusal must change nothing: the semaphore goes on
+    working for everyone."""
+    name = new_name()
+    assert_survived(Proc(lambda chan: ipcsem.Semaphore(name, 2, mode=0o660, group=TEAM).close()
+                         or "ok", user=ALICE), 10)
+    kind, err = assert_survived(Proc(_try_unlink, name, user=BOB), 10).value
+    assert kind == "raise" and "PermissionDenied" in err["mro"], err
+    assert os.path.exists(shm_path(name))
+    kind, value = assert_survived(Proc(_use_after, name, user=ALICE), 10).value
+    assert (kind, value) == ("return", True), f"after BOB's refused unlink: {value}"
