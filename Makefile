@@ -5,9 +5,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench chaos clean
+.PHONY: demo test test-all build bench chaos clean
 
-$(STAMP): pyproject.toml setup.py ipcsem/_ledger.c
+# Any C source under ipcsem/, wherever the extension lives.
+$(STAMP): pyproject.toml setup.py $(wildcard ipcsem/*.c ipcsem/*/*.c)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -23,12 +24,27 @@ test: $(STAMP)
 	-$(PY) -m compileall -q ipcsem tests tools > /dev/null
 	$(PY) -m pytest -q
 
+# The suite on every CPython >= 3.10 found (pyenv, python3.1x on PATH), one
+# venv .venv-3.X each, one summary line per interpreter; fails if any failed.
+# TEST_ALL_ARGS: e.g. --oldest-newest, --only 3.13, -- -k supervisor
+test-all:
+	$(PYTHON) tools/test_all.py $(TEST_ALL_ARGS)
+
+# sdist and wheel into dist/ (the wheel is linux_x86_64: release wheels come
+# from cibuildwheel, see pyproject.toml)
+# (without the egg-info an earlier build left: its SOURCES.txt would be added
+# to the sdist whatever MANIFEST.in says now)
+build: $(STAMP)
+	$(PY) -m pip install -q build
+	rm -rf ipcsem.egg-info
+	$(PY) -m build
+
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
 chaos: $(STAMP)
-	$(PY) tools/chaos.py --kills 10000 --spawn fork
+	$(VENV)/bin/ipcsem chaos --kills 10000 --spawn fork
 
 clean:
-	rm -rf $(VENV) build *.egg-info ipcsem/*.so
+	rm -rf $(VENV) .venv-* dist build *.egg-info ipcsem/*.so ipcsem/*/*.so

@@ -133,12 +133,13 @@ class Handle(ABC):
 
     # ----------------------------------------------------------- upkeep
     @abstractmethod
-    def recover(self) -> int:
-        """Return dead holders' units now; how many."""
+    def recover(self, timeout: float | None = None) -> int:
+        """Return dead holders' units now; how many.  Wedged if the backend's
+        lock is not had within ``timeout`` seconds (None: as long as it takes)."""
 
     @abstractmethod
-    def check(self) -> None:
-        """Verify the invariant; Corrupt if broken."""
+    def check(self, timeout: float | None = None) -> None:
+        """Verify the invariant; Corrupt if broken; Wedged as for recover."""
 
     @abstractmethod
     def close(self) -> None: ...

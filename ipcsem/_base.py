@@ -98,13 +98,16 @@ class Opened:
     def stats(self) -> Stats:
         return self._handle.stats()
 
-    def recover(self) -> int:
-        """Return the units of dead holders now; the number of units recovered."""
-        return self._handle.recover()
+    def recover(self, timeout: float | None = None) -> int:
+        """Return the units of dead holders now; the number of units
+        recovered.  Wedged if the ledger lock is not free within ``timeout``
+        seconds (its holder is stopped; None: wait as long as it takes)."""
+        return self._handle.recover(timeout)
 
-    def check(self) -> None:
-        """Verify the ledger invariant (see docs/design.md); raise Corrupt if broken."""
-        self._handle.check()
+    def check(self, timeout: float | None = None) -> None:
+        """Verify the ledger invariant (see docs/design.md); raise Corrupt if
+        broken, Wedged as for recover()."""
+        self._handle.check(timeout)
 
     # -------------------------------------------------------------- lifetime
     def close(self) -> None:

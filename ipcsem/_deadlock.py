@@ -66,6 +66,7 @@ class SemState:
     holdings: dict[Ident, int]
     queue: list[Queued]          # WAITING entries, serving order
     granted_tids: set[tuple[int, int]] = field(default_factory=set)   # (pid, tid) about to run
+    unowned: int = 0             # out without an owner: anyone's unowned post returns them
 
 
 def _read_states(names: list[str] | None) -> list[SemState]:
@@ -89,7 +90,8 @@ def _read_states(names: list[str] | None) -> list[SemState]:
                                     bool(w.flags & _ledger.WF_PARKED)))
             else:
                 granted.add((w.pid, w.tid))
-        states.append(SemState(name, snap.header.available, holdings, queue, granted))
+        states.append(SemState(name, snap.header.available, holdings, queue, granted,
+                               snap.header.unowned))
     return states
 
 
@@ -111,23 +113,26 @@ def _threads(pid: int) -> set[int] | None:
     return out
 
 
-def reduce(states: list[SemState], threads_of=_threads, alive=None):
-    """Holt's reduction (module docstring) -> [(Deadlock, victim)], victim
-    being (since, pid, tid, name) of the participant that asked
-    ``deadlock="raise"`` and started waiting last, or None."""
-    from . import _identity
-
-    alive = alive or (lambda ident: not _identity.is_dead(*ident))
+def _stuck(states: list[SemState], threads_of, alive, withdrawn: Queued | None = None):
+    """The reduction itself: (entries that can never be granted, the
+    processes that are not live, free units per semaphore at the end).
+    ``withdrawn``: pretend that entry left and its process is live (what a
+    victim's DeadlockDetected does)."""
     idents: set[Ident] = set()
-    parked: dict[Ident, set[int]] = {}          # sync waiting threads per process
+    parked: dict[Ident, set[int]] = {}          # waiting threads per process
     for s in states:
         idents.update(s.holdings)
         for q in s.queue:
+            if q is withdrawn:
+                continue
             idents.add(q.ident)
             if not q.is_async or q.parked:
                 parked.setdefault(q.ident, set()).add(q.tid)
     live: set[Ident] = set()
     for ident in idents:
+        if withdrawn is not None and ident == withdrawn.ident:
+            live.add(ident)                      # the victim's code releases what it holds
+            continue
         if not alive(ident):
             live.add(ident)                      # dead: recovery frees its units
             continue
@@ -135,7 +140,12 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
         if threads is None or not threads <= parked.get(ident, set()) or \
                 any((ident[0], t) in s.granted_tids for s in states for t in threads):
             live.add(ident)
-    free = {s.name: s.available for s in states}
+    # Unowned units (initial < capacity, disown) belong to nobody: any live
+    # process may post them back, so a wait for them is not a deadlock.
+    free = {s.name: s.available + s.unowned for s in states}
+    for ident in live:                           # the live give back what they hold
+        for s in states:
+            free[s.name] += s.holdings.get(ident, 0)
 
     def make_live(ident: Ident) -> None:
         if ident in live:
@@ -144,16 +154,13 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
         for s in states:
             free[s.name] += s.holdings.get(ident, 0)
 
-    for ident in list(live):                     # the initially live give back too
-        for s in states:
-            free[s.name] += s.holdings.get(ident, 0)
     granted: set[int] = set()                    # id() of Queued entries simulated as granted
     changed = True
     while changed:
         changed = False
         for s in states:
             for q in s.queue:
-                if id(q) in granted:
+                if q is withdrawn or id(q) in granted:
                     continue
                 if q.units <= free[s.name]:
                     granted.add(id(q))           # granted, runs, gives everything back
@@ -161,7 +168,23 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
                     changed = True
                     continue
                 break                            # strict FIFO: nothing behind it goes first
-    stuck = [(s, q) for s in states for q in s.queue if id(q) not in granted]
+    stuck = [(s, q) for s in states for q in s.queue
+             if q is not withdrawn and id(q) not in granted]
+    return stuck, live, free
+
+
+def reduce(states: list[SemState], threads_of=_threads, alive=None):
+    """Holt's reduction (module docstring) -> [(Deadlock, victim)], victim
+    being (since, pid, tid, owner, name) of the participant that should give
+    up: of those that asked ``deadlock="raise"``, the one that started
+    waiting last *whose withdrawal lets every other member go on* (a
+    bystander queued behind the deadlock is never chosen while a member
+    whose leaving resolves it asked), else the one that started waiting
+    last; None if nobody asked."""
+    from . import _identity
+
+    alive = alive or (lambda ident: not _identity.is_dead(*ident))
+    stuck, live, free = _stuck(states, threads_of, alive)
     participants = {q.ident for _s, q in stuck if q.ident not in live}
     if not participants:
         return []
@@ -192,18 +215,25 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
             for h, units in sorted(s.holdings.items()):
                 if h in members:
                     edges.append(f"pid {h[0]} holds {units} of {s.name!r}")
-        victims = []
+        candidates = []
         for s, q in stuck:
             if q.ident in members:
                 edges.append(f"pid {q.ident[0]} (thread {q.tid}) waits for {q.units} of "
                              f"{s.name!r} ({free[s.name]} could be free)")
                 if q.raise_:
-                    victims.append((q.since, q.ident[0], q.tid, q.owner, s.name))
+                    candidates.append(((q.since, q.ident[0], q.tid, q.owner, s.name), q))
         pids = tuple(sorted(m[0] for m in members))
         desc = (f"{len(members)} process(es) {', '.join(map(str, pids))} wait for each other on "
                 f"{', '.join(repr(n) for n in sems)}: " + "; ".join(edges))
         dl = Deadlock(pids, tuple(sems), desc, tuple(edges))
-        victim = max(victims) if victims else None
+        victim = None
+        for key, q in sorted(candidates, key=lambda kq: kq[0], reverse=True):
+            after, live_after, _free = _stuck(states, threads_of, alive, withdrawn=q)
+            if not any(x.ident in members and x.ident not in live_after for _s, x in after):
+                victim = key
+                break
+        if victim is None and candidates:
+            victim = max(k for k, _q in candidates)
         out.append((dl, victim))
     return sorted(out, key=lambda dv: dv[0].processes)
 

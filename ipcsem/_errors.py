@@ -170,8 +170,11 @@ class Closed(IpcsemError, ValueError):
 
 
 class NotOwner(IpcsemError, RuntimeError):
-    """A mutex was released (or re-acquired) by someone who may not:
-    another thread, task or process than its owner."""
+    """A mutex was released by someone who may not: another thread, task or
+    process than its owner."""
+
+    def __str__(self) -> str:
+        return self.detail or f"not the owner of mutex {self.name!r}"
 
 
 class DeadlockDetected(IpcsemError):
@@ -204,15 +207,16 @@ class Wedged(IpcsemError, TimeoutError):
     as the ledger says).  Tools report the semaphore and go on with others."""
 
     def __init__(self, holder_pid: int | None = None, *, name: str | None = None,
-                 waited: float | None = None) -> None:
+                 waited: float | None = None, what: str = "ledger lock") -> None:
         super().__init__(name=name)
         self.holder_pid = holder_pid or None
         self.waited = waited
+        self.what = what
 
     def __str__(self) -> str:
         who = f" by pid {self.holder_pid}" if self.holder_pid else ""
         waited = f" within {self.waited:g} s" if self.waited is not None else " in time"
-        return (f"the ledger lock of {self.name!r} is held{who} (stopped or hung?) and was not "
+        return (f"the {self.what} of {self.name!r} is held{who} (stopped or hung?) and was not "
                 f"free{waited}")
 
 
@@ -225,7 +229,8 @@ class Unavailable(IpcsemError, ConnectionError):
         self.url = url
 
     def __str__(self) -> str:
-        return f"{self.url or 'backend'} unavailable: {self.reason}"
+        of = f" (semaphore {self.name!r})" if self.name else ""
+        return f"{self.url or 'backend'} unavailable{of}: {self.reason}"
 
 
 __all__ = [

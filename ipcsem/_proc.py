@@ -184,3 +184,47 @@ def locks_on(path: str) -> list[int]:
     except (OSError, ValueError):
         pass
     return pids
+
+
+def become(uid: int) -> None:
+    """Drop to ``uid`` for good (in a forked child): supplementary groups,
+    then gid, then uid, in that order; PermissionError if root could be
+    regained.  Import what the child needs *before* calling this: files
+    under a private home (an interpreter installed in /root) are not
+    readable afterwards."""
+    import pwd
+
+    try:
+        pw = pwd.getpwuid(uid)
+        gid, groups = pw.pw_gid, os.getgrouplist(pw.pw_name, pw.pw_gid)
+    except KeyError:
+        gid, groups = uid, [uid]    # a uid without a passwd entry: its own group only
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.geteuid() != uid or (uid != 0 and _can_regain_root()):
+        raise PermissionError(f"could not drop privileges to uid {uid}")
+
+
+def _can_regain_root() -> bool:
+    try:
+        os.setresuid(0, 0, 0)
+    except PermissionError:
+        return False
+    return True
+
+
+def keep_only_fds(*keep: int) -> None:
+    """Close every descriptor but ``keep`` and point 0-2 at /dev/null (a
+    child that must not inherit its parent's pipes and journal streams)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd not in keep:
+            os.dup2(null, fd)
+    os.close(null)
+    top = 3
+    for fd in sorted(set(keep) | {2}):
+        if fd >= top:
+            os.closerange(top, fd)
+            top = fd + 1
+    os.closerange(top, 1 << 20)

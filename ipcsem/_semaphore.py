@@ -213,34 +213,22 @@ class Semaphore(_Primitive):
         self._handle.release(1, native_tid())
 
     def hold(self, units: int = 1, *, timeout: float | None = None, priority: int = 0,
-             deadlock: str = "wait") -> _Hold:
+             deadlock: str = "wait") -> _ledger.Hold:
         """``with sem.hold(2, timeout=5) as lease:`` hold 2 units for the
         block; raises ipcsem.Timeout if they cannot be had in time."""
         _args.check_int("units", units, 1, self._capacity)
         t = _args.check_timeout(timeout)
         _args.check_priority(priority)
-        return _Hold(self, units, t, priority, _args.check_deadlock(deadlock))
+        return _ledger.Hold(self, units, t, priority, _args.check_deadlock(deadlock))
 
-
-class _Hold:
-    __slots__ = ("_prim", "_units", "_timeout", "_priority", "_deadlock", "_lease")
-
-    def __init__(self, prim: _Primitive, units: int, timeout, priority: int,
-                 deadlock: bool) -> None:
-        self._prim, self._units, self._timeout = prim, units, timeout
-        self._priority, self._deadlock, self._lease = priority, deadlock, None
-
-    def __enter__(self) -> Lease:
-        p = self._prim
-        lease = p._grant(self._units, True, self._timeout, self._priority, self._deadlock)
+    def _hold_enter(self, units: int, timeout, priority: int, deadlock: bool) -> Lease:
+        lease = self._grant(units, True, timeout, priority, deadlock)
         if lease is None:
-            raise Timeout(p.name, self._units, self._timeout)
-        self._lease = lease
+            raise Timeout(self._name, units, timeout)
         return lease
 
-    def __exit__(self, *exc) -> None:
-        lease, self._lease = self._lease, None
-        self._prim._handle.release(self._units, native_tid(), lease)
+    def _hold_exit(self, units: int, lease: Lease | None) -> None:
+        self._handle.release(units, native_tid(), lease)
 
 
 @final
@@ -307,17 +295,16 @@ class Mutex(_Primitive):
         self._handle.release(1, native_tid())
 
     def hold(self, *, timeout: float | None = None, priority: int = 0,
-             deadlock: str = "wait") -> _Hold:
+             deadlock: str = "wait") -> _ledger.Hold:
         """``with m.hold(timeout=5) as lease:``; ipcsem.Timeout if not had in time."""
-        return _MutexHold(self, 1, _args.check_timeout(timeout), _args.check_priority(priority),
-                          _args.check_deadlock(deadlock))
+        return _ledger.Hold(self, 1, _args.check_timeout(timeout), _args.check_priority(priority),
+                            _args.check_deadlock(deadlock))
 
+    def _hold_enter(self, units: int, timeout, priority: int, deadlock: bool) -> Lease:
+        lease = self._grant(1, True, timeout, priority, deadlock)
+        if lease is None:
+            raise Timeout(self._name, 1, timeout)
+        return lease
 
-class _MutexHold(_Hold):
-    __slots__ = ()
-
-    def __exit__(self, *exc) -> None:
-        self._lease = None
-        self._prim._handle.release(1, native_tid())
-
-
+    def _hold_exit(self, units: int, lease: Lease | None) -> None:
+        self._handle.release(1, native_tid())

@@ -2,11 +2,15 @@
 storm passes (exit 0) and reports kills, cycles, over-admissions and lost
 units; a storm whose oracle has fewer files than units must fail (exit 1),
 so the exit status is not a constant; usage and help follow the CLI's
-conventions.  Storms fork their workers to fit in a few seconds."""
+conventions; SIGTERM/SIGINT/SIGHUP, one or a burst, at any moment from the
+handler's installation on, end it with every worker killed, NAME removed and
+exit status 130.  Storms fork their workers to fit in a few seconds."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -14,6 +18,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 import ipcsem
@@ -101,6 +106,9 @@ def test_existing_name_is_an_error(name):
     ["--self-kill-fraction", "2"],
     ["bad/name"],
     ["a", "--name", "b"],
+    ["--slots", "--mutex"],
+    ["--mutex", "--capacity", "2"],
+    ["--oracle-slots", "0"],
 ])
 def test_usage_errors_are_one_line_exit_2(args):
     r = chaos(*args)
@@ -118,19 +126,68 @@ def test_help_has_examples_and_exit_codes():
         assert code in r.stdout
     assert all(len(line) <= 80 for line in r.stdout.splitlines()), r.stdout
     assert "--oracle-slots" not in r.stdout and "--name" not in r.stdout
+    assert "--slots" in r.stdout and "--mutex" in r.stdout
 
 
-def test_sigterm_interrupts_and_cleans_up(name):
-    p = subprocess.Popen([IPCSEM, "chaos", name, "--duration", "60s", "--workers", "3",
-                          "--spawn", "fork", "-q"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+def test_mutex_storm_json(name):
+    r = chaos(name, "--duration", "1.5s", "--workers", "4", "--spawn", "fork", "--mutex",
+              "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    d = rep["details"]
+    assert rep["ok"] is True and d["kind"] == "mutex" and d["capacity"] == 1
+    assert d["owner_died_failures"] == 0 and d["owner_died_checked"] > 0
+    assert d["token_failures"] == 0 and d["tokens_checked"] > 0
+    assert name not in ipcsem.names()
+
+
+def _sigmasks(pid: int) -> dict[str, int]:
+    """SigCgt, SigBlk, ... of /proc/PID/status, from one read (one moment)."""
+    with open(f"/proc/{pid}/status") as f:
+        text = f.read()
+    return {k: int(v, 16) for k, _, v in (line.partition(":\t") for line in text.splitlines())
+            if k in ("SigPnd", "SigBlk", "SigIgn", "SigCgt")}
+
+
+def _catches(pid: int, sig: int) -> bool:
     try:
-        deadline = time.monotonic() + 20
-        while name not in ipcsem.names():         # the storm has begun
-            assert time.monotonic() < deadline and p.poll() is None, p.stderr.read()
-            time.sleep(0.02)
-        time.sleep(0.5)
-        p.send_signal(signal.SIGTERM)
+        return bool(_sigmasks(pid)["SigCgt"] & (1 << (sig - 1)))
+    except OSError:
+        return False
+
+
+def _start_storm(name, *extra):
+    return subprocess.Popen([IPCSEM, "chaos", name, "--duration", "60s", "--workers", "3",
+                             "--spawn", "fork", "-q", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+
+@contextlib.contextmanager
+def _killed_on_failure(p):
+    """A failed step must not leave the storm running its 60 s (SIGTERM
+    first: a SIGKILLed storm cannot remove its temporary files)."""
+    try:
+        yield
+    except BaseException:
+        p.terminate()
+        try:
+            p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+        raise
+
+
+def _wait_for(p, pred, what, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        assert p.poll() is None, (what, p.returncode, p.stderr.read())
+        time.sleep(0.005)
+
+
+def _assert_interrupted(p, name, descendants=()):
+    try:
         out, err = p.communicate(timeout=30)
     finally:
         if p.poll() is None:
@@ -140,3 +197,79 @@ def test_sigterm_interrupts_and_cleans_up(name):
     assert err.strip() == "chaos: interrupted" and out == ""
     assert name not in ipcsem.names()
     assert not [f for f in os.listdir("/dev/shm") if f"ipcsem.{name}" in f]
+    # The workers and the supervisor it had are gone.  (Grandchildren, such
+    # as a root supervisor's per-user worker, die with their parent and may
+    # be zombies of init for a moment.)
+    deadline = time.monotonic() + 5
+    while alive := [q for q in descendants if _alive(q)]:
+        assert time.monotonic() < deadline, alive
+        time.sleep(0.02)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_sigterm_interrupts_and_cleans_up(name):
+    p = _start_storm(name)
+    with _killed_on_failure(p):
+        _wait_for(p, lambda: name in ipcsem.names(), "the storm has begun")
+        time.sleep(0.5)
+        kids = psutil.Process(p.pid).children(recursive=True)
+        p.send_signal(signal.SIGTERM)
+    _assert_interrupted(p, name, kids)
+
+
+def test_forked_workers_do_not_inherit_the_stop_handler(name):
+    """The storm catches SIGTERM; no process it starts may run its handler:
+    each child has the default disposition, or (just forked, before it reset
+    them; a supervisor before its exec) has the signals blocked."""
+    p = _start_storm(name)
+    with _killed_on_failure(p):
+        _wait_for(p, lambda: name in ipcsem.names(), "the storm has begun")
+        _wait_for(p, lambda: len(psutil.Process(p.pid).children()) >= 4, "workers started")
+        assert _catches(p.pid, signal.SIGTERM)
+        checked = 0
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:       # many workers: the storm replaces them
+            for w in psutil.Process(p.pid).children():
+                try:
+                    masks = _sigmasks(w.pid)
+                    caught, blocked = masks["SigCgt"], masks["SigBlk"]
+                    if "supervise" in " ".join(w.cmdline()):
+                        continue             # its own handlers, after its exec
+                except (OSError, psutil.Error):
+                    continue                 # killed meanwhile: the storm's doing
+                checked += 1
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    bit = 1 << (sig - 1)
+                    assert not caught & bit or blocked & bit, (w.pid, sig, hex(caught),
+                                                              hex(blocked))
+            time.sleep(0.01)
+        assert checked > 0
+        p.send_signal(signal.SIGINT)
+    _assert_interrupted(p, name)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_burst_of_stop_signals_at_random_moments(name, seed):
+    """From the moment the handler is installed (before NAME exists, while
+    workers start, mid-storm): several SIGTERM/SIGINT/SIGHUP in a row, the
+    first at a random moment.  Always exit 130, everything removed."""
+    rng = random.Random(seed)
+    p = _start_storm(name)
+    kids = []
+    with _killed_on_failure(p):
+        _wait_for(p, lambda: _catches(p.pid, signal.SIGTERM), "the handler is installed")
+        time.sleep(rng.choice([0, 0.001, 0.01, 0.05, 0.2, 0.6]))
+        try:
+            kids = psutil.Process(p.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        for _ in range(rng.randint(2, 6)):
+            p.send_signal(rng.choice([signal.SIGTERM, signal.SIGINT, signal.SIGHUP]))
+            time.sleep(rng.choice([0, 0.0005, 0.005, 0.03]))
+    _assert_interrupted(p, name, kids)

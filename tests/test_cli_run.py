@@ -14,7 +14,7 @@ import uuid
 import psutil
 import pytest
 
-from cli import IPCSEM, needs_scripts, run, sem_json, wait_for
+from cli import IPCSEM, isolated, needs_scripts, run, sem_json, wait_for
 
 PY = sys.executable
 
@@ -211,3 +211,38 @@ def test_ctrl_c_in_a_terminal_reaches_cmd_once(name, tmp_path):
     finally:
         subprocess.run(tmux + ["kill-server"], capture_output=True)
     assert sem_json(name)["available"] == 1
+
+
+def test_priority_out_of_range_is_refused_up_front(name, tmp_path):
+    """Checked before anything: even with a unit free, CMD never runs."""
+    marker = tmp_path / "ran"
+    for prio in ("99999999999", "-99999999999", "high"):
+        r = run(IPCSEM, "run", name, "--capacity", "1", "--priority", prio, "--",
+                "touch", str(marker))
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not marker.exists() and not os.path.exists(f"/dev/shm/ipcsem.{name}")
+    r = run(IPCSEM, "run", name, "--capacity", "1", "--priority", str(2**31 - 1), "--",
+            "touch", str(marker))
+    assert r.returncode == 0 and marker.exists()
+
+
+def skip_if_busy_scenario(procs) -> None:
+    name = "t-cron"
+    p = procs([IPCSEM, "run", name, "--capacity", "1", "--", "sleep", "60"])
+    wait_for(lambda: os.path.exists(f"/dev/shm/ipcsem.{name}") and held(name), what="holder")
+    assert run(IPCSEM, "run", name, "--timeout", "0", "--", "true").returncode == 75
+    p.kill()
+    p.wait()
+    # No supervisor, nobody blocked: a `--timeout 0` caller must heal by
+    # itself, within about a second of the death.
+    deadline = time.monotonic() + 5
+    while run(IPCSEM, "run", name, "--timeout", "0", "--", "true").returncode != 0:
+        assert time.monotonic() < deadline, "the dead holder's unit never came back"
+        time.sleep(0.1)
+    assert sem_json(name)["recovered_units"] == 1
+
+
+def test_skip_if_busy_recovers_a_dead_holder_without_a_supervisor():
+    # Isolated: another test's supervisor would do the healing for us.
+    isolated(skip_if_busy_scenario)

@@ -6,6 +6,7 @@ Holders are real `ipcsem run` processes (or small Python programs using the
 library); kills are real SIGKILLs; nothing is mocked."""
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import pwd
@@ -20,7 +21,8 @@ import pytest
 
 import ipcsem
 
-from cli import IPCSEM, STATUS, needs_scripts, run, sem_json, status_json, wait_for
+from cli import (IPCSEM, STATUS, in_child, needs_private_shm, needs_scripts, run, sem_json,
+                 status_json, wait_for, wedge)
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 
@@ -92,15 +94,21 @@ JSON_SEM_KEYS = {
     "recovered_units": int, "recoveries": int, "acquisitions": int, "lock_repairs": int,
     "created": float, "creator_pid": int, "owner": str, "mode": str, "unlinked": bool,
     "consistent": bool, "lock_owner": type(None), "error": type(None),
+    # added within version 1 (slots, kind, fair; wedged, why the head waits; deadlocks)
+    "kind": str, "slots": bool, "fair": bool, "reentrant": type(None),
+    "mutex_owner_pid": type(None), "mutex_owner_tid": type(None),
+    "previous_owner_died": type(None), "lock_owner_state": type(None), "wedged": bool,
+    "head_reason": str, "deadlocked": bool, "error_kind": type(None),
 }
 JSON_HOLDER_KEYS = {
     "pid": int, "start": int, "user": str, "command": str, "argv": list, "units": int,
     "since": float, "held_for": (float, int), "state": str, "acquisitions": int,
+    "slots": list, "tid": type(None),
 }
 JSON_WAITER_KEYS = {
     "pid": int, "start": int, "tid": int, "user": str, "command": str, "argv": list,
     "units": int, "priority": int, "since": float, "waiting_for": (float, int),
-    "position": int, "state": str,
+    "position": int, "state": str, "reason": str,
 }
 
 
@@ -136,6 +144,13 @@ def test_json_schema(names, procs):
         assert obj["longest_wait"] == max(w["waiting_for"] for w in obj["waiters"]) > 0
         assert (obj["capacity"], obj["available"], obj["held"]) == (2, 0, 2)
         assert obj["mode"] == "0600" and obj["owner"] == ME and obj["consistent"] is True
+        assert (obj["kind"], obj["slots"], obj["fair"], obj["wedged"]) == \
+            ("semaphore", False, True, False)
+        # Why the head waits, and why the one behind it does.
+        assert obj["head_reason"] == obj["waiters"][0]["reason"] == "wants 2, 0 free"
+        assert obj["waiters"][1]["reason"] == f"behind a higher priority (pid {second.pid}, " \
+                                              "priority 3)"
+        assert h["slots"] == [] and obj["deadlocked"] is False
 
 
 def test_pid_view_across_semaphores(names, procs):
@@ -234,42 +249,44 @@ def test_other_users_semaphore_is_shown_as_such(names):
     assert obj["error"].startswith("permission denied") and obj["mode"] == "0000"
 
 
-LOCKER = """
-import ctypes, sys, time
-from ipcsem import _segment
-seg = _segment.open_segment(sys.argv[1])
-addr = ctypes.addressof(ctypes.c_char.from_buffer(seg._mmap, 512))   # MUTEX_OFF
-assert ctypes.CDLL(None).pthread_mutex_lock(ctypes.c_void_p(addr)) == 0
-print("locked", flush=True)
-time.sleep(60)
-"""
-
-
 def test_status_of_a_ledger_locked_by_a_stopped_process(names, procs):
-    """The lock owner is stopped: status must not hang; it reads without the
-    lock and says so.  (SIGKILL, not exit, ends the locker: the kernel then
-    marks the robust mutex owner-dead and the next locker repairs it.)"""
+    """The lock owner is stopped inside an update: status must not hang; it
+    reads (without any lock, as always) and says the ledger is wedged, by
+    whom, and that the figures may be mid-update.  (SIGKILL, not exit, ends
+    the locker: the kernel then marks the robust mutex owner-dead and the
+    next locker repairs it.)"""
     name = names()
     assert run(IPCSEM, "create", name, "--capacity", "2").returncode == 0
-    locker = procs([sys.executable, "-c", LOCKER, name], stdout=subprocess.PIPE, text=True)
-    assert locker.stdout.readline().strip() == "locked"
-    locker.send_signal(signal.SIGSTOP)
+    locker = wedge(procs, name)
     try:
         t0 = time.monotonic()
         obj = sem_json(name)
         assert obj["consistent"] is False and obj["error"] is None and obj["capacity"] == 2
+        assert (obj["wedged"], obj["lock_owner"], obj["lock_owner_state"]) == \
+            (True, locker.pid, "stopped")
         r = run(STATUS, name)
-        assert "read without the lock" in r.stdout and r.returncode == 0
+        assert r.returncode == 0
+        assert f"WEDGED: ledger lock held by stopped pid {locker.pid}" in r.stdout
+        assert "figures may be mid-update" in r.stdout
         r = run(STATUS)
-        assert list_row(name, r.stdout)[-1] == "*" and "* read without the ledger lock" in r.stdout
+        assert list_row(name, r.stdout)[-1] == "*" and "* wedged: its lock is held by a " \
+            "stopped process" in r.stdout
         assert time.monotonic() - t0 < 8
         r = run(IPCSEM, "rm", name)        # refuses: cannot see inside safely
         assert r.returncode == 1 and "stopped or hung" in r.stderr
+        one_error_line(r)
     finally:
+        locker.send_signal(signal.SIGCONT)
         locker.kill()
         locker.wait()
-    assert sem_json(name)["consistent"] is True
-    assert sem_json(name)["lock_repairs"] == 1
+    # Looking never repairs (views do not lock); recover takes the lock and
+    # rolls the dead owner's half-done update back.
+    assert sem_json(name)["consistent"] is False
+    r = run(IPCSEM, "recover", name)
+    assert r.returncode == 0 and r.stdout == f"repaired name={name} lock_owner={locker.pid}\n"
+    obj = sem_json(name)
+    assert obj["consistent"] is True and obj["wedged"] is False and obj["lock_owner"] is None
+    assert obj["lock_repairs"] == 1
 
 
 def timed(args) -> tuple[float, float, str]:
@@ -375,6 +392,28 @@ def test_rm_removes_idle_and_dead_held_semaphores(names, procs):
     ["status", "--watch", "0"],
     ["status", "--watch", "--json"],
     ["rm"],
+    # the command line, everywhere alike (#13): names, intervals, priorities up front
+    ["supervise", "a/b"],
+    ["supervise", "bad name"],
+    ["supervise", "--poll", "0"],
+    ["supervise", "--sweep", "-1"],
+    ["supervise", "--metrics-port", "70000"],
+    ["status", "bad/name"],
+    ["recover", "bad name"],
+    ["rm", "-dash"],
+    ["create", "-x", "--capacity", "1"],
+    ["create", "x", "--capacity", "0"],
+    ["create", "x"],
+    ["create", "x", "--mutex", "--capacity", "2"],
+    ["create", "x", "--capacity", "2", "--reentrant"],
+    ["create", "x", "--capacity", "2", "--mode", "0666"],
+    ["run", "x", "--priority", "99999999999", "--", "true"],
+    ["run", "x", "--export", "1BAD", "--", "true"],
+    ["run", "x", "--slots", "--", "true"],
+    ["status", "--json", "--prometheus"],
+    ["status", "--deadlocks", "-p", "1"],
+    ["completion", "fish"],
+    ["man", "nope"],
 ])
 def test_usage_errors_are_one_line_exit_2(args):
     r = run(IPCSEM, *args)
@@ -391,9 +430,14 @@ def test_status_script_usage_and_missing_names(name):
     r = run(STATUS, missing)
     assert r.returncode == 1 and f"no ipcsem semaphore named {missing!r}" in r.stderr
     one_error_line(r)
+    # --json too: the document on stdout, the one clear line on stderr.
+    r = run(STATUS, "--json", missing)
+    assert r.returncode == 1 and json.loads(r.stdout)["missing"] == [missing]
+    assert r.stderr == f"ipcsem-status: no ipcsem semaphore named {missing!r}\n"
 
 
-@pytest.mark.parametrize("sub", ["status", "run", "create", "rm", "ls", "recover", "supervise"])
+@pytest.mark.parametrize("sub", ["status", "run", "create", "rm", "ls", "recover", "supervise",
+                                 "completion", "man"])
 def test_help_has_examples_and_exit_codes(sub):
     r = run(IPCSEM, sub, "--help")
     assert r.returncode == 0
@@ -414,63 +458,102 @@ def test_top_level_help_and_status_script_help():
 
 
 # ------------------------------------------------------------- supervise
-def test_supervise_logs_recoveries_of_new_semaphores_and_stops_on_sigterm(names, procs):
-    name = names()
-    sup = procs([IPCSEM, "supervise", "--sweep", "0.2"], stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True)
-    assert sup.stdout.readline().startswith("supervising every ipcsem semaphore")
-    # Created after the supervisor started.
-    holder = procs([IPCSEM, "run", name, "--capacity", "3", "--units", "2", "--",
-                    "sleep", "60"])
-    wait_for(lambda: os.path.exists(f"/dev/shm/ipcsem.{name}") and sem_json(name)["holders"])
-    # Wait until the supervisor watches the holder (it has a pidfd on it), so
-    # it could note its command line while it was alive.
-    wait_for(lambda: watches(sup.pid, holder.pid), what="supervisor to watch the holder")
-    holder.kill()
-    holder.wait()
-    line = ""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        line = sup.stdout.readline()
-        if f"name={name} " in line:
-            break
-    fields = dict(kv.split("=", 1) for kv in line.split(" cmd=")[0].split()[1:])
-    assert line.startswith("recovered ") and fields["pid"] == str(holder.pid)
-    assert fields["units"] == "2" and float(fields.get("after_ms", "0")) < 5000
-    assert f"run {name} --capacity 3 --units 2 -- sleep 60'" in line   # the dead one's command
-    assert sem_json(name)["available"] == 3
+def supervise_scenario(name: str, names: list[str], first_line: str) -> None:
+    """`ipcsem supervise [NAMES]` picks up NAME created after it started,
+    logs the recovery of its SIGKILLed holder with the dead one's command
+    line, and stops cleanly on SIGTERM."""
+    started = []
 
-    sup.send_signal(signal.SIGTERM)
-    assert sup.wait(5) == 0
-    assert sup.stdout.read().splitlines()[-1] == "supervisor stopped"
-    assert "Traceback" not in sup.stderr.read()
+    def start(args, **kw):
+        p = subprocess.Popen(args, **kw)
+        started.append(p)
+        return p
+
+    try:
+        sup = start([IPCSEM, "supervise", "--sweep", "0.2", *names], stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
+        assert sup.stdout.readline().startswith(first_line)
+        # Created after the supervisor started.
+        holder = start([IPCSEM, "run", name, "--capacity", "3", "--units", "2", "--",
+                        "sleep", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: os.path.exists(f"/dev/shm/ipcsem.{name}") and sem_json(name)["holders"])
+        # Wait until the supervisor watches the holder (it has a pidfd on it), so
+        # it could note its command line while it was alive.
+        wait_for(lambda: watches(sup.pid, holder.pid), what="supervisor to watch the holder")
+        holder.kill()
+        holder.wait()
+        line = ""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            line = sup.stdout.readline()
+            if f"name={name} " in line:
+                break
+        fields = dict(kv.split("=", 1) for kv in line.split(" cmd=")[0].split()[1:])
+        assert line.startswith("recovered ") and fields["pid"] == str(holder.pid)
+        assert fields["units"] == "2" and float(fields.get("after_ms", "0")) < 5000
+        assert f"run {name} --capacity 3 --units 2 -- sleep 60'" in line   # the dead one's command
+        assert sem_json(name)["available"] == 3
+
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(5) == 0
+        assert sup.stdout.read().splitlines()[-1] == "supervisor stopped"
+        assert "Traceback" not in sup.stderr.read()
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def test_supervise_logs_recoveries_of_new_semaphores_and_stops_on_sigterm(names):
+    name = names()
+    supervise_scenario(name, [name], f"supervising {name} (pid ")
+
+
+@needs_private_shm
+def test_supervise_without_names_watches_every_semaphore():
+    """Without NAMEs it watches every semaphore, including ones created
+    later: run where no other test's semaphores are (a private /dev/shm),
+    since it would recover their dead holders too."""
+    code, out, err = in_child(lambda: supervise_scenario(
+        "t-later", [], "supervising every ipcsem semaphore (pid "), private_shm=True, timeout=60)
+    assert code == 0, out + err
 
 
 def watches(sup_pid: int, pid: int) -> bool:
-    """True once sup_pid holds a pidfd on pid (or after a while without pidfds)."""
-    fds = f"/proc/{sup_pid}/fdinfo"
-    for fd in os.listdir(fds):
+    """True once sup_pid, or one of its workers (root runs one per user),
+    holds a pidfd on pid (or after a while without pidfds)."""
+    import psutil
+
+    for sup in [sup_pid] + [c.pid for c in psutil.Process(sup_pid).children(recursive=True)]:
+        fds = f"/proc/{sup}/fdinfo"
         try:
-            with open(f"{fds}/{fd}") as f:
-                if f"Pid:\t{pid}\n" in f.read():
-                    return True
+            listing = os.listdir(fds)
         except OSError:
-            pass
+            continue
+        for fd in listing:
+            try:
+                with open(f"{fds}/{fd}") as f:
+                    if f"Pid:\t{pid}\n" in f.read():
+                        return True
+            except OSError:
+                pass
     if not hasattr(os, "pidfd_open"):
         time.sleep(1.0)
         return True
     return False
 
 
-def test_unit_file_runs_supervise():
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(here, "contrib", "ipcsem-supervise.service")) as f:
-        unit = f.read()
+def test_unit_file_runs_supervise(tmp_path):
+    r = run(IPCSEM, "supervise", "--print-unit")
+    assert r.returncode == 0 and r.stderr == ""
+    unit = r.stdout
     lines = [x.strip() for x in unit.splitlines() if x.strip() and not x.startswith("#")]
     assert "[Service]" in lines and "Type=simple" in lines and "Restart=always" in lines
     assert any(x.startswith("ExecStart=") and x.endswith("ipcsem supervise") for x in lines)
     systemd_analyze = shutil.which("systemd-analyze")
     if systemd_analyze:
-        r = run(systemd_analyze, "verify", os.path.join(here, "contrib",
-                                                        "ipcsem-supervise.service"))
+        path = tmp_path / "ipcsem-supervise.service"
+        path.write_text(unit)
+        r = run(systemd_analyze, "verify", str(path))
         assert "Unknown key" not in r.stderr and "Unknown section" not in r.stderr, r.stderr

@@ -107,3 +107,18 @@ def test_watch_redraws_when_the_semaphore_changes(tmux):
             ipcsem.unlink(name)
         except ipcsem.IpcsemError:
             pass
+
+
+def test_watch_marks_the_rows_it_cuts(tmux):
+    """A view taller than the terminal says how much it left out."""
+    names = [f"t-{os.getpid()}-{uuid.uuid4().hex[:6]}-{i:02d}" for i in range(12)]
+    tmux("new-session", "-d", "-s", "w", "-x", "100", "-y", "8",
+         f"{STATUS} --watch 0.2 {' '.join(names)}")
+    screen = screen_until(tmux, lambda s: "more lines" in s)
+    lines = [x for x in screen.splitlines() if x.strip()]
+    assert lines[0].startswith("every 0.2s: ipcsem-status ")
+    shown = [x for x in lines if x.endswith(": no such semaphore (yet)")]
+    assert lines[-1].startswith(f"... {len(names) - len(shown)} more lines"), screen
+    assert len(shown) >= 1 and len(screen.splitlines()) <= 8
+    assert all(len(x) <= 100 for x in screen.splitlines())
+    tmux("send-keys", "-t", "w", "C-c")

@@ -30,14 +30,42 @@ CAPACITY = 2
 WORK = 1.0  # seconds each worker holds its unit
 
 
+class ReaderGone(Exception):
+    """Whoever read our output stopped reading (`make demo | head -3`)."""
+
+
+_reader_gone = threading.Event()
+
+
+def out(text: str) -> None:
+    """Write and flush; ReaderGone once the reader has left (stdout then
+    goes to /dev/null, so nothing at exit complains about the pipe)."""
+    if _reader_gone.is_set():
+        raise ReaderGone
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _reader_gone.set()
+        sys.stdout = open(os.devnull, "w")
+        raise ReaderGone from None
+
+
 def say(t0: float, text: str, indent: int = 9) -> None:
     """One timestamped line (or a few wrapped ones), written in one go so
     lines of different processes never mix."""
     stamp = f"[{time.monotonic() - t0:5.2f}] "
     body = textwrap.fill(text, WIDTH, initial_indent=stamp, subsequent_indent=" " * indent,
                          break_long_words=True, break_on_hyphens=False)
-    sys.stdout.write(body + "\n")
-    sys.stdout.flush()
+    out(body + "\n")
+
+
+def say_if_read(t0: float, text: str) -> None:
+    """For the end: say it if anyone still reads."""
+    try:
+        say(t0, text)
+    except ReaderGone:
+        pass
 
 
 # ------------------------------------------------------------------ worker
@@ -47,12 +75,19 @@ def worker(n: int, name: str, t0: float) -> int:
     me = f"worker {n} (pid {os.getpid()})"
     if sys.stdin.readline() != "go\n":  # the demo sets the queue order
         return 1
-    say(t0, f"{me} wants a unit")
+
+    def tell(text: str) -> None:    # a reader gone is no reason to stop working
+        try:
+            say(t0, text)
+        except ReaderGone:
+            pass
+
+    tell(f"{me} wants a unit")
     sem.acquire()
-    say(t0, f"{me} holds a unit")
+    tell(f"{me} holds a unit")
     time.sleep(WORK)
     sem.release()
-    say(t0, f"{me} released its unit")
+    tell(f"{me} released its unit")
     sem.close()
     return 0
 
@@ -75,8 +110,7 @@ def table(t0: float, sem, who: dict[int, int], title: str) -> None:
     if not waiters:
         lines.append("              (none)")
     stamp = f"[{time.monotonic() - t0:5.2f}] "
-    sys.stdout.write(stamp + ("\n" + " " * len(stamp)).join(lines) + "\n")
-    sys.stdout.flush()
+    out(stamp + ("\n" + " " * len(stamp)).join(lines) + "\n")
 
 
 def _n(count: int, one: str, many: str | None = None) -> str:
@@ -100,21 +134,27 @@ def wait_for(cond, timeout: float, step: float = 0.0002):
 def main() -> int:
     t0 = time.monotonic()
     name = f"demo-{os.getpid()}"
-    print("ipcsem demo: 5 processes share a semaphore of 2 units; a supervisor")
-    print("watches them. One holder is SIGKILLed mid-work; its unit must come back.")
-    print("-" * WIDTH)
+    try:
+        out("ipcsem demo: 5 processes share a semaphore of 2 units; a supervisor\n"
+            "watches them. One holder is SIGKILLed mid-work; its unit must come back.\n"
+            + "-" * WIDTH + "\n")
+    except ReaderGone:
+        return 0
     sem = ipcsem.Semaphore(name, capacity=CAPACITY)
-    say(t0, f"created semaphore {name!r} with {CAPACITY} units")
-
     sup_lines: queue.Queue[str] = queue.Queue()
     sup = subprocess.Popen([sys.executable, "-m", "ipcsem", "supervise", name],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, start_new_session=True)
 
     def pump():
+        # Keeps reading (and handing lines over) after the reader left, so
+        # neither the supervisor nor the demo ever waits on a full pipe.
         for raw in sup.stdout:
             line = raw.decode(errors="replace").rstrip()
-            say(t0, f"supervisor: {line}", indent=21)
+            try:
+                say(t0, f"supervisor: {line}", indent=21)
+            except ReaderGone:
+                pass
             sup_lines.put(line)
 
     reader = threading.Thread(target=pump, daemon=True)
@@ -123,6 +163,7 @@ def main() -> int:
     who: dict[int, int] = {}
     ok = True
     try:
+        say(t0, f"created semaphore {name!r} with {CAPACITY} units")
         first = sup_lines.get(timeout=10)
         if not first.startswith("supervising"):
             raise RuntimeError(f"supervisor did not start: {first}")
@@ -140,9 +181,9 @@ def main() -> int:
             p.stdin.write(b"go\n")
             p.stdin.close()
             if n <= CAPACITY:
-                got = wait_for(lambda: any(h.pid == p.pid for h in sem.holders()), 20, 0.002)
+                got = wait_for(lambda p=p: any(h.pid == p.pid for h in sem.holders()), 20, 0.002)
             else:
-                got = wait_for(lambda: any(w.pid == p.pid for w in sem.waiters()), 20, 0.002)
+                got = wait_for(lambda p=p: any(w.pid == p.pid for w in sem.waiters()), 20, 0.002)
             if not got:
                 raise RuntimeError(f"worker {n} did not {'hold' if n <= CAPACITY else 'queue'}")
         table(t0, sem, who, "two hold, three wait")
@@ -195,8 +236,10 @@ def main() -> int:
         say(t0, f"check() passed: {st.available}/{st.capacity} units free, "
                 f"{st.acquisitions} acquisitions, {_n(st.recovered_units, 'unit')} recovered "
                 f"from {_n(st.recoveries, 'dead process', 'dead processes')}")
+    except ReaderGone:
+        pass    # `make demo | head`: stop at once, clean up, say nothing more
     except Exception as e:  # noqa: BLE001 - say what failed, then clean up
-        say(t0, f"FAILED: {type(e).__name__}: {e}")
+        say_if_read(t0, f"FAILED: {type(e).__name__}: {e}")
         ok = False
     finally:
         for p in procs.values():
@@ -220,12 +263,14 @@ def main() -> int:
     left = [f for f in os.listdir("/dev/shm")
             if f == f"ipcsem.{name}" or f.startswith(f"sem.ipcsem.{name}:")]
     if left:
-        say(t0, f"FAILED: left in /dev/shm: {left}")
+        say_if_read(t0, f"FAILED: left in /dev/shm: {left}")
         ok = False
     else:
-        say(t0, f"unlinked {name!r}; nothing left in /dev/shm")
-    print("-" * WIDTH)
-    print("demo OK" if ok else "demo FAILED")
+        say_if_read(t0, f"unlinked {name!r}; nothing left in /dev/shm")
+    try:
+        out("-" * WIDTH + "\n" + ("demo OK" if ok else "demo FAILED") + "\n")
+    except ReaderGone:
+        pass
     return 0 if ok else 1
 
 

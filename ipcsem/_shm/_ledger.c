@@ -111,8 +111,9 @@ enum {
     H_NEXT_TOKEN,
     H_MX_OWNER_KEY, H_MX_OWNER_TID, H_MX_DEPTH, H_MX_TOKEN, H_MX_OWNER_DIED,
     H_PI_STATE, H_PI_BASE_NICE, H_PI_BOOST_NICE, H_PI_BOOSTER, H_PI_REASON,
-    /* not undo-logged: diagnostics, the healer election, the seqlock */
-    H_LAST_HEAL_NS, H_LOCK_REPAIRS, H_LOCK_OWNER, H_COMMITS,
+    /* not undo-logged: diagnostics, the healer election, the seqlock, the
+     * count of entries their owners abandoned (changed lock-free) */
+    H_LAST_HEAL_NS, H_LOCK_REPAIRS, H_LOCK_OWNER, H_COMMITS, H_ABANDONED,
     H_NFIELDS
 };
 _Static_assert(H_NFIELDS * 8 <= MUTEX_OFF, "header fields overlap the mutex");
@@ -130,7 +131,10 @@ enum { W_FREE = 0, W_WAITING = 1, W_GRANTED = 2 };
 #define WF_ASYNC 1          /* ring the holder's process bell, not the entry's */
 #define WF_DEADLOCK_RAISE 2 /* the waiter asked deadlock="raise" (read by detectors) */
 #define WF_PARKED 4         /* async: every task of its event loop waits on ipcsem */
-#define WF_KNOWN (WF_ASYNC | WF_DEADLOCK_RAISE | WF_PARKED)
+#define WF_ABANDONED 8      /* its owner gave up while the lock was wedged: cancel it */
+#define WF_KNOWN (WF_ASYNC | WF_DEADLOCK_RAISE | WF_PARKED | WF_ABANDONED)
+#define GIVE_UP_GRACE 50000000LL   /* past a deadline, how long we still wait for the lock */
+#define CANCEL_GRACE 1000000000LL  /* an interrupted wait: how long its cancel may wait */
 /* Unit table (slotted): owner (0 free, -1 unowned, h + 1 holder slot h), the
  * grant's token, and its owner key (thread or task): a bare release frees
  * the unit numbers of the calling thread's latest grant first. */
@@ -187,6 +191,7 @@ typedef struct {
     int64_t lock_owner_pid;
 } Call;
 
+static PyObject *set_corrupt(const char *reason);
 static PyObject *CorruptError, *FullError, *UnlinkedError, *NotOwnerError, *DeadlockError,
     *WedgedError, *ClosedError;
 /* This process's pid, kept current across fork() by an atfork handler
@@ -205,6 +210,28 @@ static inline int64_t my_tid(void)
     if (!tls_tid)
         tls_tid = (int64_t)syscall(SYS_gettid);
     return tls_tid;
+}
+
+/* The grant most recently handed from C to Python on this thread and not
+ * yet delivered to the user's frame: if Python raises (a Ctrl-C lands
+ * between frames) before the facade's C entry point returns it, that entry
+ * point gives it back, so no unit stays with a process that does not know.
+ * Only the user's own frame is left, as for threading.Lock. */
+static __thread PyObject *claim_ledger = NULL;
+static __thread int64_t claim_units, claim_token, claim_owner;
+
+static void claim_clear(void)
+{
+    PyObject *l = claim_ledger;
+    claim_ledger = NULL;
+    Py_XDECREF(l);
+}
+
+static void claim_set(PyObject *ledger, int64_t units, int64_t token, int64_t owner)
+{
+    claim_clear();
+    claim_ledger = Py_NewRef(ledger);
+    claim_units = units, claim_token = token, claim_owner = owner;
 }
 
 /* ---------------------------------------------------------------- helpers */
@@ -388,12 +415,14 @@ static int undo_target_ok(View *V, int64_t off)
     return off >= HEADER_SIZE && off < undo_off;
 }
 
-/* Roll back a dead lock owner's unfinished transaction (or our own aborted
- * one).  Returns -1 if the log itself is not believable. */
-static int tx_rollback(View *V)
+/* Roll back the newest `n` entries of the log: a dead lock owner's
+ * unfinished transaction (n read once from the segment by after_lock) or our
+ * own aborted one (n from the caller's memory: a peer rewriting the count
+ * cannot make us undo our own committed stores).  -1 if the log is not
+ * believable. */
+static int tx_rollback_n(View *V, int64_t n)
 {
     volatile int64_t *count = UNDO_COUNT(V);
-    int64_t n = ld(count); /* read once */
     if (n < 0 || n > V->undo_max)
         return -1;
     for (int64_t i = n - 1; i >= 0; i--) {
@@ -408,6 +437,8 @@ static int tx_rollback(View *V)
     st(count, 0);
     return 0;
 }
+
+static int tx_rollback(View *V) { return tx_rollback_n(V, ld(UNDO_COUNT(V))); }
 
 /* ------------------------------------------------------------- doorbells */
 
@@ -808,6 +839,13 @@ static int grant_loop(View *V, Call *c)
             fail(c, E_CORRUPT, "wait queue head is not a waiting entry");
             return -1;
         }
+        if (ld(WAITER(V, w, WA_FLAGS)) & WF_ABANDONED) {
+            free_waiter(V, c, w); /* its owner left: never grant it */
+            tx_commit(V, c);
+            if (c->err != E_OK)
+                return -1;
+            continue;
+        }
         int64_t units = ld(WAITER(V, w, WA_UNITS));
         if (units > ld(HDR(V, H_AVAILABLE)))
             return 0;
@@ -842,6 +880,38 @@ static int may_take(View *V, Call *c, int64_t units, int64_t priority)
 
 /* ------------------------------------------------------------------ lock */
 
+/* A waiter that must return (its deadline passed, a signal, close()) while
+ * the lock is wedged (held by a stopped process) cannot remove its entry:
+ * it marks the entry abandoned, lock-free, and leaves.  One atomic OR on a
+ * word only its owner writes outside the lock, one atomic add on a counter
+ * no transaction logs.  Whoever takes the lock next cancels it (a grant that
+ * reached it is given back).  So a deadline holds whatever the lock does. */
+static void abandon(View *V, int64_t w)
+{
+    __atomic_fetch_or(WAITER(V, w, WA_FLAGS), WF_ABANDONED, __ATOMIC_ACQ_REL);
+    __atomic_fetch_add(HDR(V, H_ABANDONED), 1, __ATOMIC_ACQ_REL);
+}
+
+static int64_t cancel_entry(View *V, Call *c, int64_t w);
+
+/* Cancel every abandoned entry (under the lock, before the caller's body). */
+static int sweep_abandoned(View *V, Call *c)
+{
+    int64_t n = ld(HDR(V, H_ABANDONED));
+    if (n <= 0)
+        return 0;
+    int64_t hwm = waiter_hwm(V);
+    for (int64_t w = 0; w < hwm; w++)
+        if (ld(WAITER(V, w, WA_STATE)) != W_FREE && (ld(WAITER(V, w, WA_FLAGS)) & WF_ABANDONED)) {
+            cancel_entry(V, c, w);
+            tx_commit(V, c);
+            if (c->err != E_OK)
+                return -1;
+        }
+    __atomic_fetch_sub(HDR(V, H_ABANDONED), n, __ATOMIC_ACQ_REL);
+    return grant_loop(V, c);
+}
+
 /* Called right after the mutex is ours.  The mutex is robust: if its owner
  * died we got EOWNERDEAD.  A non-empty undo log means the same thing and is
  * checked on every lock, so repair does not depend on how we learnt of it. */
@@ -874,15 +944,16 @@ static int after_lock(View *V, Call *c, int rc)
         if (grant_loop(V, c) < 0)
             return -1;
     }
-    return 0;
+    return sweep_abandoned(V, c);
 }
 
 static void unlock(View *V, Call *c)
 {
     /* A body that failed mid-transaction leaves uncommitted stores: undo them
      * before anyone else can see them. */
-    if (ld(UNDO_COUNT(V)) != 0 && tx_rollback(V) < 0)
+    if (c->undo_n && tx_rollback_n(V, c->undo_n) < 0)
         fail(c, E_CORRUPT, "undo log is corrupt");
+    c->undo_n = 0;
     c->in_tx = 0;
     st(HDR(V, H_LOCK_OWNER), 0);
     crash_point();
@@ -1295,9 +1366,11 @@ static PyObject *Ledger_take(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     }
     PyObject *r;
-    if (c.r[0])
+    if (c.r[0]) {
         r = grant_result(&c, c.a[4]);
-    else
+        if (r)
+            claim_set((PyObject *)L, c.a[4], c.r[1], c.a[3]);
+    } else
         r = Py_NewRef(Py_None);
     call_done(&c);
     return r;
@@ -1453,29 +1526,22 @@ static void body_settle(Ledger *L, Call *c)
     }
 }
 
-/* args: w, pid, start.  Cancel, and give back a grant that raced in, in one
- * transaction: the caller never learns of those units. */
-static void body_cancel(Ledger *L, Call *c)
+/* Free entry w; if it was granted, give back what its holder still holds
+ * of the grant (another thread of the process may have released some).
+ * Part of a transaction; the units given back. */
+static int64_t cancel_entry(View *V, Call *c, int64_t w)
 {
-    View *V = &L->v;
-    int64_t w = c->a[0], pid = c->a[1], start = c->a[2];
     int64_t state = ld(WAITER(V, w, WA_STATE));
-    c->r[0] = 0;
-    if (state == W_FREE || ld(WAITER(V, w, WA_PID)) != pid ||
-        ld(WAITER(V, w, WA_START)) != start)
-        return;
     int64_t h = ld(WAITER(V, w, WA_HOLDER));
+    int64_t back = 0;
     if (state == W_GRANTED && holder_ok(V, h)) {
-        /* The grant's units are the process's: another of its threads may
-         * already have released or disowned some.  Give back what is still
-         * held, up to the grant. */
         int64_t units = ld(WAITER(V, w, WA_UNITS)), held = ld(HOLDER(V, h, HO_UNITS));
         if (units < 1 || held < 0) {
             fail(c, E_CORRUPT, "granted entry %lld is inconsistent with its holder",
                  (long long)w);
-            return;
+            return 0;
         }
-        int64_t back = units < held ? units : held;
+        back = units < held ? units : held;
         if (back > 0) {
             if (is_slotted(V))
                 slots_move(V, c, h, back, ld(WAITER(V, w, WA_TOKEN)), 0, 0);
@@ -1487,9 +1553,23 @@ static void body_cancel(Ledger *L, Call *c)
             tx_store(V, c, HOLDER(V, h, HO_UNITS), held - back);
             tx_store(V, c, HDR(V, H_AVAILABLE), ld(HDR(V, H_AVAILABLE)) + back);
         }
-        c->r[0] = back;
     }
     free_waiter(V, c, w);
+    return back;
+}
+
+/* args: w, pid, start.  Cancel, and give back a grant that raced in, in one
+ * transaction: the caller never learns of those units. */
+static void body_cancel(Ledger *L, Call *c)
+{
+    View *V = &L->v;
+    int64_t w = c->a[0], pid = c->a[1], start = c->a[2];
+    int64_t state = ld(WAITER(V, w, WA_STATE));
+    c->r[0] = 0;
+    if (state == W_FREE || ld(WAITER(V, w, WA_PID)) != pid ||
+        ld(WAITER(V, w, WA_START)) != start)
+        return;
+    c->r[0] = cancel_entry(V, c, w);
     tx_commit(V, c);
     grant_loop(V, c);
 }
@@ -1609,6 +1689,20 @@ static PyObject *Ledger_process_bell(Ledger *L, PyObject *const *args, Py_ssize_
 
 /* ------------------------------------------------------------- waiting */
 
+/* Cancel our entry w (giving back a grant that raced in), waiting for the
+ * lock without interruption until `until`; abandon it if still wedged. */
+static void give_up(Ledger *L, int64_t w, int64_t pid, int64_t start, int64_t until)
+{
+    Call c;
+    call_init(&c);
+    c.a[0] = w, c.a[1] = pid, c.a[2] = start;
+    if (run_locked(L, body_cancel, &c, until) < 0 && c.err == E_LOCK_TIMEOUT)
+        abandon(&L->v, w);
+    if (c.err == E_SIGNAL)
+        PyErr_Clear();
+    call_done(&c);
+}
+
 static int track_wait(Ledger *L, int64_t w)
 {
     for (int i = 0; i < 8; i++)
@@ -1657,9 +1751,12 @@ static PyObject *Ledger_wait(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
     }
     if (q.r[0]) { /* free after all */
         PyObject *g = grant_result(&q, q.a[4]);
+        if (g)
+            claim_set((PyObject *)L, q.a[4], q.r[1], q.a[3]);
         call_done(&q);
         return g;
     }
+    int64_t owner = q.a[3];
     int64_t w = q.r[3];
     call_done(&q);
     if (slice <= 0)
@@ -1675,10 +1772,7 @@ static PyObject *Ledger_wait(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
         int64_t state = ld(WAITER(V, w, WA_STATE));
         int unlinked = (ld(HDR(V, H_FLAGS)) & FLAG_UNLINKED) != 0;
         if (L->closing) {
-            call_init(&c);
-            c.a[0] = w, c.a[1] = pid, c.a[2] = start;
-            run_locked(L, body_cancel, &c, LOCK_UNINTERRUPTED);
-            call_done(&c);
+            give_up(L, w, pid, start, mono_ns() + CANCEL_GRACE);
             PyErr_SetString(ClosedError, "closed by another thread while waiting");
             break;
         }
@@ -1688,13 +1782,29 @@ static PyObject *Ledger_wait(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
             call_init(&c);
             c.a[0] = w, c.a[1] = pid, c.a[2] = start;
             c.a[3] = deadline > 0 && now >= deadline;
-            if (run_locked(L, body_settle, &c, LOCK_UNINTERRUPTED) < 0) {
+            /* With a deadline, the lock is waited for until just past it: a
+             * wedged lock then cannot keep us (we abandon the entry). */
+            int64_t mode = deadline > 0 ? (now > deadline ? now : deadline) + GIVE_UP_GRACE
+                                        : LOCK_UNINTERRUPTED;
+            if (run_locked(L, body_settle, &c, mode) < 0) {
+                if (c.err == E_LOCK_TIMEOUT && mono_ns() >= deadline) {
+                    call_done(&c);
+                    abandon(V, w);
+                    result = Py_NewRef(Py_None); /* the deadline held */
+                    break;
+                }
+                if (c.err == E_LOCK_TIMEOUT) { /* before the deadline: look again */
+                    call_done(&c);
+                    continue;
+                }
                 raise_call_error(&c);
                 call_done(&c);
                 break;
             }
             if (c.r[0] == 1) {
                 result = grant_result(&c, c.r[3]);
+                if (result)
+                    claim_set((PyObject *)L, c.r[3], c.r[1], owner);
                 call_done(&c);
                 break;
             }
@@ -1708,8 +1818,8 @@ static PyObject *Ledger_wait(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
             }
             if (c.r[0] == -2) {
                 call_done(&c);
-                PyErr_SetString(PyExc_RuntimeError,
-                                "this process's queue entry vanished (was it recovered as dead?)");
+                set_corrupt("this process's queue entry was freed by someone else (was it "
+                            "recovered as dead? did a peer rewrite the ledger?)");
                 break;
             }
             call_done(&c); /* still waiting (unfair: an arrival was quicker) */
@@ -1739,10 +1849,7 @@ cancel: {
     /* Ctrl-C, SystemExit, anything: leave nothing behind, keep the error. */
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    call_init(&c);
-    c.a[0] = w, c.a[1] = pid, c.a[2] = start;
-    run_locked(L, body_cancel, &c, LOCK_UNINTERRUPTED);
-    call_done(&c);
+    give_up(L, w, pid, start, mono_ns() + CANCEL_GRACE);
     PyErr_Restore(et, ev, tb);
 }
 done:
@@ -2892,6 +2999,35 @@ static PyObject *slow(PyObject *self, const char *name, PyObject *const *args, s
     return r;
 }
 
+/* The slow path of an acquiring entry point, delivering its grant safely
+ * (see claim_ledger): if the Python implementation raises after a grant
+ * was handed to it, the grant is given back before the error propagates. */
+static PyObject *slow_claimed(PyObject *self, const char *name, PyObject *const *args,
+                              size_t nargsf, PyObject *kwnames)
+{
+    claim_clear();
+    PyObject *r = slow(self, name, args, nargsf, kwnames);
+    if (r || !claim_ledger || !self_start) {
+        claim_clear();
+        return r;
+    }
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    Ledger *L = (Ledger *)claim_ledger;
+    Call c;
+    call_init(&c);
+    c.a[0] = self_pid, c.a[1] = self_start, c.a[2] = claim_owner, c.a[3] = claim_units;
+    c.a[4] = claim_token;
+    if (L->v.base)
+        run_locked(L, body_release, &c, mono_ns() + CANCEL_GRACE);
+    if (c.err == E_SIGNAL)
+        PyErr_Clear();
+    call_done(&c);
+    claim_clear();
+    PyErr_Restore(et, ev, tb);
+    return NULL;
+}
+
 /* One fast transaction: 1 on success (c->r filled), 0 to take the slow path. */
 static int fast_call(Primitive *P, Body body, Call *c)
 {
@@ -2945,7 +3081,7 @@ static PyObject *Primitive_acquire(Primitive *P, PyObject *const *args, size_t n
         if (ok)
             Py_RETURN_TRUE;
     }
-    return slow((PyObject *)P, "_acquire_slow", args, nargsf, kwnames);
+    return slow_claimed((PyObject *)P, "_acquire_slow", args, nargsf, kwnames);
 }
 
 static PyObject *Primitive_release(Primitive *P, PyObject *const *args, size_t nargsf,
@@ -2978,7 +3114,7 @@ static PyObject *Primitive_enter(Primitive *P, PyObject *const *args, size_t nar
         return g;
     }
     call_done(&c);
-    return slow((PyObject *)P, "_enter_slow", args, nargsf, kwnames);
+    return slow_claimed((PyObject *)P, "_enter_slow", args, nargsf, kwnames);
 }
 
 static PyObject *Primitive_exit(Primitive *P, PyObject *const *args, size_t nargsf,
@@ -3015,6 +3151,85 @@ static PyTypeObject PrimitiveType = {
     .tp_traverse = (traverseproc)Primitive_traverse,
     .tp_clear = (inquiry)Primitive_clear,
     .tp_methods = Primitive_methods,
+};
+
+/* Hold(primitive, units, timeout, priority, deadlock): what sem.hold(...)
+ * returns.  A C type for the same reason as the fast path's __enter__: its
+ * __enter__ must deliver the grant without a Python frame in between
+ * (slow_claimed); the work is the primitive's _hold_enter / _hold_exit. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *prim, *args, *lease;
+} Hold;
+
+static int Hold_init(Hold *H, PyObject *args, PyObject *kwds)
+{
+    PyObject *prim, *units, *timeout, *priority, *deadlock;
+    if (!PyArg_ParseTuple(args, "OOOOO", &prim, &units, &timeout, &priority, &deadlock))
+        return -1;
+    Py_XSETREF(H->prim, Py_NewRef(prim));
+    Py_XSETREF(H->args, PyTuple_Pack(4, units, timeout, priority, deadlock));
+    return H->args ? 0 : -1;
+}
+
+static void Hold_dealloc(Hold *H)
+{
+    PyObject_GC_UnTrack(H);
+    Py_CLEAR(H->prim);
+    Py_CLEAR(H->args);
+    Py_CLEAR(H->lease);
+    Py_TYPE(H)->tp_free((PyObject *)H);
+}
+
+static int Hold_traverse(Hold *H, visitproc visit, void *arg)
+{
+    Py_VISIT(H->prim);
+    Py_VISIT(H->args);
+    Py_VISIT(H->lease);
+    return 0;
+}
+
+static PyObject *Hold_enter(Hold *H, PyObject *Py_UNUSED(ignored))
+{
+    if (!H->prim) {
+        PyErr_SetString(PyExc_TypeError, "Hold is not initialised");
+        return NULL;
+    }
+    PyObject *stack[4];
+    for (int i = 0; i < 4; i++)
+        stack[i] = PyTuple_GET_ITEM(H->args, i);
+    PyObject *lease = slow_claimed(H->prim, "_hold_enter", stack, 4, NULL);
+    if (lease)
+        Py_XSETREF(H->lease, Py_NewRef(lease));
+    return lease;
+}
+
+static PyObject *Hold_exit(Hold *H, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *lease = H->lease ? H->lease : Py_None;
+    PyObject *stack[3] = {H->prim, PyTuple_GET_ITEM(H->args, 0), lease};
+    PyObject *meth = PyUnicode_InternFromString("_hold_exit");
+    PyObject *r = meth ? PyObject_VectorcallMethod(meth, stack, 3, NULL) : NULL;
+    Py_XDECREF(meth);
+    Py_CLEAR(H->lease);
+    return r;
+}
+
+static PyMethodDef Hold_methods[] = {
+    {"__enter__", (PyCFunction)Hold_enter, METH_NOARGS, "acquire; the Lease (Timeout if not in time)"},
+    {"__exit__", (PyCFunction)(void (*)(void))Hold_exit, METH_FASTCALL, "release what __enter__ took"},
+    {NULL}};
+
+static PyTypeObject HoldType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipcsem._shm._ledger.Hold",
+    .tp_basicsize = sizeof(Hold),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "with sem.hold(units, timeout=...) as lease: ...",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Hold_init,
+    .tp_dealloc = (destructor)Hold_dealloc,
+    .tp_traverse = (traverseproc)Hold_traverse,
+    .tp_methods = Hold_methods,
 };
 
 /* ------------------------------------------------------ module functions */
@@ -3336,7 +3551,8 @@ PyMODINIT_FUNC PyInit__ledger(void)
 {
     self_pid = getpid();
     pthread_atfork(NULL, NULL, atfork_child);
-    if (PyType_Ready(&LedgerType) < 0 || PyType_Ready(&PrimitiveType) < 0)
+    if (PyType_Ready(&LedgerType) < 0 || PyType_Ready(&PrimitiveType) < 0 ||
+        PyType_Ready(&HoldType) < 0)
         return NULL;
     /* ipcsem's typed errors live in one place, ipcsem._errors; the C layer
      * raises them directly (the Python layer adds the name and path). */
@@ -3368,7 +3584,7 @@ PyMODINIT_FUNC PyInit__ledger(void)
     if (!m)
         return NULL;
     if (add_type(m, "Ledger", &LedgerType) < 0 || add_type(m, "Grant", &LeaseType) < 0 ||
-        add_type(m, "Primitive", &PrimitiveType) < 0 ||
+        add_type(m, "Primitive", &PrimitiveType) < 0 || add_type(m, "Hold", &HoldType) < 0 ||
         add_type(m, "HolderRow", HolderRowType) < 0 || add_type(m, "WaiterRow", WaiterRowType) < 0 ||
         add_type(m, "Header", HeaderType) < 0 || add_type(m, "Snapshot", SnapshotType) < 0)
         return NULL;

@@ -106,10 +106,11 @@ class ShmHandle(Handle):
                 g = ledger.take(ME.pid, ME.start, tid, owner, units, priority,
                                 time.monotonic_ns() + TRY_LOCK_NS)
             except LedgerFull:
-                self._heal()   # a full table may be full of the dead
+                self._heal(time.monotonic_ns() + TRY_LOCK_NS)   # full of the dead?
                 g = ledger.take(ME.pid, ME.start, tid, owner, units, priority,
                                 time.monotonic_ns() + TRY_LOCK_NS)
-            if g is None and ledger.claim_heal(time.time_ns(), SLICE_NS) and self._heal():
+            if g is None and ledger.claim_heal(time.time_ns(), SLICE_NS) \
+                    and self._heal(time.monotonic_ns() + TRY_LOCK_NS):
                 # Refused, and it is our turn to look for the dead: a dead
                 # holder must not lock out callers that never block.
                 g = ledger.take(ME.pid, ME.start, tid, owner, units, priority,
@@ -124,7 +125,7 @@ class ShmHandle(Handle):
         try:
             return ledger.enqueue(*args)
         except LedgerFull:
-            self._heal()
+            self._heal(lock if lock > 0 else LOCK_FOREVER)
             return ledger.enqueue(*args)
 
     def wait(self, units: int, priority: int, owner: int, tid: int, deadline: float | None,
@@ -136,7 +137,9 @@ class ShmHandle(Handle):
 
         def each_slice() -> None:
             if ledger.claim_heal(time.time_ns(), SLICE_NS):
-                self._heal()
+                # never longer than a slice, never past our deadline
+                bound = time.monotonic_ns() + SLICE_NS
+                self._heal(min(bound, deadline_ns) if deadline_ns else bound)
             if on_slice is not None:
                 on_slice()
 
@@ -149,7 +152,7 @@ class ShmHandle(Handle):
             try:
                 return ledger.wait(*args)
             except LedgerFull:
-                self._heal()      # a full table may be full of the dead
+                self._heal(deadline_ns or LOCK_FOREVER)   # a full table may be full of the dead
                 return ledger.wait(*args)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
@@ -230,25 +233,39 @@ class ShmHandle(Handle):
             raise e.with_name(self.name) from None
 
     # -------------------------------------------------------------- upkeep
-    def _heal(self) -> int:
-        return recovery.heal(self.segment)
+    def _heal(self, lock: int) -> int:
+        """Heal within a lock bound; 0 if the lock stays wedged (next time)."""
+        try:
+            return recovery.heal(self.segment, lock=lock)
+        except Wedged:
+            return 0
 
     def recover_if_due(self) -> None:
         if self._ledger.claim_heal(time.time_ns(), SLICE_NS):
             try:
-                self._heal()
+                self._heal(time.monotonic_ns() + TRY_LOCK_NS)
             except IpcsemError:
-                pass      # a wedged or corrupt ledger: the waiter's own calls say so
+                pass      # a corrupt ledger: the waiter's own calls say so
 
-    def recover(self) -> int:
+    @staticmethod
+    def _bound(timeout: float | None) -> int:
+        return LOCK_FOREVER if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+
+    def recover(self, timeout: float | None = None) -> int:
         try:
-            return self._heal()
+            return recovery.heal(self.segment, lock=self._bound(timeout))
+        except Wedged as e:
+            e.waited = timeout
+            raise e.with_name(self.name) from None
         except IpcsemError as e:
             raise e.with_name(self.name) from None
 
-    def check(self) -> None:
+    def check(self, timeout: float | None = None) -> None:
         try:
-            self._ledger.check(LOCK_FOREVER)
+            self._ledger.check(self._bound(timeout))
+        except Wedged as e:
+            e.waited = timeout
+            raise e.with_name(self.name) from None
         except IpcsemError as e:
             raise e.with_name(self.name) from None
 

@@ -41,6 +41,7 @@ DEFAULT_SLOTS = 1024
 OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 CREATOR_GRACE = 0.5      # an opener waits this long for a creator between O_EXCL and flock
 FLOCK_BOUND = 2.0        # a creation flock held longer than this is someone else's stall
+VIEW_BUDGET = 0.2        # a read-only view gives up waiting for a quiet ledger after this
 
 
 def policy_bits(p: Params) -> int:
@@ -147,24 +148,40 @@ def open_segment(name: str, params: Params | None = None, *, group: int | None =
     create = params is not None
     if create:
         check_mode(params.mode)
-    fd, created = _open_fd(name, path, create, params.mode if create else 0o600)
+    fd, created = _open_fd(name, path, create, wait_for_creator)
     try:
         st = os.fstat(fd)
-        if created:
-            os.fchmod(fd, params.mode)      # O_CREAT applied the umask: make it exact
-            if group is not None:
-                os.fchown(fd, -1, group)
-            st = os.fstat(fd)
         why = distrust(st)
         if why is not None:
             raise _denied(name, st, why)
-        if create and not created and st.st_uid != os.geteuid() \
-                and not params.mode & stat.S_IWGRP:
-            raise _denied(name, st, f"exists and is another user's; you asked for a private "
-                                    f"(mode {params.mode:04o}) semaphore of that name")
-        mm, initialised_here = _map(name, path, fd, st, params, created, wait_for_creator)
+        if create and not created and st.st_uid != os.geteuid():
+            # Another user's object under the name we meant to create.  Ours
+            # to use only if it is shared the way we asked: a group mode, and
+            # the very group we chose to trust (an owner can only give a file
+            # a group it belongs to, so that group vouches for its owner).
+            if not params.mode & stat.S_IWGRP:
+                raise _denied(name, st, f"exists and is another user's; you asked for a private "
+                                        f"(mode {params.mode:04o}) semaphore of that name")
+            want = group if group is not None else os.getegid()
+            if st.st_gid != want:
+                raise _denied(name, st, f"exists, shared with group {st.st_gid}, not with the "
+                                        f"group {want} you asked for")
+        try:
+            mm, initialised_here = _map(name, path, fd, st, params, created, wait_for_creator)
+        except LedgerFull:
+            if created:
+                _unlink_if_same(path, st)   # leave no empty file of ours behind
+            raise
         if mm is None:   # a creator showed up late: start over
             return open_segment(name, params, group=group, wait_for_creator=False)
+        if initialised_here:
+            # Only now, with the magic written, may anyone else open it: we
+            # created it 0600, because a mere reader can hold the creation
+            # flock of an empty file forever.
+            if group is not None:
+                os.fchown(fd, -1, group)
+            os.fchmod(fd, params.mode)      # exact: O_CREAT applied the umask
+            st = os.fstat(fd)
         try:
             ledger = _ledger.Ledger(mm)
         except Corrupt as e:
@@ -184,12 +201,23 @@ def open_segment(name: str, params: Params | None = None, *, group: int | None =
         os.close(fd)
 
 
-def _open_fd(name: str, path: str, create: bool, mode: int) -> tuple[int, bool]:
+def _unlink_if_same(path: str, st: os.stat_result) -> None:
+    try:
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _open_fd(name: str, path: str, create: bool, wait: bool) -> tuple[int, bool]:
+    end = time.monotonic() + CREATOR_GRACE
     while True:
         try:
             if create:
                 try:
-                    return os.open(path, OPEN_FLAGS | os.O_CREAT | os.O_EXCL, mode), True
+                    # 0600 until initialised (see open_segment)
+                    return os.open(path, OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600), True
                 except FileExistsError:
                     pass
             return os.open(path, OPEN_FLAGS), False
@@ -202,8 +230,14 @@ def _open_fd(name: str, path: str, create: bool, mode: int) -> tuple[int, bool]:
                 st = os.lstat(path)
             except OSError:
                 raise PermissionDenied("permission denied", name=name, path=path) from None
+            if wait and st.st_uid != os.geteuid() and stat.S_ISREG(st.st_mode) \
+                    and time.monotonic() < end:
+                time.sleep(0.002)   # its creator may be initialising it (still 0600)
+                continue
             raise _denied(name, st, distrust(st) or "its mode does not admit you") from None
         except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.ENOMEM):
+                raise LedgerFull("space", name=name) from None
             if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.ENODEV):
                 st = os.lstat(path)
                 raise _denied(name, st, distrust(st) or "is not a ledger") from None
@@ -255,7 +289,7 @@ def _flock(fd: int, name: str, path: str) -> None:
             if time.monotonic() >= end:
                 holders = _proc.locks_on(path)
                 raise Wedged(holders[0] if holders else None, name=name,
-                             waited=FLOCK_BOUND) from None
+                             waited=FLOCK_BOUND, what="creation lock") from None
             time.sleep(0.002)
 
 
@@ -384,8 +418,16 @@ def read_view(name: str, tries: int = 50) -> View:
                           f"is truncated ({st.st_size} bytes, less than a ledger header)",
                           name=name, path=path)
         snap = None
-        for _ in range(max(tries, 1)):
+        budget = time.monotonic() + VIEW_BUDGET
+        for attempt in range(max(tries, 1)):
             header = os.pread(fd, _ledger.HEADER_SIZE, 0)
+            c1, u1 = _ledger.seqlock_words(header)
+            last = attempt == tries - 1 or time.monotonic() >= budget
+            if u1 != 0 and not last:
+                # a transaction in flight: look at the header alone again
+                # (cheap) until it is between transactions, then copy once
+                time.sleep(0.0002)
+                continue
             try:
                 ext = _ledger.extent(header)
             except Corrupt as e:
@@ -396,9 +438,7 @@ def read_view(name: str, tries: int = 50) -> View:
                               f"{ext['total']}", name=name, path=path)
             regions = [os.pread(fd, length, off) if length else b""
                        for off, length in (ext["holders"], ext["waiters"], ext["units"])]
-            after = os.pread(fd, _ledger.HEADER_SIZE, 0)
-            c1, u1 = _ledger.seqlock_words(header)
-            c2, u2 = _ledger.seqlock_words(after)
+            c2, u2 = _ledger.seqlock_words(os.pread(fd, _ledger.HEADER_SIZE, 0))
             consistent = u1 == 0 and u2 == 0 and c1 == c2
             try:
                 snap = _ledger.parse(header, *regions, consistent)
@@ -407,8 +447,7 @@ def read_view(name: str, tries: int = 50) -> View:
                     e.name, e.path = name, path
                     raise
                 snap = None
-                continue
-            if consistent:
+            if consistent or last:
                 break
         if snap is None:
             raise Corrupt("could not be read between two transactions", name=name, path=path)

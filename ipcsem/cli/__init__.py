@@ -22,7 +22,7 @@ __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_TEMPFAIL", "EXIT_USAGE", "CliError", "
            "build_parser", "main", "status_main"]
 
 # The subcommand families, in --help order.
-FAMILIES = ("status", "run", "manage", "supervise", "chaos")
+FAMILIES = ("status", "run", "manage", "supervise", "chaos", "completion", "manpage")
 
 
 def _families():
@@ -53,7 +53,8 @@ def build_parser(prog: str = "ipcsem"):
                "  ipcsem-status gpu\n"
                "  ipcsem rm gpu\n"
                "  ipcsem supervise                  recover dead holders' units at once\n"
-               "  ipcsem chaos --duration 60s       SIGKILL storm: prove it on this machine\n\n"
+               "  ipcsem chaos --duration 60s       SIGKILL storm: prove it on this machine\n"
+               "  source <(ipcsem completion bash)  tab completion; `ipcsem man`: the manual\n\n"
                "exit codes: 0 ok, 1 error (chaos: storm failed), 2 usage,\n"
                "75 not acquired in time (run);\n"
                "see each subcommand's --help and docs/cli.md",

@@ -24,10 +24,76 @@ class CliError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit 2)."""
+    """argparse, but a usage error is one line on stderr (exit 2), and the
+    parser remembers what it was given (``recorded``: every argument action;
+    ``commands``: (name, help, parser) of each subcommand), so completion
+    scripts and man pages are generated from the very parser that parses,
+    through argparse's public calls only."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.recorded: list[argparse.Action] = []
+        self.commands: list[tuple[str, str | None, Parser]] = []
+        self._recording = False   # argparse's own __init__ builds groups: leave those be
+        super().__init__(*args, **kwargs)
+        self._recording = True
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        self.recorded.append(action)
+        return action
+
+    def add_argument_group(self, *args, **kwargs):
+        group = super().add_argument_group(*args, **kwargs)
+        return _Recorder(group, self.recorded) if self._recording else group
+
+    def add_mutually_exclusive_group(self, *args, **kwargs):
+        group = super().add_mutually_exclusive_group(*args, **kwargs)
+        return _Recorder(group, self.recorded) if self._recording else group
+
+    def add_subparsers(self, **kwargs):
+        return _Subcommands(super().add_subparsers(**kwargs), self.commands)
+
+
+class _Recorder:
+    """An argument group that also tells its parser about each argument."""
+
+    def __init__(self, group, recorded: list) -> None:
+        object.__setattr__(self, "_group", group)
+        object.__setattr__(self, "_recorded", recorded)
+
+    def add_argument(self, *args, **kwargs):
+        action = self._group.add_argument(*args, **kwargs)
+        self._recorded.append(action)
+        return action
+
+    def add_argument_group(self, *args, **kwargs):
+        return _Recorder(self._group.add_argument_group(*args, **kwargs), self._recorded)
+
+    def add_mutually_exclusive_group(self, *args, **kwargs):
+        return _Recorder(self._group.add_mutually_exclusive_group(*args, **kwargs),
+                         self._recorded)
+
+    def __getattr__(self, attr):
+        return getattr(self._group, attr)
+
+    def __setattr__(self, attr, value):
+        setattr(self._group, attr, value)
+
+
+class _Subcommands(_Recorder):
+    """The subparsers action, remembering each subcommand with its help."""
+
+    def __init__(self, action, commands: list) -> None:
+        super().__init__(action, [])
+        object.__setattr__(self, "_commands", commands)
+
+    def add_parser(self, name, **kwargs):
+        parser = self._group.add_parser(name, **kwargs)
+        self._commands.append((name, kwargs.get("help"), parser))
+        return parser
 
 
 def exit_codes(one: str = "error: one line on stderr") -> str:

@@ -9,7 +9,7 @@ import sys
 import time
 
 from .. import _names, _proc
-from .common import EXIT_CODES, EXIT_OK, interval, name_arg
+from .common import EXIT_CODES, EXIT_OK, CliError, UsageError, interval, name_arg
 
 DESCRIPTION = """\
 Run in the foreground until SIGINT/SIGTERM, watching every holder of
@@ -23,7 +23,9 @@ user who owns semaphores, which drops to that user before it opens
 anything, and logs what the workers report."""
 
 EPILOG = ("examples:\n  ipcsem supervise\n  ipcsem supervise gpu licences\n"
-          "  ipcsem supervise --print-unit > /etc/systemd/system/ipcsem-supervise.service\n\n"
+          "  ipcsem supervise --print-unit > /etc/systemd/system/ipcsem-supervise.service\n"
+          "  ipcsem supervise --metrics-port 9464          Prometheus scrapes :9464/metrics\n"
+          "  ipcsem supervise --textfile /var/lib/node_exporter/textfile_collector\n\n"
           "log lines (key=value, one per event; journald adds time and unit):\n"
           "  recovered name=gpu pid=4242 units=2 queue_entries=0 after_ms=0.41 \\\n"
           "    cmd='python train.py'       (one line; after_ms: time since death)\n"
@@ -42,7 +44,28 @@ def add_parser(sub) -> None:
                     help="new-holder poll interval in seconds (default 0.02)")
     sp.add_argument("--print-unit", action="store_true",
                     help="print the systemd unit file for this service and exit")
+    sp.add_argument("--metrics-port", type=port_arg, metavar="PORT",
+                    help="serve Prometheus metrics on http://ADDRESS:PORT/metrics "
+                         "(0: any free port; the URL is logged)")
+    sp.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDRESS",
+                    help="address the metrics endpoint listens on (default 127.0.0.1: "
+                         "this machine only; 0.0.0.0 or :: to widen)")
+    sp.add_argument("--textfile", metavar="DIR",
+                    help="write DIR/ipcsem.prom (replaced atomically) for node_exporter's "
+                         "textfile collector")
+    sp.add_argument("--textfile-interval", type=interval, default=15.0, metavar="S",
+                    help="seconds between textfile writes (default 15)")
     sp.set_defaults(func=run)
+
+
+def port_arg(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {port}")
+    return port
 
 
 def unit_text() -> str:
@@ -55,12 +78,22 @@ def run(args) -> int:
     if args.print_unit:
         sys.stdout.write(unit_text())
         return EXIT_OK
+    if args.metrics_address != "127.0.0.1" and args.metrics_port is None:
+        raise UsageError("--metrics-address needs --metrics-port")
+    if args.textfile is not None and not os.path.isdir(args.textfile):
+        raise UsageError(f"--textfile {args.textfile!r} is not a directory")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     what = " ".join(args.names) if args.names else "every ipcsem semaphore"
     for name in args.names:
         _names.validate(name)
     root = os.geteuid() == 0
-    sup = _make(args, root)
+    counters = exporter = None
+    if args.metrics_port is not None or args.textfile is not None:
+        from .metrics import Exporter, RecoveryCounters, ViewCollector
+
+        counters = RecoveryCounters()
+        exporter = Exporter(ViewCollector(args.names or None, counters))
+    sup = _make(args, root, counters)
 
     def stop(signum, frame):
         sup.stop()
@@ -68,13 +101,41 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     mode = "per-user workers" if root else f"pidfd={'yes' if hasattr(os, 'pidfd_open') else 'no'}"
-    print(f"supervising {what} (pid {os.getpid()}; {mode})", flush=True)
     try:
+        lines = [] if exporter is None else _start_metrics(args, exporter)
+        print(f"supervising {what} (pid {os.getpid()}; {mode})", flush=True)
+        for line in lines:
+            print(line, flush=True)
         sup.run()
     finally:
         sup.close()
+        if exporter is not None:
+            exporter.close()
     print("supervisor stopped", flush=True)
     return EXIT_OK
+
+
+def _start_metrics(args, exporter) -> list[str]:
+    """Start the endpoint and the textfile; the lines that say where they
+    are.  A failure to start either is the user's to fix (a port in use, a
+    directory not writable): one line, exit 1, before supervising starts."""
+    lines = []
+    if args.metrics_port is not None:
+        try:
+            url = exporter.serve(args.metrics_port, args.metrics_address)
+        except OSError as e:
+            raise CliError(f"cannot serve metrics on {args.metrics_address} port "
+                           f"{args.metrics_port}: {e.strerror or e}") from None
+        lines.append(f"metrics url={url}")
+    if args.textfile is not None:
+        try:
+            path = exporter.start_textfile(args.textfile, args.textfile_interval,
+                                           lambda msg: _warn("-", f"textfile: {msg}"))
+        except OSError as e:
+            raise CliError(f"cannot write metrics to {args.textfile!r}: "
+                           f"{e.strerror or e}") from None
+        lines.append(f"metrics textfile={path} every={args.textfile_interval:g}s")
+    return lines
 
 
 def _recovered_line(name, pid, units, entries, after_ms, cmd) -> str:
@@ -87,12 +148,14 @@ def _warn(name: str, error: str) -> None:
     print(f"warning name={name} error={error!r}", file=sys.stderr, flush=True)
 
 
-def _make(args, root: bool):
+def _make(args, root: bool, counters=None):
     from .._shm.supervisor import RootSupervisor, Supervisor
 
     if root:
         def emit(ev: dict) -> None:
             if ev["event"] == "recovered":
+                if counters is not None:
+                    counters.recovered(ev["name"], ev["units"])
                 print(_recovered_line(ev["name"], ev["pid"], ev["units"], ev["entries"],
                                       ev["after_ms"], ev["cmd"]), flush=True)
             elif ev["event"] == "warning":
@@ -110,6 +173,8 @@ def _make(args, root: bool):
             commands[(pid, start)] = " ".join(argv)
 
     def on_recover(name, pid, start, units, entries, died_ns):
+        if counters is not None:
+            counters.recovered(name, units)
         after = None if died_ns is None else (time.time_ns() - died_ns) / 1e6
         print(_recovered_line(name, pid, units, entries, after, commands.pop((pid, start), None)),
               flush=True)
