@@ -89,8 +89,6 @@ def _queued_timeout(chan, name, timeout):
     return timed(sem.acquire, timeout=timeout)
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H2: the deadline's cancel waits "
-                                       "LOCK_UNINTERRUPTED for the lock")
 @isolated()
 def test_timeout_holds_when_the_lock_wedges_while_queued():
     """Queued first, wedged afterwards: at its deadline the waiter must give
@@ -117,8 +115,6 @@ def _try_after_death(chan, name):
     return timed(sem.try_acquire)
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H3: the heal after a refused take "
-                                       "waits LOCK_FOREVER")
 @isolated()
 def test_try_acquire_holds_with_a_dead_holder_and_a_wedged_lock():
     """A refused try_acquire may heal (a dead holder must not lock out
@@ -239,8 +235,7 @@ def _async_waiter(chan, name, timeout):
 
 @pytest.mark.parametrize("when", [
     "before",
-    pytest.param("dead-holder", marks=pytest.mark.xfail(
-        strict=True, reason="hostile-bugs.md H3: take()'s heal blocks the whole event loop")),
+    "dead-holder",
 ])
 @isolated()
 def test_an_event_loop_is_never_blocked_by_a_wedged_lock(when):

@@ -107,8 +107,6 @@ def test_a_peer_rewriting_the_undo_count_mid_transaction_crashes_nobody():
     _undo_count_attack(tolerate=("H14",))
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H14: unlock() rolls back what the "
-                                       "shared count says; 'entry vanished' is a RuntimeError")
 @isolated(timeout=60)
 def test_a_peer_rewriting_the_undo_count_mid_transaction_steers_nothing():
     """The same attack, judged strictly: every error typed."""

@@ -157,7 +157,6 @@ def _open_shared(chan, name, group):
     return ("worked",)
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H1: trusted because she is in TEAM too")
 @isolated()
 def test_create_with_group_refuses_another_users_object_of_another_group():
     """MALLORY (in TEAM and OTHERS) asks for a semaphore shared with OTHERS
@@ -373,3 +372,28 @@ def test_a_group_member_who_may_not_unlink_changes_nothing():
     assert os.path.exists(shm_path(name))
     kind, value = assert_survived(Proc(_use_after, name, user=ALICE), 10).value
     assert (kind, value) == ("return", True), f"after BOB's refused unlink: {value}"
+
+
+def _refusals(chan, name, tries):
+    worst = 0.0
+    for _ in range(tries):
+        r, took = timed(ipcsem.Semaphore, name)
+        assert r[0] == "raise" and "PermissionDenied" in r[1]["mro"], r
+        worst = max(worst, took)
+    return worst
+
+
+@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H17: every refusal of a foreign file "
+                                       "waits CREATOR_GRACE, whatever its mode")
+@isolated()
+def test_refusing_a_squat_that_cannot_be_a_creators_costs_no_wait():
+    """Creators keep a new file 0600 until it is initialised, so an opener
+    refused by a 0600 file of someone else's may wait a moment for its
+    mode to change.  A 0644 or 0640 file cannot be in that window: refusing
+    it must be immediate, or every squatted name costs every open 0.5 s."""
+    for mode in (0o644, 0o640):
+        name = new_name()
+        assert_survived(Proc(lambda chan: plant_file(shm_path(name), mode=mode) or "ok",
+                             user=ATTACKER), 10)
+        worst = assert_survived(Proc(_refusals, name, 5, user=ALICE), 20).value
+        assert worst < 0.2, f"a {mode:04o} squat: a refusal took {worst:.2f} s"

@@ -60,7 +60,6 @@ def _bytes_read() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H7: 50 copies of a ledger in flight")
 @isolated(shm_size="1g", timeout=120)
 def test_a_view_of_a_crafted_sparse_ledger_is_cheap():
     """Root's view of an attacker's sparse "ledger forever in flight" with
