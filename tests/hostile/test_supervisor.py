@@ -529,3 +529,32 @@ def test_root_log_says_whose_worker_spoke():
     line = sup.wait_for(lambda line: line.startswith("recovered") and legit in line,
                         what="the forged line")
     assert str(ATTACKER.uid) in line, f"nothing in {line!r} says it came from uid {ATTACKER.uid}"
+
+
+def _root_supervisor_with_few_slots(chan, slots):
+    supervisor.MAX_WORKERS = slots     # scaled down: the real cap is 256 users
+    rs = supervisor.RootSupervisor(sweep=0.3, poll=0.02,
+                                   emit=lambda ev: chan.send(("event", ev)))
+    chan.send("up")
+    rs.run()
+
+
+@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H18: worker slots go by set order, "
+                                       "not by need: an attacker's uids crowd a real user out")
+@isolated(timeout=60)
+def test_a_real_user_is_served_however_many_uids_an_attacker_owns():
+    """An attacker with a subordinate uid range owns a non-empty file under
+    each of 12 uids — lower than ALICE's (as LDAP users' high uids often
+    are).  Root serves at most MAX_WORKERS users (scaled to 4 here); ALICE,
+    who has a holder to recover, must be one of them."""
+    legit = new_name("legit")
+    assert_survived(Proc(_make, legit, user=ALICE), 10)
+    for i in range(12):
+        uid = ALICE.uid - 100 + i
+        path = shm_path(f"s{i}")
+        plant_file(path, mode=0o600, size=4096)
+        os.chown(path, uid, uid)
+    root = Proc(_root_supervisor_with_few_slots, 4, label="root supervisor")
+    root.expect("up")
+    time.sleep(1.0)
+    assert_recovers(legit, ALICE, rounds=1)
