@@ -163,7 +163,7 @@ def _tool_call(chan, name, call):
     return timed(getattr(sem, call))
 
 
-TOOL_BOUND = 3.0   # what a tool may spend on one wedged semaphore before saying so
+TOOL_BOUND = 2.0   # what a tool may spend on one wedged semaphore before saying so
 
 
 @pytest.mark.xfail(strict=True, reason="hostile-bugs.md H3: recover() and check() wait "

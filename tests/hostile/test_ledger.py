@@ -227,7 +227,7 @@ def _scribbler(chan, name, seconds, seed):
 
 @isolated(timeout=90)
 def test_random_scribbling_never_crashes_or_hangs_a_sharer():
-    """Two seeds x 2 s of BOB writing random words all over a TEAM
+    """Two seeds x 1.5 s of BOB writing random words all over a TEAM
     ledger while ALICE's processes use it: no signal, no hang, only typed
     errors.  (What it does to the *counts* is the writer's right.)"""
     for seed in range(2):
@@ -235,9 +235,9 @@ def test_random_scribbling_never_crashes_or_hangs_a_sharer():
         assert_survived(Proc(lambda chan: make_ledger(name, 4, mode=0o660, group=TEAM,
                                                       max_holders=16, max_waiters=16) or "ok",
                              user=ALICE), 10)
-        victims = [Proc(_worker_loop, name, 2.0, user=ALICE, label=f"seed {seed} victim {i}")
+        victims = [Proc(_worker_loop, name, 1.5, user=ALICE, label=f"seed {seed} victim {i}")
                    for i in range(3)]
-        bob = Proc(_scribbler, name, 2.0, seed, user=BOB, label="bob")
+        bob = Proc(_scribbler, name, 1.5, seed, user=BOB, label="bob")
         assert_survived(bob, 20)
         for v in victims:
             _judge(assert_survived(v, 30), v.label, tolerate=("H14",))

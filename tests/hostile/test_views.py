@@ -162,7 +162,7 @@ def test_the_parser_survives_any_bytes():
     fixed = 17          # H_MAGIC .. H_NONCE: the geometry the parser recomputes
     words = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
 
-    @settings(max_examples=120, deadline=None, database=None,
+    @settings(max_examples=80, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(st.dictionaries(st.integers(fixed, 511 // 8), words, max_size=30),
            st.dictionaries(st.integers(0, fixed - 1), words, max_size=1),
