@@ -98,13 +98,14 @@ class Opened:
     def stats(self) -> Stats:
         return self._handle.stats()
 
-    def recover(self, timeout: float | None = None) -> int:
+    def recover(self, timeout: float | None = 2.0) -> int:
         """Return the units of dead holders now; the number of units
         recovered.  Wedged if the ledger lock is not free within ``timeout``
-        seconds (its holder is stopped; None: wait as long as it takes)."""
+        seconds (its holder is stopped or hung; None: wait as long as it
+        takes)."""
         return self._handle.recover(timeout)
 
-    def check(self, timeout: float | None = None) -> None:
+    def check(self, timeout: float | None = 2.0) -> None:
         """Verify the ledger invariant (see docs/design.md); raise Corrupt if
         broken, Wedged as for recover()."""
         self._handle.check(timeout)

@@ -231,7 +231,7 @@ def _open_fd(name: str, path: str, create: bool, wait: bool) -> tuple[int, bool]
             except OSError:
                 raise PermissionDenied("permission denied", name=name, path=path) from None
             if wait and st.st_uid != os.geteuid() and stat.S_ISREG(st.st_mode) \
-                    and time.monotonic() < end:
+                    and stat.S_IMODE(st.st_mode) == 0o600 and time.monotonic() < end:
                 time.sleep(0.002)   # its creator may be initialising it (still 0600)
                 continue
             raise _denied(name, st, distrust(st) or "its mode does not admit you") from None
@@ -341,6 +341,9 @@ def remove_file(name: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         raise NotFound(name) from None
+    except IsADirectoryError:
+        raise Corrupt("is a directory, not a ledger: remove it with rmdir", name=name,
+                      path=path) from None
     except PermissionError:
         try:
             st = os.lstat(path)
@@ -348,6 +351,21 @@ def remove_file(name: str) -> None:
             raise PermissionDenied("cannot remove it", name=name, path=path) from None
         raise _denied(name, st, "cannot remove it: only its owner or root can "
                                 "(the sticky bit of /dev/shm)") from None
+
+
+def _may_remove(name: str) -> None:
+    """PermissionDenied unless we may unlink the file: /dev/shm is sticky,
+    so only the file's owner (or the directory's, or root) may."""
+    st = owner_of(name)
+    me = os.geteuid()
+    if me != 0 and st.st_uid != me:
+        try:
+            dir_owner = os.stat(_names.SHM_DIR).st_uid
+        except OSError:
+            dir_owner = -1
+        if dir_owner != me:
+            raise _denied(name, st, "cannot remove it: only its owner or root can "
+                                    "(the sticky bit of /dev/shm)")
 
 
 def unlink(name: str, *, lock_wait: float = 5.0) -> None:
@@ -358,6 +376,7 @@ def unlink(name: str, *, lock_wait: float = 5.0) -> None:
     not a usable ledger is removed without marking (that is what unlinking
     it is for); one we may not trust is not touched: PermissionDenied."""
     _names.validate(name)
+    _may_remove(name)            # first: a refused unlink must change nothing
     try:
         seg = open_segment(name, wait_for_creator=False)
     except (Corrupt, Wedged):

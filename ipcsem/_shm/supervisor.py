@@ -348,7 +348,10 @@ class RootSupervisor:
     "uid"}`` or ``{"event": "worker", "uid", "status"}``."""
 
     def __init__(self, names: list[str] | None = None, *, sweep: float = 1.0,
-                 poll: float = 0.02, emit: Callable[[dict], None]) -> None:
+                 poll: float = 0.02, emit: Callable[[dict], None],
+                 max_workers: int = MAX_WORKERS, worker_main=None) -> None:
+        self.max_workers = max_workers
+        self._worker_main = worker_main or _worker_main   # tests play a compromised worker
         self.names = list(names) if names else None
         self.sweep = sweep
         self.poll = poll
@@ -362,26 +365,41 @@ class RootSupervisor:
     def stop(self) -> None:
         self._stopping = True
 
-    def _owners(self) -> set[int]:
+    def _owners(self) -> list[int]:
         """uids owning ipcsem names that look like ledgers (regular, not
-        writable by all, not empty): an empty file costs its owner nothing
-        and must not cost us a worker."""
-        owners = set()
+        writable by all, not empty: an empty file costs its owner nothing and
+        must not cost us a worker), in the order they get workers when there
+        are more than max_workers: those whose semaphores have holders first
+        (root reads only what lstat and a read-only view say), then the
+        most recently active; never by uid, which an attacker can choose."""
+        from .segment import read_view
+
+        latest: dict[int, float] = {}
+        busy: set[int] = set()
         for name in (self.names if self.names is not None else _names.names()):
             try:
                 st = os.lstat(_names.shm_path(name))
             except OSError:
                 continue
-            if stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IWOTH and st.st_size > 0:
-                owners.add(st.st_uid)
-        return owners
+            if not (stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IWOTH
+                    and st.st_size > 0):
+                continue
+            uid = st.st_uid
+            latest[uid] = max(latest.get(uid, 0.0), st.st_mtime)
+            if uid not in busy and len(latest) > self.max_workers:
+                try:
+                    if any(h.units for h in read_view(name, tries=1).snapshot.holders):
+                        busy.add(uid)
+                except (IpcsemError, OSError):
+                    pass
+        return sorted(latest, key=lambda u: (u not in busy, -latest[u]))
 
     def _start_worker(self, uid: int) -> None:
-        if len(self.workers) >= MAX_WORKERS:
+        if len(self.workers) >= self.max_workers:
             if uid not in self._unserved:
                 self._unserved.add(uid)
                 self.emit({"event": "worker", "uid": uid,
-                           "status": f"not served: {MAX_WORKERS} users are already"})
+                           "status": f"not served: {self.max_workers} users are already"})
             return
         try:
             r, w = os.pipe()
@@ -401,10 +419,11 @@ class RootSupervisor:
             code = 1
             try:
                 os.close(r)
+                os.setsid()                 # out of root's session: no terminal to type into
                 _proc.keep_only_fds(w)      # none of root's pipes or journal streams
                 _prepare_worker()           # everything it needs, while root can read it
                 _proc.become(uid)
-                code = _worker_main(w, uid, self.names, self.sweep, self.poll)
+                code = self._worker_main(w, uid, self.names, self.sweep, self.poll)
             except BaseException as e:  # noqa: BLE001 - report, then exit
                 try:
                     os.write(w, (json.dumps({"event": "warning", "name": "-",

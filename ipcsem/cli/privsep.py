@@ -39,11 +39,15 @@ def printable(text: object, limit: int = 500) -> str:
 
 
 def as_user(uid: int, job: Callable[[Callable[[dict], None]], int],
-            bound: float = CHILD_BOUND) -> tuple[list[dict], int]:
-    """Run ``job(emit)`` in a forked child dropped to ``uid``; the events it
-    emitted (parsed JSON objects, not yet validated) and its exit code
-    (``job``'s return value; 1 if it raised; -1 if it overran ``bound`` and
-    was killed)."""
+            bound: float = CHILD_BOUND,
+            drop: Callable[[int], None] | None = None) -> tuple[list[dict], int]:
+    """Run ``job(emit)`` in a forked child dropped to ``uid`` (by ``drop``,
+    default ``_proc.become``); the events it emitted (parsed JSON objects,
+    not yet validated) and its exit code (``job``'s return value; 1 if it
+    raised; -1 if it overran ``bound`` and was killed).  The child leaves
+    root's session and keeps none of root's descriptors before it drops:
+    a user who takes it over can neither type into root's terminal
+    (TIOCSTI) nor write into root's streams."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:    # the child: never returns
@@ -58,10 +62,10 @@ def as_user(uid: int, job: Callable[[Callable[[dict], None]], int],
 
             try:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                from .. import _proc
-
                 _proc.set_pdeathsig(signal.SIGKILL)
-                become(uid)
+                os.setsid()                      # no controlling terminal of root's
+                _proc.keep_only_fds(w)
+                (drop or become)(uid)
                 code = job(emit)
             except BaseException as e:  # noqa: BLE001 - report it, then exit
                 emit({"event": "error", "message": f"{e}"})
@@ -107,7 +111,7 @@ def _parse(line: bytes) -> dict | None:
         return None
     try:
         ev = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):   # deep nesting is not ours either
         return None
     return ev if isinstance(ev, dict) and isinstance(ev.get("event"), str) else None
 

@@ -166,8 +166,6 @@ def _tool_call(chan, name, call):
 TOOL_BOUND = 2.0   # what a tool may spend on one wedged semaphore before saying so
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H3: recover() and check() wait "
-                                       "LOCK_FOREVER")
 @isolated()
 def test_recover_and_check_are_bounded_on_a_wedged_semaphore():
     """The tools' calls: a wedged semaphore (lock held by a stopped process,

@@ -148,8 +148,6 @@ def _undo_then_open(chan, name, count):
     return r[0], (r[1]["type"] if r[0] == "raise" else r[1]), header_word(name, "H_MAGIC") != 0
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H14: a rollback may store into the "
-                                       "creation-time fields (the magic)")
 @isolated()
 def test_a_forged_undo_count_cannot_erase_the_magic():
     """A log length of 60 over a log whose entries were never written: 60

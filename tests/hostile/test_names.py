@@ -356,8 +356,6 @@ def _use_after(chan, name):
     return timed(sem.acquire, timeout=1)[0]
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H16: unlink marks the ledger before "
-                                       "finding it may not remove the file")
 @isolated()
 def test_a_group_member_who_may_not_unlink_changes_nothing():
     """BOB (TEAM) may write ALICE's ``0660 alice:TEAM`` semaphore but not
@@ -383,8 +381,6 @@ def _refusals(chan, name, tries):
     return worst
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H17: every refusal of a foreign file "
-                                       "waits CREATOR_GRACE, whatever its mode")
 @isolated()
 def test_refusing_a_squat_that_cannot_be_a_creators_costs_no_wait():
     """Creators keep a new file 0600 until it is initialised, so an opener

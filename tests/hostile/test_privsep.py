@@ -120,8 +120,6 @@ def _wedged_with_a_dead_holder(chan, name):
     return "made"
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H19: the dropped child keeps root's "
-                                       "controlling terminal")
 @pytest.mark.parametrize("argv", [["recover"], ["supervise", "--sweep", "0.3"]],
                          ids=["recover", "supervise"])
 @isolated(timeout=60)
@@ -193,8 +191,6 @@ def _root_cli_with_a_nesting_child(chan, argv):
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H20: privsep's parser lets "
-                                       "RecursionError out (H6's fix is in the supervisor only)")
 @isolated(timeout=30)
 def test_root_tools_survive_a_childs_nested_line():
     """``ipcsem recover`` as root over ALICE's semaphore and a second one of

@@ -514,8 +514,6 @@ def _cli_with_a_forging_worker(chan, evil_uid, victim_name):
     return _cli_supervise(chan, "--sweep", "0.3")
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H15: root's log does not say whose "
-                                       "worker reported an event")
 @isolated(timeout=30)
 def test_root_log_says_whose_worker_spoke():
     """A (compromised) worker of the attacker's reports a recovery in ALICE's
@@ -539,8 +537,6 @@ def _root_supervisor_with_few_slots(chan, slots):
     rs.run()
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H18: worker slots go by set order, "
-                                       "not by need: an attacker's uids crowd a real user out")
 @isolated(timeout=60)
 def test_a_real_user_is_served_however_many_uids_an_attacker_owns():
     """An attacker with a subordinate uid range owns a non-empty file under
