@@ -20,7 +20,6 @@ from ipcsem.testing import (  # noqa: F401 - aio_agent_factory is a fixture
     can_take_all,
     held_by,
     kill_and_wait_recovered,
-    unique_name,
     wait_until,
 )
 
