@@ -307,16 +307,20 @@ def test_cancellation_storm_across_processes(name, procs, aio_agent_factory):
     sem0.close()
 
 
-def test_cancelled_async_agent_tasks_leave_nothing_in_another_process(name, aio_agent_factory):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_cancelled_async_agent_tasks_leave_nothing_in_another_process(name, aio_agent_factory,
+                                                                      loop):
     """The waiting tasks are another process's: its cancels are seen from
     here only through the ledger.  Then the same number queued again are
     all served, one after another, from one released unit (each swarm task
     gives its unit back at once)."""
     from ipcsem.testing import wait_until
 
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
     sem = ipcsem.Semaphore(name, capacity=2)
     assert sem.acquire(2)
-    agent = aio_agent_factory()
+    agent = aio_agent_factory(loop=loop)
     agent.cmd("A", f"open {name}")
     agent.ctl(f"swarm {name} 200 -")
     wait_until(lambda: len(sem.waiters()) == 200, timeout=20, what="200 queued tasks")

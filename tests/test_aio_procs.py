@@ -197,9 +197,12 @@ def test_previous_owner_died_after_the_owner_process_is_killed(name, aio_agent_f
 
 
 # ------------------------------------------------------------------ kills
-def test_sigkill_of_a_loop_with_tasks_holding_and_waiting(name, aio_agent_factory):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_sigkill_of_a_loop_with_tasks_holding_and_waiting(name, aio_agent_factory, loop):
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
     sem = ipcsem.Semaphore(name, capacity=4)
-    agent = aio_agent_factory()
+    agent = aio_agent_factory(loop=loop)
     agent.cmd("o", f"open {name}")
     agent.cmd("h1", f"hold {name} 2")
     agent.cmd("h2", f"hold {name} 1")
@@ -286,6 +289,7 @@ if mode == "sync":
         got = b.acquire(timeout=12, deadlock=dl)
         report("granted" if got else "timeout")
     except ipcsem.DeadlockDetected as e:
+        a.release()              # the victim backs off: its unit lets the other through
         report("DeadlockDetected")
     sys.stdin.readline()
     sys.exit(0)
@@ -303,6 +307,7 @@ async def main():
         got = await b.acquire(timeout=12, deadlock=dl)
         report("granted" if got else "timeout")
     except ipcsem.DeadlockDetected as e:
+        a.release()              # the victim backs off: its unit lets the other through
         report("DeadlockDetected")
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 asyncio.run(main())
