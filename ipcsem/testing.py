@@ -55,6 +55,18 @@ Asserting:
 ``held_by(sem)``, ``queued_pids(sem)``
     ``{pid: units}`` of the holders and the waiters' pids in serving order.
 
+asyncio (see docs/asyncio.md):
+
+``await wait_for_waiters(sem, n)``, ``await wait_until_async(predicate)``
+    poll without blocking the event loop.
+``watch_loop_gaps(tick=0.001)``, ``run_checked(coro, max_gap=)``, ``ipcsem_loop``
+    a ticker task that proves the loop was never held (run-queue delay
+    reported apart); a fresh loop (asyncio or uvloop) under it.
+``resources(pid=None)``
+    a process's threads (by name) and open descriptors.
+``AsyncAgent(loop="asyncio")``, ``aio_agent_factory``
+    a separate process whose event loop's tasks a test drives by name.
+
 Every helper that starts a process takes ``backend=`` (a backend URL, as
 ``ipcsem.Semaphore(..., backend=)``; default ``$IPCSEM_BACKEND``, else the
 shared-memory backend).  Only the fixtures need pytest; the rest imports and
