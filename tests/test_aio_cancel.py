@@ -183,8 +183,10 @@ def test_a_cancel_after_the_wakeup_is_not_lost(name):
                 await asyncio.sleep(0)
             for _ in range(delay):
                 await asyncio.sleep(0)
-            if not t.cancel():
-                continue                     # too late: it had finished
+            if not t.cancel():               # too late: it had finished, holding the unit
+                assert await t is True
+                sem.release()
+                continue
             try:
                 await t
                 lost.append(delay)
