@@ -39,6 +39,7 @@ common.Config, and a table or plot in report.py (_md_*/_plot_*).
 from __future__ import annotations
 
 from . import contended, holders, memory, recovery, status, uncontended
+from . import asyncio as asyncio_fig
 from .common import Config, destroy_all, log
 from .recovery import stop_supervisors
 
@@ -49,6 +50,7 @@ FIGURES = [
     ("holders", holders.fig_holders),
     ("memory", memory.fig_memory),
     ("status", status.fig_status),
+    ("asyncio", asyncio_fig.fig_asyncio),
 ]
 
 # What the harness (__main__.py) uses besides FIGURES.
