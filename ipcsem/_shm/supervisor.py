@@ -407,6 +407,7 @@ class RootSupervisor:
             self.emit({"event": "worker", "uid": uid, "status": f"not started: {e}"})
             self._restart_after[uid] = time.monotonic() + 5.0
             return
+        root = os.getpid()
         try:
             pid = os.fork()
         except OSError as e:
@@ -418,11 +419,20 @@ class RootSupervisor:
         if pid == 0:  # the worker: never returns
             code = 1
             try:
+                # Root's handlers (its stop() on SIGTERM) are not the worker's.
+                for sig in (signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
                 os.close(r)
                 os.setsid()                 # out of root's session: no terminal to type into
                 _proc.keep_only_fds(w)      # none of root's pipes or journal streams
                 _prepare_worker()           # everything it needs, while root can read it
                 _proc.become(uid)
+                # Die with root: the parent-death signal is set only now,
+                # because changing credentials clears it.  Root may have
+                # died before it took effect: then the parent is no longer it.
+                _proc.set_pdeathsig(signal.SIGTERM)
+                if os.getppid() != root:
+                    raise SystemExit("the root supervisor is gone")
                 code = self._worker_main(w, uid, self.names, self.sweep, self.poll)
             except BaseException as e:  # noqa: BLE001 - report, then exit
                 try:
@@ -541,13 +551,9 @@ def _prepare_worker() -> None:
     """Import what a worker uses before it drops privileges: after the drop
     the interpreter's own files may not be readable (installed under a
     private home)."""
-    import ctypes  # noqa: F401  (set_pdeathsig)
+    import ctypes  # noqa: F401  (set_pdeathsig, the watcher's pidfd_open)
 
     import psutil  # noqa: F401  (command lines)
-
-    from .. import _proc
-
-    _proc.set_pdeathsig(signal.SIGTERM)
 
 
 def _validate_event(line: bytes) -> dict | None:

@@ -499,6 +499,32 @@ def test_workers_inherit_no_root_fds():
     assert not leaks, f"workers hold root's descriptors: {leaks}"
 
 
+@isolated(timeout=60)
+def test_killed_root_takes_its_workers_with_it():
+    """SIGKILL of the root supervisor: its per-user workers (already
+    running as their users, which clears a parent-death signal set
+    before the drop) exit too, and a new root starts afresh."""
+    import psutil
+
+    for i, user in enumerate((ALICE, BOB)):
+        assert_survived(Proc(_make, new_name(f"k{i}"), user=user), 10)
+    root = Proc(_root_supervisor, label="root supervisor")
+    root.expect("up")
+    wait_until(lambda: len(_children(root.pid)) == 2, 10, what="two workers")
+    workers = _children(root.pid)
+    root.kill()
+    root.outcome(5)
+
+    def gone(p):
+        try:
+            return p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(lambda: all(gone(w) for w in workers), 10,
+               what="the workers of a killed root supervisor to exit")
+
+
 def _cli_with_a_forging_worker(chan, evil_uid, victim_name):
     real = supervisor._worker_main
 
