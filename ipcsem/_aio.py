@@ -51,6 +51,17 @@ def task_key() -> int:
     return key
 
 
+def owner_key() -> int:
+    """The owner key of a semaphore call: this task's, or outside a task (a
+    loop callback, a worker thread) this thread's, as for the sync class
+    (semaphore units are the process's either way)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:           # no running loop in this thread
+        task = None
+    return native_tid() if task is None else task_key()
+
+
 def _loop_parked(loop) -> bool:
     """Every task of the loop is waiting on ipcsem (so the loop's thread can
     do nothing but wait: deadlock detectors may count it as parked)."""
@@ -59,16 +70,29 @@ def _loop_parked(loop) -> bool:
 
 
 class _AsyncPrimitive(Opened):
-    __slots__ = ("_name", "_handle", "_capacity", "__weakref__")
+    __slots__ = ("_name", "_handle", "_capacity", "_pending", "__weakref__")
 
     def __init__(self, name: str, params: Params | None, backend: str | None, group,
                  policy: dict, options: dict) -> None:
+        self._pending: dict = {}        # Pending -> its task's wake-up (close() ends them)
         self._open(name, params, backend, group, policy, options)
+
+    def close(self) -> None:
+        """Let go of the semaphore.  Units this process holds stay held (and
+        recoverable).  Tasks waiting on this handle give up with
+        ipcsem.Closed first (their entries leave the queue)."""
+        from ._errors import Closed
+
+        for pending, wake in list(self._pending.items()):
+            self._handle.cancel(pending)
+            wake(Closed("closed while waiting", name=self._name))
+        self._pending.clear()
+        self._handle.close()
 
     def try_acquire(self, units: int = 1) -> bool:
         """Take ``units`` now if that overtakes nobody; never waits."""
         _args.check_int("units", units, 1, self._capacity)
-        return self._handle.take(units, 0, task_key(), native_tid()) is not None
+        return self._handle.take(units, 0, owner_key(), native_tid()) is not None
 
     async def _grant(self, units: int, timeout: float | None, priority: int,
                      deadlock_raise: bool) -> Lease | None:
@@ -81,9 +105,14 @@ class _AsyncPrimitive(Opened):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         woken = asyncio.Event()
+        closed: list = []
 
         def notify() -> None:          # called from the backend's thread
             loop.call_soon_threadsafe(woken.set)
+
+        def end(exc) -> None:          # close() on the loop's thread
+            closed.append(exc)
+            woken.set()
 
         while True:
             pending = h.enqueue(units, priority, owner, tid, deadlock_raise, notify)
@@ -94,6 +123,7 @@ class _AsyncPrimitive(Opened):
             await asyncio.sleep(RETRY)   # the backend was busy (e.g. a lock held)
         if isinstance(pending, Lease):
             return pending
+        self._pending[pending] = end
         task = asyncio.current_task()
         waiting = _waiting.setdefault(loop, weakref.WeakSet())
         waiting.add(task)
@@ -101,6 +131,8 @@ class _AsyncPrimitive(Opened):
         try:
             next_slice = loop.time() + SLICE
             while True:
+                if closed:
+                    raise closed[0]     # close() already cancelled the entry
                 g = h.settle(pending)
                 if g is not None:
                     return g
@@ -120,22 +152,28 @@ class _AsyncPrimitive(Opened):
 
                         _deadlock.raise_if_victim(self._name, owner)
                 until = next_slice if deadline is None else min(next_slice, deadline)
+                # Not asyncio.wait_for: before Python 3.12 it swallows a
+                # cancel that arrives just after the event fired.
+                timer = loop.call_at(until, woken.set)
                 try:
-                    await asyncio.wait_for(woken.wait(), max(until - loop.time(), 0))
-                except asyncio.TimeoutError:
-                    pass
+                    await woken.wait()
+                finally:
+                    timer.cancel()
                 woken.clear()
         except BaseException:
             # CancelledError, a deadlock victim, anything: leave nothing
             # behind (a grant that raced in is given back), then propagate.
-            h.cancel(pending)
+            if not closed:
+                h.cancel(pending)
             raise
         finally:
+            self._pending.pop(pending, None)
             waiting.discard(task)
 
     def release(self, units: int = 1) -> None:
-        """Give ``units`` back (a plain call, like asyncio.Semaphore.release)."""
-        self._handle.release(units, task_key())
+        """Give ``units`` back (a plain call, like asyncio.Semaphore.release;
+        from a task, a loop callback or any thread)."""
+        self._handle.release(units, owner_key())
 
 
 @final

@@ -14,7 +14,6 @@ import os
 import random
 import subprocess
 import sys
-import warnings
 
 import pytest
 
@@ -29,7 +28,6 @@ from ipcsem.testing import (  # noqa: F401 - aio_agent_factory is a fixture
 
 pytestmark = pytest.mark.timeout(180)
 
-PY312 = sys.version_info >= (3, 12)
 
 
 def mine(sem) -> tuple[int, int]:
@@ -130,13 +128,7 @@ def test_cancel_as_the_grant_races_in_gives_the_units_back(name):
                 assert mine(sem) == (0, 0)
             else:
                 assert got is True
-                if accepted and not PY312:
-                    # SEAM REQUEST / BUG B2 (see test_a_cancel_after_the_wakeup_is_not_lost):
-                    # the cancel was accepted and then lost.  Give the units back
-                    # so the counts below still prove nothing else is left.
-                    pass
-                else:
-                    assert not accepted, "cancel() accepted, yet acquire returned True"
+                assert not accepted, "cancel() accepted, yet acquire returned True"
                 outcomes["granted"] += 1
                 sem.release()
             assert_consistent(sem, available=1, held=0, waiting=0)
@@ -149,10 +141,6 @@ def test_cancel_as_the_grant_races_in_gives_the_units_back(name):
     assert can_take_all(name, 1)
 
 
-@pytest.mark.xfail(not PY312, strict=True,
-                   reason="BUG B2: _aio._grant waits with asyncio.wait_for, which before "
-                          "Python 3.12 swallows a cancel arriving after its inner wait "
-                          "finished: the task returns True holding the units")
 def test_a_cancel_after_the_wakeup_is_not_lost(name):
     """The deterministic race: the notifier has set the task's wake-up
     event; the task is cancelled before it runs again.  cancel() returns
@@ -289,8 +277,7 @@ def test_cancellation_storm_across_processes(name, procs, aio_agent_factory):
                 stats["cancelled"] += 1
             else:
                 # a worker whose cancel() was accepted ends only by CancelledError
-                assert not PY312, f"a cancelled task ended with {r!r}"
-                stats["lost"] += 1       # BUG B2 (Python < 3.12): counted, reported below
+                raise AssertionError(f"a cancelled task ended with {r!r}")
         assert mine(sem) == (0, 0), "a cancelled task left units or a queue entry"
         sem.close()
         return stats
@@ -303,9 +290,6 @@ def test_cancellation_storm_across_processes(name, procs, aio_agent_factory):
     assert stats["cancelled"] > tasks // 2 and stats["granted"] > 0, stats
     assert_consistent(sem0, available=capacity, held=0, holders=0, waiting=0, unowned=0)
     assert can_take_all(name, capacity)
-    if stats["lost"]:
-        warnings.warn(f"BUG B2: {stats['lost']} cancel(s) were lost (Python < 3.12 "
-                      f"asyncio.wait_for): {stats}")
     sem0.close()
 
 

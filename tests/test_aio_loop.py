@@ -102,14 +102,7 @@ def _gap_run(names: list[str], procs, hold: float) -> tuple[object, dict]:
     return gaps, counts
 
 
-B7 = pytest.mark.xfail(
-    reason="BUG B7: the notifier thread re-reads every watched entry (Python, holding the "
-           "GIL) on every ring of a process bell, and every grant to one of our 1,000 "
-           "tasks rings it: it burns as much CPU as the loop and holds it 13-40 ms "
-           "beyond run-queue delay.  Remove this mark with the fix.")
-
-
-@pytest.mark.parametrize("hold", [pytest.param(0.010, marks=B7), pytest.param(0.002, marks=B7)],
+@pytest.mark.parametrize("hold", [0.010, 0.002],
                          ids=["moderate", "heavy"])
 def test_the_loop_never_blocks_while_1000_tasks_wait(names, procs, hold):
     """``hold``: how long the other processes hold a unit (and then pause):
@@ -343,10 +336,6 @@ def test_trio_can_use_the_sync_class_in_a_worker_thread(name, holder_factory):
 
 
 # ------------------------------------------------------------------ close
-@pytest.mark.xfail(strict=True, reason="BUG B1: the notifier sleeps in wait_bells on the "
-                   "ledger (counted as a call on it) for up to a slice after the last entry "
-                   "left, and nothing wakes it: close() after a waited-for grant holds the loop "
-                   "0.3-0.5 s")
 def test_close_after_a_waited_for_grant_does_not_hold_the_loop(name, holder_factory):
     async def main():
         sem = ipcsem.AsyncSemaphore(name, capacity=1)
@@ -366,10 +355,6 @@ def test_close_after_a_waited_for_grant_does_not_hold_the_loop(name, holder_fact
     gaps.check(0.1, allow_runqueue=True)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG B1: close() with a task waiting holds the loop "
-                   "5 s (Ledger.shutdown waits for the notifier's wait_bells, which the "
-                   "waiting entry keeps re-entering) and then raises Closed; the task is "
-                   "not told")
 def test_close_while_a_task_waits(name, holder_factory):
     async def main():
         sem = ipcsem.AsyncSemaphore(name, capacity=1)
@@ -389,10 +374,6 @@ def test_close_while_a_task_waits(name, holder_factory):
     asyncio.run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG B10: AsyncSemaphore.release()/try_acquire() "
-                   "need a current task (task_key()): a loop callback or a worker thread "
-                   "gets RuntimeError and the units stay held, though semaphore units are "
-                   "the process's")
 def test_release_from_a_callback_or_a_thread(name):
     async def main():
         sem = ipcsem.AsyncSemaphore(name, capacity=2)

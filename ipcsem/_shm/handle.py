@@ -7,6 +7,7 @@ typed errors' names.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Callable
 
@@ -33,12 +34,17 @@ SLICE_NS = int(HEAL_INTERVAL * 1e9)
 TRY_LOCK_NS = 5_000_000
 
 
-class ShmPending(Pending):
-    __slots__ = ("entry", "units")
+_seq = itertools.count()        # enqueue order of this process's async entries
 
-    def __init__(self, entry: int, units: int) -> None:
+
+class ShmPending(Pending):
+    __slots__ = ("entry", "units", "order")
+
+    def __init__(self, entry: int, units: int, priority: int = 0) -> None:
         self.entry = entry
         self.units = units
+        # serving order among this process's entries (grants come in it)
+        self.order = (-priority, next(_seq))
 
 
 class ShmHandle(Handle):
@@ -176,7 +182,7 @@ class ShmHandle(Handle):
             raise e.with_name(self.name) from None
         if got is None or not isinstance(got, int):
             return got
-        pending = ShmPending(got, units)
+        pending = ShmPending(got, units, priority)
         bells.watch(self, pending, notify)
         watch.watching(self.segment)
         return pending
@@ -221,8 +227,10 @@ class ShmHandle(Handle):
             pass
 
     def _forget(self, pending: ShmPending) -> None:
-        bells.unwatch(self, pending)
-        watch.done(self.segment)
+        # Once per entry: settle() forgets it before raising, and the
+        # caller's cancel() then forgets it again.
+        if bells.unwatch(self, pending):
+            watch.done(self.segment)
 
     # ----------------------------------------------------------- returning
     def release(self, units: int, owner: int, lease: Lease | None = None) -> None:

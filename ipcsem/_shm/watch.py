@@ -51,7 +51,8 @@ def watching(segment) -> None:
         return
     with _lock:
         entry = _segments.get(id(segment))
-        if entry is None:
+        new = entry is None
+        if new:
             _segments[id(segment)] = [segment, 1, None, set()]
         else:
             entry[1] += 1
@@ -60,7 +61,12 @@ def watching(segment) -> None:
                 _wake_r, _wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             _thread = threading.Thread(target=_run, name="ipcsem-watch", daemon=True)
             _thread.start()
-    _poke()
+    # Only a newly watched segment needs the thread now: another waiter on
+    # one it already watches changes nothing it looks at (a poke per
+    # waiter hands the GIL to a full re-read of the ledger: O(n) per
+    # enqueue, O(n^2) for n tasks queueing at once).
+    if new:
+        _poke()
 
 
 def done(segment) -> None:
