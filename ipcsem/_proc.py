@@ -13,8 +13,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 HAVE_PROC = os.path.exists("/proc/self/stat")
 PR_SET_PDEATHSIG = 1
@@ -114,7 +115,8 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> bool:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+        rc: int = libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        return rc == 0
     except (OSError, AttributeError):
         return False
 
@@ -148,13 +150,13 @@ def package_env(env: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if env is None else env)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if here not in paths:
-        env["PYTHONPATH"] = os.pathsep.join([here] + paths)
+        env["PYTHONPATH"] = os.pathsep.join([here, *paths])
     return env
 
 
-def launch_supervisor(names: list[str] | tuple[str, ...] = (), *, extra: list[str] = (),
+def launch_supervisor(names: Sequence[str] = (), *, extra: Sequence[str] = (),
                       die_with_parent: bool = True, new_session: bool = False,
-                      **popen) -> subprocess.Popen:
+                      **popen: Any) -> subprocess.Popen[Any]:
     """Start ``python -m ipcsem supervise [NAME...]`` as a child process (the
     storm, the tests, the benchmarks all start it this way).  It dies with
     us unless ``die_with_parent`` is False."""
