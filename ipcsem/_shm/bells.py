@@ -17,18 +17,22 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import _identity
 from . import _ledger
 
+if TYPE_CHECKING:
+    from .handle import ShmHandle, ShmPending
+
 _lock = threading.Lock()
-_watched: dict[tuple[int, int], tuple[object, object, Callable[[], None]]] = {}
+_watched: dict[tuple[int, int], tuple[ShmHandle, ShmPending, Callable[[], None]]] = {}
 _thread: threading.Thread | None = None
 SLICE = 0.5     # the notifier looks at every entry at least this often anyway
 
 
-def watch(handle, pending, notify: Callable[[], None]) -> None:
+def watch(handle: ShmHandle, pending: ShmPending, notify: Callable[[], None]) -> None:
     """Call ``notify()`` whenever ``pending`` (an entry of ``handle``) may
     have been granted, until ``unwatch``."""
     global _thread
@@ -40,15 +44,15 @@ def watch(handle, pending, notify: Callable[[], None]) -> None:
     _ledger.poke_bells()
 
 
-def unwatch(handle, pending) -> None:
+def unwatch(handle: ShmHandle, pending: ShmPending) -> None:
     with _lock:
         _watched.pop((id(handle), pending.entry), None)
 
 
-_cancels: list[tuple[object, object]] = []
+_cancels: list[tuple[ShmHandle, ShmPending]] = []
 
 
-def cancel_later(handle, pending) -> None:
+def cancel_later(handle: ShmHandle, pending: ShmPending) -> None:
     """Cancel ``pending`` from the notifier thread (the ledger lock was busy:
     an event loop cannot wait for it).  Uninterrupted, so it completes."""
     global _thread
@@ -101,7 +105,7 @@ def _run() -> None:
         seen_notifier = _ledger.notifier_word()
         with _lock:
             items = list(_watched.values())
-        bells = {}
+        bells: dict[int, tuple[_ledger.Ledger, int, int]] = {}
         # Read every bell before looking at any entry: a grant that lands
         # after our look changes a bell we then do not sleep through.
         for handle, _pending, _notify in items:

@@ -8,7 +8,7 @@ typed errors' names.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .. import _identity, _pi
 from .._backend import Handle, Pending
@@ -44,7 +44,7 @@ class ShmPending(Pending):
 class ShmHandle(Handle):
     """A Handle on a ledger in POSIX shared memory."""
 
-    __slots__ = ("name", "params", "created", "segment", "_ledger")
+    __slots__ = ("_ledger", "created", "name", "params", "segment")
 
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
@@ -71,7 +71,7 @@ class ShmHandle(Handle):
         key, _tid, _depth, died = self._ledger.mutex
         return key == owner and bool(died)
 
-    def snapshot(self):
+    def snapshot(self) -> _ledger.Snapshot:
         """The ledger now (``_ledger.Snapshot``), read without the lock."""
         try:
             return self._ledger.snapshot()
@@ -119,7 +119,8 @@ class ShmHandle(Handle):
             raise e.with_name(self.name) from None
         return g
 
-    def _enqueue(self, units, priority, owner, tid, flags: int, lock: int):
+    def _enqueue(self, units: int, priority: int, owner: int, tid: int, flags: int,
+                 lock: int) -> _ledger.Grant | int | None:
         ledger = self._ledger
         args = (ME.pid, ME.start, tid, owner, units, priority, flags, lock)
         try:
@@ -229,7 +230,8 @@ class ShmHandle(Handle):
         if self.params.priority_inheritance:
             _pi.restore_self(self)    # our own priority back before the mutex goes
         try:
-            self._ledger.release(ME.pid, ME.start, owner, units, 0 if lease is None else lease.token)
+            self._ledger.release(ME.pid, ME.start, owner, units,
+                                 0 if lease is None else lease.token)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
 

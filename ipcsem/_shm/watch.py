@@ -20,16 +20,21 @@ import os
 import select
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from .. import _identity
 from .._errors import IpcsemError
 from . import recovery
 
+if TYPE_CHECKING:
+    from .segment import Segment
+
 WATCH_MAX = 256          # pidfds per process
 REFRESH = 0.05           # how often to look for new holders (lock-free counter read)
 
 _lock = threading.Lock()
-_segments: dict[int, list] = {}          # id(segment) -> [segment, waits, seen_changes]
+# id(segment) -> [segment, waits, seen changes, identities]
+_segments: dict[int, list[Any]] = {}
 _thread: threading.Thread | None = None
 _wake_r = _wake_w = -1
 
@@ -44,7 +49,7 @@ def _name_thread() -> None:
         pass
 
 
-def watching(segment) -> None:
+def watching(segment: Segment) -> None:
     """A thread of ours starts waiting on ``segment``."""
     global _thread, _wake_r, _wake_w
     if not hasattr(os, "pidfd_open"):
@@ -63,7 +68,7 @@ def watching(segment) -> None:
     _poke()
 
 
-def done(segment) -> None:
+def done(segment: Segment) -> None:
     """That thread stopped waiting."""
     with _lock:
         entry = _segments.get(id(segment))
@@ -188,7 +193,7 @@ def _run() -> None:
                 _recover(segs.get(key), ident)
 
 
-def _recover(seg, ident) -> None:
+def _recover(seg: Segment | None, ident: tuple[int, int]) -> None:
     if seg is None or not _identity.is_dead(*ident):
         return
     try:
