@@ -47,11 +47,9 @@ class Opened:
     a C base type) and call ``_open`` from ``__init__``."""
 
     # The slots live in the subclasses (with slots of its own this mixin
-    # could not combine with the C base type); type checkers see them here,
-    # where they are set.
-    if TYPE_CHECKING:
-        __slots__ = ("_capacity", "_handle", "_name")
-    else:
+    # could not combine with the C base type).  Type checkers are shown no
+    # __slots__ here, so they accept the attributes set below.
+    if not TYPE_CHECKING:
         __slots__ = ()
     _name: str
     _handle: _backend.Handle

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Final, TypedDict, final
 
 from _typeshed import ReadableBuffer, WriteableBuffer, structseq
+from typing_extensions import disjoint_base
 
 from .._records import Lease
 
@@ -318,6 +319,7 @@ class Ledger:
     def shutdown(self, seconds: float, /) -> bool:
         """False (nothing released) if calls remain in flight after ``seconds``."""
 
+@disjoint_base    # a C layout of its own: combines only with layout-free bases (mixins)
 class Primitive:
     """Base of ipcsem.Semaphore and ipcsem.Mutex: a C fast path for their hot
     methods, which hand every other call to the subclass's ``_acquire_slow``,
