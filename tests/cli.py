@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import pytest
-
 from procs import wait_until
 
 BIN = os.path.dirname(sys.executable)
@@ -256,6 +256,6 @@ def wedge(procs, name: str, mid_update: bool = True) -> subprocess.Popen:
               stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"
     p.send_signal(signal.SIGSTOP)
-    wait_for(lambda: open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
+    wait_for(lambda: Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T",
              what="the wedger to stop")
     return p
