@@ -33,10 +33,13 @@ $(LINT_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $(LINT_STAMP)
 
+# All three run, whatever the first finds, so one run shows every problem.
 lint: $(LINT_STAMP)
-	$(PY) -m ruff check ipcsem tests tools
-	$(PY) -m mypy --strict ipcsem
-	$(PY) -m mypy.stubtest ipcsem._shm._ledger
+	@status=0; \
+	$(PY) -m ruff check ipcsem tests tools || status=1; \
+	$(PY) -m mypy --strict ipcsem || status=1; \
+	$(PY) -m mypy.stubtest ipcsem._shm._ledger || status=1; \
+	exit $$status
 
 # The suite on every CPython >= 3.10 found (pyenv, python3.1x on PATH), one
 # venv .venv-3.X each, one summary line per interpreter; fails if any failed.
