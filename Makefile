@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all build bench chaos clean
+.PHONY: demo test test-all lint build bench chaos clean
 
 # Any C source under ipcsem/, wherever the extension lives.
 $(STAMP): pyproject.toml setup.py $(wildcard ipcsem/*.c ipcsem/*/*.c)
@@ -23,6 +23,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	-$(PY) -m compileall -q ipcsem tests tools > /dev/null
 	$(PY) -m pytest -q
+
+# ruff (pyproject.toml says which rules, and why each exception) over the
+# package, the tests and the tools; mypy --strict over the package; stubtest:
+# the C extension's stub (_ledger.pyi) against the compiled module.  The
+# lint extra (ruff, mypy, stubs) is installed once, into the same venv.
+LINT_STAMP := $(VENV)/.lint-installed
+$(LINT_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,lint]'
+	touch $(LINT_STAMP)
+
+# All three run, whatever the first finds, so one run shows every problem.
+lint: $(LINT_STAMP)
+	@status=0; \
+	$(PY) -m ruff check ipcsem tests tools || status=1; \
+	$(PY) -m mypy --strict ipcsem || status=1; \
+	$(PY) -m mypy.stubtest ipcsem._shm._ledger || status=1; \
+	exit $$status
 
 # The suite on every CPython >= 3.10 found (pyenv, python3.1x on PATH), one
 # venv .venv-3.X each, one summary line per interpreter; fails if any failed.

@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import weakref
-from typing import final
+from collections.abc import Callable
+from typing import Any, final
 
 from . import _args
+from ._backend import Pending
 from ._base import Opened, make_params
 from ._errors import Timeout
 from ._identity import native_tid
@@ -34,9 +36,11 @@ SLICE = 0.5          # a waiting task heals, checks deadlocks, re-parks at least
 RETRY = 0.002        # the backend was momentarily busy: try again after this long
 
 _keys = itertools.count(1)
-_task_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_task_keys: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
 # Per loop: the tasks waiting on ipcsem now (for "is the loop parked?").
-_waiting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_waiting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                    weakref.WeakSet[asyncio.Task[Any]]] = \
+    weakref.WeakKeyDictionary()
 
 
 def task_key() -> int:
@@ -62,7 +66,7 @@ def owner_key() -> int:
     return native_tid() if task is None else task_key()
 
 
-def _loop_parked(loop) -> bool:
+def _loop_parked(loop: asyncio.AbstractEventLoop) -> bool:
     """Every task of the loop is waiting on ipcsem (so the loop's thread can
     do nothing but wait: deadlock detectors may count it as parked)."""
     mine = _waiting.get(loop, ())
@@ -70,11 +74,13 @@ def _loop_parked(loop) -> bool:
 
 
 class _AsyncPrimitive(Opened):
-    __slots__ = ("_name", "_handle", "_capacity", "_pending", "__weakref__")
+    __slots__ = ("__weakref__", "_capacity", "_handle", "_name", "_pending")
 
-    def __init__(self, name: str, params: Params | None, backend: str | None, group,
-                 policy: dict, options: dict) -> None:
-        self._pending: dict = {}        # Pending -> its task's wake-up (close() ends them)
+    def __init__(self, name: str, params: Params | None, backend: str | None,
+                 group: str | int | None, policy: dict[str, object],
+                 options: dict[str, Any]) -> None:
+        # each waiting task's entry -> its wake-up (close() ends them)
+        self._pending: dict[Pending, Callable[[BaseException], None]] = {}
         self._open(name, params, backend, group, policy, options)
 
     def close(self) -> None:
@@ -105,12 +111,12 @@ class _AsyncPrimitive(Opened):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         woken = asyncio.Event()
-        closed: list = []
+        closed: list[BaseException] = []
 
         def notify() -> None:          # called from the backend's thread
             loop.call_soon_threadsafe(woken.set)
 
-        def end(exc) -> None:          # close() on the loop's thread
+        def end(exc: BaseException) -> None:    # close() on the loop's thread
             closed.append(exc)
             woken.set()
 
@@ -125,6 +131,7 @@ class _AsyncPrimitive(Opened):
             return pending
         self._pending[pending] = end
         task = asyncio.current_task()
+        assert task is not None      # task_key() above raised otherwise
         waiting = _waiting.setdefault(loop, weakref.WeakSet())
         waiting.add(task)
         parked = False
@@ -196,7 +203,7 @@ class AsyncSemaphore(_AsyncPrimitive):
     def __init__(self, name: str, capacity: int | None = None, *, initial: int | None = None,
                  mode: int = 0o600, group: str | int | None = None, slots: bool | None = None,
                  fair: bool | None = None, max_holders: int = 1024, max_waiters: int = 1024,
-                 backend: str | None = None, **options) -> None:
+                 backend: str | None = None, **options: Any) -> None:
         if slots is not None:
             _args.check_bool("slots", slots)
         if fair is not None:
@@ -231,9 +238,11 @@ class AsyncSemaphore(_AsyncPrimitive):
                           _args.check_priority(priority), _args.check_deadlock(deadlock))
 
     async def __aenter__(self) -> Lease:
-        return await self._grant(1, None, 0, False)
+        lease = await self._grant(1, None, 0, False)
+        assert lease is not None     # no deadline: only a grant ends the wait
+        return lease
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.release(1)
 
 
@@ -247,7 +256,8 @@ class AsyncMutex(_AsyncPrimitive):
 
     def __init__(self, name: str, *, reentrant: bool | None = None, mode: int = 0o600,
                  group: str | int | None = None, max_holders: int = 1024,
-                 max_waiters: int = 1024, backend: str | None = None, **options) -> None:
+                 max_waiters: int = 1024, backend: str | None = None,
+                 **options: Any) -> None:
         if reentrant is not None:
             _args.check_bool("reentrant", reentrant)
         params = make_params(1, 1, mode, max_holders, max_waiters, kind="mutex",
@@ -262,6 +272,8 @@ class AsyncMutex(_AsyncPrimitive):
         _args.check_priority(priority)
         return await self._grant(1, t, priority, _args.check_deadlock(deadlock)) is not None
 
+    # A mutex has one unit to give back: no ``units`` (as Mutex.release),
+    # unlike the base class's release(units).
     def release(self) -> None:   # type: ignore[override]
         """Unlock it; NotOwner unless this task owns it."""
         self._handle.release(1, task_key())
@@ -280,16 +292,18 @@ class AsyncMutex(_AsyncPrimitive):
                           _args.check_deadlock(deadlock))
 
     async def __aenter__(self) -> Lease:
-        return await self._grant(1, None, 0, False)
+        lease = await self._grant(1, None, 0, False)
+        assert lease is not None     # no deadline: only a grant ends the wait
+        return lease
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.release()
 
 
 class _AsyncHold:
-    __slots__ = ("_prim", "_units", "_timeout", "_priority", "_deadlock")
+    __slots__ = ("_deadlock", "_prim", "_priority", "_timeout", "_units")
 
-    def __init__(self, prim: _AsyncPrimitive, units: int, timeout, priority: int,
+    def __init__(self, prim: _AsyncPrimitive, units: int, timeout: float | None, priority: int,
                  deadlock: bool) -> None:
         self._prim, self._units, self._timeout = prim, units, timeout
         self._priority, self._deadlock = priority, deadlock
@@ -301,7 +315,7 @@ class _AsyncHold:
             raise Timeout(p.name, self._units, self._timeout)
         return lease
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if isinstance(self._prim, AsyncMutex):
             self._prim.release()
         else:

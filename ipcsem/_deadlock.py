@@ -36,6 +36,7 @@ one that started waiting last — raises DeadlockDetected, leaves the queue
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ._errors import DeadlockDetected, IpcsemError, NotFound
@@ -43,6 +44,11 @@ from ._identity import ME, native_tid
 from ._records import Deadlock
 
 Ident = tuple[int, int]      # (pid, start)
+# a deadlock's chosen victim: (since, pid, tid, owner, name)
+Victim = tuple[float, int, int, int, str]
+ThreadsOf = Callable[[int], "set[int] | None"]      # pid -> its threads' ids (None: gone)
+Alive = Callable[[Ident], bool]
+Stuck = list[tuple["SemState", "Queued"]]
 
 INTERNAL_THREAD_PREFIX = "ipcsem-"
 
@@ -81,7 +87,8 @@ def _read_states(names: list[str] | None) -> list[SemState]:
         except (IpcsemError, OSError):
             continue       # gone, unreadable, corrupt: not part of any graph we can see
         holdings = {(h.pid, h.start): h.units for h in snap.holders if h.units > 0}
-        queue, granted = [], set()
+        queue: list[Queued] = []
+        granted: set[tuple[int, int]] = set()
         for w in snap.waiters:
             if w.state == _ledger.WAITING:
                 queue.append(Queued((w.pid, w.start), w.tid, w.units, w.since_ns / 1e9,
@@ -113,7 +120,8 @@ def _threads(pid: int) -> set[int] | None:
     return out
 
 
-def _stuck(states: list[SemState], threads_of, alive, withdrawn: Queued | None = None):
+def _stuck(states: list[SemState], threads_of: ThreadsOf, alive: Alive,
+           withdrawn: Queued | None = None) -> tuple[Stuck, set[Ident], dict[str, int]]:
     """The reduction itself: (entries that can never be granted, the
     processes that are not live, free units per semaphore at the end).
     ``withdrawn``: pretend that entry left and its process is live (what a
@@ -173,7 +181,8 @@ def _stuck(states: list[SemState], threads_of, alive, withdrawn: Queued | None =
     return stuck, live, free
 
 
-def reduce(states: list[SemState], threads_of=_threads, alive=None):
+def reduce(states: list[SemState], threads_of: ThreadsOf = _threads,
+           alive: Alive | None = None) -> list[tuple[Deadlock, Victim | None]]:
     """Holt's reduction (module docstring) -> [(Deadlock, victim)], victim
     being (since, pid, tid, owner, name) of the participant that should give
     up: of those that asked ``deadlock="raise"``, the one that started
@@ -191,7 +200,7 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
     # Group participants: P waits on S, Q holds S (both participants) -> linked.
     parent = {p: p for p in participants}
 
-    def find(p):
+    def find(p: Ident) -> Ident:
         while parent[p] != p:
             parent[p] = parent[parent[p]]
             p = parent[p]
@@ -206,7 +215,7 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
     groups: dict[Ident, set[Ident]] = {}
     for p in participants:
         groups.setdefault(find(p), set()).add(p)
-    out = []
+    out: list[tuple[Deadlock, Victim | None]] = []
     for members in groups.values():
         sems = sorted({s.name for s, q in stuck if q.ident in members}
                       | {s.name for s in states for h in s.holdings if h in members})
@@ -215,7 +224,7 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
             for h, units in sorted(s.holdings.items()):
                 if h in members:
                     edges.append(f"pid {h[0]} holds {units} of {s.name!r}")
-        candidates = []
+        candidates: list[tuple[Victim, Queued]] = []
         for s, q in stuck:
             if q.ident in members:
                 edges.append(f"pid {q.ident[0]} (thread {q.tid}) waits for {q.units} of "
@@ -226,7 +235,7 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
         desc = (f"{len(members)} process(es) {', '.join(map(str, pids))} wait for each other on "
                 f"{', '.join(repr(n) for n in sems)}: " + "; ".join(edges))
         dl = Deadlock(pids, tuple(sems), desc, tuple(edges))
-        victim = None
+        victim: Victim | None = None
         for key, q in sorted(candidates, key=lambda kq: kq[0], reverse=True):
             after, live_after, _free = _stuck(states, threads_of, alive, withdrawn=q)
             if not any(x.ident in members and x.ident not in live_after for _s, x in after):

@@ -10,10 +10,11 @@ may cross a process boundary in a pool.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
-def _rebuild(cls: type, facts: dict[str, Any]) -> IpcsemError:
+def _rebuild(cls: type[IpcsemError], facts: dict[str, Any]) -> IpcsemError:
     err = cls.__new__(cls)
     Exception.__init__(err)
     err.__dict__.update(facts)
@@ -32,7 +33,9 @@ class IpcsemError(Exception):
     def __str__(self) -> str:
         return self.detail or f"ipcsem error on {self.name!r}"
 
-    def __reduce__(self):  # keep every fact across pickling
+    def __reduce__(self) -> tuple[Callable[..., IpcsemError],
+                                  tuple[type[IpcsemError], dict[str, Any]]]:
+        # keep every fact across pickling
         return (_rebuild, (type(self), dict(self.__dict__)))
 
     def with_name(self, name: str) -> IpcsemError:
@@ -186,7 +189,8 @@ class DeadlockDetected(IpcsemError):
         self.deadlock = deadlock
 
     def __str__(self) -> str:
-        return f"deadlock while waiting for {self.name!r}: {getattr(self.deadlock, 'description', self.deadlock)}"
+        what = getattr(self.deadlock, "description", self.deadlock)
+        return f"deadlock while waiting for {self.name!r}: {what}"
 
 
 class LeaseLost(IpcsemError):

@@ -51,7 +51,7 @@ class Child:
         if wait:
             self.ready()
 
-    def ready(self) -> "Child":
+    def ready(self) -> Child:
         assert self._line(30) == {"ready": True}
         if self._setup:
             self.run(self._setup)
@@ -237,13 +237,13 @@ def sweep_crash_points(create, setup: str, op: str, verify, batch: int = 8,
                 name, sem, extra = create()
                 child = Child(wait=False)
                 cases.append((point, name, sem, child, extra))
-            for point, name, sem, child, extra in cases:
+            for point, name, _sem, child, _extra in cases:
                 child.ready()
                 child.run(f"name = {name!r}\n" + setup)
                 child.run("from ipcsem._shm import _ledger")
                 child.begin(f"_ledger.set_crash_point({point})\n{op}")
             survived = []
-            for point, name, sem, child, extra in cases:
+            for point, _name, sem, child, _extra in cases:
                 try:
                     child.result(20)
                     died = False
@@ -259,7 +259,7 @@ def sweep_crash_points(create, setup: str, op: str, verify, batch: int = 8,
                 assert survived[0] > 3, "the crash points never fired"
                 return survived[0]
         finally:
-            for point, name, sem, child, extra in cases:
+            for _point, name, _sem, child, extra in cases:
                 child.close()
                 for x in extra:
                     x.close()
@@ -267,7 +267,7 @@ def sweep_crash_points(create, setup: str, op: str, verify, batch: int = 8,
                     import ipcsem
 
                     ipcsem.unlink(name)
-                except Exception:
+                except Exception:  # noqa: BLE001 - clean-up: gone or never made, either is fine
                     pass
     raise AssertionError("the operation never completed: crash points not exhausted")
 
@@ -316,7 +316,7 @@ def _child_main() -> None:
     def in_thread(name: str, code: str) -> None:
         try:
             ns["threads"][name] = ("ok", _execute(code, ns))
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - the test reads what the thread raised
             ns["threads"][name] = ("err", type(e).__name__, str(e))
 
     _reply({"ready": True})
@@ -335,7 +335,7 @@ def _child_main() -> None:
                 _reply({"ok": "None"})
                 continue
             _reply({"ok": repr(_execute(cmd["code"], ns))})
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - reported to the parent, which judges it
             _reply(_error_reply(e))
 
 

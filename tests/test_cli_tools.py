@@ -6,7 +6,6 @@ Holders are real `ipcsem run` processes (or small Python programs using the
 library); kills are real SIGKILLs; nothing is mocked."""
 from __future__ import annotations
 
-import importlib.resources
 import json
 import os
 import pwd
@@ -18,11 +17,20 @@ import textwrap
 import time
 
 import pytest
+from cli import (
+    IPCSEM,
+    STATUS,
+    in_child,
+    needs_private_shm,
+    needs_scripts,
+    run,
+    sem_json,
+    status_json,
+    wait_for,
+    wedge,
+)
 
 import ipcsem
-
-from cli import (IPCSEM, STATUS, in_child, needs_private_shm, needs_scripts, run, sem_json,
-                 status_json, wait_for, wedge)
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 

@@ -8,14 +8,15 @@ it.  "Not reported" is checked with find_deadlocks() and, for waiters that
 asked ``deadlock="raise"``, by their still waiting after several detection
 slices — and then by the shape resolving the way the test says it will.
 """
+import dataclasses
 import os
 import signal
 import time
 
 import pytest
+from family_procs import ChildError, children, state_of, wait_queued, wait_until  # noqa: F401
 
 import ipcsem
-from family_procs import ChildError, children, state_of, wait_queued, wait_until  # noqa: F401
 
 RAISE_DEADLINE = 8.0    # "within ~1-3 s", checked as "eventually" on a shared machine
 QUIET = 1.6             # > 3 detection slices (HEAL_INTERVAL = 0.5 s)
@@ -79,7 +80,7 @@ def test_two_process_cycle_is_found(sems, children):
         assert fact in dl.description
     every = ipcsem.find_deadlocks()     # all names: ours is among them
     assert (dl.processes, dl.semaphores) in [(d.processes, d.semaphores) for d in every]
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         dl.processes = ()                                     # a frozen record
     # A death ends it: the dead holder's units come back (b heals them).
     a.kill()
@@ -221,7 +222,7 @@ def test_own_thread_waits_for_a_unit_another_thread_will_release_is_not_one(sems
 
 
 def test_stopped_holder_that_is_not_waiting_is_not_one(sems, children):
-    ns, (s1, s2) = sems(1, 1)
+    ns, (s1, _s2) = sems(1, 1)
     holder, waiter = children(opener(ns), n=2)
     holder.run("s1.acquire()")
     waiter.run("s2.acquire()")
@@ -329,7 +330,7 @@ except ipcsem.DeadlockDetected:
 
 @pytest.mark.parametrize("k", [2, 3])
 def test_exactly_one_victim_per_deadlock_the_others_proceed(sems, children, k):
-    ps, outcomes, ss = _run_cycle_where_everyone_asked(sems, children, k)
+    _ps, outcomes, ss = _run_cycle_where_everyone_asked(sems, children, k)
     assert sorted(outcomes) == ["proceeded"] * (k - 1) + ["victim"], outcomes
     assert outcomes[-1] == "victim", "the one that started waiting last gives up"
     for s in ss:

@@ -10,9 +10,9 @@ import multiprocessing
 import threading
 
 import pytest
+from family_procs import ChildError, children, ledger_view, wait_queued  # noqa: F401
 
 import ipcsem
-from family_procs import ChildError, children, ledger_view, wait_queued  # noqa: F401
 
 # --------------------------------------------- code written for the stdlib
 THREADING_CODE = '''
@@ -86,7 +86,8 @@ def multiprocessing_forms(sem):
     sem.release()
     sem.release()
     with sem:
-        trace.append(("in with: acquire(block=True, timeout=1)", sem.acquire(block=True, timeout=1)))
+        trace.append(("in with: acquire(block=True, timeout=1)",
+                      sem.acquire(block=True, timeout=1)))
         sem.release()
     try:
         sem.release()
@@ -153,8 +154,9 @@ def test_the_forms_keep_their_meaning_across_processes(name, children):
     holder, other = children(f"s = ipcsem.Semaphore({name!r})", n=2)
     holder.run("s.acquire(); s.acquire()")
     for call in ("s.acquire(False)", "s.acquire(blocking=False)", "s.acquire(block=False)",
-                 "s.acquire(timeout=0)", "s.acquire(True, 0.2)", "s.acquire(block=True, timeout=0.2)",
-                 "s.acquire(2, 0.2)", "s.acquire(units=1, timeout=0.1)", "s.try_acquire()"):
+                 "s.acquire(timeout=0)", "s.acquire(True, 0.2)",
+                 "s.acquire(block=True, timeout=0.2)", "s.acquire(2, 0.2)",
+                 "s.acquire(units=1, timeout=0.1)", "s.try_acquire()"):
         assert other.run(call) is False, call
     assert sem.waiters() == []
     # A negative timeout does not wait, as in threading.Semaphore and

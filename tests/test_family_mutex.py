@@ -2,9 +2,9 @@
 import os
 
 import pytest
+from family_procs import ChildError, children, ledger_view, wait_queued, wait_until  # noqa: F401
 
 import ipcsem
-from family_procs import ChildError, children, ledger_view, wait_queued, wait_until  # noqa: F401
 
 
 def owner_of(m) -> tuple[int, int] | None:
@@ -172,9 +172,8 @@ def test_hold_times_out_with_timeout_error(name, children):
     a = children(f"m = ipcsem.Mutex({name!r})")
     a.run("m.acquire()")
     m = ipcsem.Mutex(name)
-    with pytest.raises(ipcsem.Timeout) as e:
-        with m.hold(timeout=0.2):
-            pass
+    with pytest.raises(ipcsem.Timeout) as e, m.hold(timeout=0.2):
+        pass
     assert isinstance(e.value, TimeoutError) and e.value.name == name
     assert m.waiters() == []
 

@@ -11,9 +11,9 @@ import sys
 import time
 
 import pytest
+from family_procs import children, ledger_view, stop_holding_the_ledger_lock, wait_until  # noqa: F401
 
 import ipcsem
-from family_procs import children, ledger_view, stop_holding_the_ledger_lock, wait_until  # noqa: F401
 
 DEADLINE = 6.0     # "within ~1 s of the death", checked as "eventually", with room
 
@@ -174,7 +174,7 @@ def _recoverer_killed_at(point, name, made, waiter=None):
     r = Child(f"s = ipcsem.Semaphore({name!r}); from ipcsem._shm import _ledger")
     made += [d, r]
     if waiter is not None:
-        waiter.begin("s.acquire(timeout=%r)" % DEADLINE)
+        waiter.begin(f"s.acquire(timeout={DEADLINE!r})")
         wait_until(lambda: waiter.pid in [w.pid for w in ipcsem.Semaphore(name).waiters()],
                    what="the waiter queued")
         os.kill(waiter.pid, signal.SIGSTOP)
@@ -204,7 +204,7 @@ def _points_that_tear(names, made, first_only=False):
     while True:
         name = names()
         sem = ipcsem.Semaphore(name, capacity=1)
-        died = _retrying(lambda: _recoverer_killed_at(point, name, made))
+        died = _retrying(lambda point=point, name=name: _recoverer_killed_at(point, name, made))
         snap = ledger_view(sem.name)
         shown = list(snap.holders)         # any row of D: healing would look at it
         sem.check()                        # the lock: the dead transaction is rolled back
@@ -224,7 +224,7 @@ def test_recover_after_a_recoverer_died_mid_recovery_returns_the_units(names):
         while True:
             name = names()
             sem = ipcsem.Semaphore(name, capacity=1)
-            died = _retrying(lambda: _recoverer_killed_at(point, name, made))
+            died = _retrying(lambda point=point, name=name: _recoverer_killed_at(point, name, made))
             sem.recover()                  # whatever R did or did not finish: the unit is back
             sem.check()                    # (seen after the lock rolled a dead transaction back)
             if sem.holders() or sem.available != 1:

@@ -8,17 +8,19 @@ Tokens are appended to slot k's log while that flock is held, so each log is
 in grant order and must be strictly increasing, kills included.
 """
 import fcntl
+import itertools
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+from family_procs import ChildError, children, wait_queued, wait_until  # noqa: F401
 
 import ipcsem
-from family_procs import ChildError, children, wait_queued, wait_until  # noqa: F401
 
 
 def holders_slots(sem) -> dict[int, tuple[int, ...]]:
@@ -105,7 +107,7 @@ def test_holders_show_each_holders_slots_and_status_reads_them_unlocked(name, ch
     a.run("s.acquire()")
     b.run("s.acquire(2)")
     assert holders_slots(sem) == {a.pid: (0,), b.pid: (1, 2)}
-    from ipcsem._shm.segment import read_view   # what status tools and root use
+    from ipcsem._shm.segment import read_view  # what status tools and root use
 
     rows = {h.pid: h.slots for h in read_view(name).snapshot.holders if h.units}
     assert rows == {a.pid: (0,), b.pid: (1, 2)}
@@ -238,7 +240,8 @@ def _storm_worker(name: str, d: str, seed: int) -> None:
     rng = random.Random(seed)
     sem = ipcsem.Semaphore(name)
     locks = [os.open(os.path.join(d, f"slot-{k}"), os.O_RDWR) for k in range(CAPACITY)]
-    logs = [os.open(os.path.join(d, f"log-{k}"), os.O_WRONLY | os.O_APPEND) for k in range(CAPACITY)]
+    logs = [os.open(os.path.join(d, f"log-{k}"), os.O_WRONLY | os.O_APPEND)
+            for k in range(CAPACITY)]
     bad = os.open(os.path.join(d, "violations"), os.O_WRONLY | os.O_APPEND)
     while True:
         units = rng.choice((1, 1, 2))
@@ -265,7 +268,7 @@ def _fork_worker(name: str, d: str, seed: int) -> int:
         code = 1
         try:
             _storm_worker(name, d, seed)
-        except BaseException as e:   # report, never return into pytest
+        except BaseException as e:  # noqa: BLE001 - report, never return into pytest
             try:
                 with open(os.path.join(d, "violations"), "a") as f:
                     f.write(f"{os.getpid()} crashed: {e!r}\n")
@@ -306,10 +309,11 @@ def test_slots_disjoint_and_complete_under_a_sigkill_storm(name, tmp_path):
         with open(os.path.join(d, f"log-{k}")) as f:
             tokens = [int(x) for x in f.read().split()]
         grants += len(tokens)
-        assert all(a < b for a, b in zip(tokens, tokens[1:])), \
+        assert all(a < b for a, b in itertools.pairwise(tokens)), \
             f"slot {k}: tokens not strictly increasing in grant order: {tokens}"
     print(f"storm: {kills} kills, {grants} slot grants logged")
-    assert kills >= 10 and grants >= 30, f"the storm did too little ({kills} kills, {grants} grants)"
+    assert kills >= 10 and grants >= 30, \
+        f"the storm did too little ({kills} kills, {grants} grants)"
     # Complete: every number comes back, once; a fresh process (exec'd, so it
     # shares nothing with us) heals the dead, gets all of them, and can flock
     # each.
@@ -327,7 +331,7 @@ def test_slots_disjoint_and_complete_under_a_sigkill_storm(name, tmp_path):
     slots, token = out.stdout.split(")")
     assert slots + ")" == str(tuple(range(CAPACITY)))
     last = max(int(x) for k in range(CAPACITY)
-               for x in open(os.path.join(d, f"log-{k}")).read().split())
+               for x in Path(d, f"log-{k}").read_text().split())
     assert int(token) > last
     assert sem.holders() == [] and sem.available == CAPACITY
     sem.check()
@@ -446,14 +450,14 @@ def _sweep_with_waiter(create, setup, verify, queue_waiter, batch=6, max_points=
             for point in range(first, first + batch):
                 name, sem, extra = create()
                 cases.append((point, name, sem, Child(wait=False), extra))
-            for point, name, sem, child, extra in cases:
+            for point, name, sem, child, _extra in cases:
                 child.ready()
                 child.run(f"name = {name!r}\n" + setup)
                 queue_waiter(sem)
                 child.begin(f"from ipcsem._shm import _ledger\n"
                             f"_ledger.set_crash_point({point})\ns.release()")
             survived = []
-            for point, name, sem, child, extra in cases:
+            for point, _name, sem, child, _extra in cases:
                 try:
                     child.result(20)
                     died = False
@@ -468,7 +472,7 @@ def _sweep_with_waiter(create, setup, verify, queue_waiter, batch=6, max_points=
                 assert survived == list(range(survived[0], first + batch)), survived
                 return survived[0]
         finally:
-            for point, name, sem, child, extra in cases:
+            for _point, name, _sem, child, extra in cases:
                 child.close()
                 for x in extra:
                     x.close()

@@ -16,8 +16,7 @@ import ipcsem
 from ipcsem import _identity
 from ipcsem._shm import _ledger
 from ipcsem._shm.segment import open_segment
-from ipcsem.testing import (can_take_all, held_by, queued_pids, start_supervisor,
-                            wait_until)
+from ipcsem.testing import can_take_all, held_by, queued_pids, start_supervisor, wait_until
 
 
 def holder(agents, name, units=1, capacity=None):

@@ -29,8 +29,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OLDEST = (3, 10)  # pyproject.toml: requires-python = ">=3.10"
-PROBE = "import sys, platform; print(sys.executable); print(platform.python_implementation()); " \
-        "print(*sys.version_info[:3]); print(int(bool(getattr(sys, '_is_gil_enabled', lambda: 1)())))"
+PROBE = ("import sys, platform; print(sys.executable); "
+         "print(platform.python_implementation()); print(*sys.version_info[:3]); "
+         "print(int(bool(getattr(sys, '_is_gil_enabled', lambda: 1)())))")
 
 
 class Interp:
@@ -54,7 +55,8 @@ def probe(candidate: str) -> Interp | None:
     """The interpreter behind candidate, or None if it is not a usable CPython
     >= 3.10 (a pyenv shim for a version not selected fails here, as it should)."""
     try:
-        r = subprocess.run([candidate, "-c", PROBE], capture_output=True, text=True, timeout=30)
+        r = subprocess.run([candidate, "-c", PROBE], capture_output=True, text=True, timeout=30,
+                           check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = r.stdout.split("\n")
@@ -70,7 +72,7 @@ def candidates() -> list[str]:
     found = []
     root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
     if shutil.which("pyenv"):
-        r = subprocess.run(["pyenv", "root"], capture_output=True, text=True)
+        r = subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=False)
         if r.returncode == 0 and r.stdout.strip():
             root = r.stdout.strip()
 
@@ -102,9 +104,8 @@ def install_key() -> str:
     """What an install depends on: the build configuration and the C sources
     (wherever they are), so a changed extension is rebuilt."""
     h = hashlib.sha256()
-    files = ["pyproject.toml", "setup.py"] + sorted(
-        os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "ipcsem", "**", "*.[ch]"),
-                                                    recursive=True))
+    sources = glob.glob(os.path.join(ROOT, "ipcsem", "**", "*.[ch]"), recursive=True)
+    files = ["pyproject.toml", "setup.py", *sorted(os.path.relpath(p, ROOT) for p in sources)]
     for rel in files:
         path = os.path.join(ROOT, rel)
         if os.path.exists(path):
@@ -117,7 +118,8 @@ def install_key() -> str:
 def sh(args: list[str], log) -> int:
     log.write(f"$ {' '.join(args)}\n")
     log.flush()
-    return subprocess.run(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    return subprocess.run(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                          check=False).returncode
 
 
 def prepare(it: Interp, log) -> str | None:
@@ -195,13 +197,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"would run: {i.full}  {i.path}  -> {os.path.relpath(i.venv, ROOT)}")
         return 0
     if not chosen:
-        print("test_all: no interpreter to run (need CPython >= 3.10 from pyenv or python3.1x on PATH)",
-              file=sys.stderr)
+        print("test_all: no interpreter to run (need CPython >= 3.10 from pyenv or python3.1x "
+              "on PATH)", file=sys.stderr)
         return 2 if not found else 0
 
     results = []
     for it in chosen:
-        print(f"\n=== Python {it.full} ({it.path}) in {os.path.relpath(it.venv, ROOT)} ===", flush=True)
+        print(f"\n=== Python {it.full} ({it.path}) in {os.path.relpath(it.venv, ROOT)} ===",
+              flush=True)
         t0 = time.monotonic()
         py = os.path.join(it.venv, "bin", "python")
         if os.path.isdir(it.venv) and getattr(probe(py), "version", None) != it.version:
@@ -221,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n=== test_all summary ===")
     for it, ok, what, seconds in results:
-        print(f"{'PASS' if ok else 'FAIL'}  Python {it.full:<8} {what}  ({seconds:.0f} s with install)")
+        print(f"{'PASS' if ok else 'FAIL'}  Python {it.full:<8} {what}  "
+              f"({seconds:.0f} s with install)")
     failed = [r for r in results if not r[1]]
     if failed:
         print(f"{len(failed)} of {len(results)} interpreters failed")

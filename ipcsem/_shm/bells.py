@@ -19,10 +19,14 @@ import bisect
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .. import _identity
+from .. import _identity, _proc
 from . import _ledger
+
+if TYPE_CHECKING:
+    from .handle import ShmHandle, ShmPending
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
@@ -33,33 +37,34 @@ class _Group:
     """The watched entries of one ledger, in this process's serving order
     (a fair ledger grants in it: what a ring granted is a prefix)."""
 
-    __slots__ = ("ledger", "fair", "entries", "ordered")
+    __slots__ = ("entries", "fair", "ledger", "ordered")
 
-    def __init__(self, ledger, fair: bool) -> None:
+    def __init__(self, ledger: _ledger.Ledger, fair: bool) -> None:
         self.ledger, self.fair = ledger, fair
-        self.entries: dict = {}          # (id(handle), entry) -> (handle, pending, notify)
-        self.ordered: list = []          # [(pending.order, key)], sorted
+        self.entries: dict[_Key, _Watch] = {}
+        self.ordered: list[tuple[tuple[int, int], _Key]] = []   # (pending.order, key), sorted
 
 
+_Key = tuple[int, int]                   # (id(handle), entry)
+_Watch = tuple["ShmHandle", "ShmPending", Callable[[], None]]
 _groups: dict[int, _Group] = {}          # id(ledger) -> its group
 
 
 def _start() -> None:
     global _thread
     if _thread is None or not _thread.is_alive():
-        _thread = threading.Thread(target=_run, name="ipcsem-bells", daemon=True)
-        _thread.start()
+        _thread = _proc.start_named_thread("ipcsem-bells", _run)
 
 
-def watch(handle, pending, notify: Callable[[], None]) -> None:
+def watch(handle: ShmHandle, pending: ShmPending, notify: Callable[[], None]) -> None:
     """Call ``notify()`` whenever ``pending`` (an entry of ``handle``) may
     have been granted, until ``unwatch``."""
     key = (id(handle), pending.entry)
     with _lock:
-        g = _groups.get(id(handle.ledger))
-        new = g is None
-        if new:
-            g = _groups[id(handle.ledger)] = _Group(handle.ledger, handle.params.fair)
+        found = _groups.get(id(handle.ledger))
+        new = found is None
+        g = found if found is not None else _Group(handle.ledger, handle.params.fair)
+        _groups[id(handle.ledger)] = g
         g.entries[key] = (handle, pending, notify)
         bisect.insort(g.ordered, (pending.order, key))
         _start()
@@ -67,7 +72,7 @@ def watch(handle, pending, notify: Callable[[], None]) -> None:
         _ledger.poke_bells()
 
 
-def unwatch(handle, pending) -> bool:
+def unwatch(handle: ShmHandle, pending: ShmPending) -> bool:
     """Stop notifying ``pending``; False if it was not watched (any more)."""
     key = (id(handle), pending.entry)
     with _lock:
@@ -83,10 +88,10 @@ def unwatch(handle, pending) -> bool:
     return True
 
 
-_cancels: list[tuple[object, object]] = []
+_cancels: list[tuple[ShmHandle, ShmPending]] = []
 
 
-def cancel_later(handle, pending) -> None:
+def cancel_later(handle: ShmHandle, pending: ShmPending) -> None:
     """Cancel ``pending`` from the notifier thread (the ledger lock was busy:
     an event loop cannot wait for it).  Uninterrupted, so it completes."""
     with _lock:
@@ -117,14 +122,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _name_thread() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(15, b"ipcsem-bells", 0, 0, 0)   # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
-
 
 def _look(g: _Group, prefix: bool, key_rang: bool = False) -> None:
     """Notify the entries of ``g`` that may have been granted: with
@@ -153,7 +150,6 @@ def _look(g: _Group, prefix: bool, key_rang: bool = False) -> None:
 
 
 def _run() -> None:
-    _name_thread()
     me = _identity.ME
     last: dict[int, int] = {}        # id(ledger) -> its bell when we last looked
     next_full = 0.0

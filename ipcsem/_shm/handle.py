@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .. import _identity, _pi
 from .._backend import Handle, Pending
@@ -38,19 +38,19 @@ _seq = itertools.count()        # enqueue order of this process's async entries
 
 
 class ShmPending(Pending):
-    __slots__ = ("entry", "units", "order")
+    __slots__ = ("entry", "order", "units")
 
     def __init__(self, entry: int, units: int, priority: int = 0) -> None:
         self.entry = entry
         self.units = units
         # serving order among this process's entries (grants come in it)
-        self.order = (-priority, next(_seq))
+        self.order: tuple[int, int] = (-priority, next(_seq))
 
 
 class ShmHandle(Handle):
     """A Handle on a ledger in POSIX shared memory."""
 
-    __slots__ = ("name", "params", "created", "segment", "_ledger")
+    __slots__ = ("_ledger", "created", "name", "params", "segment")
 
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
@@ -77,7 +77,7 @@ class ShmHandle(Handle):
         key, _tid, _depth, died = self._ledger.mutex
         return key == owner and bool(died)
 
-    def snapshot(self):
+    def snapshot(self) -> _ledger.Snapshot:
         """The ledger now (``_ledger.Snapshot``), read without the lock."""
         try:
             return self._ledger.snapshot()
@@ -125,7 +125,8 @@ class ShmHandle(Handle):
             raise e.with_name(self.name) from None
         return g
 
-    def _enqueue(self, units, priority, owner, tid, flags: int, lock: int):
+    def _enqueue(self, units: int, priority: int, owner: int, tid: int, flags: int,
+                 lock: int) -> _ledger.Grant | int | None:
         ledger = self._ledger
         args = (ME.pid, ME.start, tid, owner, units, priority, flags, lock)
         try:
@@ -237,7 +238,8 @@ class ShmHandle(Handle):
         if self.params.priority_inheritance:
             _pi.restore_self(self)    # our own priority back before the mutex goes
         try:
-            self._ledger.release(ME.pid, ME.start, owner, units, 0 if lease is None else lease.token)
+            self._ledger.release(ME.pid, ME.start, owner, units,
+                                 0 if lease is None else lease.token)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
 

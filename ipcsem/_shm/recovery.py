@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import _identity
 from . import _ledger
+
+if TYPE_CHECKING:
+    from .segment import Segment
 
 log = logging.getLogger("ipcsem")
 
@@ -22,14 +26,14 @@ log = logging.getLogger("ipcsem")
 OnRecover = Callable[[str, int, int, int, int], None]
 
 
-def identities(snapshot) -> set[tuple[int, int]]:
+def identities(snapshot: _ledger.Snapshot) -> set[tuple[int, int]]:
     """Every (pid, start) a ledger snapshot mentions (a pid <= 0 is no
     process: a corrupt row, which check() reports; never 'recovered')."""
     return ({(h.pid, h.start) for h in snapshot.holders if h.pid > 0}
             | {(w.pid, w.start) for w in snapshot.waiters if w.pid > 0})
 
 
-def recover_identity(segment, pid: int, start: int, on_recover: OnRecover | None = None,
+def recover_identity(segment: Segment, pid: int, start: int, on_recover: OnRecover | None = None,
                      lock: int = _ledger.LOCK_FOREVER) -> int:
     """Return what one identity, known to be dead, holds or waits for (the
     ledger rings the waiters this grants to); report it.  Units recovered
@@ -43,7 +47,7 @@ def recover_identity(segment, pid: int, start: int, on_recover: OnRecover | None
     return units
 
 
-def heal(segment, on_recover: OnRecover | None = None,
+def heal(segment: Segment, on_recover: OnRecover | None = None,
          lock: int = _ledger.LOCK_FOREVER) -> int:
     """Recover every dead holder/waiter of one semaphore; units recovered.
 
@@ -61,7 +65,8 @@ def heal(segment, on_recover: OnRecover | None = None,
     return units + _orphaned_mutex(segment, snap, on_recover, lock)
 
 
-def _orphaned_mutex(segment, snap, on_recover, lock) -> int:
+def _orphaned_mutex(segment: Segment, snap: _ledger.Snapshot, on_recover: OnRecover | None,
+                    lock: int) -> int:
     """A mutex whose owning *thread* exited while its process lives would stay
     locked for good: recover it (owner-died for the next owner)."""
     h = snap.header

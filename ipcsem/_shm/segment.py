@@ -32,8 +32,16 @@ import time
 from dataclasses import dataclass
 
 from .. import _names, _proc
-from .._errors import (CapacityMismatch, Corrupt, IpcsemError, LedgerFull, NotFound,
-                       PermissionDenied, PolicyMismatch, Wedged)
+from .._errors import (
+    CapacityMismatch,
+    Corrupt,
+    IpcsemError,
+    LedgerFull,
+    NotFound,
+    PermissionDenied,
+    PolicyMismatch,
+    Wedged,
+)
 from .._records import Params
 from . import _ledger
 
@@ -50,7 +58,7 @@ def policy_bits(p: Params) -> int:
             | (_ledger.P_PI if p.priority_inheritance else 0))
 
 
-def params_of(header, mode: int) -> Params:
+def params_of(header: _ledger.Header, mode: int) -> Params:
     """The creation-time policy a ledger header records."""
     bits = header.policy
     return Params(capacity=header.capacity, initial=header.initial,
@@ -107,14 +115,14 @@ def check_mode(mode: int) -> None:
 class Segment:
     """One process's writable mapping of one semaphore's ledger."""
 
-    __slots__ = ("name", "ledger", "_mmap", "mode", "created", "owner_uid", "gid", "params")
+    __slots__ = ("_mmap", "created", "gid", "ledger", "mode", "name", "owner_uid", "params")
 
     def __init__(self, name: str, ledger: _ledger.Ledger, mm: mmap.mmap, st: os.stat_result,
                  created: bool, params: Params) -> None:
         self.name = name
         self.params = params
         self.ledger = ledger
-        self._mmap = mm
+        self._mmap: mmap.mmap | None = mm
         self.mode = stat.S_IMODE(st.st_mode)
         self.owner_uid = st.st_uid
         self.gid = st.st_gid
@@ -146,7 +154,7 @@ def open_segment(name: str, params: Params | None = None, *, group: int | None =
     someone else)."""
     path = _names.shm_path(name)
     create = params is not None
-    if create:
+    if params is not None:
         check_mode(params.mode)
     fd, created = _open_fd(name, path, create, wait_for_creator)
     try:
@@ -154,7 +162,7 @@ def open_segment(name: str, params: Params | None = None, *, group: int | None =
         why = distrust(st)
         if why is not None:
             raise _denied(name, st, why)
-        if create and not created and st.st_uid != os.geteuid():
+        if params is not None and not created and st.st_uid != os.geteuid():
             # Another user's object under the name we meant to create.  Ours
             # to use only if it is shared the way we asked: a group mode, and
             # the very group we chose to trust (an owner can only give a file
@@ -174,7 +182,7 @@ def open_segment(name: str, params: Params | None = None, *, group: int | None =
             raise
         if mm is None:   # a creator showed up late: start over
             return open_segment(name, params, group=group, wait_for_creator=False)
-        if initialised_here:
+        if initialised_here and params is not None:    # (initialised: we had params)
             # Only now, with the magic written, may anyone else open it: we
             # created it 0600, because a mere reader can hold the creation
             # flock of an empty file forever.
@@ -244,7 +252,8 @@ def _open_fd(name: str, path: str, create: bool, wait: bool) -> tuple[int, bool]
             raise
 
 
-def _map(name, path, fd, st, params, created, wait_for_creator):
+def _map(name: str, path: str, fd: int, st: os.stat_result, params: Params | None,
+         created: bool, wait_for_creator: bool) -> tuple[mmap.mmap | None, bool]:
     """Map an initialised ledger, or initialise it if it is ours to.  (None,
     False) when a creator appeared while we waited (open again)."""
     if st.st_size >= _ledger.HEADER_SIZE:
@@ -254,11 +263,11 @@ def _map(name, path, fd, st, params, created, wait_for_creator):
     elif st.st_size != 0:
         raise Corrupt(f"is truncated ({st.st_size} bytes, less than a ledger header)",
                       name=name, path=path)
-    # Empty or not initialised: only under the creation flock.
-    if st.st_size == 0 and params is None and not created and wait_for_creator:
-        # A creator may be between O_EXCL and its flock: give it a moment.
-        if _wait_for_creator(fd):
-            return None, False
+    # Empty or not initialised: only under the creation flock.  A creator
+    # may be between O_EXCL and its flock: give it a moment.
+    if st.st_size == 0 and params is None and not created and wait_for_creator \
+            and _wait_for_creator(fd):
+        return None, False
     _flock(fd, name, path)
     try:
         st = os.fstat(fd)
@@ -399,7 +408,7 @@ class View:
     owner and mode.  Taken with pread(): nothing is mapped or locked."""
 
     name: str
-    snapshot: object
+    snapshot: _ledger.Snapshot
     uid: int
     gid: int
     mode: int
@@ -457,12 +466,13 @@ def read_view(name: str, tries: int = 50) -> View:
             if ext["total"] > st.st_size:
                 raise Corrupt(f"is truncated: {st.st_size} bytes, the ledger needs "
                               f"{ext['total']}", name=name, path=path)
-            regions = [os.pread(fd, length, off) if length else b""
-                       for off, length in (ext["holders"], ext["waiters"], ext["units"])]
+            holders, waiters, units = (os.pread(fd, length, off) if length else b""
+                                       for off, length in (ext["holders"], ext["waiters"],
+                                                           ext["units"]))
             c2, u2 = _ledger.seqlock_words(os.pread(fd, _ledger.HEADER_SIZE, 0))
             consistent = u1 == 0 and u2 == 0 and c1 == c2
             try:
-                snap = _ledger.parse(header, *regions, consistent)
+                snap = _ledger.parse(header, holders, waiters, units, consistent)
             except Corrupt as e:
                 if consistent:
                     e.name, e.path = name, path

@@ -31,7 +31,6 @@ semaphores are unaffected.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -40,7 +39,9 @@ import select
 import signal
 import stat
 import time
-from typing import Callable
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 from .. import _identity, _names, _proc
 from .._errors import IpcsemError, Wedged
@@ -53,6 +54,8 @@ log = logging.getLogger("ipcsem")
 OnRecover = Callable[[str, int, int, int, int, "int | None"], None]
 OnError = Callable[[str, str], None]
 OnWatch = Callable[[int, int], None]
+# worker_main(fd, uid, names, sweep, poll) -> exit status
+WorkerMain = Callable[[int, int, "list[str] | None", float, float], int]
 
 LOCK_BOUND = 0.2          # how long one semaphore may keep the supervisor waiting
 
@@ -68,6 +71,11 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+def _log_problem(name: str, message: str) -> None:
+    if message:       # "" says the problem cleared
+        log.warning("%s: %s", name, message)
 
 
 class Supervisor:
@@ -94,7 +102,7 @@ class Supervisor:
             owner_uid = os.geteuid()
         self.owner_uid = owner_uid
         self.on_recover = on_recover
-        self.on_error = on_error or (lambda name, msg: msg and log.warning("%s: %s", name, msg))
+        self.on_error = on_error or _log_problem
         self.on_watch = on_watch
         self.segments: dict[str, Segment] = {}
         self._seen_changes: dict[str, int] = {}
@@ -182,8 +190,8 @@ class Supervisor:
     def _bounded(self) -> int:
         return time.monotonic_ns() + int(LOCK_BOUND * 1e9)
 
-    def _report(self, died_ns: int | None):
-        def report(name, pid, start, units, entries):
+    def _report(self, died_ns: int | None) -> recovery.OnRecover:
+        def report(name: str, pid: int, start: int, units: int, entries: int) -> None:
             if self.on_recover is not None:
                 self.on_recover(name, pid, start, units, entries, died_ns)
         return report
@@ -205,10 +213,10 @@ class Supervisor:
         except (IpcsemError, OSError, ValueError) as e:
             self._problem(name, f"skipped: {e}")
 
-    def _watch_identities(self, snap) -> None:
+    def _watch_identities(self, snap: _ledger.Snapshot) -> None:
         if not self.pidfds:
             return
-        gone = []
+        gone: list[tuple[int, int]] = []
         for ident in recovery.identities(snap):
             if ident in self._watch:
                 continue
@@ -241,7 +249,7 @@ class Supervisor:
             if _identity.is_dead(*ident):   # not merely hidden from us
                 self._recover_dead(ident, None)
 
-    def _forget(self, ident) -> None:
+    def _forget(self, ident: tuple[int, int]) -> None:
         fd = self._watch.pop(ident, None)
         if fd is not None:
             self._by_fd.pop(fd, None)
@@ -283,7 +291,7 @@ class Supervisor:
             except (IpcsemError, OSError, ValueError) as e:
                 self._problem(name, f"skipped: {e}")
 
-    def _deaths(self, events) -> None:
+    def _deaths(self, events: list[tuple[int, int]]) -> None:
         died = time.time_ns()
         for fd, _ev in events:
             ident = self._by_fd.get(fd)
@@ -348,8 +356,8 @@ class RootSupervisor:
     "uid"}`` or ``{"event": "worker", "uid", "status"}``."""
 
     def __init__(self, names: list[str] | None = None, *, sweep: float = 1.0,
-                 poll: float = 0.02, emit: Callable[[dict], None],
-                 max_workers: int = MAX_WORKERS, worker_main=None) -> None:
+                 poll: float = 0.02, emit: Callable[[dict[str, Any]], None],
+                 max_workers: int = MAX_WORKERS, worker_main: WorkerMain | None = None) -> None:
         self.max_workers = max_workers
         self._worker_main = worker_main or _worker_main   # tests play a compromised worker
         self.names = list(names) if names else None
@@ -465,7 +473,7 @@ class RootSupervisor:
                     self._restart_after[uid] = time.monotonic() + 1.0
 
     def _read(self, uid: int, fd: int) -> None:
-        pid, _fd, buf = self.workers[uid]
+        _pid, _fd, buf = self.workers[uid]
         while True:
             try:
                 chunk = os.read(fd, 65536)
@@ -527,7 +535,7 @@ class RootSupervisor:
 
     def close(self) -> None:
         self._stopping = True
-        for uid, (pid, fd, _buf) in list(self.workers.items()):
+        for pid, _fd, _buf in list(self.workers.values()):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -556,7 +564,7 @@ def _prepare_worker() -> None:
     import psutil  # noqa: F401  (command lines)
 
 
-def _validate_event(line: bytes) -> dict | None:
+def _validate_event(line: bytes) -> dict[str, Any] | None:
     """A worker's event, or None: bounded, JSON, the expected keys and types.
     (Deep nesting is not ours either: the parser's RecursionError says so.)"""
     if len(line) > EVENT_MAX:
@@ -588,7 +596,7 @@ def _validate_event(line: bytes) -> dict | None:
     return None
 
 
-def _worker_main(fd: int, uid: int, names, sweep: float, poll: float) -> int:
+def _worker_main(fd: int, uid: int, names: list[str] | None, sweep: float, poll: float) -> int:
     """A per-user worker: a Supervisor over ``uid``'s semaphores, events on ``fd``."""
     from .. import _proc
 
@@ -596,30 +604,31 @@ def _worker_main(fd: int, uid: int, names, sweep: float, poll: float) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     commands: dict[tuple[int, int], str] = {}
 
-    def send(ev: dict) -> None:
+    def send(ev: dict[str, Any]) -> None:
         data = (json.dumps(ev) + "\n").encode()
         if len(data) <= EVENT_MAX:
             os.write(fd, data)
 
-    def on_watch(pid, start):
+    def on_watch(pid: int, start: int) -> None:
         argv = _proc.argv(pid, start)
         if argv is not None:
             commands[(pid, start)] = " ".join(argv)
 
-    def on_recover(name, pid, start, units, entries, died_ns):
+    def on_recover(name: str, pid: int, start: int, units: int, entries: int,
+                   died_ns: int | None) -> None:
         after = None if died_ns is None else round((time.time_ns() - died_ns) / 1e6, 3)
         send({"event": "recovered", "name": name, "pid": pid, "start": start, "units": units,
               "entries": entries, "after_ms": after, "cmd": commands.pop((pid, start), None)})
 
-    def on_error(name, message):
+    def on_error(name: str, message: str) -> None:
         if message:
             send({"event": "warning", "name": name, "error": message})
 
     sup = Supervisor(names, sweep=sweep, poll=poll, on_recover=on_recover, on_error=on_error,
                      on_watch=on_watch, owner_uid=uid)
-    stopping = []
+    stopping: list[int] = []
 
-    def stop(signum, frame):
+    def stop(signum: int, frame: FrameType | None) -> None:
         stopping.append(signum)
         sup.stop()
 

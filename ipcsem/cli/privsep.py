@@ -16,6 +16,7 @@ import select
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .. import _proc
 
@@ -38,9 +39,9 @@ def printable(text: object, limit: int = 500) -> str:
     return "".join(c if c.isprintable() else "?" for c in s)
 
 
-def as_user(uid: int, job: Callable[[Callable[[dict], None]], int],
+def as_user(uid: int, job: Callable[[Callable[[dict[str, Any]], None]], int],
             bound: float = CHILD_BOUND,
-            drop: Callable[[int], None] | None = None) -> tuple[list[dict], int]:
+            drop: Callable[[int], None] | None = None) -> tuple[list[dict[str, Any]], int]:
     """Run ``job(emit)`` in a forked child dropped to ``uid`` (by ``drop``,
     default ``_proc.become``); the events it emitted (parsed JSON objects,
     not yet validated) and its exit code (``job``'s return value; 1 if it
@@ -55,7 +56,7 @@ def as_user(uid: int, job: Callable[[Callable[[dict], None]], int],
         try:
             os.close(r)
 
-            def emit(ev: dict) -> None:
+            def emit(ev: dict[str, Any]) -> None:
                 data = (json.dumps(ev) + "\n").encode()
                 if len(data) <= EVENT_MAX:
                     os.write(w, data)
@@ -73,7 +74,7 @@ def as_user(uid: int, job: Callable[[Callable[[dict], None]], int],
         finally:
             os._exit(code)
     os.close(w)
-    events: list[dict] = []
+    events: list[dict[str, Any]] = []
     buf = bytearray()
     deadline = time.monotonic() + bound
     killed = False
@@ -106,7 +107,7 @@ def as_user(uid: int, job: Callable[[Callable[[dict], None]], int],
     return events, code
 
 
-def _parse(line: bytes) -> dict | None:
+def _parse(line: bytes) -> dict[str, Any] | None:
     if len(line) > EVENT_MAX:
         return None
     try:

@@ -89,9 +89,8 @@ def test_bad_arguments_change_nothing(backend, sem_name):
         with pytest.raises(TypeError):
             s.acquire(**kwargs)
     for bad in (0, 4, 1.0):
-        with pytest.raises((ValueError, TypeError)):
-            with s.hold(bad):
-                pass
+        with pytest.raises((ValueError, TypeError)), s.hold(bad):
+            pass
     with pytest.raises(ValueError):
         s.release(3)        # owns 1; 2 more would exceed the capacity
     with pytest.raises(ValueError):

@@ -42,9 +42,8 @@ def test_hold_and_with_block_and_give_back(backend, sem_name):
         assert s.available == 1 and lease.units == 1
     with s.hold(2, timeout=1) as lease:
         assert s.available == 0 and lease.units == 2
-        with pytest.raises(ipcsem.Timeout) as e:
-            with s.hold(1, timeout=0.05):
-                pass
+        with pytest.raises(ipcsem.Timeout) as e, s.hold(1, timeout=0.05):
+            pass
         assert isinstance(e.value, TimeoutError)
         assert (e.value.name, e.value.units, e.value.timeout) == (sem_name, 1, 0.05)
     assert_consistent(s, available=2, held=0, waiting=0)
@@ -52,9 +51,8 @@ def test_hold_and_with_block_and_give_back(backend, sem_name):
 
 def test_hold_gives_back_when_the_block_raises(backend, sem_name):
     s = backend.open(sem_name, capacity=2)
-    with pytest.raises(KeyError):
-        with s.hold(2):
-            raise KeyError("boom")
+    with pytest.raises(KeyError), s.hold(2):
+        raise KeyError("boom")
     assert_consistent(s, available=2, held=0)
 
 

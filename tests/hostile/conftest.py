@@ -42,6 +42,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import pytest
@@ -322,7 +323,8 @@ class Outcome:
         if self.signalled:
             return f"killed by {signal.Signals(-self.status).name}"
         if self.kind == "raise":
-            return f"raised {self.error['type']}: {self.error['message']}\n{self.error['traceback']}"
+            e = self.error
+            return f"raised {e['type']}: {e['message']}\n{e['traceback']}"
         return f"returned {self.value!r} (exit {self.status})"
 
 
@@ -602,7 +604,7 @@ def _lock_churner(chan, name):
             sem.release()
 
 
-def stop_inside_transaction(name: str, user: User, tries: int = 3000) -> "Proc":
+def stop_inside_transaction(name: str, user: User, tries: int = 3000) -> Proc:
     """A real process of ``user``, SIGSTOPped while it holds ``name``'s
     ledger lock (in the middle of a transaction).  The caller SIGCONTs or
     kills it.  Found by stopping one lock-churning process at random
@@ -650,7 +652,7 @@ def forge_lock_owner(name: str, user: User, tid: int = 1) -> None:
 def _c_enum(first: str) -> dict[str, int]:
     import re
 
-    src = open(os.path.join(os.path.dirname(_ledger.__file__), "_ledger.c")).read()
+    src = Path(os.path.dirname(_ledger.__file__), "_ledger.c").read_text()
     body = src[src.index("enum {", src.index(first) - 40):]
     body = body[:body.index("}")]
     body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)

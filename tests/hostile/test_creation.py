@@ -19,12 +19,20 @@ import struct
 import time
 from collections import Counter
 
-import pytest
-
 import ipcsem
 
-from .conftest import (ALICE, ATTACKER, Proc, assert_survived, isolated, new_name, plant_file,
-                       segment, shm_path, timed)
+from .conftest import (
+    ALICE,
+    ATTACKER,
+    Proc,
+    assert_survived,
+    isolated,
+    new_name,
+    plant_file,
+    segment,
+    shm_path,
+    timed,
+)
 
 SLACK = 1.0
 

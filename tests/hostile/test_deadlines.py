@@ -19,8 +19,17 @@ import pytest
 
 import ipcsem
 
-from .conftest import (ALICE, Proc, assert_survived, forge_lock_owner, hold_and_report,
-                       isolated, new_name, stop_inside_transaction, timed)
+from .conftest import (
+    ALICE,
+    Proc,
+    assert_survived,
+    forge_lock_owner,
+    hold_and_report,
+    isolated,
+    new_name,
+    stop_inside_transaction,
+    timed,
+)
 
 SLACK = 1.0   # scheduling noise on a loaded 2-core CI machine
 
@@ -74,7 +83,7 @@ def test_bounded_calls_return_in_time_with_a_wedged_lock(how):
     victim = Proc(_calls_with_deadlines, name, user=ALICE)
     victim.expect("opened")
     if how == "stopped-holder":
-        stopped = stop_inside_transaction(name, ALICE)
+        _stopped = stop_inside_transaction(name, ALICE)   # held until the test ends
     else:
         forge_lock_owner(name, ALICE, 1)
     victim.send("go")
@@ -151,7 +160,7 @@ def test_unlink_of_a_wedged_semaphore_is_bounded():
     assert_survived(Proc(_make, name, user=ALICE), 10)
     forge_lock_owner(name, ALICE, 1)
     out = assert_survived(Proc(_unlink_wedged, name, user=ALICE), 15)
-    (kind, value), took = out.value
+    (kind, _value), took = out.value
     assert kind == "return" and took < 5 + SLACK, out.value
     assert not os.path.exists(shm_path(name))
 
@@ -184,7 +193,7 @@ def test_recover_and_check_are_bounded_on_a_wedged_semaphore():
     end = time.monotonic() + TOOL_BOUND + SLACK + 1
     outs = [t.outcome(max(end - time.monotonic(), 0.1)) for t in tools]
     stopped.kill(signal.SIGCONT)
-    for t, out in zip(tools, outs):
+    for t, out in zip(tools, outs, strict=True):
         assert out.status is not None, f"{t.label}() hung on a wedged semaphore"
         (kind, value), took = out.value
         assert kind == "raise" and "Wedged" in value["mro"] and took <= TOOL_BOUND + SLACK, \
@@ -258,4 +267,5 @@ def test_an_event_loop_is_never_blocked_by_a_wedged_lock(when):
     assert out.status is not None, "the event loop hung"
     got, took, stall = out.value
     assert got in (False, None, "Timeout"), out.value
-    assert took <= 1.0 + SLACK and stall <= 0.5, f"acquire took {took:.2f} s, loop stalled {stall:.2f} s"
+    assert took <= 1.0 + SLACK and stall <= 0.5, \
+        f"acquire took {took:.2f} s, loop stalled {stall:.2f} s"

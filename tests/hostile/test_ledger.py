@@ -23,13 +23,27 @@ import random
 import struct
 import time
 
-import pytest
-
 import ipcsem
 
-from .conftest import (ALICE, BOB, HDR, KEEP, TEAM, UNDO_COUNT_OFF, Proc, _ledger,
-                       assert_survived, header_word, isolated, make_ledger, new_name, segment,
-                       shm_path, timed, write_words)
+from .conftest import (
+    ALICE,
+    BOB,
+    HDR,
+    KEEP,
+    TEAM,
+    UNDO_COUNT_OFF,
+    Proc,
+    _ledger,
+    assert_survived,
+    header_word,
+    isolated,
+    make_ledger,
+    new_name,
+    segment,
+    shm_path,
+    timed,
+    write_words,
+)
 
 MUTEX = range(512, 640)
 TYPED_OR_ARGUMENT = ("IpcsemError", "ValueError")
@@ -170,8 +184,9 @@ def test_a_crafted_undo_log_is_corrupt_not_a_crash():
     rolled back and the semaphore works."""
     for label, off in BAD_OFFSETS.items():
         name = new_name()
-        assert_survived(Proc(lambda chan: make_ledger(name, 2) or "ok", user=ALICE), 10)
-        assert_survived(Proc(lambda chan: _forge(name, off), user=ALICE), 10)
+        assert_survived(Proc(lambda chan, name=name: make_ledger(name, 2) or "ok", user=ALICE),
+                        10)
+        assert_survived(Proc(lambda chan, name=name, off=off: _forge(name, off), user=ALICE), 10)
         out = assert_survived(Proc(_use_after_forgery, name, user=ALICE, label=label), 15)
         for call, (kind, value) in out.value.items():
             if call in ("stats", "recover"):
@@ -230,8 +245,9 @@ def test_random_scribbling_never_crashes_or_hangs_a_sharer():
     errors.  (What it does to the *counts* is the writer's right.)"""
     for seed in range(2):
         name = new_name()
-        assert_survived(Proc(lambda chan: make_ledger(name, 4, mode=0o660, group=TEAM,
-                                                      max_holders=16, max_waiters=16) or "ok",
+        assert_survived(Proc(lambda chan, name=name: make_ledger(name, 4, mode=0o660, group=TEAM,
+                                                                 max_holders=16,
+                                                                 max_waiters=16) or "ok",
                              user=ALICE), 10)
         victims = [Proc(_worker_loop, name, 1.5, user=ALICE, label=f"seed {seed} victim {i}")
                    for i in range(3)]

@@ -23,8 +23,23 @@ import pytest
 
 import ipcsem
 
-from .conftest import (ALICE, ATTACKER, BOB, MALLORY, OTHERS, TEAM, Proc, assert_survived,
-                       isolated, maps_path, new_name, plant_file, shm_listing, shm_path, timed)
+from .conftest import (
+    ALICE,
+    ATTACKER,
+    BOB,
+    MALLORY,
+    OTHERS,
+    TEAM,
+    Proc,
+    assert_survived,
+    isolated,
+    maps_path,
+    new_name,
+    plant_file,
+    shm_listing,
+    shm_path,
+    timed,
+)
 
 # ------------------------------------------------------------- the plants
 
@@ -138,7 +153,7 @@ def test_a_squatted_name_is_an_error(how, victim):
 
 def _make_shared(chan, name, group, mode=0o660):
     s = ipcsem.Semaphore(name, 4, mode=mode, group=group)
-    st = os.stat(shm_path(name))
+    os.stat(shm_path(name))           # it exists
     s.close()
     chan.send("made")
     chan.recv(30)
@@ -320,28 +335,38 @@ def test_two_users_of_one_group_share_a_semaphore():
     assert (uid, mode, gid) == (ALICE.uid, 0o660, TEAM)
     assert list(shm_listing()) == [f"ipcsem.{name}"]
     # Queueing across users, both directions.
-    alice.send("acquire"); assert alice.recv() == ("acquired", True)
-    alice.send("acquire"); assert alice.recv() == ("acquired", True)
-    bob.send("acquire-queued"); assert bob.recv() == "queueing"
+    alice.send("acquire")
+    assert alice.recv() == ("acquired", True)
+    alice.send("acquire")
+    assert alice.recv() == ("acquired", True)
+    bob.send("acquire-queued")
+    assert bob.recv() == "queueing"
     time.sleep(0.2)
-    alice.send("release"); assert alice.recv() == "released"
+    alice.send("release")
+    assert alice.recv() == "released"
     assert bob.recv() == ("acquired", True)
-    alice.send("acquire-queued"); assert alice.recv() == "queueing"
+    alice.send("acquire-queued")
+    assert alice.recv() == "queueing"
     time.sleep(0.2)
-    bob.send("release"); assert bob.recv() == "released"
+    bob.send("release")
+    assert bob.recv() == "released"
     assert alice.recv() == ("acquired", True)
     # ALICE dies holding both units; BOB, queued for both, gets them (his
     # own healing recovers her: no supervisor here).
-    bob.send("acquire-queued"); assert bob.recv() == "queueing"
+    bob.send("acquire-queued")
+    assert bob.recv() == "queueing"
     alice.kill()
     assert bob.recv(5) == ("acquired", True)
-    bob.send("check"); assert bob.recv() == "checked"
+    bob.send("check")
+    assert bob.recv() == "checked"
     # A second member of the group (another BOB process) recovers BOB's units.
     bob2 = Proc(_group_member, name, "bob2", user=BOB, label="bob2")
     assert bob2.recv()[0] == "opened"
     bob.kill()
-    bob2.send("recover"); assert bob2.recv() == ("recovered", 1)
-    bob2.send("holders"); assert bob2.recv() == ("holders", [])
+    bob2.send("recover")
+    assert bob2.recv() == ("recovered", 1)
+    bob2.send("holders")
+    assert bob2.recv() == ("holders", [])
     bob2.send("done")
     assert assert_survived(bob2, 10).value == "done"
     assert list(shm_listing()) == [f"ipcsem.{name}"], "files other than the ledger appeared"
@@ -389,7 +414,8 @@ def test_refusing_a_squat_that_cannot_be_a_creators_costs_no_wait():
     it must be immediate, or every squatted name costs every open 0.5 s."""
     for mode in (0o644, 0o640):
         name = new_name()
-        assert_survived(Proc(lambda chan: plant_file(shm_path(name), mode=mode) or "ok",
+        assert_survived(Proc(lambda chan, name=name, mode=mode:
+                             plant_file(shm_path(name), mode=mode) or "ok",
                              user=ATTACKER), 10)
         worst = assert_survived(Proc(_refusals, name, 5, user=ALICE), 20).value
         assert worst < 0.2, f"a {mode:04o} squat: a refusal took {worst:.2f} s"

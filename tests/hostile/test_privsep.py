@@ -22,7 +22,6 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
-import select
 import signal
 import termios
 import time
@@ -33,8 +32,16 @@ import pytest
 from ipcsem import _proc
 from ipcsem.cli import privsep
 
-from .conftest import (ALICE, Proc, assert_survived, dead_identity, forge_holder, isolated,
-                       make_ledger, new_name)
+from .conftest import (
+    ALICE,
+    Proc,
+    assert_survived,
+    dead_identity,
+    forge_holder,
+    isolated,
+    make_ledger,
+    new_name,
+)
 
 INJECTED = b"id >/tmp/pwned\r"
 
@@ -166,8 +173,9 @@ def _root_cli_with_a_nesting_child(chan, argv):
         os.dup2(w, 1)
         os.dup2(w, 2)
         os.close(w)
-        sys.stdout = open(1, "w", buffering=1, closefd=False)
-        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        # the child's stdout/stderr until it exits (closefd=False: nothing to close)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         real = privsep.become
 
         def become(uid):
@@ -201,7 +209,7 @@ def test_root_tools_survive_a_childs_nested_line():
     mine, his = new_name("a"), new_name("b")
     assert_survived(Proc(_wedged_with_a_dead_holder, mine, user=ALICE), 10)
     assert_survived(Proc(_wedged_with_a_dead_holder, his, user=BOB), 10)
-    code, out = assert_survived(Proc(_root_cli_with_a_nesting_child, ["recover", mine, his]),
+    _code, out = assert_survived(Proc(_root_cli_with_a_nesting_child, ["recover", mine, his]),
                                 20).value
     assert "internal error" not in out, out
     assert f"recovered name={his}" in out, out

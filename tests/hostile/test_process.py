@@ -23,14 +23,28 @@ import random
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 import ipcsem
 
-from .conftest import (ALICE, ATTACKER, Proc, _identity, assert_survived, available_of,
-                       hold_and_report, isolated, new_name, plant_file, shm_path, supervisor,
-                       timed, wait_until)
+from .conftest import (
+    ALICE,
+    ATTACKER,
+    Proc,
+    _identity,
+    assert_survived,
+    available_of,
+    hold_and_report,
+    isolated,
+    new_name,
+    plant_file,
+    shm_path,
+    supervisor,
+    timed,
+    wait_until,
+)
 
 
 def _make(chan, name, capacity=1, mode=0o600, group=None):
@@ -77,7 +91,7 @@ def test_a_holder_whose_main_thread_exited_is_alive():
     holder = Proc(_leader_exits, name, user=ALICE, label="holder")
     holder.expect("holding")
     holder.expect("leader gone")
-    wait_until(lambda: open(f"/proc/{holder.pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    wait_until(lambda: Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
                == "Z", 5, what="the leader to show Z")
     start = _identity.start_of(holder.pid)
     assert _identity.status(holder.pid, start) == _identity.ALIVE
@@ -135,7 +149,7 @@ def test_close_while_other_threads_wait(nthreads):
     holder = Proc(hold_and_report, name, user=ALICE)
     holder.expect(("holding", holder.pid))
     out = assert_survived(Proc(_close_under_waiters, name, nthreads, user=ALICE), 20)
-    closed, results, alive = out.value
+    _closed, results, alive = out.value
     assert not any(alive), "a waiting thread never returned"
     assert results == [("raised", "Closed")] * nthreads, results
     # Nothing of that process is left in the ledger.
@@ -247,7 +261,7 @@ def test_ctrl_c_storms_leave_no_entry_and_no_unknown_units():
             raise AssertionError(f"round {rnd}: the waiter {waiter.outcome(5).summary()}")
         waiter.send("report")
         out = assert_survived(waiter, 15)
-        outcome, held, waiting, late, where = out.value
+        outcome, held, waiting, _late, _where = out.value
         seen.append(outcome)
         assert waiting == 0, f"round {rnd}: a live waiter left {waiting} queue entries"
         if outcome == "inside":

@@ -26,10 +26,29 @@ import pytest
 
 import ipcsem
 
-from .conftest import (ALICE, ATTACKER, BOB, HDR, TEAM, Proc, assert_survived, available_of,
-                       dead_identity, forge_holder, forge_undo, hold_and_report, isolated, make_ledger,
-                       maps_path, new_name, plant_file, shm_listing, shm_path, supervisor,
-                       wait_until, write_words)
+from .conftest import (
+    ALICE,
+    ATTACKER,
+    BOB,
+    TEAM,
+    Proc,
+    assert_survived,
+    available_of,
+    dead_identity,
+    forge_holder,
+    forge_undo,
+    hold_and_report,
+    isolated,
+    make_ledger,
+    maps_path,
+    new_name,
+    plant_file,
+    shm_listing,
+    shm_path,
+    supervisor,
+    wait_until,
+    write_words,
+)
 
 RECOVERY_BOUND = 3.0
 
@@ -50,8 +69,9 @@ class LoggedProc:
             os.dup2(w, 2)
             os.close(r)
             # pytest's capture replaced sys.stdout/err with its own files
-            sys.stdout = open(1, "w", buffering=1, closefd=False)
-            sys.stderr = open(2, "w", buffering=1, closefd=False)
+            # ... for the child's life (closefd=False: nothing to close)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
             return fn(chan, *args)
 
         self.proc = Proc(body, user=user, label=getattr(fn, "__name__", "logged"))
@@ -369,7 +389,7 @@ def test_out_of_fds_the_supervisor_degrades_to_sweeps():
         before = available_of(name)
         os.kill(victim, signal.SIGKILL)
         try:
-            wait_until(lambda: available_of(name) == before + 1, RECOVERY_BOUND,
+            wait_until(lambda before=before: available_of(name) == before + 1, RECOVERY_BOUND,
                        what=f"holder {victim}'s unit to come back")
         except AssertionError as e:
             state = "alive" if sup.alive() else sup.outcome(1).summary()
@@ -487,7 +507,8 @@ def test_workers_inherit_no_root_fds():
     root.expect("up")
     wait_until(lambda: len(_children(root.pid)) == 3, 10, what="three workers")
     time.sleep(0.5)
-    root_fds = {os.readlink(f"/proc/{root.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{root.pid}/fd")}
+    root_fds = {os.readlink(f"/proc/{root.pid}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{root.pid}/fd")}
     leaks = {}
     for worker in _children(root.pid):
         fds = {fd: os.readlink(f"/proc/{worker.pid}/fd/{fd}")
@@ -531,9 +552,9 @@ def _cli_with_a_forging_worker(chan, evil_uid, victim_name):
     def worker_main(fd, uid, names, sweep, poll):
         if uid != evil_uid:
             return real(fd, uid, names, sweep, poll)
-        os.write(fd, ('{"event": "recovered", "name": "%s", "pid": 4242, "start": 1, '
-                      '"units": 2, "entries": 0, "after_ms": 0.4, "cmd": "python train.py"}\n'
-                      % victim_name).encode())
+        os.write(fd, (f'{{"event": "recovered", "name": "{victim_name}", "pid": 4242, '
+                      '"start": 1, "units": 2, "entries": 0, "after_ms": 0.4, '
+                      '"cmd": "python train.py"}\n').encode())
         time.sleep(120)
 
     supervisor._worker_main = worker_main   # SEAM REQUEST: RootSupervisor(worker=...) for tests

@@ -15,15 +15,27 @@ from __future__ import annotations
 import os
 import random
 import struct
-import time
-
-import pytest
 
 import ipcsem
 
-from .conftest import (ALICE, ATTACKER, HDR, UNDO_COUNT_OFF, Proc, _ledger, assert_survived,
-                       forge_lock_owner, isolated, make_ledger, new_name, segment, shm_listing,
-                       shm_path, timed, write_words)
+from .conftest import (
+    ALICE,
+    ATTACKER,
+    HDR,
+    UNDO_COUNT_OFF,
+    Proc,
+    _ledger,
+    assert_survived,
+    forge_lock_owner,
+    isolated,
+    make_ledger,
+    new_name,
+    segment,
+    shm_listing,
+    shm_path,
+    timed,
+    write_words,
+)
 
 VIEW_ERRORS = ("Corrupt", "PermissionDenied", "NotFound")
 
@@ -76,7 +88,7 @@ def test_a_view_of_a_crafted_sparse_ledger_is_cheap():
         r, took = timed(segment.read_view, name)
         return r[0], _bytes_read() - before, took
 
-    kind, read, took = assert_survived(Proc(view), 60).value
+    _kind, read, took = assert_survived(Proc(view), 60).value
     assert read <= 3 * size, (f"one view of a {size >> 20} MB file read {read >> 20} MB "
                               f"({read / size:.0f} copies, {took:.2f} s)")
 
