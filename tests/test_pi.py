@@ -527,3 +527,36 @@ def test_forged_owner_tid_does_not_make_a_privileged_waiter_boost_a_bystander(na
         bystander.kill()
         bystander.wait()
         m.close()
+
+
+# ------------------------------------------------------------- ipcsem-status
+def test_status_shows_a_boosted_owner_from_which_priority_to_which_because_of_whom(
+        names, children):
+    name, plain = names(), names()
+    m = ipcsem.Mutex(name, priority_inheritance=True)
+    ipcsem.Mutex(plain).close()
+    owner, waiter = children(SETUP), children(SETUP)
+    owner.run(f"set_prio(os.SCHED_OTHER, 0, 19); m = ipcsem.Mutex({name!r}); m.acquire()")
+    tid = owner.run("_ledger.tid()")
+    quiet = cli.sem_json(name)["priority_inheritance"]
+    assert quiet == {"state": None, "owner_tid": None, "from": None, "to": None,
+                     "because_of": None, "because_of_tid": None, "reason": None}
+    assert cli.sem_json(plain)["priority_inheritance"] is None     # not a PI mutex
+    waiter.run(f"set_prio(os.SCHED_FIFO, 10, 0); m = ipcsem.Mutex({name!r})")
+    wtid = waiter.run("_ledger.tid()")
+    waiter.begin("m.acquire(); m.release()")
+    wait_until(lambda: kernel_prio(tid) == (FIFO, 10, 19), what="owner boosted")
+    doc = cli.sem_json(name)["priority_inheritance"]
+    assert doc == {"state": "boosted", "owner_tid": tid, "from": "nice 19", "to": "SCHED_FIFO 10",
+                   "because_of": waiter.pid, "because_of_tid": wtid, "reason": None}
+    shown = _status(name)
+    assert shown.returncode == 0, shown.stderr
+    assert "mutex, priority inheritance, owned by pid" in shown.stdout
+    assert (f"priority inheritance: owner thread {tid} boosted from nice 19 to SCHED_FIFO 10 "
+            f"because of pid {waiter.pid} (thread {wtid})") in " ".join(shown.stdout.split())
+    owner.run("m.release()")
+    waiter.result(10)
+    os.sched_setscheduler(tid, OTHER, os.sched_param(0))     # whatever P1 left
+    assert cli.sem_json(name)["priority_inheritance"]["state"] is None
+    assert "priority inheritance:" not in _status(name).stdout
+    m.close()
