@@ -363,6 +363,18 @@ def _nobody() -> tuple[int, int]:
     return cli.SPARE_UID, cli.SPARE_GID
 
 
+@pytest.fixture
+def user_name(name):
+    """A name for a mutex another (dropped) user creates: removed at
+    teardown by path (root's ``ipcsem.unlink`` does not remove another
+    user's semaphore)."""
+    yield name
+    try:
+        os.unlink(f"/dev/shm/ipcsem.{name}")
+    except FileNotFoundError:
+        pass
+
+
 def _drop(child, uid: int, nice_limit: int | None = None) -> None:
     """Make ``child`` an unprivileged process of ``uid`` (its RLIMIT_NICE set
     first, while it still may raise it)."""
@@ -379,7 +391,7 @@ def _status(*args: str) -> subprocess.CompletedProcess:
     return cli.run(STATUS, *args, timeout=60)
 
 
-def test_without_privilege_inheritance_is_unavailable_and_the_mutex_works(name, children):
+def test_without_privilege_inheritance_is_unavailable_and_the_mutex_works(user_name, children):
     """Owner and waiter are one unprivileged user; the owner's RLIMIT_NICE (0)
     does not let it go below nice 20 - 0: the waiter's boost is refused; the
     ledger says so and why, status says so, and the mutex works as ever."""
@@ -389,27 +401,28 @@ def test_without_privilege_inheritance_is_unavailable_and_the_mutex_works(name, 
     waiter.run("set_prio(os.SCHED_OTHER, 0, -10)")     # as root, before dropping
     _drop(owner, uid, nice_limit=0)
     _drop(waiter, uid)
-    owner.run(f"m = ipcsem.Mutex({name!r}, priority_inheritance=True); m.acquire()")
+    owner.run(f"m = ipcsem.Mutex({user_name!r}, priority_inheritance=True); m.acquire()")
     tid = owner.run("_ledger.tid()")
-    waiter.run(f"m = ipcsem.Mutex({name!r})")
+    waiter.run(f"m = ipcsem.Mutex({user_name!r})")
     waiter.begin("m.acquire(); result = prio(); m.release()")
-    wait_until(lambda: pi_record(name)["pi_state"] == 2, what="inheritance unavailable recorded")
-    rec = pi_record(name)
+    wait_until(lambda: pi_record(user_name)["pi_state"] == 2,
+               what="inheritance unavailable recorded")
+    rec = pi_record(user_name)
     assert (rec["pi_tid"], rec["pi_booster"], rec["pi_reason"]) == (tid, waiter.pid, 1)
     assert kernel_prio(tid) == (OTHER, 0, 19)          # nothing changed
-    shown = _status(name)
+    shown = _status(user_name)
     assert shown.returncode == 0, shown.stderr
     assert "inheritance unavailable" in shown.stdout
     assert "not permitted" in shown.stdout
-    doc = json.loads(_status("--json", name).stdout)["semaphores"][0]["priority_inheritance"]
+    doc = json.loads(_status("--json", user_name).stdout)["semaphores"][0]["priority_inheritance"]
     assert doc["state"] == "unavailable" and doc["owner_tid"] == tid
     assert doc["because_of"] == waiter.pid and "not permitted" in doc["reason"]
     assert owner.run("m.release(); result = prio()") == (OTHER, 0, 19)
     assert waiter.result(10) == (OTHER, 0, -10)        # it got the mutex
-    assert pi_record(name)["pi_state"] == 0
+    assert pi_record(user_name)["pi_state"] == 0
 
 
-def test_an_owner_rlimit_nice_lets_an_unprivileged_waiter_boost(name, children):
+def test_an_owner_rlimit_nice_lets_an_unprivileged_waiter_boost(user_name, children):
     """The same user, but the owner's RLIMIT_NICE allows nice -10 (20 - 30):
     the unprivileged waiter's boost works, and the owner restores itself."""
     uid, _gid = _nobody()
@@ -418,12 +431,12 @@ def test_an_owner_rlimit_nice_lets_an_unprivileged_waiter_boost(name, children):
     waiter.run("set_prio(os.SCHED_OTHER, 0, -10)")
     _drop(owner, uid, nice_limit=30)
     _drop(waiter, uid)
-    owner.run(f"m = ipcsem.Mutex({name!r}, priority_inheritance=True); m.acquire()")
+    owner.run(f"m = ipcsem.Mutex({user_name!r}, priority_inheritance=True); m.acquire()")
     tid = owner.run("_ledger.tid()")
-    waiter.run(f"m = ipcsem.Mutex({name!r})")
+    waiter.run(f"m = ipcsem.Mutex({user_name!r})")
     waiter.begin("m.acquire(); m.release()")
     wait_until(lambda: kernel_prio(tid) == (OTHER, 0, -10), what="owner boosted")
-    assert pi_record(name)["pi_state"] == 1
+    assert pi_record(user_name)["pi_state"] == 1
     assert owner.run("m.release(); result = prio()") == (OTHER, 0, 19)
     waiter.result(10)
 
