@@ -264,6 +264,26 @@ def test_sigkill_without_a_next_owner_then_recover(name, children):
     assert ledger_view(name).header.mx_owner_tid == 0
 
 
+def test_owner_thread_exiting_with_the_mutex_clears_the_record(name, children):
+    """A boosted owner *thread* exits holding the mutex (its process lives):
+    the waiter gets it, told the previous owner died, and the record of
+    the gone thread is gone too."""
+    m = ipcsem.Mutex(name, priority_inheritance=True)
+    owner, waiter = children(SETUP), children(SETUP)
+    owner.run(f"import threading; m = ipcsem.Mutex({name!r}); go = threading.Event()")
+    owner.thread("set_prio(os.SCHED_OTHER, 0, 19); m.acquire(); go.wait()", "holder")
+    wait_until(lambda: owner_tid(name) != 0, what="the thread owns it")
+    tid = owner_tid(name)
+    waiter.run(f"set_prio(os.SCHED_OTHER, 0, -10); m = ipcsem.Mutex({name!r})")
+    waiter.begin("m.acquire(); result = (m.previous_owner_died, prio()); m.release()")
+    wait_until(lambda: pi_record(name)["pi_tid"] == tid, what="owner thread boosted")
+    assert kernel_prio(tid) == (OTHER, 0, -10)
+    owner.run("go.set()")                              # the thread ends, still the owner
+    assert waiter.result(10) == (True, (OTHER, 0, -10))
+    assert pi_record(name) == dict.fromkeys(pi_record(name), 0)
+    m.close()
+
+
 # --------------------------------------------------------------------- chains
 def test_chain_boosts_the_owner_of_the_next_mutex(names, children):
     """T1 (nice -10) waits on M1, owned by T2 (nice 19), which waits on M2,
@@ -391,14 +411,19 @@ def _status(*args: str) -> subprocess.CompletedProcess:
     return cli.run(STATUS, *args, timeout=60)
 
 
-def test_without_privilege_inheritance_is_unavailable_and_the_mutex_works(user_name, children):
+@pytest.mark.parametrize("waiter_prio", [(OTHER, 0, -10), (FIFO, 10, 0)],
+                         ids=["nice-10-waiter", "fifo-waiter"])
+def test_without_privilege_inheritance_is_unavailable_and_the_mutex_works(
+        user_name, children, waiter_prio):
     """Owner and waiter are one unprivileged user; the owner's RLIMIT_NICE (0)
-    does not let it go below nice 20 - 0: the waiter's boost is refused; the
-    ledger says so and why, status says so, and the mutex works as ever."""
+    does not let it go below nice 20 - 0, nor its RLIMIT_RTPRIO (0) to real
+    time: the waiter's boost is refused; the ledger says so and why, status
+    says so, and the mutex works as ever."""
     uid, _gid = _nobody()
     owner, waiter = children(SETUP), children(SETUP)
     owner.run("set_prio(os.SCHED_OTHER, 0, 19)")
-    waiter.run("set_prio(os.SCHED_OTHER, 0, -10)")     # as root, before dropping
+    owner.run("resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))")
+    waiter.run(f"set_prio{waiter_prio!r}")               # as root, before dropping
     _drop(owner, uid, nice_limit=0)
     _drop(waiter, uid)
     owner.run(f"m = ipcsem.Mutex({user_name!r}, priority_inheritance=True); m.acquire()")
@@ -418,7 +443,7 @@ def test_without_privilege_inheritance_is_unavailable_and_the_mutex_works(user_n
     assert doc["state"] == "unavailable" and doc["owner_tid"] == tid
     assert doc["because_of"] == waiter.pid and "not permitted" in doc["reason"]
     assert owner.run("m.release(); result = prio()") == (OTHER, 0, 19)
-    assert waiter.result(10) == (OTHER, 0, -10)        # it got the mutex
+    assert waiter.result(10) == waiter_prio            # it got the mutex
     assert pi_record(user_name)["pi_state"] == 0
 
 
