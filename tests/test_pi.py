@@ -284,6 +284,46 @@ def test_owner_thread_exiting_with_the_mutex_clears_the_record(name, children):
     m.close()
 
 
+def test_when_the_best_waiter_leaves_the_owner_drops_to_the_next_best(name, children):
+    """Owner nice 19; waiters nice -10 (gives up after a while) and nice 5:
+    once the -10 one left, the nice-5 waiter's slice lowers the owner to
+    nice 5 (still boosted, from its own 19); released, it is at 19."""
+    m = ipcsem.Mutex(name, priority_inheritance=True)
+    owner, high, low = children(SETUP), children(SETUP), children(SETUP)
+    owner.run(f"set_prio(os.SCHED_OTHER, 0, 19); m = ipcsem.Mutex({name!r}); m.acquire()")
+    tid = owner.run("_ledger.tid()")
+    low.run(f"set_prio(os.SCHED_OTHER, 0, 5); m = ipcsem.Mutex({name!r})")
+    low.begin("m.acquire(); m.release()")
+    wait_until(lambda: kernel_prio(tid) == (OTHER, 0, 5), what="owner boosted to 5")
+    high.run(f"set_prio(os.SCHED_OTHER, 0, -10); m = ipcsem.Mutex({name!r})")
+    high.begin("result = m.acquire(timeout=0.5)")
+    wait_until(lambda: kernel_prio(tid) == (OTHER, 0, -10), what="owner boosted to -10")
+    assert high.result(10) is False
+    wait_until(lambda: kernel_prio(tid) == (OTHER, 0, 5), what="owner back to the next best")
+    rec = pi_record(name)
+    assert (rec["pi_state"], rec["pi_base_nice"], rec["pi_boost_nice"]) == (1, 19, 5)
+    assert owner.run("m.release(); result = prio()") == (OTHER, 0, 19)
+    low.result(10)
+    m.close()
+
+
+@pytest.mark.xfail(strict=True, reason="P9 in docs/pi-bugs.md: an AsyncMutex waiter never boosts")
+def test_an_async_waiter_boosts_the_owner_too(name, children):
+    m = ipcsem.Mutex(name, priority_inheritance=True)
+    owner, waiter = children(SETUP), children(SETUP)
+    owner.run(f"set_prio(os.SCHED_OTHER, 0, 19); m = ipcsem.Mutex({name!r}); m.acquire()")
+    tid = owner.run("_ledger.tid()")
+    waiter.run(f"set_prio(os.SCHED_OTHER, 0, -10); import asyncio; "
+               f"am = ipcsem.AsyncMutex({name!r})")
+    waiter.begin("result = asyncio.run(am.acquire(timeout=1.0))")
+    try:
+        wait_until(lambda: kernel_prio(tid) == (OTHER, 0, -10), 0.9, what="owner boosted")
+    finally:
+        waiter.result(10)
+        owner.run("m.release()")
+        m.close()
+
+
 # --------------------------------------------------------------------- chains
 def test_chain_boosts_the_owner_of_the_next_mutex(names, children):
     """T1 (nice -10) waits on M1, owned by T2 (nice 19), which waits on M2,
