@@ -107,6 +107,7 @@ JSON_SEM_KEYS = {
     "mutex_owner_pid": type(None), "mutex_owner_tid": type(None),
     "previous_owner_died": type(None), "lock_owner_state": type(None), "wedged": bool,
     "head_reason": str, "deadlocked": bool, "error_kind": type(None),
+    "priority_inheritance": type(None),      # (a PI mutex's: tests/test_pi.py)
 }
 JSON_HOLDER_KEYS = {
     "pid": int, "start": int, "user": str, "command": str, "argv": list, "units": int,

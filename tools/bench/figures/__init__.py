@@ -55,3 +55,4 @@ FIGURES = [
 
 # What the harness (__main__.py) uses besides FIGURES.
 __all__ = ["FIGURES", "Config", "destroy_all", "log", "stop_supervisors"]
+from .inversion import fig_inversion; FIGURES.append(("inversion", fig_inversion))  # noqa: E402,E702 (figure 7; one line so the figure list merges)
