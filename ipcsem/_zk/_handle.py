@@ -88,9 +88,20 @@ class Book:
     every handle of it: units belong to the process)."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.pid = os.getpid()
         self.lock = threading.RLock()
         self.holds: list[Hold] = []
         self.by_lease: dict[int, Hold] = {}
+
+    def fresh(self) -> Book:
+        """Self, emptied first in a forked child: the child holds nothing
+        (hazard 13), its parent's holds are its parent's."""
+        if self.pid != os.getpid():
+            self._reset()
+        return self
 
     def add(self, h: Hold) -> None:
         with self.lock:
@@ -362,6 +373,7 @@ class ZkHandle(Handle):
         """Mutex: the owner's nested acquire (reentrant) or its error."""
         if self.params.kind != "mutex":
             return None
+        self._book.fresh()
         with self._book.lock:
             for h in self._book.holds:
                 if h.owner == req.owner and h.session.valid():
@@ -485,6 +497,7 @@ class ZkHandle(Handle):
 
     # ========================================================= returning
     def _mine(self, lease: Lease | None) -> list[Hold]:
+        self._book.fresh()
         with self._book.lock:
             holds = list(self._book.holds)
             first = self._book.by_lease.get(id(lease)) if lease is not None else None
