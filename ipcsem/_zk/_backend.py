@@ -194,9 +194,9 @@ class ZkBackend(Backend):
                 g = _codec.decode_gate(data, meta_cap, gate_path)
                 g = dataclasses.replace(g, recovered_units=g.recovered_units + units,
                                         recoveries=g.recoveries + 1)
-                client.set_data(gate_path, _codec.encode_gate(g), version=stat.version)
+                client.set(gate_path, _codec.encode_gate(g), version=stat.version)
             except Exception as e:  # noqa: BLE001 - counters only
-                log.debug("counting a recovery: %s", e)
+                log.debug("counting a recovery: %r", e)
         return True
 
     def close(self) -> None:

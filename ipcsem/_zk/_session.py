@@ -160,8 +160,10 @@ class _NegotiationLog(logging.Logger):
 class Session:
     """One ZooKeeper session as this process knows it."""
 
-    def __init__(self, sid: int, timeout: float, connect_sent: float) -> None:
+    def __init__(self, sid: int, timeout: float, connect_sent: float,
+                 on_lost: Callable[[Session, str], None] | None = None) -> None:
         self.sid = sid
+        self._on_lost = on_lost
         self.timeout = timeout                     # negotiated, seconds
         self._acks: deque[float] = deque([connect_sent], maxlen=2)
         self._lock = threading.Lock()
@@ -189,17 +191,22 @@ class Session:
         with self._lock:
             if self.lost_reason is not None:
                 return False
-            if time.monotonic() >= self._acks[0] + self.timeout * (1 - DRIFT) - MARGIN:
-                self._lose_locked("no acknowledged heartbeat within the lease deadline")
-                return False
-            if sent > self._acks[-1]:
-                self._acks.append(sent)
-            return True
+            late = time.monotonic() >= self._acks[0] + self.timeout * (1 - DRIFT) - MARGIN
+            if not late:
+                if sent > self._acks[-1]:
+                    self._acks.append(sent)
+                return True
+        self.lose("no acknowledged heartbeat within the lease deadline")
+        return False
 
     def lose(self, reason: str) -> bool:
-        """Mark lost (idempotent); True for the call that did it."""
+        """Mark lost (idempotent); True for the call that did it, which also
+        tells the connection (hooks, waiters, a new session)."""
         with self._lock:
-            return self._lose_locked(reason)
+            first = self._lose_locked(reason)
+        if first and self._on_lost is not None:
+            self._on_lost(self, reason)
+        return first
 
     def _lose_locked(self, reason: str) -> bool:
         if self.lost_reason is not None:
@@ -293,7 +300,7 @@ class Connection:
                         self.options.session_timeout)
             negotiated = int(self.options.session_timeout * 1000)
         sid = client.client_id[0]
-        session = Session(sid, negotiated / 1000.0, sent)
+        session = Session(sid, negotiated / 1000.0, sent, self._lost)
         try:
             for sub in ("names", "gens", "sessions"):
                 client.ensure_path(f"{self.root}/{sub}")
@@ -330,8 +337,17 @@ class Connection:
     def lose(self, session: Session, reason: str) -> None:
         """Declare ``session`` lost (idempotent): leases go invalid, hooks
         run, waiters wake, the client is replaced on next use."""
-        if not session.lose(reason):
-            return
+        session.lose(reason)
+
+    def _lost(self, session: Session, reason: str) -> None:
+        # Called once per session by Session.lose, from whichever thread
+        # noticed (the heartbeat, kazoo's, a caller checking lease.valid):
+        # do the work on a thread of our own, never inside kazoo's or a
+        # caller's critical path.
+        threading.Thread(target=self._after_loss, args=(session, reason), daemon=True,
+                         name="ipcsem-zk-lost").start()
+
+    def _after_loss(self, session: Session, reason: str) -> None:
         log.warning("ipcsem: ZooKeeper session %x lost: %s", session.sid, reason)
         with self._lock:
             if self._session is session:
