@@ -49,8 +49,8 @@ def test_sigkill_storm_exactly_once(backend, url, tmp_path):
     grants = sum(int((tmp_path / f).read_text() or 0)
                  for f in os.listdir(tmp_path) if f.startswith("done-"))
     assert kills >= 20 and grants >= 50, (kills, grants)
-    # every unit comes back exactly once (killed holders by reaping or expiry)
-    wait_until(lambda: h.available == 2, 10, 0.05)
+    # every unit comes back exactly once, and the queue empties (the last
+    # victims' nodes go when their sessions expire: nobody local waits)
+    wait_until(lambda: (lambda s: s.held == 0 and s.waiting == 0)(h.stats()), 10, 0.05)
+    assert h.available == 2
     h.check()
-    s = h.stats()
-    assert s.held == 0 and s.waiting == 0
