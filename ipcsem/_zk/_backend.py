@@ -157,11 +157,7 @@ class ZkBackend(Backend):
             with b.lock:
                 lost = [h for h in b.holds if h.session is session]
             for h in lost:
-                if h.on_lost is not None and h.lease is not None:
-                    try:
-                        h.on_lost(h.lease, reason)
-                    except Exception:  # noqa: BLE001
-                        log.exception("ipcsem: on_lost callback failed")
+                h.tell_lost(reason)
 
     # ------------------------------------------------------------ reaping
     def reaper(self) -> Reaper | None:

@@ -57,7 +57,7 @@ class Hold:
     """A grant this process holds (one h_ node)."""
 
     __slots__ = ("path", "name", "units", "slots", "owner", "token", "session", "lease",
-                 "depth", "released", "on_lost", "deadline_at_loss")
+                 "depth", "released", "on_lost", "deadline_at_loss", "_told")
 
     def __init__(self, path: str, name: str, units: int, slots: tuple[int, ...], owner: int,
                  token: int, session: Session, on_lost) -> None:
@@ -68,6 +68,17 @@ class Hold:
         self.released = False
         self.on_lost = on_lost
         self.deadline_at_loss: float | None = None
+        self._told = threading.Lock()
+
+    def tell_lost(self, reason: str) -> None:
+        """Run the on_lost callback, once, whoever notices first (the
+        connection's loss hook, or a release that found the lease lost)."""
+        if self.on_lost is None or self.lease is None or not self._told.acquire(False):
+            return
+        try:
+            self.on_lost(self.lease, reason)
+        except Exception:  # noqa: BLE001
+            log.exception("ipcsem: on_lost callback failed")
 
     def valid(self) -> bool:
         # Released or not, a lease is valid while its session is proven alive:
@@ -182,15 +193,23 @@ class ZkHandle(Handle):
                 raise _Retry(f"{what}: {n}") from None
             raise
 
-    def _read(self, client, watch=None) -> View:
-        """Gate first, then the listing (both on one connection, so the
-        listing is at least as new as the gate version we will condition on)."""
-        g = client.get_async(self._gate, watch=watch)
-        a = client.exists_async(self._arrivals)
-        c = client.get_children_async(self._q, watch=watch)
+    def _read(self, client, watch=None, children_watch=None) -> View:
+        return self._read_finish(self._read_start(client, watch, children_watch))
+
+    def _read_start(self, client, watch=None, children_watch=None):
+        """Send the reads of one decision: gate first, then the listing (on
+        one connection, so the listing is at least as new as the gate
+        version we will condition on).  ``watch`` goes on the gate,
+        ``children_watch`` on the queue."""
+        return (client.get_async(self._gate, watch=watch), client.exists_async(self._arrivals),
+                client.get_children_async(self._q, watch=children_watch))
+
+    def _read_finish(self, futures) -> View:
+        g, a, c = futures
         try:
             data, stat = self._get(g, "reading the gate")
             astat = self._get(a, "reading the arrivals")
+            names = self._get(c, "listing the queue")
         except _Retry:
             raise
         except Exception as e:
@@ -199,12 +218,6 @@ class ZkHandle(Handle):
             raise
         if astat is None:
             raise Unlinked(name=self.name)
-        try:
-            names = self._get(c, "listing the queue")
-        except Exception as e:
-            if _errname(e) == "NoNodeError":
-                raise Unlinked(name=self.name) from None
-            raise
         gate = _codec.decode_gate(data, self.params.capacity, self._gate)
         reqs, held = _codec.parse_children(names, self.params.capacity, self._q)
         view = View(gate, stat.version, astat.version, reqs, held)
@@ -530,6 +543,7 @@ class ZkHandle(Handle):
         self._retrying(lambda: self._give_back(chosen, post=need, disown=0))
 
     def _forget_lost(self, h: Hold) -> None:
+        h.tell_lost(h.session.lost_reason or "session lost")
         self._book.drop(h)
         self._conn.doom(h.path)
 
@@ -775,10 +789,27 @@ class _Queued:
         self.watch_all = False
         self.finished = False
         self.granting: list[str] | None = None  # hold path of a grant in flight
+        # What the head watches: the gate and each hold; a hold's DELETED
+        # event lets it grant itself from its last view minus that hold, in
+        # one round trip, conditional on the gate version of that view.
+        self.last: View | None = None
+        self.held_watched: set[str] = set()
+        self.departed: set[str] = set()
+        self.stale = True
+        self.pred_path: str | None = None
         self._kick = self._fire               # one bound method: kazoo keeps a set
         handle._conn.add_waker(self._kick)
 
-    def _fire(self, *_args) -> None:
+    def _fire(self, event=None) -> None:
+        # kazoo's thread (or the connection's, on session loss): note what
+        # changed, wake the waiter.
+        path = getattr(event, "path", None)
+        if getattr(event, "type", None) == "DELETED" and path in self.held_watched:
+            self.departed.add(path)
+        else:
+            self.stale = True
+            if path is not None and path == self.pred_path:
+                self.watch_all = True     # the one ahead left: we may be the head now
         self.event.set()
         if self.notify is not None:
             try:
@@ -786,7 +817,9 @@ class _Queued:
             except Exception:  # noqa: BLE001
                 log.exception("ipcsem: notify() failed")
 
-    def _enqueue(self, client, session: Session) -> None:
+    def _enqueue(self, client, session: Session):
+        """Queue a request node; returns the reads sent right behind it (one
+        round trip for both: the listing is processed after the create)."""
         h = self.h
         if self.path is not None:
             h._conn.doom(self.path)        # a node of a lost session: gone soon anyway
@@ -798,7 +831,9 @@ class _Queued:
         t = client.transaction()
         t.create(f"{h._q}/{prefix}", h._who(self.req), ephemeral=True, sequence=True)
         t.set_data(h._arrivals, b"")
-        results = h._get(t.commit_async(), "queueing")
+        queued = t.commit_async()
+        reads = h._read_start(client)
+        results = h._get(queued, "queueing")
         if any(isinstance(r, Exception) for r in results):
             names = [_errname(r) for r in results]
             if "NoNodeError" in names:
@@ -807,21 +842,37 @@ class _Queued:
         path = results[0]
         self.path, self.rname, self.session = path, path.rsplit("/", 1)[1], session
         self.watch_all = False
+        return reads
 
     def step(self) -> Lease | None:
         """Queue if needed, decide, grant if admissible, else arm the watches."""
         h = self.h
         while True:
             client, session = h._client()
-            if self.session is not session or self.path is None:
-                self._enqueue(client, session)
             self.event.clear()
-            view = h._read(client, watch=self._kick if self.watch_all else None)
+            optimistic = (self.path is not None and self.session is session
+                          and self.last is not None and bool(self.departed) and not self.stale)
+            if optimistic:
+                assert self.last is not None
+                gone, self.departed = self.departed, set()
+                view = dataclasses.replace(
+                    self.last, held=[x for x in self.last.held if f"{h._q}/{x.name}" not in gone])
+            else:
+                self.departed, self.stale = set(), False
+                if self.session is not session or self.path is None:
+                    view = h._read_finish(self._enqueue(client, session))
+                else:
+                    w = self._kick if self.watch_all else None
+                    many = self.last is not None and len(self.last.held) > 32
+                    view = h._read(client, watch=w, children_watch=w if many else None)
+            self.last = view
             me = next((r for r in view.reqs if r.name == self.rname), None)
             if me is None:
-                # Our node is gone though our session lives (an operator, a
-                # mistaken cleanup): queue again rather than wait forever.
-                self.path = None
+                if not optimistic:
+                    # Our node is gone though our session lives (an operator,
+                    # a mistaken cleanup): queue again rather than wait forever.
+                    self.path = None
+                self.stale = True
                 continue
             dec = h._decide(view)
             if any(a is me for a in dec.admissible):
@@ -829,8 +880,11 @@ class _Queued:
                 track: list[str] = []
                 self.granting = track
                 try:
+                    # From a view patched with departures only, nobody may have
+                    # queued since that view either (a higher priority would
+                    # have to go first): the arrivals version is checked too.
                     lease = h._grant(client, session, view, self.req, dec.free_slots, me, ident,
-                                     track)
+                                     track, check_arrivals=optimistic)
                 except _Vanished:
                     self.path = None
                     continue
@@ -838,18 +892,37 @@ class _Queued:
                 if lease is not None:
                     self.path = None
                     return lease
+                self.stale = True
+                continue
+            if optimistic:
+                self.stale = True     # not enough from departures alone: read for real
                 continue
             head = head_of(dec.order, dec.admissible)
             if head is me:
+                self.pred_path = None
                 if not self.watch_all:
                     self.watch_all = True
-                    continue   # read again, this time leaving watches on gate and queue
+                    continue   # read again, this time leaving a watch on the gate
+                if len(view.held) <= 32:
+                    paths = [f"{h._q}/{x.name}" for x in view.held]
+                    self.held_watched = set(paths)
+                    futures = [client.exists_async(p, watch=self._kick) for p in paths]
+                    if any(h._get(f, "watching") is None for f in futures):
+                        self.stale = True
+                        continue   # one left already
+                else:
+                    self.held_watched = set()
+                    if not self.stale:
+                        # a children watch instead (set by the next read)
+                        self.stale = True
+                        continue
             else:
                 self.watch_all = False
+                self.held_watched = set()
                 i = next(i for i, r in enumerate(dec.order) if r is me)
                 pred = dec.order[i - 1]
-                st = h._get(client.exists_async(f"{h._q}/{pred.name}", watch=self._kick),
-                            "watching")
+                self.pred_path = f"{h._q}/{pred.name}"
+                st = h._get(client.exists_async(self.pred_path, watch=self._kick), "watching")
                 if st is None:
                     continue
             self._watch_local(view, me, dec.order)

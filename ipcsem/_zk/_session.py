@@ -348,7 +348,10 @@ class Connection:
                          name="ipcsem-zk-lost").start()
 
     def _after_loss(self, session: Session, reason: str) -> None:
-        log.warning("ipcsem: ZooKeeper session %x lost: %s", session.sid, reason)
+        if self._closed:
+            log.debug("ipcsem: ZooKeeper session %x closed", session.sid)
+        else:
+            log.warning("ipcsem: ZooKeeper session %x lost: %s", session.sid, reason)
         with self._lock:
             if self._session is session:
                 self._retire_locked()
