@@ -85,7 +85,6 @@ class ZkBackend(Backend):
         t.create(base, b"")
         t.create(f"{base}/gate", _codec.encode_gate(gate))
         t.create(f"{base}/q", b"")
-        t.create(f"{base}/arrivals", b"")
         t.create(self._meta_path(name), _codec.encode_meta(params, gen, time.time(), ME.pid,
                                                            HOSTNAME))
         results = t.commit()

@@ -132,7 +132,10 @@ class Book:
 @dataclasses.dataclass
 class View:
     """One decision's worth of state: the gate (and its version), the
-    arrivals counter's version, and the children listing read after both."""
+    children listing read after it, with the queue node's data version
+    (``arrivals``: every request bumps it when it queues).  A request with
+    a priority above 0 (the default), which may go ahead of requests
+    already queued, also bumps the gate version."""
 
     gate: Gate
     version: int
@@ -160,7 +163,6 @@ class ZkHandle(Handle):
         self._backend = backend
         base = f"{conn.root}/gens/{meta.gen}"
         self._gate = f"{base}/gate"
-        self._arrivals = f"{base}/arrivals"
         self._q = f"{base}/q"
         # The last state this process saw (and what its own grants and
         # releases did to it since): take() tries it first, conditional on
@@ -201,26 +203,23 @@ class ZkHandle(Handle):
         one connection, so the listing is at least as new as the gate
         version we will condition on).  ``watch`` goes on the gate,
         ``children_watch`` on the queue."""
-        return (client.get_async(self._gate, watch=watch), client.exists_async(self._arrivals),
-                client.get_children_async(self._q, watch=children_watch))
+        return (client.get_async(self._gate, watch=watch),
+                client.get_children_async(self._q, watch=children_watch, include_data=True))
 
     def _read_finish(self, futures) -> View:
-        g, a, c = futures
+        g, c = futures
         try:
             data, stat = self._get(g, "reading the gate")
-            astat = self._get(a, "reading the arrivals")
-            names = self._get(c, "listing the queue")
+            names, qstat = self._get(c, "listing the queue")
         except _Retry:
             raise
         except Exception as e:
             if _errname(e) == "NoNodeError":
                 raise Unlinked(name=self.name) from None
             raise
-        if astat is None:
-            raise Unlinked(name=self.name)
         gate = _codec.decode_gate(data, self.params.capacity, self._gate)
         reqs, held = _codec.parse_children(names, self.params.capacity, self._q)
-        view = View(gate, stat.version, astat.version, reqs, held)
+        view = View(gate, stat.version, qstat.version, reqs, held)
         self._cache = view
         return view
 
@@ -252,8 +251,8 @@ class ZkHandle(Handle):
             track.append(path)
         t = client.transaction()
         if check_arrivals:
-            # take(): nobody may have queued since the listing we decided on
-            t.check(self._arrivals, view.arrivals)
+            # nobody may have queued since the listing we decided on
+            t.check(self._q, view.arrivals)
         t.create(path, self._who(req), ephemeral=True)
         if rnode is not None:
             t.delete(f"{self._q}/{rnode.name}")
@@ -407,18 +406,12 @@ class ZkHandle(Handle):
             healed = False
             for _ in range(MAX_RACES):
                 client, session = self._client()
-                view = self._cache if not self.params.slots else None
-                if view is not None:
-                    # Optimistic: the state as we last knew it.  Safe because
-                    # the transaction is conditional on the gate and arrivals
-                    # versions of that state; a refusal from it proves nothing.
-                    self._cache = None
-                    dec = self._decide(view, take=(req.units, req.priority))
-                    if TAKE in dec.admissible:
-                        lease = self._grant(client, session, view, req, dec.free_slots, None,
-                                            "t" + secrets.token_hex(6), check_arrivals=True)
-                        if lease is not None:
-                            return lease
+                # Optimistic: the state as we last knew it.  Safe because the
+                # transaction is conditional on the gate and arrivals versions
+                # of that state; a refusal from it proves nothing, so read.
+                lease = self._take_cached(req)
+                if lease is not None:
+                    return lease
                 view = self._read(client)
                 dec = self._decide(view, take=(req.units, req.priority))
                 if TAKE not in dec.admissible:
@@ -432,6 +425,20 @@ class ZkHandle(Handle):
                     return lease
             return None  # lost every race: "not now" (take never waits)
         return self._retrying(go)
+
+    def _take_cached(self, req: Request) -> Lease | None:
+        """take() from the cached view only (no read): the lease, or None
+        when the cache is absent, says busy, or is stale (BadVersion)."""
+        view = self._cache if not self.params.slots else None
+        if view is None:
+            return None
+        self._cache = None
+        dec = self._decide(view, take=(req.units, req.priority))
+        if TAKE not in dec.admissible:
+            return None
+        client, session = self._client()
+        return self._grant(client, session, view, req, dec.free_slots, None,
+                           "t" + secrets.token_hex(6), check_arrivals=True)
 
     def _heal_due(self) -> bool:
         now = time.monotonic()
@@ -463,6 +470,15 @@ class ZkHandle(Handle):
         again = self._reenter(req)
         if again is not None:
             return again
+        # A blocking caller needs no proof that the units are busy before it
+        # queues: try the last known state (one transaction when nobody
+        # competes), else queue at once, without the read take() would do.
+        try:
+            lease = self._take_cached(req)
+        except _Retry:
+            lease = None
+        if lease is not None:
+            return lease
         w = _Queued(self, req, None)
         try:
             return w.run(deadline, on_slice)
@@ -797,6 +813,7 @@ class _Queued:
         self.departed: set[str] = set()
         self.stale = True
         self.pred_path: str | None = None
+        self.pred_node: ReqNode | None = None
         self._kick = self._fire               # one bound method: kazoo keeps a set
         handle._conn.add_waker(self._kick)
 
@@ -804,12 +821,17 @@ class _Queued:
         # kazoo's thread (or the connection's, on session loss): note what
         # changed, wake the waiter.
         path = getattr(event, "path", None)
-        if getattr(event, "type", None) == "DELETED" and path in self.held_watched:
+        kind = getattr(event, "type", None)
+        if path is not None:
+            self.held_watched.discard(path)     # a watch fires once
+        if kind == "DELETED" and path is not None and path.rsplit("/", 1)[-1].startswith("h_"):
             self.departed.add(path)
         else:
             self.stale = True
             if path is not None and path == self.pred_path:
                 self.watch_all = True     # the one ahead left: we may be the head now
+            elif path != self.pred_path:
+                self.pred_node = None
         self.event.set()
         if self.notify is not None:
             try:
@@ -828,9 +850,17 @@ class _Queued:
                                        ME.start)
         # One transaction: the request and a bump of the arrivals counter,
         # so a take() deciding from an older listing cannot overtake us.
+        gate = None
+        if self.req.priority > 0:
+            # may go ahead of queued requests: bump the gate too, so that
+            # none of them grants itself from a view without us
+            data, stat = h._get(client.get_async(h._gate), "reading the gate")
+            gate = (data, stat.version)
         t = client.transaction()
         t.create(f"{h._q}/{prefix}", h._who(self.req), ephemeral=True, sequence=True)
-        t.set_data(h._arrivals, b"")
+        t.set_data(h._q, b"")
+        if gate is not None:
+            t.set_data(h._gate, gate[0], version=gate[1])
         queued = t.commit_async()
         reads = h._read_start(client)
         results = h._get(queued, "queueing")
@@ -838,6 +868,9 @@ class _Queued:
             names = [_errname(r) for r in results]
             if "NoNodeError" in names:
                 raise Unlinked(name=h.name)
+            if "BadVersionError" in names:
+                h._read_finish(reads)
+                return self._enqueue(client, session)
             raise _Retry(f"queueing: {names}")
         path = results[0]
         self.path, self.rname, self.session = path, path.rsplit("/", 1)[1], session
@@ -850,8 +883,10 @@ class _Queued:
         while True:
             client, session = h._client()
             self.event.clear()
+            # Gate changes need no read of their own when holds departed:
+            # the grant is conditional on the gate version of the view.
             optimistic = (self.path is not None and self.session is session
-                          and self.last is not None and bool(self.departed) and not self.stale)
+                          and self.last is not None and bool(self.departed))
             if optimistic:
                 assert self.last is not None
                 gone, self.departed = self.departed, set()
@@ -860,11 +895,18 @@ class _Queued:
             else:
                 self.departed, self.stale = set(), False
                 if self.session is not session or self.path is None:
+                    self.held_watched = set()
                     view = h._read_finish(self._enqueue(client, session))
                 else:
                     w = self._kick if self.watch_all else None
                     many = self.last is not None and len(self.last.held) > 32
-                    view = h._read(client, watch=w, children_watch=w if many else None)
+                    # the hold watch goes first: a hold it finds is in the listing,
+                    # one it misses is not (one connection: requests in order)
+                    predicted = self._watch_pred_hold(client)
+                    reads = h._read_start(client, watch=w, children_watch=w if many else None)
+                    view = h._read_finish(reads)
+                    if predicted is not None and h._get(predicted[1], "watching") is None:
+                        self.held_watched.discard(predicted[0])
             self.last = view
             me = next((r for r in view.reqs if r.name == self.rname), None)
             if me is None:
@@ -884,7 +926,7 @@ class _Queued:
                     # queued since that view either (a higher priority would
                     # have to go first): the arrivals version is checked too.
                     lease = h._grant(client, session, view, self.req, dec.free_slots, me, ident,
-                                     track, check_arrivals=optimistic)
+                                     track, check_arrivals=optimistic and me.priority < 0)
                 except _Vanished:
                     self.path = None
                     continue
@@ -904,8 +946,9 @@ class _Queued:
                     self.watch_all = True
                     continue   # read again, this time leaving a watch on the gate
                 if len(view.held) <= 32:
-                    paths = [f"{h._q}/{x.name}" for x in view.held]
-                    self.held_watched = set(paths)
+                    paths = [p for p in (f"{h._q}/{x.name}" for x in view.held)
+                             if p not in self.held_watched]
+                    self.held_watched.update(paths)
                     futures = [client.exists_async(p, watch=self._kick) for p in paths]
                     if any(h._get(f, "watching") is None for f in futures):
                         self.stale = True
@@ -922,11 +965,28 @@ class _Queued:
                 i = next(i for i, r in enumerate(dec.order) if r is me)
                 pred = dec.order[i - 1]
                 self.pred_path = f"{h._q}/{pred.name}"
+                self.pred_node = pred
                 st = h._get(client.exists_async(self.pred_path, watch=self._kick), "watching")
                 if st is None:
                     continue
             self._watch_local(view, me, dec.order)
             return None
+
+    def _watch_pred_hold(self, client):
+        """The request ahead of us just left: most likely it was granted, and
+        its hold's name follows from its request's name (without slots).
+        Watch that hold in the same round trip as the read, so that when it
+        is released we can grant ourselves at once."""
+        pred = self.pred_node
+        if pred is None or self.h.params.slots:
+            return None
+        self.pred_node = None
+        path = f"{self.h._q}/" + _codec.held_name(
+            pred.units, (), pred.mkey, pred.pid, pred.start, "q" + format(pred.seq & 0xFFFFFFFF, "x"))
+        if path in self.held_watched:
+            return None
+        self.held_watched.add(path)
+        return path, client.exists_async(path, watch=self._kick)
 
     def _watch_local(self, view: View, me: ReqNode, order: list[ReqNode]) -> None:
         """Let the reaper watch the local processes that stand before us."""

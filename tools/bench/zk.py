@@ -42,8 +42,9 @@ def _ipcsem_open(url: str, name: str, capacity: int):
     r = Request(1, 0, tid, tid)
 
     def acquire():
-        # what the facade does: try at once, queue only if refused
-        lease = h.take(r) or h.wait(r, time.monotonic() + 60)
+        # A blocking acquire: wait() tries the last known state first and
+        # queues at once if busy (a take() first would add a read).
+        lease = h.wait(r, time.monotonic() + 60)
         assert lease is not None
         return lease
 
