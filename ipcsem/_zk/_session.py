@@ -58,6 +58,15 @@ DEFAULT_SESSION_TIMEOUT = 10.0
 DEFAULT_CHROOT = "/ipcsem"
 BLATHER = 5      # kazoo's lowest log level; the negotiated timeout is logged there
 
+if hasattr(time, "CLOCK_BOOTTIME"):
+    def lease_clock() -> float:
+        """Seconds on a clock that keeps counting while the machine is
+        suspended (CLOCK_MONOTONIC stops then, while the servers' clocks
+        and the session's expiry go on)."""
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+else:  # pragma: no cover - not Linux
+    lease_clock = time.monotonic
+
 
 def _kazoo():
     try:
@@ -170,28 +179,31 @@ class Session:
         self.lost_reason: str | None = None
         self.lost_at: float | None = None
 
+    def _deadline(self) -> float:
+        return self._acks[0] + self.timeout * (1 - DRIFT) - MARGIN   # lease_clock time
+
     def deadline(self) -> float:
-        """Monotonic time until which the session (and every lease in it)
-        is guaranteed alive; -inf once lost."""
+        """``time.monotonic()`` time until which the session (and every
+        lease in it) is guaranteed alive; -inf once lost."""
         if self.lost_reason is not None:
             return float("-inf")
-        return self._acks[0] + self.timeout * (1 - DRIFT) - MARGIN
+        return self._deadline() - lease_clock() + time.monotonic()
 
     def valid(self) -> bool:
         if self.lost_reason is not None:
             return False
-        if time.monotonic() < self.deadline():
+        if lease_clock() < self._deadline():
             return True
         self.lose("no acknowledged heartbeat within the lease deadline")
         return False
 
     def ack(self, sent: float) -> bool:
-        """Record the reply to a heartbeat sent at ``sent``; False if it came
+        """Record the reply to a heartbeat sent at ``sent`` (lease_clock); False if it came
         too late to count (the session was already past its deadline)."""
         with self._lock:
             if self.lost_reason is not None:
                 return False
-            late = time.monotonic() >= self._acks[0] + self.timeout * (1 - DRIFT) - MARGIN
+            late = lease_clock() >= self._deadline()
             if not late:
                 if sent > self._acks[-1]:
                     self._acks.append(sent)
@@ -279,7 +291,7 @@ class Connection:
             hosts=self.options.hosts, timeout=self.options.session_timeout, logger=logger,
             connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 1.0},
             command_retry=None)
-        sent = time.monotonic()
+        sent = lease_clock()
         try:
             client.start(timeout=self.options.connect_timeout)
         except Exception as e:  # kazoo's TimeoutError and socket errors
@@ -397,7 +409,7 @@ class Connection:
                 except Exception:  # noqa: BLE001
                     pass
             interval = session.timeout / 4
-            sent = time.monotonic()
+            sent = lease_clock()
             done = threading.Event()
             try:
                 result = client.set_async(self._hb_path(session.sid), self._who())
@@ -427,7 +439,7 @@ class Connection:
                 self._kick_monitor.clear()
                 continue
             session.ack(sent)
-            rest = sent + interval - time.monotonic()
+            rest = sent + interval - lease_clock()
             if rest > 0:
                 self._kick_monitor.wait(rest)
                 self._kick_monitor.clear()
