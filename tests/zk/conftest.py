@@ -36,15 +36,22 @@ def _why_not() -> str | None:
 WHY_NOT = _why_not()
 
 
-def pytest_collection_modifyitems(config, items):
-    if WHY_NOT is None:
-        return
-    here = os.path.dirname(os.path.abspath(__file__))
-    mine = [i for i in items if str(i.path).startswith(here)]
-    if mine and os.environ.get("CI") == "true":
+# Without a server (or kazoo), the modules that need one are not collected
+# and ONE line says why; under CI that is an error instead, so CI never
+# passes without running them.  test_admission_model.py (pure) always runs.
+NEEDS_SERVER = ["test_contract.py", "test_crashes.py", "test_ensemble.py", "test_storm.py"]
+collect_ignore = NEEDS_SERVER if WHY_NOT is not None else []
+
+
+def pytest_sessionstart(session):
+    if WHY_NOT is not None and os.environ.get("CI") == "true":
         raise pytest.UsageError(f"ZooKeeper tests cannot run under CI: {WHY_NOT}")
-    for i in mine:
-        i.add_marker(pytest.mark.skip(reason=f"ZooKeeper tests skipped: {WHY_NOT}"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if WHY_NOT is not None:
+        terminalreporter.write_line(f"SKIPPED ZooKeeper backend tests ({', '.join(NEEDS_SERVER)}):"
+                                    f" {WHY_NOT}")
 
 
 def pytest_configure(config):
