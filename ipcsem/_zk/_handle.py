@@ -814,6 +814,7 @@ class _Queued:
         self.stale = True
         self.pred_path: str | None = None
         self.pred_node: ReqNode | None = None
+        self.armed_req: str | None = None     # a request node whose deletion we watch
         self._kick = self._fire               # one bound method: kazoo keeps a set
         handle._conn.add_waker(self._kick)
 
@@ -824,6 +825,8 @@ class _Queued:
         kind = getattr(event, "type", None)
         if path is not None:
             self.held_watched.discard(path)     # a watch fires once
+            if path == self.armed_req:
+                self.armed_req = None
         if kind == "DELETED" and path is not None and path.rsplit("/", 1)[-1].startswith("h_"):
             self.departed.add(path)
         else:
@@ -862,6 +865,7 @@ class _Queued:
         if gate is not None:
             t.set_data(h._gate, gate[0], version=gate[1])
         queued = t.commit_async()
+        guess = self._guess_pred(client)
         reads = h._read_start(client)
         results = h._get(queued, "queueing")
         if any(isinstance(r, Exception) for r in results):
@@ -875,7 +879,36 @@ class _Queued:
         path = results[0]
         self.path, self.rname, self.session = path, path.rsplit("/", 1)[1], session
         self.watch_all = False
+        self.held_watched = set()
+        self.armed_req = None
+        if guess is not None:
+            (rpath, rfut), (hpath, hfut) = guess
+            # processed before the listing: what they found is what it shows
+            if h._get(rfut, "watching") is not None:
+                self.armed_req = rpath
+            if hpath is not None and h._get(hfut, "watching") is not None:
+                self.held_watched.add(hpath)
         return reads
+
+    def _guess_pred(self, client):
+        """Watch, in the queueing round trip, the request we will most
+        likely stand behind (the last one of our priority or above in the
+        last listing this handle saw) and its future hold: under contention
+        this saves the round trips of finding and watching it afterwards."""
+        h = self.h
+        cache = h._cache
+        if cache is None:
+            return None
+        ahead = [r for r in h._decide(cache).order if r.priority >= self.req.priority]
+        if not ahead:
+            return None
+        pred = ahead[-1]
+        rpath = f"{h._q}/{pred.name}"
+        hpath = None if h.params.slots else f"{h._q}/" + _codec.held_name(
+            pred.units, (), pred.mkey, pred.pid, pred.start,
+            "q" + format(pred.seq & 0xFFFFFFFF, "x"))
+        return ((rpath, client.exists_async(rpath, watch=self._kick)),
+                (hpath, client.exists_async(hpath, watch=self._kick) if hpath else None))
 
     def step(self) -> Lease | None:
         """Queue if needed, decide, grant if admissible, else arm the watches."""
@@ -966,9 +999,11 @@ class _Queued:
                 pred = dec.order[i - 1]
                 self.pred_path = f"{h._q}/{pred.name}"
                 self.pred_node = pred
-                st = h._get(client.exists_async(self.pred_path, watch=self._kick), "watching")
-                if st is None:
-                    continue
+                if self.armed_req != self.pred_path:
+                    st = h._get(client.exists_async(self.pred_path, watch=self._kick), "watching")
+                    if st is None:
+                        continue
+                    self.armed_req = self.pred_path
             self._watch_local(view, me, dec.order)
             return None
 
