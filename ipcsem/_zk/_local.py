@@ -108,6 +108,10 @@ class Reaper:
         self._paths: dict[str, tuple[int, int]] = {}      # path -> (pid, start)
         self._fds: dict[tuple[int, int], int] = {}       # identity -> pidfd
         self._dead: set[str] = set()
+        # fds no longer needed, closed by the reaper thread itself between two
+        # selects: closed under a running select, a number could be reused by
+        # another file and its readiness taken for a death.
+        self._to_close: list[int] = []
         self._r, self._w = os.pipe()
         os.set_blocking(self._w, False)
         self._closed = False
@@ -149,7 +153,7 @@ class Reaper:
     def _gc(self) -> None:
         live = set(self._paths.values())
         for ident in [i for i in self._fds if i not in live]:
-            os.close(self._fds.pop(ident))
+            self._to_close.append(self._fds.pop(ident))
 
     def poke(self) -> None:
         try:
@@ -160,16 +164,24 @@ class Reaper:
     def _run(self) -> None:
         while True:
             with self._lock:
+                for fd in self._to_close:
+                    os.close(fd)
+                self._to_close.clear()
                 if self._closed:
                     return
                 fds = {fd: ident for ident, fd in self._fds.items()}
                 dead = set(self._dead)
             if dead:
                 self._reap(dead)
+            poller = select.poll()       # not select(): fds above 1024 are fine
+            poller.register(self._r, select.POLLIN)
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
             try:
-                ready, _, _ = select.select([self._r, *fds], [], [], 1.0 if dead else None)
-            except (OSError, ValueError):
-                continue  # an fd closed under us: rebuild the set
+                ready = [fd for fd, _ev in poller.poll(1000 if dead else None)]
+            except OSError as e:
+                log.warning("reaper poll: %s", e)   # never expected: fds close only here
+                continue
             if self._r in ready:
                 try:
                     os.read(self._r, 4096)
@@ -181,7 +193,7 @@ class Reaper:
                     for ident in gone:
                         fd = self._fds.pop(ident, None)
                         if fd is not None:
-                            os.close(fd)
+                            self._to_close.append(fd)
                         for p, i in self._paths.items():
                             if i == ident:
                                 self._dead.add(p)
@@ -214,8 +226,9 @@ class Reaper:
         self.poke()
         self._thread.join(5)
         with self._lock:
-            for fd in self._fds.values():
+            for fd in [*self._fds.values(), *self._to_close]:
                 os.close(fd)
             self._fds.clear()
+            self._to_close.clear()
         os.close(self._r)
         os.close(self._w)
