@@ -296,8 +296,7 @@ class ZkHandle(Handle):
     # ============================================================ reading
     @property
     def available(self) -> int:
-        client, _ = self._client()
-        return self._retrying(lambda: max(0, self._decide(self._read(client)).free))
+        return self._retrying(lambda: max(0, self._decide(self._read(self._client()[0])).free))
 
     def _retrying(self, fn):
         end = time.monotonic() + self._timeout
