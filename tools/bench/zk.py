@@ -10,6 +10,11 @@ Measures (ratios are ipcsem / kazoo):
              session) holds the unit; ipcsem with a host supervisor running
   pause      a holder SIGSTOPped past its session timeout: when its lease
              stops being guaranteed, and whether it is told after SIGCONT
+  freeze     (ensemble) a busy holder talking to the leader, which is
+             SIGSTOPped: how long until the holder's lease says invalid
+
+Contended figures are the best of --rounds interleaved rounds (the machine
+may be shared: the best round is the least disturbed one, for both).
 
 Prints a markdown table and writes every number to ``--out`` (JSON).
 Needs java + Debian's zookeeper package and kazoo (pip install kazoo).
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import signal
 import statistics
 import subprocess
@@ -114,6 +120,38 @@ def holder(argv: list[str]) -> None:
         told = not s.is_acquired
         rel = s.release()
         print(json.dumps({"told": told, "release": repr(rel)}), flush=True)
+    sys.stdin.readline()
+    os._exit(0)
+
+
+def freezer(argv: list[str]) -> None:
+    """--freezer KIND URL NAME: hold the unit, print when the holder can
+    tell it may have lost it (ipcsem: lease.valid; kazoo: is_acquired or the
+    connection state), or null after 15 s.  The holder stays busy (kazoo
+    counts its requests as pings) the way a worker would."""
+    kind, url, name = argv
+    if kind == "ipcsem":
+        acquire, release, h = _ipcsem_open(url, name, 1)
+        lease = acquire()
+        told = lambda: not lease.valid  # noqa: E731
+    else:
+        acquire, release, (c, s) = _kazoo_open(url, name, 1, 4.0)
+        acquire()
+        told = lambda: (not s.is_acquired) or c.state != "CONNECTED"  # noqa: E731
+        def busy():
+            while True:
+                c.exists_async("/")
+                time.sleep(0.05)
+        threading.Thread(target=busy, daemon=True).start()
+    print(json.dumps({"held": time.time()}), flush=True)
+    end = time.monotonic() + 1e9
+    while not told():
+        time.sleep(0.005)
+        if sys.stdin in select.select([sys.stdin], [], [], 0)[0]:
+            end = min(end, time.monotonic())
+        if time.monotonic() > end:
+            break
+    print(json.dumps({"invalid": time.time() if told() else None}), flush=True)
     sys.stdin.readline()
     os._exit(0)
 
@@ -230,13 +268,16 @@ def bench_pause(url: str, kind: str, session: float) -> dict:
 # ------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("--worker", "--holder", "--waiter"):
-        {"--worker": worker, "--holder": holder, "--waiter": waiter}[argv[0]](argv[1:])
+    if argv and argv[0] in ("--worker", "--holder", "--waiter", "--freezer"):
+        {"--worker": worker, "--holder": holder, "--waiter": waiter,
+         "--freezer": freezer}[argv[0]](argv[1:])
         return 0
     ap = argparse.ArgumentParser(prog="python -m tools.bench.zk", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer pairs, shorter runs (~2 min)")
     ap.add_argument("--out", default=os.path.join(ROOT, "tools", "bench", "out", "zk.json"))
-    ap.add_argument("--only", default="pair,contended,kill,pause")
+    ap.add_argument("--only", default="pair,contended,kill,pause,freeze")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved rounds per contended figure (default 2, --quick 1)")
     ap.add_argument("--setups", default="standalone,ensemble")
     args = ap.parse_args(argv)
     why = zkserver.missing()
@@ -247,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = 300 if args.quick else 1000
     duration = 1.5 if args.quick else 3.0
     rounds = 3 if args.quick else 7
+    crounds = args.rounds or (1 if args.quick else 2)
     results: dict = {"quick": args.quick, "setups": {}}
     rows: list[str] = []
     for setup in args.setups.split(","):
@@ -263,9 +305,13 @@ def main(argv: list[str] | None = None) -> int:
                 r["contended"] = {}
                 for cap in (1, 2):
                     for procs in (1, 2, 4, 8):
-                        v = {k: bench_contended(url, k, procs, cap, duration)
-                             for k in ("ipcsem", "kazoo")}
-                        r["contended"][f"cap{cap}-P{procs}"] = v
+                        runs: dict = {"ipcsem": [], "kazoo": []}
+                        for i in range(crounds):
+                            order = ("ipcsem", "kazoo") if i % 2 == 0 else ("kazoo", "ipcsem")
+                            for k in order:
+                                runs[k].append(bench_contended(url, k, procs, cap, duration))
+                        v = {k: max(x) for k, x in runs.items()}
+                        r["contended"][f"cap{cap}-P{procs}"] = {**v, "rounds": runs}
                         rows.append(f"| {setup} | contended, capacity {cap}, P={procs} "
                                     f"| {v['ipcsem']:.0f}/s | {v['kazoo']:.0f}/s "
                                     f"| {v['ipcsem'] / v['kazoo']:.2f}x |")
@@ -287,6 +333,33 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(f"| {setup} | ... told after SIGCONT (release raises) "
                             f"| {v['ipcsem']['told']} ({v['ipcsem']['release']}) "
                             f"| {v['kazoo']['told']} (release -> {v['kazoo']['release']}) | |")
+            if "freeze" in only and setup == "ensemble":
+                leader = group.leader()
+                lurl = (f"zookeeper://127.0.0.1:{leader.client_port}/bench"
+                        "?session_timeout=4")
+                fs = {k: spawn("--freezer", k, lurl, f"freeze-{k}-{time.monotonic_ns()}")
+                      for k in ("ipcsem", "kazoo")}
+                for f in fs.values():
+                    line(f)
+                time.sleep(1.0)
+                t0 = time.time()
+                leader.stop()
+                waited = {}
+                inv = line(fs["ipcsem"])["invalid"]
+                waited["ipcsem"] = inv - t0
+                time.sleep(max(0.0, 15 - (time.time() - t0)))   # kazoo: give it 15 s
+                fs["kazoo"].stdin.write("\n")
+                fs["kazoo"].stdin.flush()
+                kinv = line(fs["kazoo"])["invalid"]
+                waited["kazoo"] = None if kinv is None else kinv - t0
+                r["freeze_s"] = waited
+                kz = "not within 15 s" if kinv is None else f"{kinv - t0:.2f} s"
+                rows.append(f"| {setup} | frozen leader (4 s session): busy holder told after "
+                            f"| {waited['ipcsem']:.2f} s | {kz} | |")
+                leader.cont()
+                for f in fs.values():
+                    f.kill()
+                    f.wait()
         finally:
             group.close()
     print("| setup | measure | ipcsem | kazoo Semaphore | ratio |")
