@@ -135,3 +135,31 @@ def test_release_of_a_lost_lease_raises(backend):
     # the process abandoned the session: the unit is free again
     again = wait_until(lambda: h.take(req()), 5)
     assert again.token > lease.token and again.valid
+
+
+def test_recover_returns_a_dead_local_holders_units(backend, agents, url):
+    h = backend.open("rec", P(3))
+    a = agents(url, "rec")
+    assert a.call({"op": "take", "units": 2})["lease"] is not None
+    a.kill()
+    assert h.recover() == 2
+    assert h.available == 3 and h.recover() == 0
+
+
+def test_release_after_unlink_is_quiet(backend):
+    h = backend.open("gone", P(1))
+    lease = h.take(req())
+    backend.unlink("gone")
+    h.release(1, 0, lease)           # the units are moot: nothing to give back to
+
+
+def test_no_server_is_unavailable_within_the_connect_timeout():
+    from ipcsem._backend import forget, resolve
+    from ipcsem._errors import Unavailable
+    from ipcsem._zk.server import free_ports
+    url = f"zookeeper://127.0.0.1:{free_ports(1)[0]}/x?connect_timeout=1"
+    t0 = time.monotonic()
+    with pytest.raises(Unavailable):
+        resolve(url).open("x", P(1))
+    assert time.monotonic() - t0 < 5
+    forget(url)
