@@ -1042,7 +1042,7 @@ class _Queued:
                 if deadline is not None and time.monotonic() >= deadline:
                     self.abandon()
                     return None
-                self.event.wait(0.05)
+                time.sleep(0.05)      # the server is busy or failing over
                 continue
             if got is not None:
                 return got
