@@ -296,6 +296,7 @@ def test_threads_of_one_process_share_its_units(backend):
     assert h.stats().acquisitions == 60
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_child_holds_nothing(backend):
     h = backend.open("fork", P(1))
     lease = h.take(req())

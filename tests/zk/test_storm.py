@@ -27,13 +27,22 @@ def test_sigkill_storm_exactly_once(backend, url, tmp_path):
     for _ in range(5):
         spawn()
     kills = 0
+
+    def grants() -> int:
+        return sum(int((tmp_path / f).read_text() or 0)
+                   for f in os.listdir(tmp_path) if f.startswith("done-"))
+
     try:
-        end = time.monotonic() + 8
-        while time.monotonic() < end:
+        # until enough happened (about 8 s here); a loaded machine takes longer
+        end = time.monotonic() + 45
+        while time.monotonic() < end and not (kills >= 15 and grants() >= 60):
             time.sleep(rng.uniform(0.05, 0.25))
-            live = [p for p in procs if p.poll() is None]
             assert not any(p.returncode == 3 for p in procs), \
                 (tmp_path / "violations").read_text()
+            # victims among the workers that got going (a loaded machine
+            # starts Python slowly: killing only newborns would prove little)
+            live = [p for p in procs if p.poll() is None
+                    and (tmp_path / f"done-{p.pid}").exists()]
             if live:
                 victim = rng.choice(live)
                 victim.send_signal(signal.SIGKILL)
@@ -46,9 +55,7 @@ def test_sigkill_storm_exactly_once(backend, url, tmp_path):
                 p.kill()
             p.wait()
     assert not (tmp_path / "violations").exists(), (tmp_path / "violations").read_text()
-    grants = sum(int((tmp_path / f).read_text() or 0)
-                 for f in os.listdir(tmp_path) if f.startswith("done-"))
-    assert kills >= 20 and grants >= 50, (kills, grants)
+    assert kills >= 15 and grants() >= 60, (kills, grants())
     # every unit comes back exactly once, and the queue empties (the last
     # victims' nodes go when their sessions expire: nobody local waits)
     wait_until(lambda: (lambda s: s.held == 0 and s.waiting == 0)(h.stats()), 10, 0.05)
