@@ -112,6 +112,10 @@ def test_sigstopped_holder_loses_its_lease_and_is_told(backend, agents, url):
     assert got.valid
     h.release(1, 0, got)
     assert granted_at > 0
+    # the resumed process goes on with a new session
+    again = a.call({"op": "wait", "timeout": 10})
+    assert again["lease"] is not None and again["token"] > got.token
+    assert a.call({"op": "valid", "lease": again["lease"]})["valid"]
 
 
 def test_lease_deadline_is_within_the_session_timeout(backend):
