@@ -814,6 +814,7 @@ class _Queued:
         self.pred_path: str | None = None
         self.pred_node: ReqNode | None = None
         self.armed_req: str | None = None     # a request node whose deletion we watch
+        self.local_watched: set[str] = set()  # nodes of local processes the reaper watches for us
         self._kick = self._fire               # one bound method: kazoo keeps a set
         handle._conn.add_waker(self._kick)
 
@@ -1028,9 +1029,20 @@ class _Queued:
         if reaper is None:
             return
         ahead = order[:next(i for i, r in enumerate(order) if r is me)]
-        for n in [*view.held, *ahead]:
-            if n.mkey == MACHINE_KEY and n.pid != ME.pid:
-                reaper.watch(f"{self.h._q}/{n.name}", n.pid, n.start)
+        now = {f"{self.h._q}/{n.name}": n for n in [*view.held, *ahead]
+               if n.mkey == MACHINE_KEY and n.pid != ME.pid}
+        for path in self.local_watched - now.keys():
+            reaper.forget(path, self)
+        for path in now.keys() - self.local_watched:
+            reaper.watch(path, now[path].pid, now[path].start, self)
+        self.local_watched = set(now)
+
+    def _unwatch_local(self) -> None:
+        if self.local_watched:
+            reaper = self.h._backend.reaper()
+            for path in self.local_watched:
+                reaper.forget(path, self)
+            self.local_watched = set()
 
     def run(self, deadline: float | None, on_slice) -> Lease | None:
         next_slice = time.monotonic() + SLICE
@@ -1088,3 +1100,4 @@ class _Queued:
     def done(self) -> None:
         self.finished = True
         self.h._conn.remove_waker(self._kick)
+        self._unwatch_local()

@@ -98,14 +98,17 @@ class Reaper:
     """One thread that watches local processes owning nodes and, when one
     dies, calls ``delete(path)`` for each of its nodes.
 
-    ``watch(path, pid, start)`` is idempotent and cheap for a path already
-    watched; ``forget(path)`` stops watching.  ``delete`` may raise: the
-    path stays queued and is retried on the next event (or ``poke()``)."""
+    ``watch(path, pid, start, owner)`` is idempotent per owner and cheap
+    for a path already watched; ``forget(path, owner)`` drops that owner's
+    interest, and the path is unwatched when no owner is left (several
+    waiters of one process may watch the same holder).  ``delete`` may
+    raise: the path stays queued and is retried on the next event."""
 
     def __init__(self, delete: Callable[[str, int, int], bool], name: str = "ipcsem-zk-reaper"):
         self._delete = delete
         self._lock = threading.Lock()
         self._paths: dict[str, tuple[int, int]] = {}      # path -> (pid, start)
+        self._owners: dict[str, set] = {}                 # path -> who wants it watched
         self._fds: dict[tuple[int, int], int] = {}       # identity -> pidfd
         self._dead: set[str] = set()
         # fds no longer needed, closed by the reaper thread itself between two
@@ -119,10 +122,13 @@ class Reaper:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def watch(self, path: str, pid: int, start: int) -> None:
+    def watch(self, path: str, pid: int, start: int, owner: object = None) -> None:
         ident = (pid, start)
         with self._lock:
-            if self._closed or path in self._paths or path in self._dead:
+            if self._closed:
+                return
+            self._owners.setdefault(path, set()).add(owner)
+            if path in self._paths or path in self._dead:
                 return
             fd = self._fds.get(ident)
             if fd is None:
@@ -140,8 +146,14 @@ class Reaper:
             self._paths[path] = ident
         self.poke()
 
-    def forget(self, path: str) -> None:
+    def forget(self, path: str, owner: object = None) -> None:
         with self._lock:
+            owners = self._owners.get(path)
+            if owners is not None:
+                owners.discard(owner)
+                if owners:
+                    return
+                del self._owners[path]
             self._paths.pop(path, None)
             self._dead.discard(path)
             self._gc()
@@ -205,6 +217,7 @@ class Reaper:
             if ident is None:
                 with self._lock:
                     self._dead.discard(path)
+                    self._owners.pop(path, None)
                 continue
             try:
                 done = self._delete(path, *ident)
@@ -214,6 +227,7 @@ class Reaper:
             with self._lock:
                 self._dead.discard(path)
                 self._paths.pop(path, None)
+                self._owners.pop(path, None)
                 self._gc()
             if done:
                 self.reaped += 1

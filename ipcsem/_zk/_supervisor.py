@@ -106,9 +106,9 @@ class LocalSupervisor:
                 if n.mkey == MACHINE_KEY and n.pid != ME.pid:
                     p = f"{q}/{n.name}"
                     seen.add(p)
-                    self.reaper.watch(p, n.pid, n.start)
+                    self.reaper.watch(p, n.pid, n.start, self)
         for p in self.reaper.watched() - seen:
-            self.reaper.forget(p)
+            self.reaper.forget(p, self)
 
     def run(self) -> None:
         first = True
