@@ -51,6 +51,7 @@ log = logging.getLogger("ipcsem.zk")
 SLICE = 0.5            # wait(): on_slice cadence and the re-read safety net
 MAX_RACES = 200        # BadVersion retries of one take() before it gives up (never waits)
 HEAL_EVERY = 0.25      # take(): at most this often, look for dead local holders
+CONTENDED_FOR = 0.5    # wait(): so long after queueing, skip the optimistic take
 
 
 class Hold:
@@ -172,6 +173,7 @@ class ZkHandle(Handle):
         self._on_lost = on_lost
         self._closed = False
         self._last_heal = 0.0
+        self._queued_at = float("-inf")
         self._timeout = conn.options.connect_timeout
 
     # ================================================================ I/O
@@ -472,12 +474,17 @@ class ZkHandle(Handle):
         # A blocking caller needs no proof that the units are busy before it
         # queues: try the last known state (one transaction when nobody
         # competes), else queue at once, without the read take() would do.
-        try:
-            lease = self._take_cached(req)
-        except _Retry:
-            lease = None
+        # Under contention (this handle queued a moment ago) the cached state
+        # is almost surely stale: queue at once instead of losing a round trip.
+        lease = None
+        if time.monotonic() - self._queued_at > CONTENDED_FOR:
+            try:
+                lease = self._take_cached(req)
+            except _Retry:
+                lease = None
         if lease is not None:
             return lease
+        self._queued_at = time.monotonic()
         w = _Queued(self, req, None)
         try:
             return w.run(deadline, on_slice)
@@ -866,7 +873,7 @@ class _Queued:
             t.set_data(h._gate, gate[0], version=gate[1])
         queued = t.commit_async()
         guess = self._guess_pred(client)
-        reads = h._read_start(client)
+        reads = h._read_start(client, watch=self._kick if guess is None else None)
         results = h._get(queued, "queueing")
         if any(isinstance(r, Exception) for r in results):
             names = [_errname(r) for r in results]
@@ -878,7 +885,9 @@ class _Queued:
             raise _Retry(f"queueing: {names}")
         path = results[0]
         self.path, self.rname, self.session = path, path.rsplit("/", 1)[1], session
-        self.watch_all = False
+        # Nobody ahead of us in the last listing we saw: we are likely the
+        # head, so the first read already leaves a watch on the gate.
+        self.watch_all = guess is None
         self.held_watched = set()
         self.armed_req = None
         if guess is not None:

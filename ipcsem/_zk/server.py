@@ -5,6 +5,9 @@ Every server is started from a config file (never the positional
 command-line form: that one listens on every interface with tickTime 3000),
 bound to 127.0.0.1 on free ports, with its own temporary data directory, a
 bounded heap and the four-letter words enabled (``srvr`` finds the leader).
+The data is thrown away, so the transaction log is not fsynced unless
+``fsync=True`` (``forceSync``): tests and benchmarks then measure the
+protocol, not a disk shared with other work.
 Servers are ordinary child processes: tests SIGKILL and SIGSTOP them.
 
     with Ensemble(3) as ens:          # or Standalone()
@@ -90,7 +93,7 @@ class Server:
 
     def __init__(self, workdir: Path, client_port: int, myid: int | None = None,
                  peers: list[tuple[int, int, int]] | None = None,
-                 tick_ms: int = TICK_MS) -> None:
+                 tick_ms: int = TICK_MS, fsync: bool = False) -> None:
         self.client_port = client_port
         self.myid = myid
         self.dir = workdir
@@ -105,6 +108,9 @@ class Server:
             "4lw.commands.whitelist=*",
             # Tests create and delete many nodes; no need to keep snapshots.
             "autopurge.purgeInterval=0",
+            # Without fsync (throw-away data): a write's latency is the
+            # protocol's, not that of a disk shared with whatever else runs.
+            f"forceSync={'yes' if fsync else 'no'}",
         ]
         if peers:
             assert myid is not None
@@ -215,9 +221,10 @@ class _Group:
 class Standalone(_Group):
     """One server on a free loopback port."""
 
-    def __init__(self, tick_ms: int = TICK_MS, start: bool = True) -> None:
+    def __init__(self, tick_ms: int = TICK_MS, start: bool = True, fsync: bool = False) -> None:
         super().__init__()
-        self.servers = [Server(Path(self._tmp) / "s", free_ports(1)[0], tick_ms=tick_ms)]
+        self.servers = [Server(Path(self._tmp) / "s", free_ports(1)[0], tick_ms=tick_ms,
+                               fsync=fsync)]
         if start:
             try:
                 self.servers[0].start()
@@ -237,12 +244,13 @@ class Standalone(_Group):
 class Ensemble(_Group):
     """n servers (a quorum ensemble) on loopback."""
 
-    def __init__(self, n: int = 3, tick_ms: int = TICK_MS, start: bool = True) -> None:
+    def __init__(self, n: int = 3, tick_ms: int = TICK_MS, start: bool = True,
+                 fsync: bool = False) -> None:
         super().__init__()
         ports = free_ports(3 * n)
         peers = [(i + 1, ports[n + i], ports[2 * n + i]) for i in range(n)]
-        self.servers = [Server(Path(self._tmp) / f"s{i + 1}", ports[i], i + 1, peers, tick_ms)
-                        for i in range(n)]
+        self.servers = [Server(Path(self._tmp) / f"s{i + 1}", ports[i], i + 1, peers, tick_ms,
+                               fsync) for i in range(n)]
         if start:
             try:
                 for s in self.servers:

@@ -279,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None,
                     help="interleaved rounds per contended figure (default 2, --quick 1)")
     ap.add_argument("--setups", default="standalone,ensemble")
+    ap.add_argument("--fsync", action="store_true",
+                    help="servers fsync their transaction log (off by default: the figures "
+                         "are then about the protocol, not a shared disk)")
     args = ap.parse_args(argv)
     why = zkserver.missing()
     if why:
@@ -289,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     duration = 1.5 if args.quick else 3.0
     rounds = 3 if args.quick else 7
     crounds = args.rounds or (1 if args.quick else 2)
-    results: dict = {"quick": args.quick, "setups": {}}
+    results: dict = {"quick": args.quick, "fsync": args.fsync, "setups": {}}
     rows: list[str] = []
     for setup in args.setups.split(","):
-        group = zkserver.Standalone() if setup == "standalone" else zkserver.Ensemble(3)
+        group = (zkserver.Standalone(fsync=args.fsync) if setup == "standalone"
+                 else zkserver.Ensemble(3, fsync=args.fsync))
         try:
             url = group.url("/bench", session_timeout=10)
             r: dict = results["setups"].setdefault(setup, {})
