@@ -150,6 +150,12 @@ class _NegotiationLog(logging.Logger):
         self.negotiated_ms: int | None = None
         self.got = threading.Event()
 
+    def isEnabledFor(self, level: int) -> bool:
+        # No cache: logging's per-logger cache is cleared only for loggers
+        # it manages, and this one raises its level once the timeout is
+        # known; a stale "enabled" would build a record for every packet.
+        return level >= self.level
+
     def handle(self, record: logging.LogRecord) -> None:
         if record.levelno == BLATHER and self.negotiated_ms is None:
             msg = record.msg if isinstance(record.msg, str) else ""

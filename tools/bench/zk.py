@@ -88,10 +88,11 @@ def worker(argv: list[str]) -> None:
         time.sleep(delay)
     end = time.monotonic() + float(duration)
     n = 0
+    cpu0 = time.process_time()
     while time.monotonic() < end:
         release(acquire())
         n += 1
-    print(json.dumps({"count": n}), flush=True)
+    print(json.dumps({"count": n, "cpu": time.process_time() - cpu0}), flush=True)
     os._exit(0)
 
 
@@ -208,10 +209,17 @@ def bench_contended(url: str, kind: str, procs: int, cap: int, duration: float) 
     start_at = time.time() + 1.5 + 0.15 * procs     # everyone connected first
     ps = [spawn("--worker", kind, url, name, cap, start_at, duration) for _ in range(procs)]
     total = 0
+    cpu = 0.0
     for p in ps:
-        total += line(p)["count"]
+        got = line(p)
+        total += got["count"]
+        cpu += got["cpu"]
         p.wait(30)
+    LAST_CPU[kind] = cpu / max(1, total)
     return total / duration
+
+
+LAST_CPU: dict[str, float] = {}   # client CPU seconds per acquisition, last contended run
 
 
 def bench_kill(url: str, kind: str, rounds: int, session: float) -> list[float]:
