@@ -12,9 +12,9 @@ from .._backend import Backend
 from .._errors import CapacityMismatch, IpcsemError, NotFound, PolicyMismatch, Unavailable
 from .._records import Lease, Params
 from . import _codec
-from ._handle import Book, ZkHandle, _errname
+from ._handle import Book, ZkHandle
 from ._local import HAVE_PIDFD, HOSTNAME, ME, Reaper
-from ._session import Connection, Options, Session
+from ._session import Connection, Options, Session, error_name
 
 log = logging.getLogger("ipcsem.zk")
 
@@ -62,7 +62,7 @@ class ZkBackend(Backend):
             try:
                 data, _stat = client.get(path)
             except Exception as e:
-                if _errname(e) != "NoNodeError":
+                if error_name(e) != "NoNodeError":
                     raise Unavailable(f"reading {path}: {e!r}", name=name, url=self.url) from None
                 if params is None:
                     raise NotFound(name, hint=f"on {self.url}") from None
@@ -88,7 +88,7 @@ class ZkBackend(Backend):
         t.create(self._meta_path(name), _codec.encode_meta(params, gen, time.time(), ME.pid,
                                                            HOSTNAME))
         results = t.commit()
-        errors = [_errname(r) for r in results if isinstance(r, Exception)]
+        errors = [error_name(r) for r in results if isinstance(r, Exception)]
         if not errors:
             return True
         if "NodeExistsError" in errors:
@@ -114,7 +114,7 @@ class ZkBackend(Backend):
             try:
                 data, stat = client.get(path)
             except Exception as e:
-                if _errname(e) == "NoNodeError":
+                if error_name(e) == "NoNodeError":
                     raise NotFound(name, hint=f"on {self.url}") from None
                 raise Unavailable(f"reading {path}: {e!r}", name=name, url=self.url) from None
             try:
@@ -126,7 +126,7 @@ class ZkBackend(Backend):
             t = client.transaction()
             t.delete(path, version=stat.version)
             t.delete(f"{base}/gate")
-            errors = [_errname(r) for r in t.commit() if isinstance(r, Exception)]
+            errors = [error_name(r) for r in t.commit() if isinstance(r, Exception)]
             if not errors:
                 self._sweep(client, base)
                 return
@@ -176,7 +176,7 @@ class ZkBackend(Backend):
         try:
             client.delete(path)
         except Exception as e:
-            if _errname(e) == "NoNodeError":
+            if error_name(e) == "NoNodeError":
                 return False
             raise
         node = path.rsplit("/", 1)[1]

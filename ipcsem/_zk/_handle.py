@@ -44,7 +44,7 @@ from . import _codec
 from ._admission import TAKE, decide, head_of
 from ._codec import Gate, HeldNode, Meta, ReqNode
 from ._local import HOSTNAME, MACHINE_KEY, ME, open_watch, DEAD
-from ._session import Connection, Session
+from ._session import Connection, Session, error_name
 
 log = logging.getLogger("ipcsem.zk")
 
@@ -145,10 +145,6 @@ class View:
     held: list[HeldNode]
 
 
-def _errname(e: BaseException) -> str:
-    return type(e).__name__
-
-
 class _Retry(Exception):
     """Internal: the backend could not answer now; try again if time allows."""
 
@@ -188,7 +184,7 @@ class ZkHandle(Handle):
         try:
             return result.get(timeout=self._timeout)
         except Exception as e:
-            n = _errname(e)
+            n = error_name(e)
             if n == "NoNodeError":
                 raise
             if n in ("ConnectionLoss", "ConnectionClosedError", "SessionExpiredError",
@@ -216,7 +212,7 @@ class ZkHandle(Handle):
         except _Retry:
             raise
         except Exception as e:
-            if _errname(e) == "NoNodeError":
+            if error_name(e) == "NoNodeError":
                 raise Unlinked(name=self.name) from None
             raise
         gate = _codec.decode_gate(data, self.params.capacity, self._gate)
@@ -264,7 +260,7 @@ class ZkHandle(Handle):
         except Exception as e:
             # The outcome is unknown: the hold may exist or appear later.
             # Abandon the session (its nodes die with it) rather than guess.
-            self._conn.lose(session, f"a grant's outcome is unknown ({_errname(e)})")
+            self._conn.lose(session, f"a grant's outcome is unknown ({error_name(e)})")
             raise _Retry("grant outcome unknown") from None
         errors = [r for r in results if isinstance(r, Exception)]
         if not errors:
@@ -279,7 +275,7 @@ class ZkHandle(Handle):
             hold.lease = lease
             self._book.add(hold)
             return lease
-        names = [_errname(e) for e in results]
+        names = [error_name(e) for e in results]
         self._cache = None
         if "BadVersionError" in names:
             return None
@@ -320,7 +316,7 @@ class ZkHandle(Handle):
             except _Retry:
                 raise
             except Exception as e:
-                if _errname(e) == "NoNodeError":
+                if error_name(e) == "NoNodeError":
                     continue  # left meanwhile
                 raise
             out[n] = _codec.decode_who(data, f"{self._q}/{n}")
@@ -579,7 +575,7 @@ class ZkHandle(Handle):
                 try:
                     data, stat = self._get(client.get_async(self._gate), "reading the gate")
                 except Exception as e:
-                    if _errname(e) == "NoNodeError":
+                    if error_name(e) == "NoNodeError":
                         for h, _ in chosen:
                             self._book.drop(h)
                         raise Unlinked(name=self.name) from None
@@ -619,18 +615,18 @@ class ZkHandle(Handle):
                         results = [client.delete_async(chosen[0][0].path).get(
                             timeout=self._timeout)]
                     except Exception as e:
-                        if _errname(e) != "NoNodeError":
+                        if error_name(e) != "NoNodeError":
                             raise
                         results = [e]
                 else:
                     results = t.commit_async().get(timeout=self._timeout)
             except Exception as e:
-                self._conn.lose(session, f"a release's outcome is unknown ({_errname(e)})")
+                self._conn.lose(session, f"a release's outcome is unknown ({error_name(e)})")
                 for h, _ in chosen:
                     self._book.drop(h)
                 raise LeaseLost("the release's outcome is unknown; the session was abandoned "
                                 "so its holds are gone", name=self.name) from None
-            names = [_errname(r) for r in results if isinstance(r, Exception)]
+            names = [error_name(r) for r in results if isinstance(r, Exception)]
             if not names:
                 with self._book.lock:
                     for h, k in chosen:
@@ -688,7 +684,7 @@ class ZkHandle(Handle):
                 try:
                     data, stat = self._get(client.get_async(self._gate), "reading the gate")
                 except Exception as e:
-                    if _errname(e) == "NoNodeError":
+                    if error_name(e) == "NoNodeError":
                         self._book.drop(h)
                         return
                     raise
@@ -701,10 +697,10 @@ class ZkHandle(Handle):
                 try:
                     results = t.commit_async().get(timeout=self._timeout)
                 except Exception as e:
-                    self._conn.lose(session, f"a release's outcome is unknown ({_errname(e)})")
+                    self._conn.lose(session, f"a release's outcome is unknown ({error_name(e)})")
                     self._book.drop(h)
                     raise LeaseLost("the release's outcome is unknown", name=self.name) from None
-                names = [_errname(r) for r in results if isinstance(r, Exception)]
+                names = [error_name(r) for r in results if isinstance(r, Exception)]
                 if not names:
                     self._book.drop(h)
                     return
@@ -876,7 +872,7 @@ class _Queued:
         reads = h._read_start(client, watch=self._kick if guess is None else None)
         results = h._get(queued, "queueing")
         if any(isinstance(r, Exception) for r in results):
-            names = [_errname(r) for r in results]
+            names = [error_name(r) for r in results]
             if "NoNodeError" in names:
                 raise Unlinked(name=h.name)
             if "BadVersionError" in names:
@@ -1098,7 +1094,7 @@ class _Queued:
             try:
                 client.delete(p)
             except Exception as e:  # noqa: BLE001
-                if _errname(e) != "NoNodeError":
+                if error_name(e) != "NoNodeError":
                     self.h._conn.doom(p)
         # a grant that raced in: never seen by the caller, so not ours
         with self.h._book.lock:

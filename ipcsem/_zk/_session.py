@@ -80,6 +80,12 @@ def _kazoo():
     return kazoo
 
 
+def error_name(e: BaseException) -> str:
+    """The class name of a kazoo exception: kazoo is imported lazily, so its
+    errors are told apart by name."""
+    return type(e).__name__
+
+
 class Options:
     """What a ``zookeeper://`` URL says.
 

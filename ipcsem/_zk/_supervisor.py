@@ -18,8 +18,8 @@ from typing import Callable, Iterable
 
 from .._errors import IpcsemError
 from . import _codec
-from ._handle import _errname
 from ._local import HAVE_PIDFD, MACHINE_KEY, ME, Reaper
+from ._session import error_name
 
 log = logging.getLogger("ipcsem.zk")
 
@@ -85,7 +85,7 @@ class LocalSupervisor:
                 log.warning("skipping %s: %s", name, e)
                 continue
             except Exception as e:  # noqa: BLE001
-                if _errname(e) == "NoNodeError":
+                if error_name(e) == "NoNodeError":
                     continue
                 raise
             gen = meta.gen
@@ -94,7 +94,7 @@ class LocalSupervisor:
             try:
                 children = client.get_children(q, watch=self._kick)
             except Exception as e:  # noqa: BLE001
-                if _errname(e) == "NoNodeError":
+                if error_name(e) == "NoNodeError":
                     continue
                 raise
             try:

@@ -131,10 +131,14 @@ class Server:
         if java is None or cp is None:
             raise RuntimeError(missing())
         # C1 only and the serial GC: ready in ~0.5 s and light on two shared
-        # cores; both benchmark contenders run on the same servers.
+        # cores; both benchmark contenders run on the same servers.  Under
+        # setpriv --pdeathsig the server dies with the thread that started it
+        # (a SIGKILLed test run leaves no server behind; start servers from a
+        # thread that outlives them, as fixtures on the main thread do).
+        guard = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [java, HEAP, "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                [*guard, java, HEAP, "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                  "-Dzookeeper.admin.enableServer=false", "-cp", cp, self.main, str(self.config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)

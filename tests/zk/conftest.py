@@ -71,13 +71,11 @@ def url(zk, request):
     """A fresh chroot per test, so tests never see each other's names;
     session timeout 3 s: short (the server's minimum is 2 s with tickTime
     1000) yet with room for a loaded CI machine's scheduling delays."""
-    from ipcsem import _backend
+    from ipcsem._backend import forget, resolve
     u = zk.url(f"/t{uuid.uuid4().hex[:10]}", session_timeout=3)
     yield u
-    b = _backend._CACHE.get(u)
-    _backend.forget(u)
-    if b is not None:
-        b.close()
+    resolve(u).close()      # the test's backend (a new one costs nothing: no connection yet)
+    forget(u)
 
 
 @pytest.fixture

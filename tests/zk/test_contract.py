@@ -261,11 +261,12 @@ def test_enqueue_settle_cancel(backend):
 def test_foreign_node_is_corrupt_not_a_crash(backend):
     h = backend.open("bad", P(2))
     client, _ = backend.conn.current()
-    client.create(f"{h._q}/not-ours", b"junk")
+    q = f"{backend.conn.root}/gens/{h.meta.gen}/q"
+    client.create(f"{q}/not-ours", b"junk")
     with pytest.raises(Corrupt):
         h.take(req())
-    client.delete(f"{h._q}/not-ours")
-    client.create(f"{h._q}/h_999_-_0000000000000000_1_1_x", b"{}")
+    client.delete(f"{q}/not-ours")
+    client.create(f"{q}/h_999_-_0000000000000000_1_1_x", b"{}")
     with pytest.raises(Corrupt):
         h.stats()
 
