@@ -85,6 +85,7 @@ class ZkBackend(Backend):
         t.create(base, b"")
         t.create(f"{base}/gate", _codec.encode_gate(gate))
         t.create(f"{base}/q", b"")
+        t.create(f"{base}/posts", b"")
         t.create(self._meta_path(name), _codec.encode_meta(params, gen, time.time(), ME.pid,
                                                            HOSTNAME))
         results = t.commit()
@@ -126,14 +127,16 @@ class ZkBackend(Backend):
             t = client.transaction()
             t.delete(path, version=stat.version)
             t.delete(f"{base}/gate")
+            t.delete(f"{base}/posts")        # heads watch it: they wake and see Unlinked
             errors = [error_name(r) for r in t.commit() if isinstance(r, Exception)]
             if not errors:
                 self._sweep(client, base)
                 return
             if "BadVersionError" in errors:
                 continue
-            if errors[-1] == "NoNodeError" and "RolledBackError" in errors:
-                # the gate was gone already (a crashed unlink): remove the name alone
+            if "NoNodeError" in errors[1:] and errors[0] == "RolledBackError":
+                # the generation is gone or half gone (not made by this
+                # version, or swept by hand): remove the name alone
                 client.delete(path, version=stat.version)
                 self._sweep(client, base)
                 return

@@ -161,6 +161,7 @@ class ZkHandle(Handle):
         base = f"{conn.root}/gens/{meta.gen}"
         self._gate = f"{base}/gate"
         self._q = f"{base}/q"
+        self._posts = f"{base}/posts"
         # The last state this process saw (and what its own grants and
         # releases did to it since): take() tries it first, conditional on
         # both versions, so an uncontended take is one transaction.
@@ -199,13 +200,19 @@ class ZkHandle(Handle):
     def _read_start(self, client, watch=None, children_watch=None):
         """Send the reads of one decision: gate first, then the listing (on
         one connection, so the listing is at least as new as the gate
-        version we will condition on).  ``watch`` goes on the gate,
+        version we will condition on).  ``watch`` goes on the posts node
+        (what a head waits for besides holds leaving: posts and unlink; not
+        the gate, which every grant changes and would wake every head),
         ``children_watch`` on the queue."""
-        return (client.get_async(self._gate, watch=watch),
-                client.get_children_async(self._q, watch=children_watch, include_data=True))
+        posts = None if watch is None else client.exists_async(self._posts, watch=watch)
+        return (client.get_async(self._gate),
+                client.get_children_async(self._q, watch=children_watch, include_data=True),
+                posts)
 
     def _read_finish(self, futures) -> View:
-        g, c = futures
+        g, c, p = futures
+        if p is not None and self._get(p, "watching the posts") is None:
+            raise Unlinked(name=self.name)
         try:
             data, stat = self._get(g, "reading the gate")
             names, qstat = self._get(c, "listing the queue")
@@ -606,6 +613,8 @@ class ZkHandle(Handle):
             if gate is not None:
                 g = dataclasses.replace(gate, unowned=gate.unowned + disown - post)
                 t.set_data(self._gate, _codec.encode_gate(g), version=gate_version)
+                if post:
+                    t.set_data(self._posts, b"")     # wakes the head: units came free
             if not chosen and gate is None:
                 return
             single = gate is None and not shrunk and len(chosen) == 1
