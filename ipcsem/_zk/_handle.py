@@ -162,6 +162,13 @@ class ZkHandle(Handle):
         self._gate = f"{base}/gate"
         self._q = f"{base}/q"
         self._posts = f"{base}/posts"
+        # One posts watch per handle and session, fanned out to its waiters
+        # (a watch stays registered until it fires: no need to re-arm it on
+        # every read, nor once per waiter).
+        self._posts_lock = threading.Lock()
+        self._posts_session: Session | None = None
+        self._posts_waiters: set[Callable] = set()
+        self._posts_fire = self._on_posts
         # The last state this process saw (and what its own grants and
         # releases did to it since): take() tries it first, conditional on
         # both versions, so an uncontended take is one transaction.
@@ -209,10 +216,32 @@ class ZkHandle(Handle):
                 client.get_children_async(self._q, watch=children_watch, include_data=True),
                 posts)
 
+    def _on_posts(self, event=None) -> None:
+        with self._posts_lock:
+            self._posts_session = None
+            waiters = list(self._posts_waiters)
+        for w in waiters:
+            w(event)
+
+    def posts_watch(self, session: Session):
+        """The watch to pass to the next read, or None if one is registered
+        for this session already."""
+        with self._posts_lock:
+            if self._posts_session is session:
+                return None
+            self._posts_session = session
+            return self._posts_fire
+
     def _read_finish(self, futures) -> View:
         g, c, p = futures
-        if p is not None and self._get(p, "watching the posts") is None:
-            raise Unlinked(name=self.name)
+        if p is not None:
+            try:
+                there = self._get(p, "watching the posts")
+            except BaseException:
+                self._posts_session = None
+                raise
+            if there is None:
+                raise Unlinked(name=self.name)
         try:
             data, stat = self._get(g, "reading the gate")
             names, qstat = self._get(c, "listing the queue")
@@ -816,43 +845,71 @@ class _Queued:
         self.watch_all = False
         self.finished = False
         self.granting: list[str] | None = None  # hold path of a grant in flight
-        # What the head watches: the gate and each hold; a hold's DELETED
-        # event lets it grant itself from its last view minus that hold, in
-        # one round trip, conditional on the gate version of that view.
+        # Watches (one-shot exists-watches, by path): requests ahead of us
+        # (their ReqNode) and holds (None).  A hold's DELETED lets us grant
+        # ourselves from our last view minus that hold, in one round trip,
+        # conditional on that view's gate version; a request's DELETED means
+        # it was most likely granted, and its hold's name follows from its
+        # own, so the next read watches that hold in the same round trip.
         self.last: View | None = None
-        self.held_watched: set[str] = set()
+        self.watched: dict[str, ReqNode | None] = {}
         self.departed: set[str] = set()
+        self.left: list[ReqNode] = []
         self.stale = True
-        self.pred_path: str | None = None
-        self.pred_node: ReqNode | None = None
-        self.armed_req: str | None = None     # a request node whose deletion we watch
+        self.watch_posts = False             # the head also waits for posts (and unlink)
         self.local_watched: set[str] = set()  # nodes of local processes the reaper watches for us
         self._kick = self._fire               # one bound method: kazoo keeps a set
         handle._conn.add_waker(self._kick)
+        with handle._posts_lock:
+            handle._posts_waiters.add(self._kick)
 
     def _fire(self, event=None) -> None:
         # kazoo's thread (or the connection's, on session loss): note what
         # changed, wake the waiter.
         path = getattr(event, "path", None)
         kind = getattr(event, "type", None)
-        if path is not None:
-            self.held_watched.discard(path)     # a watch fires once
-            if path == self.armed_req:
-                self.armed_req = None
+        node = self.watched.pop(path, None) if path is not None else None
         if kind == "DELETED" and path is not None and path.rsplit("/", 1)[-1].startswith("h_"):
             self.departed.add(path)
         else:
             self.stale = True
-            if path is not None and path == self.pred_path:
-                self.watch_all = True     # the one ahead left: we may be the head now
-            elif path != self.pred_path:
-                self.pred_node = None
+            if kind == "DELETED" and node is not None:
+                self.left.append(node)
+                self.watch_posts = True      # one ahead left: we may be the head now
         self.event.set()
         if self.notify is not None:
             try:
                 self.notify()
             except Exception:  # noqa: BLE001
                 log.exception("ipcsem: notify() failed")
+
+    def _hold_path(self, r: ReqNode) -> str | None:
+        """The name a request's hold will have (None on slotted semaphores:
+        the slots are in the name and not known in advance)."""
+        if self.h.params.slots:
+            return None
+        return f"{self.h._q}/" + _codec.held_name(
+            r.units, (), r.mkey, r.pid, r.start, "q" + format(r.seq & 0xFFFFFFFF, "x"))
+
+    def _arm(self, client, paths: dict[str, ReqNode | None]) -> list:
+        """Send exists-watches for paths not watched yet; (path, node, future)."""
+        out = []
+        for p, node in paths.items():
+            if p not in self.watched:
+                self.watched[p] = node
+                out.append((p, node, client.exists_async(p, watch=self._kick)))
+        return out
+
+    def _armed(self, sent: list) -> bool:
+        """Wait for the exists replies; False if some node was gone already
+        (its watch then waits for a creation that never comes: names are
+        unique)."""
+        all_there = True
+        for p, _node, f in sent:
+            if self.h._get(f, "watching") is None:
+                self.watched.pop(p, None)
+                all_there = False
+        return all_there
 
     def _enqueue(self, client, session: Session):
         """Queue a request node; returns the reads sent right behind it (one
@@ -863,22 +920,28 @@ class _Queued:
             self.path = None
         prefix = _codec.request_prefix(self.req.priority, self.req.units, MACHINE_KEY, ME.pid,
                                        ME.start)
-        # One transaction: the request and a bump of the arrivals counter,
-        # so a take() deciding from an older listing cannot overtake us.
         gate = None
         if self.req.priority > 0:
             # may go ahead of queued requests: bump the gate too, so that
             # none of them grants itself from a view without us
             data, stat = h._get(client.get_async(h._gate), "reading the gate")
             gate = (data, stat.version)
+        # One transaction: the request and a bump of the arrivals counter
+        # (the queue node's version), so a take() deciding from an older
+        # listing cannot overtake us.
         t = client.transaction()
         t.create(f"{h._q}/{prefix}", h._who(self.req), ephemeral=True, sequence=True)
         t.set_data(h._q, b"")
         if gate is not None:
             t.set_data(h._gate, gate[0], version=gate[1])
         queued = t.commit_async()
-        guess = self._guess_pred(client)
-        reads = h._read_start(client, watch=self._kick if guess is None else None)
+        self.watched, self.departed, self.left = {}, set(), []
+        guess = self._guess_pred()
+        sent = self._arm(client, guess) if guess else []
+        # Nobody ahead of us in the last listing we saw: we are likely the
+        # head, so the first read already watches the posts.
+        self.watch_posts = not guess
+        reads = h._read_start(client, watch=h.posts_watch(session) if self.watch_posts else None)
         results = h._get(queued, "queueing")
         if any(isinstance(r, Exception) for r in results):
             names = [error_name(r) for r in results]
@@ -890,39 +953,25 @@ class _Queued:
             raise _Retry(f"queueing: {names}")
         path = results[0]
         self.path, self.rname, self.session = path, path.rsplit("/", 1)[1], session
-        # Nobody ahead of us in the last listing we saw: we are likely the
-        # head, so the first read already leaves a watch on the gate.
-        self.watch_all = guess is None
-        self.held_watched = set()
-        self.armed_req = None
-        if guess is not None:
-            (rpath, rfut), (hpath, hfut) = guess
-            # processed before the listing: what they found is what it shows
-            if h._get(rfut, "watching") is not None:
-                self.armed_req = rpath
-            if hpath is not None and h._get(hfut, "watching") is not None:
-                self.held_watched.add(hpath)
+        self._armed(sent)    # processed before the listing: what they found is what it shows
         return reads
 
-    def _guess_pred(self, client):
-        """Watch, in the queueing round trip, the request we will most
-        likely stand behind (the last one of our priority or above in the
-        last listing this handle saw) and its future hold: under contention
-        this saves the round trips of finding and watching it afterwards."""
+    def _guess_pred(self) -> dict[str, ReqNode | None]:
+        """The request we will most likely stand behind (the last one of our
+        priority or above in the last listing this handle saw): watched in
+        the queueing round trip, under contention this saves the round trip
+        of finding and watching it afterwards.  (Not its future hold: a
+        watch on a node not yet created fires when it is, a wake-up for
+        nothing.)"""
         h = self.h
         cache = h._cache
         if cache is None:
-            return None
+            return {}
         ahead = [r for r in h._decide(cache).order if r.priority >= self.req.priority]
         if not ahead:
-            return None
+            return {}
         pred = ahead[-1]
-        rpath = f"{h._q}/{pred.name}"
-        hpath = None if h.params.slots else f"{h._q}/" + _codec.held_name(
-            pred.units, (), pred.mkey, pred.pid, pred.start,
-            "q" + format(pred.seq & 0xFFFFFFFF, "x"))
-        return ((rpath, client.exists_async(rpath, watch=self._kick)),
-                (hpath, client.exists_async(hpath, watch=self._kick) if hpath else None))
+        return {f"{h._q}/{pred.name}": pred}
 
     def step(self) -> Lease | None:
         """Queue if needed, decide, grant if admissible, else arm the watches."""
@@ -930,10 +979,10 @@ class _Queued:
         while True:
             client, session = h._client()
             self.event.clear()
-            # Gate changes need no read of their own when holds departed:
-            # the grant is conditional on the gate version of the view.
+            # Only holds left since our last view: grant from that view minus
+            # them (the grant is conditional on the view's gate version).
             optimistic = (self.path is not None and self.session is session
-                          and self.last is not None and bool(self.departed))
+                          and self.last is not None and bool(self.departed) and not self.left)
             if optimistic:
                 assert self.last is not None
                 gone, self.departed = self.departed, set()
@@ -942,18 +991,20 @@ class _Queued:
             else:
                 self.departed, self.stale = set(), False
                 if self.session is not session or self.path is None:
-                    self.held_watched = set()
                     view = h._read_finish(self._enqueue(client, session))
                 else:
-                    w = self._kick if self.watch_all else None
+                    # the holds of requests that left ahead of us, watched
+                    # before the read: a hold it finds is in the listing, one
+                    # it misses is not (one connection: requests in order)
+                    left, self.left = self.left, []
+                    holds = {hp: None for hp in map(self._hold_path, left) if hp is not None}
+                    sent = self._arm(client, holds)
+                    w = h.posts_watch(session) if self.watch_posts else None
                     many = self.last is not None and len(self.last.held) > 32
-                    # the hold watch goes first: a hold it finds is in the listing,
-                    # one it misses is not (one connection: requests in order)
-                    predicted = self._watch_pred_hold(client)
-                    reads = h._read_start(client, watch=w, children_watch=w if many else None)
-                    view = h._read_finish(reads)
-                    if predicted is not None and h._get(predicted[1], "watching") is None:
-                        self.held_watched.discard(predicted[0])
+                    view = h._read_finish(h._read_start(
+                        client, watch=w,
+                        children_watch=self._kick if many and self.watch_posts else None))
+                    self._armed(sent)
             self.last = view
             me = next((r for r in view.reqs if r.name == self.rname), None)
             if me is None:
@@ -986,56 +1037,31 @@ class _Queued:
             if optimistic:
                 self.stale = True     # not enough from departures alone: read for real
                 continue
+            i = next(i for i, r in enumerate(dec.order) if r is me)
             head = head_of(dec.order, dec.admissible)
             if head is me:
-                self.pred_path = None
-                if not self.watch_all:
-                    self.watch_all = True
-                    continue   # read again, this time leaving a watch on the gate
+                if not self.watch_posts:
+                    self.watch_posts = True
+                    if h._posts_session is not session:
+                        continue   # read again, this time leaving a watch on the posts
+                # What admits us: holds leaving, and the requests ahead of us
+                # (all admissible, granting themselves) leaving the queue.
+                want: dict[str, ReqNode | None] = {f"{h._q}/{r.name}": r for r in dec.order[:i]}
                 if len(view.held) <= 32:
-                    paths = [p for p in (f"{h._q}/{x.name}" for x in view.held)
-                             if p not in self.held_watched]
-                    self.held_watched.update(paths)
-                    futures = [client.exists_async(p, watch=self._kick) for p in paths]
-                    if any(h._get(f, "watching") is None for f in futures):
-                        self.stale = True
-                        continue   # one left already
-                else:
-                    self.held_watched = set()
-                    if not self.stale:
-                        # a children watch instead (set by the next read)
-                        self.stale = True
-                        continue
+                    want.update({f"{h._q}/{x.name}": None for x in view.held})
+                elif not self.stale:
+                    self.stale = True     # a children watch instead (set by the next read)
+                    continue
+                if not self._armed(self._arm(client, want)):
+                    self.stale = True
+                    continue   # one left already
             else:
-                self.watch_all = False
-                self.held_watched = set()
-                i = next(i for i, r in enumerate(dec.order) if r is me)
+                self.watch_posts = False
                 pred = dec.order[i - 1]
-                self.pred_path = f"{h._q}/{pred.name}"
-                self.pred_node = pred
-                if self.armed_req != self.pred_path:
-                    st = h._get(client.exists_async(self.pred_path, watch=self._kick), "watching")
-                    if st is None:
-                        continue
-                    self.armed_req = self.pred_path
+                if not self._armed(self._arm(client, {f"{h._q}/{pred.name}": pred})):
+                    continue
             self._watch_local(view, me, dec.order)
             return None
-
-    def _watch_pred_hold(self, client):
-        """The request ahead of us just left: most likely it was granted, and
-        its hold's name follows from its request's name (without slots).
-        Watch that hold in the same round trip as the read, so that when it
-        is released we can grant ourselves at once."""
-        pred = self.pred_node
-        if pred is None or self.h.params.slots:
-            return None
-        self.pred_node = None
-        path = f"{self.h._q}/" + _codec.held_name(
-            pred.units, (), pred.mkey, pred.pid, pred.start, "q" + format(pred.seq & 0xFFFFFFFF, "x"))
-        if path in self.held_watched:
-            return None
-        self.held_watched.add(path)
-        return path, client.exists_async(path, watch=self._kick)
 
     def _watch_local(self, view: View, me: ReqNode, order: list[ReqNode]) -> None:
         """Let the reaper watch the local processes that stand before us."""
@@ -1114,4 +1140,6 @@ class _Queued:
     def done(self) -> None:
         self.finished = True
         self.h._conn.remove_waker(self._kick)
+        with self.h._posts_lock:
+            self.h._posts_waiters.discard(self._kick)
         self._unwatch_local()

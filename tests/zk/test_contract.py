@@ -317,3 +317,25 @@ def test_fork_child_holds_nothing(backend):
     assert os.waitstatus_to_exitcode(status) == 0
     assert lease.valid and h.available == 0
     h.release(1, 0, lease)
+
+
+def test_a_waiting_consumer_wakes_on_a_post(backend, agents, url):
+    """The post wakes the waiter through its watch, not its 0.5 s re-read:
+    three rounds, each well under the re-read period."""
+    h = backend.open("pc", P(1, initial=0))
+    consumer = agents(url, "pc")
+    for _ in range(3):
+        consumer.send({"op": "wait", "timeout": 20})
+        wait_until(lambda: len(h.waiters()) == 1)
+        time.sleep(0.3)
+        t0 = time.time()
+        h.release(1, 0)                 # the producer's post
+        got = consumer.reply()
+        assert got["lease"] is not None
+        assert got["at"] - t0 < 0.2, got["at"] - t0
+        consumer.call({"op": "release", "lease": got["lease"]})
+        # the consumer's release returns the unit to the pool: take it back
+        # unowned so the next round waits again
+        lease = h.take(req())
+        h.disown(1)
+        assert lease.valid and h.available == 0

@@ -204,10 +204,22 @@ def bench_pair(url: str, kind: str, n: int) -> dict:
             "p90_ms": sorted(times)[int(0.9 * len(times))] * 1e3}
 
 
-def bench_contended(url: str, kind: str, procs: int, cap: int, duration: float) -> float:
+def received(group) -> int:
+    """Requests the servers received so far (the ``srvr`` counters)."""
+    n = 0
+    for s in group.servers:
+        for ln in zkserver.four_letter(s.client_port).splitlines():
+            if ln.startswith("Received:"):
+                n += int(ln.split(":", 1)[1])
+    return n
+
+
+def bench_contended(url: str, kind: str, procs: int, cap: int, duration: float,
+                    group=None) -> float:
     name = f"cont-{kind}-{procs}-{cap}-{time.monotonic_ns()}"
     start_at = time.time() + 1.5 + 0.15 * procs     # everyone connected first
     ps = [spawn("--worker", kind, url, name, cap, start_at, duration) for _ in range(procs)]
+    before = received(group) if group is not None else 0
     total = 0
     cpu = 0.0
     for p in ps:
@@ -216,10 +228,14 @@ def bench_contended(url: str, kind: str, procs: int, cap: int, duration: float) 
         cpu += got["cpu"]
         p.wait(30)
     LAST_CPU[kind] = cpu / max(1, total)
+    if group is not None:
+        # includes each worker's connect and open: a few dozen requests
+        LAST_REQUESTS[kind] = (received(group) - before) / max(1, total)
     return total / duration
 
 
 LAST_CPU: dict[str, float] = {}   # client CPU seconds per acquisition, last contended run
+LAST_REQUESTS: dict[str, float] = {}   # server requests per acquisition, last contended run
 
 
 def bench_kill(url: str, kind: str, rounds: int, session: float) -> list[float]:
@@ -318,14 +334,26 @@ def main(argv: list[str] | None = None) -> int:
                 for cap in (1, 2):
                     for procs in (1, 2, 4, 8):
                         runs: dict = {"ipcsem": [], "kazoo": []}
+                        reqs: dict = {"ipcsem": [], "kazoo": []}
+                        cpus: dict = {"ipcsem": [], "kazoo": []}
                         for i in range(crounds):
                             order = ("ipcsem", "kazoo") if i % 2 == 0 else ("kazoo", "ipcsem")
                             for k in order:
-                                runs[k].append(bench_contended(url, k, procs, cap, duration))
+                                runs[k].append(bench_contended(url, k, procs, cap, duration,
+                                                               group))
+                                reqs[k].append(LAST_REQUESTS[k])
+                                cpus[k].append(LAST_CPU[k] * 1e3)
                         v = {k: max(x) for k, x in runs.items()}
-                        r["contended"][f"cap{cap}-P{procs}"] = {**v, "rounds": runs}
+                        rq = {k: min(x) for k, x in reqs.items()}
+                        cp = {k: min(x) for k, x in cpus.items()}
+                        r["contended"][f"cap{cap}-P{procs}"] = {
+                            **v, "rounds": runs, "requests_per_acquisition": reqs,
+                            "client_cpu_ms_per_acquisition": cpus}
                         rows.append(f"| {setup} | contended, capacity {cap}, P={procs} "
-                                    f"| {v['ipcsem']:.0f}/s | {v['kazoo']:.0f}/s "
+                                    f"| {v['ipcsem']:.0f}/s ({rq['ipcsem']:.1f} req, "
+                                    f"{cp['ipcsem']:.1f} ms CPU /acq) "
+                                    f"| {v['kazoo']:.0f}/s ({rq['kazoo']:.1f} req, "
+                                    f"{cp['kazoo']:.1f} ms CPU /acq) "
                                     f"| {v['ipcsem'] / v['kazoo']:.2f}x |")
             if "kill" in only:
                 sess = 2.0
