@@ -324,15 +324,15 @@ def test_a_waiting_consumer_wakes_on_a_post(backend, agents, url):
     three rounds, each well under the re-read period."""
     h = backend.open("pc", P(1, initial=0))
     consumer = agents(url, "pc")
-    for _ in range(3):
+    for pause in (0.3, 0.45, 0.15, 0.6):      # posts at different phases of the re-read
         consumer.send({"op": "wait", "timeout": 20})
         wait_until(lambda: len(h.waiters()) == 1)
-        time.sleep(0.3)
+        time.sleep(pause)
         t0 = time.time()
         h.release(1, 0)                 # the producer's post
         got = consumer.reply()
         assert got["lease"] is not None
-        assert got["at"] - t0 < 0.2, got["at"] - t0
+        assert got["at"] - t0 < 0.12, got["at"] - t0
         consumer.call({"op": "release", "lease": got["lease"]})
         # the consumer's release returns the unit to the pool: take it back
         # unowned so the next round waits again
