@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
          "--freezer": freezer}[argv[0]](argv[1:])
         return 0
     ap = argparse.ArgumentParser(prog="python -m tools.bench.zk", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer pairs, shorter runs (~2 min)")
+    ap.add_argument("--quick", action="store_true", help="fewer pairs, shorter runs (about 6 min instead of 14)")
     ap.add_argument("--out", default=os.path.join(ROOT, "tools", "bench", "out", "zk.json"))
     ap.add_argument("--only", default="pair,contended,kill,pause,freeze")
     ap.add_argument("--rounds", type=int, default=None,
