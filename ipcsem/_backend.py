@@ -159,7 +159,14 @@ class Backend(ABC):
     def open(self, name: str, params: Params | None, **options: Any) -> Handle:
         """Open ``name``; with ``params``, create it if absent (and raise
         PolicyMismatch if it exists with other settings).  Without, NotFound
-        if absent."""
+        if absent.
+
+        ``options`` are backend-specific keywords the facade passes through;
+        a backend ignores none silently (TypeError for an unknown one).  The
+        one defined so far: ``on_lost=callable(lease, reason)``, called (on
+        a background thread) for each lease of the handle that a backend can
+        no longer prove valid (ZooKeeper session loss); ``shm`` accepts and
+        never calls it, since a lease there ends only with its process."""
 
     @abstractmethod
     def names(self) -> list[str]: ...
