@@ -5,7 +5,8 @@
     3  recovery     recovery.py     SIGKILL of the holder -> waiter holds it
     4  holders      holders.py      figure 1 with K registered holders
     5  memory       memory.py       /dev/shm per semaphore
-    6  status       status.py       looking at every semaphore
+    6  status       status.py       ipcsem-status (and the read path) over N semaphores
+    7  idle         idle.py         an idle supervisor over 1,000 registered holders
 
 common.py holds what they share (Config, guarded(), create()/semaphore(),
 the pair loop, log()). Each figure module says in its docstring what it
@@ -38,7 +39,7 @@ common.Config, and a table or plot in report.py (_md_*/_plot_*).
 
 from __future__ import annotations
 
-from . import contended, holders, memory, recovery, status, uncontended
+from . import contended, holders, idle, memory, recovery, status, uncontended
 from .common import Config, destroy_all, log
 from .recovery import stop_supervisors
 
@@ -49,6 +50,7 @@ FIGURES = [
     ("holders", holders.fig_holders),
     ("memory", memory.fig_memory),
     ("status", status.fig_status),
+    ("idle", idle.fig_idle),
 ]
 
 # What the harness (__main__.py) uses besides FIGURES.
