@@ -100,7 +100,10 @@ def fig_idle(cfg, cs):
                     "traceback": traceback.format_exc()}
 
 
-def run_idle(cfg, c):
+def run_idle(cfg, c, observe=None):
+    """observe(supervisor pid) -> finish, if given, runs over the idle
+    window (profile_idle's py-spy); what finish() returns lands under
+    "observed"."""
     n, k = cfg.idle_sems, cfg.idle_holders
     per = -(-k // n)
     specs = [create(c, per) for _ in range(n)]
@@ -122,9 +125,11 @@ def run_idle(cfg, c):
             stable = stable + 1 if fds == last else 0
             last = fds
         settle = time.monotonic() - t
+        finish = observe(sup.proc.pid) if observe else None
         u0, t0 = tree_usage(sup.proc.pid), time.monotonic()
         time.sleep(cfg.idle_s)
         u1, t1 = tree_usage(sup.proc.pid), time.monotonic()
+        observed = finish() if finish else None
         if sup.proc.poll() is not None:
             raise RuntimeError(f"supervisor exited rc={sup.proc.returncode}: {sup.tail()}")
         window = t1 - t0
@@ -135,6 +140,8 @@ def run_idle(cfg, c):
                "fds": u1["fds"], "threads": u1["threads"], "rss_kib": u1["rss_kib"],
                "processes": len(tree(sup.proc.pid)), "target_pct": IDLE_TARGET_PCT,
                "clock_tick_s": 1 / HZ}
+        if observed is not None:
+            res["observed"] = observed
         log(f"  fig7 supervisor over {k} holders / {n} semaphores: "
             f"{res['cpu_pct']:.2f}% of a core, {res['wakeups_per_s']:.0f} wake-ups/s, "
             f"{res['fds']} fds, {res['threads']} threads")
