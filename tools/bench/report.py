@@ -375,15 +375,16 @@ def _md_recovery(f):
     rows = []
     for vid, r in vs.items():
         if r.get("status") != "ok":
-            rows.append([r.get("label", vid), status_text(r), "", "", "", "", "", ""])
+            rows.append([r.get("label", vid), status_text(r), "", "", "", "", "", "", ""])
             continue
         n_ok = len(r["latencies_ns"])
         if not n_ok:
             rows.append([r["label"], f"**never** ({r['timeouts']}/{r['attempted']} timed out)",
-                         "", "", "", "", f"0/{r['attempted']}", "; ".join(r["notes"])])
+                         "", "", "", "", "", f"0/{r['attempted']}", "; ".join(r["notes"])])
             continue
         rows.append([r["label"], fmt_ns(r["median_ns"]), fmt_ns(r["p90_ns"]),
                      fmt_ns(r["p99_ns"]), fmt_ns(r["max_ns"]), ratio(r["median_ns"], ref),
+                     fmt_ns(r.get("exit_median_ns")),
                      f"{n_ok}/{r['attempted']}"
                      + (f" ({r['timeouts']} timed out)" if r["timeouts"] else ""),
                      "; ".join(r["notes"] + ([f"{r['violations']} MUTUAL-EXCLUSION VIOLATIONS"]
@@ -394,9 +395,14 @@ def _md_recovery(f):
             f"waiter's acquire returning. {f['trials']} trials for kernel undo and ipcsem "
             "(p99 = the 99th of 100, nearest rank), fewer for the others; timeout "
             f"{f['timeout_s']} s (a variant stops early after repeated timeouts with no "
-            "success).", "",
+            "success). \"pidfd seen\": median time from the kill until the harness, polling "
+            "the holder's pidfd, saw it readable (the thread group has exited): the kernel's "
+            "teardown plus one wake-up of one more process -- roughly what a watcher that "
+            "learns of deaths from pidfds pays before it can start recovering. On a loaded "
+            "machine that wake-up alone can exceed kernel undo's whole time.",
+            "",
             table(["variant", "median", "p90", "p99", "max", f"vs {label(REF)} (median)",
-                   "recovered", "notes"], rows), ""]
+                   "pidfd seen", "recovered", "notes"], rows), ""]
 
 
 def _md_holders(f):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -154,7 +155,7 @@ def run_recovery(cfg, c, supervise, trials):
     Process start-up (~0.1 s each on 2 cores) would dominate the figure's
     run time, so the waiter is reused across trials and the next holder is
     started -- and idle -- before the current measurement, never during it."""
-    lat_ns, timeouts, violations, notes = [], 0, 0, []
+    lat_ns, exit_ns, timeouts, violations, notes = [], [], 0, 0, []
     spec = sup = holder = nxt = waiter = None
     jitter = c.phase_jitter()
     rng = random.Random(12345)
@@ -227,10 +228,15 @@ def run_recovery(cfg, c, supervise, trials):
                 drop(holder)
                 teardown()
                 continue
+            pidfd = _pidfd(holder.pid)
             t_kill = time.monotonic_ns()
             os.kill(holder.pid, signal.SIGKILL)
-            # Reap at once, as a real parent would: a zombie still passes
-            # kill(pid, 0) liveness checks.
+            # When the kernel says the holder is gone (its pidfd readable:
+            # the thread group has exited): the floor of any recovery that
+            # learns of deaths from pidfds, and the teardown part of kernel
+            # undo's time.  Then reap at once, as a real parent would: a
+            # zombie still passes kill(pid, 0) liveness checks.
+            exited_ns = _exited(pidfd, 5.0)
             holder.wait(5)
             msg = _poll(waiter, cfg.recovery_timeout_s)
             drop(holder)
@@ -242,6 +248,8 @@ def run_recovery(cfg, c, supervise, trials):
                     break
                 continue
             lat_ns.append(msg["acquired_ns"] - t_kill)
+            if exited_ns is not None:
+                exit_ns.append(exited_ns - t_kill)
             if not msg.get("ok", True):
                 raise RuntimeError("waiter's blocking acquire returned False")
     finally:
@@ -253,6 +261,9 @@ def run_recovery(cfg, c, supervise, trials):
            "violations": violations, "notes": notes}
     if lat_ns:
         res.update({k + "_ns": v for k, v in summarize(lat_ns).items() if k != "n"})
+    if exit_ns:
+        res["exit_ns"] = exit_ns
+        res["exit_median_ns"] = summarize(exit_ns)["median"]
     if timeouts and not lat_ns:
         res["summary"] = f"never ({timeouts}/{n} timed out)"
     else:
@@ -261,6 +272,25 @@ def run_recovery(cfg, c, supervise, trials):
     if violations:
         res["summary"] += f", {violations} mutual-exclusion violations"
     return res
+
+
+def _pidfd(pid):
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _exited(pidfd, timeout):
+    """CLOCK_MONOTONIC ns at which pidfd became readable (None: no pidfd)."""
+    if pidfd is None:
+        return None
+    try:
+        p = select.poll()
+        p.register(pidfd, select.POLLIN)
+        return time.monotonic_ns() if p.poll(timeout * 1000) else None
+    finally:
+        os.close(pidfd)
 
 
 def _poll(w, timeout):
