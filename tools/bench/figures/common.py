@@ -50,6 +50,7 @@ class Config:
     # the others, which only show "polls" or "never", get trials_other.
     trials: int = 100
     trials_other: int = 30
+    recovery_rounds: int = 4       # the targeted variants interleave in this many rounds
     recovery_timeout_s: float = 2.0
     abort_after: int = 5           # stop a variant after this many timeouts in a row with no success
     # fig 4, holders.py
@@ -75,7 +76,7 @@ class Config:
                    procs_list=[2, 8], caps=[1], holds_us=[0],
                    extra_cells=[(8, 2, 0), (8, 1, 50)], duration_s=0.5,
                    sample_cap=50_000,
-                   trials=20, trials_other=5, abort_after=1,
+                   trials=20, trials_other=5, abort_after=1, recovery_rounds=2,
                    ks=[1, 10, 100], status_ns=[100, 1000],
                    idle_sems=10, idle_holders=100, idle_s=5.0)
 

@@ -7,7 +7,10 @@ How: capacity 1. A "holder" worker acquires and sleeps; a "waiter" worker
 blocks in acquire (until /proc shows it asleep); the harness SIGKILLs the
 holder and reaps it at once, at a uniformly random phase of any polling the
 contender does. Latency = CLOCK_MONOTONIC from os.kill to the waiter's
-acquire returning (timestamped in the waiter). cfg.trials trials for the
+acquire returning (timestamped in the waiter). Every holder imports every
+contender's library first (worker.HOLDER_PRELOAD): a death's kernel teardown
+grows with what the process has mapped, and kernel undo waits for it too, so
+equal holders compare the mechanisms (docs/perf.md, "Recovery"). cfg.trials trials for the
 targeted variants (kernel undo and ipcsem: enough for a p99), cfg.trials_other
 for the rest, each with a cfg.recovery_timeout_s timeout; after a timeout the
 unit is gone for good, so the semaphore (and supervisor) is replaced, and a
@@ -130,22 +133,72 @@ def _wait_blocked(pid, timeout=0.5):
 
 
 def fig_recovery(cfg, cs):
+    """The targeted variants run in cfg.recovery_rounds interleaved rounds
+    (each a share of cfg.trials): the load of a shared machine drifts over
+    the minutes this takes, and a ratio between variants measured minutes
+    apart would carry that drift.  The other variants run once."""
     keys = {c.key for c in cs}
-    out = {"trials": cfg.trials, "timeout_s": cfg.recovery_timeout_s, "variants": {}}
-    for vid, key, supervise, targeted, label in RECOVERY_VARIANTS:
-        if key not in keys:
-            continue
-        c = C.get(key)
-        t = time.monotonic()
-        n = cfg.trials if targeted else cfg.trials_other
-        r = guarded(c, lambda c=c, s=supervise, n=n: run_recovery(cfg, c, s, n))
-        r["wall_s"] = time.monotonic() - t
+    out = {"trials": cfg.trials, "timeout_s": cfg.recovery_timeout_s,
+           "rounds": cfg.recovery_rounds, "variants": {}}
+    todo = [v for v in RECOVERY_VARIANTS if v[1] in keys]
+    parts: dict = {}
+    for rnd in range(cfg.recovery_rounds):
+        for vid, key, supervise, targeted, label in todo:
+            if not targeted and rnd:
+                continue
+            c = C.get(key)
+            n = cfg.trials_other if not targeted else _share(cfg.trials, cfg.recovery_rounds, rnd)
+            t = time.monotonic()
+            r = guarded(c, lambda c=c, s=supervise, n=n: run_recovery(cfg, c, s, n))
+            r["wall_s"] = time.monotonic() - t
+            parts.setdefault(vid, []).append(r)
+    for vid, key, supervise, targeted, label in todo:
+        rs = parts.get(vid, [])
+        r = _merge(rs) if rs and all(x.get("status") == "ok" for x in rs) else (
+            next((x for x in rs if x.get("status") != "ok"), {"status": "error"}))
         r["label"] = label
         r["contender"] = key
+        r["wall_s"] = sum(x.get("wall_s", 0) for x in rs)
         out["variants"][vid] = r
         log(f"  fig3 {vid:18s} {r.get('summary') or fmt_status(r, 'status')} "
             f"[{r['wall_s']:.1f} s]")
     return out
+
+
+def _share(total, rounds, rnd):
+    return total // rounds + (1 if rnd < total % rounds else 0)
+
+
+def _merge(rs):
+    """One variant's rounds as one result."""
+    lat = [x for r in rs for x in r["latencies_ns"]]
+    ex = [x for r in rs for x in r.get("exit_ns", [])]
+    maps = [r["holder_maps"] for r in rs if r.get("holder_maps")]
+    return _finish(lat, ex, sum(r["timeouts"] for r in rs), sum(r["violations"] for r in rs),
+                   [n for r in rs for n in r["notes"]], sum(r["trials"] for r in rs),
+                   maps[0] if maps else None,
+                   {"kill_phase_jitter_s": rs[0]["kill_phase_jitter_s"],
+                    "settle_s": rs[0]["settle_s"], "late_kills": sum(r["late_kills"] for r in rs),
+                    "status": "ok"})
+
+
+def _finish(lat_ns, exit_ns, timeouts, violations, notes, trials, holder_maps, extra):
+    n = len(lat_ns) + timeouts
+    res = {"latencies_ns": lat_ns, "timeouts": timeouts, "attempted": n, "trials": trials,
+           "holder_maps": holder_maps, "violations": violations, "notes": notes, **extra}
+    if lat_ns:
+        res.update({k + "_ns": v for k, v in summarize(lat_ns).items() if k != "n"})
+    if exit_ns:
+        res["exit_ns"] = exit_ns
+        res["exit_median_ns"] = summarize(exit_ns)["median"]
+    if timeouts and not lat_ns:
+        res["summary"] = f"never ({timeouts}/{n} timed out)"
+    else:
+        res["summary"] = (f"median {res['median_ns'] / 1e6:.3g} ms, max {res['max_ns'] / 1e6:.3g} ms"
+                          + (f", {timeouts}/{n} timed out" if timeouts else ""))
+    if violations:
+        res["summary"] += f", {violations} mutual-exclusion violations"
+    return res
 
 
 def run_recovery(cfg, c, supervise, trials):
@@ -181,9 +234,11 @@ def run_recovery(cfg, c, supervise, trials):
             destroy(c, spec)
             spec = None
 
+    holder_maps = []
+
     def start_holder():
         w = procs.spawn(c, "holder", spec)
-        w.recv(15, "holder ready")
+        holder_maps.append(w.recv(15, "holder ready").get("maps"))
         return w
 
     try:
@@ -213,8 +268,7 @@ def run_recovery(cfg, c, supervise, trials):
             # must be idle again before the kill.
             t_kill_at = time.monotonic() + settle + rng.uniform(0, jitter)
             if i + 1 < trials:
-                nxt = procs.spawn(c, "holder", spec)
-                nxt.recv(15, "holder ready")
+                nxt = start_holder()
             left = t_kill_at - time.monotonic()
             if left > 0:
                 time.sleep(left)
@@ -255,23 +309,10 @@ def run_recovery(cfg, c, supervise, trials):
     finally:
         drop(holder)
         teardown()
-    n = len(lat_ns) + timeouts
-    res = {"latencies_ns": lat_ns, "timeouts": timeouts, "attempted": n, "trials": trials,
-           "kill_phase_jitter_s": jitter, "settle_s": settle, "late_kills": late,
-           "violations": violations, "notes": notes}
-    if lat_ns:
-        res.update({k + "_ns": v for k, v in summarize(lat_ns).items() if k != "n"})
-    if exit_ns:
-        res["exit_ns"] = exit_ns
-        res["exit_median_ns"] = summarize(exit_ns)["median"]
-    if timeouts and not lat_ns:
-        res["summary"] = f"never ({timeouts}/{n} timed out)"
-    else:
-        res["summary"] = (f"median {res['median_ns'] / 1e6:.3g} ms, max {res['max_ns'] / 1e6:.3g} ms"
-                          + (f", {timeouts}/{n} timed out" if timeouts else ""))
-    if violations:
-        res["summary"] += f", {violations} mutual-exclusion violations"
-    return res
+    maps = sorted(m for m in holder_maps if m)
+    return _finish(lat_ns, exit_ns, timeouts, violations, notes, trials,
+                   maps[len(maps) // 2] if maps else None,
+                   {"kill_phase_jitter_s": jitter, "settle_s": settle, "late_kills": late})
 
 
 def _pidfd(pid):
