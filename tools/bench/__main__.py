@@ -131,7 +131,10 @@ class LoadMeter:
         busy = (t1[1] - self.t0[1]) / self.HZ
         steal = (t1[2] - self.t0[2]) / self.HZ
         own = t1[3] - self.t0[3]
-        return {"foreign_cpu_pct": round(max(0.0, busy - steal - own) / cap * 100, 1),
+        # Jiffies are 10 ms and children are counted only once reaped, so a
+        # window of a second or two can read high: clamp, and say how long.
+        return {"foreign_cpu_pct": round(min(100.0, max(0.0, busy - steal - own) / cap * 100), 1),
+                "window_s": round(wall, 1),
                 "steal_pct": round(steal / cap * 100, 1),
                 "own_cpu_pct": round(own / cap * 100, 1),
                 "loadavg_end": os.getloadavg()[0]}

@@ -655,8 +655,9 @@ def _plot_recovery(plt, f, out_dir):
     ax.set_yticks(range(len(vs)))
     ax.set_yticklabels([x[1] for x in vs], fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("ms from SIGKILL of holder to waiter holding the unit (log); black | median, "
-                  "grey | p99; dashed: targets (red median, orange p99)", fontsize=8)
+    ax.set_xlabel("ms from SIGKILL of holder to waiter holding the unit (log)\n"
+                  "black | median, grey | p99; dashed: targets (red median, orange p99)",
+                  fontsize=8)
     ax.set_title("3. Recovery latency")
     ax.axvline(timeout_ms, color="tab:red", ls=":", lw=1)
     ax.set_xlim(right=timeout_ms * 8)  # room for the "never" labels
