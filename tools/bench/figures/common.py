@@ -181,6 +181,17 @@ def time_pairs(acquire, release, n) -> int:
     return time.perf_counter_ns() - t
 
 
+def timed_run(h, n) -> int:
+    """ns for n pairs with gc off (one of best_pair_ns's runs)."""
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        return time_pairs(h.acquire, h.release, n)
+    finally:
+        if gc_was:
+            gc.enable()
+
+
 def best_pair_ns(h, reps, n) -> dict:
     time_pairs(h.acquire, h.release, max(1, n // 10))  # warm-up
     gc_was = gc.isenabled()
