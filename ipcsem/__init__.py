@@ -8,6 +8,7 @@
 See README.md for the tools and docs/design.md for how it works.
 """
 from ._aio import AsyncMutex, AsyncSemaphore
+from ._base import names, unlink
 from ._deadlock import find_deadlocks
 from ._errors import (
     CapacityMismatch,
@@ -27,13 +28,12 @@ from ._errors import (
     Wedged,
 )
 from ._records import Deadlock, Holder, Lease, Params, Stats, Waiter
-from ._base import names, unlink
 from ._semaphore import Mutex, Semaphore
 
 __all__ = [
-    "AsyncMutex", "AsyncSemaphore", "CapacityMismatch", "Closed", "Corrupt", "Deadlock", "DeadlockDetected", "Holder",
-    "IpcsemError", "Lease", "LeaseLost", "LedgerFull", "Mutex", "NotFound", "NotOwner", "Params",
-    "PermissionDenied", "PolicyMismatch", "Semaphore", "Stats", "Timeout", "Unavailable",
-    "Unlinked", "Waiter", "Wedged", "find_deadlocks", "names", "unlink",
+    "AsyncMutex", "AsyncSemaphore", "CapacityMismatch", "Closed", "Corrupt", "Deadlock",
+    "DeadlockDetected", "Holder", "IpcsemError", "Lease", "LeaseLost", "LedgerFull", "Mutex",
+    "NotFound", "NotOwner", "Params", "PermissionDenied", "PolicyMismatch", "Semaphore", "Stats",
+    "Timeout", "Unavailable", "Unlinked", "Waiter", "Wedged", "find_deadlocks", "names", "unlink",
 ]
 __version__ = "0.2.0"

@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import weakref
-from typing import final
+from collections.abc import Callable
+from typing import Any, final
 
 from . import _args
+from ._backend import Pending
 from ._base import Opened, make_params
 from ._errors import Timeout
 from ._identity import native_tid
@@ -34,9 +36,11 @@ SLICE = 0.5          # a waiting task heals, checks deadlocks, re-parks at least
 RETRY = 0.002        # the backend was momentarily busy: try again after this long
 
 _keys = itertools.count(1)
-_task_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_task_keys: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
 # Per loop: the tasks waiting on ipcsem now (for "is the loop parked?").
-_waiting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_waiting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                    weakref.WeakSet[asyncio.Task[Any]]] = \
+    weakref.WeakKeyDictionary()
 
 
 def task_key() -> int:
@@ -51,7 +55,18 @@ def task_key() -> int:
     return key
 
 
-def _loop_parked(loop) -> bool:
+def owner_key() -> int:
+    """The owner key of a semaphore call: this task's, or outside a task (a
+    loop callback, a worker thread) this thread's, as for the sync class
+    (semaphore units are the process's either way)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:           # no running loop in this thread
+        task = None
+    return native_tid() if task is None else task_key()
+
+
+def _loop_parked(loop: asyncio.AbstractEventLoop) -> bool:
     """Every task of the loop is waiting on ipcsem (so the loop's thread can
     do nothing but wait: deadlock detectors may count it as parked)."""
     mine = _waiting.get(loop, ())
@@ -59,16 +74,31 @@ def _loop_parked(loop) -> bool:
 
 
 class _AsyncPrimitive(Opened):
-    __slots__ = ("_name", "_handle", "_capacity", "__weakref__")
+    __slots__ = ("__weakref__", "_capacity", "_handle", "_name", "_pending")
 
-    def __init__(self, name: str, params: Params | None, backend: str | None, group,
-                 policy: dict, options: dict) -> None:
+    def __init__(self, name: str, params: Params | None, backend: str | None,
+                 group: str | int | None, policy: dict[str, object],
+                 options: dict[str, Any]) -> None:
+        # each waiting task's entry -> its wake-up (close() ends them)
+        self._pending: dict[Pending, Callable[[BaseException], None]] = {}
         self._open(name, params, backend, group, policy, options)
+
+    def close(self) -> None:
+        """Let go of the semaphore.  Units this process holds stay held (and
+        recoverable).  Tasks waiting on this handle give up with
+        ipcsem.Closed first (their entries leave the queue)."""
+        from ._errors import Closed
+
+        for pending, wake in list(self._pending.items()):
+            self._handle.cancel(pending)
+            wake(Closed("closed while waiting", name=self._name))
+        self._pending.clear()
+        self._handle.close()
 
     def try_acquire(self, units: int = 1) -> bool:
         """Take ``units`` now if that overtakes nobody; never waits."""
         _args.check_int("units", units, 1, self._capacity)
-        return self._handle.take(units, 0, task_key(), native_tid()) is not None
+        return self._handle.take(units, 0, owner_key(), native_tid()) is not None
 
     async def _grant(self, units: int, timeout: float | None, priority: int,
                      deadlock_raise: bool) -> Lease | None:
@@ -81,9 +111,14 @@ class _AsyncPrimitive(Opened):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         woken = asyncio.Event()
+        closed: list[BaseException] = []
 
         def notify() -> None:          # called from the backend's thread
             loop.call_soon_threadsafe(woken.set)
+
+        def end(exc: BaseException) -> None:    # close() on the loop's thread
+            closed.append(exc)
+            woken.set()
 
         while True:
             pending = h.enqueue(units, priority, owner, tid, deadlock_raise, notify)
@@ -94,13 +129,17 @@ class _AsyncPrimitive(Opened):
             await asyncio.sleep(RETRY)   # the backend was busy (e.g. a lock held)
         if isinstance(pending, Lease):
             return pending
+        self._pending[pending] = end
         task = asyncio.current_task()
+        assert task is not None      # task_key() above raised otherwise
         waiting = _waiting.setdefault(loop, weakref.WeakSet())
         waiting.add(task)
         parked = False
         try:
             next_slice = loop.time() + SLICE
             while True:
+                if closed:
+                    raise closed[0]     # close() already cancelled the entry
                 g = h.settle(pending)
                 if g is not None:
                     return g
@@ -120,22 +159,28 @@ class _AsyncPrimitive(Opened):
 
                         _deadlock.raise_if_victim(self._name, owner)
                 until = next_slice if deadline is None else min(next_slice, deadline)
+                # Not asyncio.wait_for: before Python 3.12 it swallows a
+                # cancel that arrives just after the event fired.
+                timer = loop.call_at(until, woken.set)
                 try:
-                    await asyncio.wait_for(woken.wait(), max(until - loop.time(), 0))
-                except asyncio.TimeoutError:
-                    pass
+                    await woken.wait()
+                finally:
+                    timer.cancel()
                 woken.clear()
         except BaseException:
             # CancelledError, a deadlock victim, anything: leave nothing
             # behind (a grant that raced in is given back), then propagate.
-            h.cancel(pending)
+            if not closed:
+                h.cancel(pending)
             raise
         finally:
+            self._pending.pop(pending, None)
             waiting.discard(task)
 
     def release(self, units: int = 1) -> None:
-        """Give ``units`` back (a plain call, like asyncio.Semaphore.release)."""
-        self._handle.release(units, task_key())
+        """Give ``units`` back (a plain call, like asyncio.Semaphore.release;
+        from a task, a loop callback or any thread)."""
+        self._handle.release(units, owner_key())
 
 
 @final
@@ -158,7 +203,7 @@ class AsyncSemaphore(_AsyncPrimitive):
     def __init__(self, name: str, capacity: int | None = None, *, initial: int | None = None,
                  mode: int = 0o600, group: str | int | None = None, slots: bool | None = None,
                  fair: bool | None = None, max_holders: int = 1024, max_waiters: int = 1024,
-                 backend: str | None = None, **options) -> None:
+                 backend: str | None = None, **options: Any) -> None:
         if slots is not None:
             _args.check_bool("slots", slots)
         if fair is not None:
@@ -193,9 +238,11 @@ class AsyncSemaphore(_AsyncPrimitive):
                           _args.check_priority(priority), _args.check_deadlock(deadlock))
 
     async def __aenter__(self) -> Lease:
-        return await self._grant(1, None, 0, False)
+        lease = await self._grant(1, None, 0, False)
+        assert lease is not None     # no deadline: only a grant ends the wait
+        return lease
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.release(1)
 
 
@@ -209,7 +256,8 @@ class AsyncMutex(_AsyncPrimitive):
 
     def __init__(self, name: str, *, reentrant: bool | None = None, mode: int = 0o600,
                  group: str | int | None = None, max_holders: int = 1024,
-                 max_waiters: int = 1024, backend: str | None = None, **options) -> None:
+                 max_waiters: int = 1024, backend: str | None = None,
+                 **options: Any) -> None:
         if reentrant is not None:
             _args.check_bool("reentrant", reentrant)
         params = make_params(1, 1, mode, max_holders, max_waiters, kind="mutex",
@@ -224,6 +272,8 @@ class AsyncMutex(_AsyncPrimitive):
         _args.check_priority(priority)
         return await self._grant(1, t, priority, _args.check_deadlock(deadlock)) is not None
 
+    # A mutex has one unit to give back: no ``units`` (as Mutex.release),
+    # unlike the base class's release(units).
     def release(self) -> None:   # type: ignore[override]
         """Unlock it; NotOwner unless this task owns it."""
         self._handle.release(1, task_key())
@@ -242,16 +292,18 @@ class AsyncMutex(_AsyncPrimitive):
                           _args.check_deadlock(deadlock))
 
     async def __aenter__(self) -> Lease:
-        return await self._grant(1, None, 0, False)
+        lease = await self._grant(1, None, 0, False)
+        assert lease is not None     # no deadline: only a grant ends the wait
+        return lease
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.release()
 
 
 class _AsyncHold:
-    __slots__ = ("_prim", "_units", "_timeout", "_priority", "_deadlock")
+    __slots__ = ("_deadlock", "_prim", "_priority", "_timeout", "_units")
 
-    def __init__(self, prim: _AsyncPrimitive, units: int, timeout, priority: int,
+    def __init__(self, prim: _AsyncPrimitive, units: int, timeout: float | None, priority: int,
                  deadlock: bool) -> None:
         self._prim, self._units, self._timeout = prim, units, timeout
         self._priority, self._deadlock = priority, deadlock
@@ -263,7 +315,7 @@ class _AsyncHold:
             raise Timeout(p.name, self._units, self._timeout)
         return lease
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if isinstance(self._prim, AsyncMutex):
             self._prim.release()
         else:

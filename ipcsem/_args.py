@@ -30,19 +30,31 @@ def check_bool(what: str, value: object) -> bool:
     return value
 
 
-def check_timeout(timeout: object) -> float | None:
-    """A timeout in seconds: None or -1 (threading's "forever") mean no
-    timeout; otherwise a finite number >= 0."""
+def check_timeout(timeout: object, negative: str = "error") -> float | None:
+    """A timeout in seconds, or None (no timeout).  What a negative one means
+    follows the standard library class being stood in for: ``"now"``
+    (threading.Semaphore, multiprocessing: do not wait), ``"lock"``
+    (threading.Lock: -1 is forever, other negatives are errors), ``"error"``
+    (ipcsem's own calls: hold(), the async classes)."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if timeout == -1:
-        return None
-    if not 0 <= timeout < math.inf:
-        raise ValueError(f"timeout must be finite and >= 0 (or -1 or None: no timeout), "
-                         f"got {timeout}")
+    if timeout != timeout or timeout == math.inf:
+        raise ValueError(f"timeout must be finite, got {timeout}")
+    if timeout < 0:
+        if negative == "now":
+            return 0.0
+        if negative == "lock" and timeout == -1:
+            return None
+        raise ValueError(f"timeout must be >= 0{' (or -1: forever)' if negative == 'lock' else ''}"
+                         f", got {timeout}")
     return float(timeout)
+
+
+def check_units(units: object, capacity: int) -> int:
+    """A unit count: an int (never a bool) in 1..capacity."""
+    return check_int("units", units, 1, capacity)
 
 
 def check_deadlock(deadlock: object) -> bool:

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._records import Holder, Lease, Params, Stats, Waiter
 
@@ -39,7 +40,9 @@ DEFAULT_URL = "shm"
 ENV = "IPCSEM_BACKEND"
 
 
-class Pending(ABC):
+# An ABC with no abstract methods on purpose: an opaque token, each backend
+# has its own kind.
+class Pending(ABC):  # noqa: B024
     """A queued request of an event-loop caller (``Handle.enqueue``)."""
 
 
@@ -111,10 +114,12 @@ class Handle(ABC):
     def recover_if_due(self) -> None:
         """Recover dead holders if it is this process's turn (rate-limited
         across processes); event-loop waiters call it every slice."""
+        return None     # optional: a backend may have nothing to do
 
     def park(self, pending: Pending, parked: bool) -> None:
         """Tell deadlock detectors whether the waiter's event loop has
         nothing else to run (optional)."""
+        return None     # optional: a backend may have no detectors to tell
 
     # ----------------------------------------------------------- returning
     @abstractmethod
@@ -133,12 +138,13 @@ class Handle(ABC):
 
     # ----------------------------------------------------------- upkeep
     @abstractmethod
-    def recover(self) -> int:
-        """Return dead holders' units now; how many."""
+    def recover(self, timeout: float | None = None) -> int:
+        """Return dead holders' units now; how many.  Wedged if the backend's
+        lock is not had within ``timeout`` seconds (None: as long as it takes)."""
 
     @abstractmethod
-    def check(self) -> None:
-        """Verify the invariant; Corrupt if broken."""
+    def check(self, timeout: float | None = None) -> None:
+        """Verify the invariant; Corrupt if broken; Wedged as for recover."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -150,10 +156,17 @@ class Backend(ABC):
     url: str
 
     @abstractmethod
-    def open(self, name: str, params: Params | None) -> Handle:
+    def open(self, name: str, params: Params | None, **options: Any) -> Handle:
         """Open ``name``; with ``params``, create it if absent (and raise
         PolicyMismatch if it exists with other settings).  Without, NotFound
-        if absent."""
+        if absent.
+
+        ``options`` are backend-specific keywords the facade passes through;
+        a backend ignores none silently (TypeError for an unknown one).  The
+        one defined so far: ``on_lost=callable(lease, reason)``, called (on
+        a background thread) for each lease of the handle that a backend can
+        no longer prove valid (ZooKeeper session loss); ``shm`` accepts and
+        never calls it, since a lease there ends only with its process."""
 
     @abstractmethod
     def names(self) -> list[str]: ...

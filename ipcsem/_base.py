@@ -4,13 +4,17 @@ classes add their own way of waiting (threads: ``_semaphore``; event loops:
 ``_aio``)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import _args, _backend, _names
 from ._errors import IpcsemError, PolicyMismatch
 from ._records import Holder, Params, Stats, Waiter
 
 
-def make_params(capacity, initial, mode, max_holders, max_waiters, *, kind="semaphore",
-            slots=False, fair=True, reentrant=False, priority_inheritance=False) -> Params:
+def make_params(capacity: int, initial: int | None, mode: int, max_holders: int,
+                max_waiters: int, *, kind: str = "semaphore", slots: bool = False,
+                fair: bool = True, reentrant: bool = False,
+                priority_inheritance: bool = False) -> Params:
     _args.check_int("capacity", capacity, 1,
                     _args.MAX_SLOTTED_CAPACITY if slots else _args.MAX_CAPACITY)
     if initial is None:
@@ -23,7 +27,7 @@ def make_params(capacity, initial, mode, max_holders, max_waiters, *, kind="sema
                   max_holders, max_waiters)
 
 
-def group_id(group) -> int | None:
+def group_id(group: str | int | None) -> int | None:
     if group is None:
         return None
     if isinstance(group, str):
@@ -42,10 +46,18 @@ class Opened:
     ``_handle`` and ``_capacity`` (this mixin has none, so it combines with
     a C base type) and call ``_open`` from ``__init__``."""
 
-    __slots__ = ()
+    # The slots live in the subclasses (with slots of its own this mixin
+    # could not combine with the C base type).  Type checkers are shown no
+    # __slots__ here, so they accept the attributes set below.
+    if not TYPE_CHECKING:
+        __slots__ = ()
+    _name: str
+    _handle: _backend.Handle
+    _capacity: int
 
-    def _open(self, name: str, params: Params | None, backend: str | None, group,
-              policy: dict, options: dict) -> None:
+    def _open(self, name: str, params: Params | None, backend: str | None,
+              group: str | int | None, policy: dict[str, object],
+              options: dict[str, Any]) -> None:
         _names.validate(name)
         b = _backend.resolve(backend)
         gid = group_id(group)
@@ -98,13 +110,17 @@ class Opened:
     def stats(self) -> Stats:
         return self._handle.stats()
 
-    def recover(self) -> int:
-        """Return the units of dead holders now; the number of units recovered."""
-        return self._handle.recover()
+    def recover(self, timeout: float | None = 2.0) -> int:
+        """Return the units of dead holders now; the number of units
+        recovered.  Wedged if the ledger lock is not free within ``timeout``
+        seconds (its holder is stopped or hung; None: wait as long as it
+        takes)."""
+        return self._handle.recover(timeout)
 
-    def check(self) -> None:
-        """Verify the ledger invariant (see docs/design.md); raise Corrupt if broken."""
-        self._handle.check()
+    def check(self, timeout: float | None = 2.0) -> None:
+        """Verify the ledger invariant (see docs/design.md); raise Corrupt if
+        broken, Wedged as for recover()."""
+        self._handle.check(timeout)
 
     # -------------------------------------------------------------- lifetime
     def close(self) -> None:

@@ -36,6 +36,7 @@ one that started waiting last — raises DeadlockDetected, leaves the queue
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ._errors import DeadlockDetected, IpcsemError, NotFound
@@ -43,6 +44,11 @@ from ._identity import ME, native_tid
 from ._records import Deadlock
 
 Ident = tuple[int, int]      # (pid, start)
+# a deadlock's chosen victim: (since, pid, tid, owner, name)
+Victim = tuple[float, int, int, int, str]
+ThreadsOf = Callable[[int], "set[int] | None"]      # pid -> its threads' ids (None: gone)
+Alive = Callable[[Ident], bool]
+Stuck = list[tuple["SemState", "Queued"]]
 
 INTERNAL_THREAD_PREFIX = "ipcsem-"
 
@@ -66,6 +72,7 @@ class SemState:
     holdings: dict[Ident, int]
     queue: list[Queued]          # WAITING entries, serving order
     granted_tids: set[tuple[int, int]] = field(default_factory=set)   # (pid, tid) about to run
+    unowned: int = 0             # out without an owner: anyone's unowned post returns them
 
 
 def _read_states(names: list[str] | None) -> list[SemState]:
@@ -74,13 +81,14 @@ def _read_states(names: list[str] | None) -> list[SemState]:
     from ._shm.segment import read_view
 
     states = []
-    for name in (names if names is not None else _names.names()):
+    for name in sorted(names if names is not None else _names.names()):
         try:
             snap = read_view(name).snapshot
         except (IpcsemError, OSError):
             continue       # gone, unreadable, corrupt: not part of any graph we can see
         holdings = {(h.pid, h.start): h.units for h in snap.holders if h.units > 0}
-        queue, granted = [], set()
+        queue: list[Queued] = []
+        granted: set[tuple[int, int]] = set()
         for w in snap.waiters:
             if w.state == _ledger.WAITING:
                 queue.append(Queued((w.pid, w.start), w.tid, w.units, w.since_ns / 1e9,
@@ -89,7 +97,8 @@ def _read_states(names: list[str] | None) -> list[SemState]:
                                     bool(w.flags & _ledger.WF_PARKED)))
             else:
                 granted.add((w.pid, w.tid))
-        states.append(SemState(name, snap.header.available, holdings, queue, granted))
+        states.append(SemState(name, snap.header.available, holdings, queue, granted,
+                               snap.header.unowned))
     return states
 
 
@@ -111,23 +120,27 @@ def _threads(pid: int) -> set[int] | None:
     return out
 
 
-def reduce(states: list[SemState], threads_of=_threads, alive=None):
-    """Holt's reduction (module docstring) -> [(Deadlock, victim)], victim
-    being (since, pid, tid, name) of the participant that asked
-    ``deadlock="raise"`` and started waiting last, or None."""
-    from . import _identity
-
-    alive = alive or (lambda ident: not _identity.is_dead(*ident))
+def _stuck(states: list[SemState], threads_of: ThreadsOf, alive: Alive,
+           withdrawn: Queued | None = None) -> tuple[Stuck, set[Ident], dict[str, int]]:
+    """The reduction itself: (entries that can never be granted, the
+    processes that are not live, free units per semaphore at the end).
+    ``withdrawn``: pretend that entry left and its process is live (what a
+    victim's DeadlockDetected does)."""
     idents: set[Ident] = set()
-    parked: dict[Ident, set[int]] = {}          # sync waiting threads per process
+    parked: dict[Ident, set[int]] = {}          # waiting threads per process
     for s in states:
         idents.update(s.holdings)
         for q in s.queue:
+            if q is withdrawn:
+                continue
             idents.add(q.ident)
             if not q.is_async or q.parked:
                 parked.setdefault(q.ident, set()).add(q.tid)
     live: set[Ident] = set()
     for ident in idents:
+        if withdrawn is not None and ident == withdrawn.ident:
+            live.add(ident)                      # the victim's code releases what it holds
+            continue
         if not alive(ident):
             live.add(ident)                      # dead: recovery frees its units
             continue
@@ -135,7 +148,12 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
         if threads is None or not threads <= parked.get(ident, set()) or \
                 any((ident[0], t) in s.granted_tids for s in states for t in threads):
             live.add(ident)
-    free = {s.name: s.available for s in states}
+    # Unowned units (initial < capacity, disown) belong to nobody: any live
+    # process may post them back, so a wait for them is not a deadlock.
+    free = {s.name: s.available + s.unowned for s in states}
+    for ident in live:                           # the live give back what they hold
+        for s in states:
+            free[s.name] += s.holdings.get(ident, 0)
 
     def make_live(ident: Ident) -> None:
         if ident in live:
@@ -144,16 +162,13 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
         for s in states:
             free[s.name] += s.holdings.get(ident, 0)
 
-    for ident in list(live):                     # the initially live give back too
-        for s in states:
-            free[s.name] += s.holdings.get(ident, 0)
     granted: set[int] = set()                    # id() of Queued entries simulated as granted
     changed = True
     while changed:
         changed = False
         for s in states:
             for q in s.queue:
-                if id(q) in granted:
+                if q is withdrawn or id(q) in granted:
                     continue
                 if q.units <= free[s.name]:
                     granted.add(id(q))           # granted, runs, gives everything back
@@ -161,14 +176,31 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
                     changed = True
                     continue
                 break                            # strict FIFO: nothing behind it goes first
-    stuck = [(s, q) for s in states for q in s.queue if id(q) not in granted]
+    stuck = [(s, q) for s in states for q in s.queue
+             if q is not withdrawn and id(q) not in granted]
+    return stuck, live, free
+
+
+def reduce(states: list[SemState], threads_of: ThreadsOf = _threads,
+           alive: Alive | None = None) -> list[tuple[Deadlock, Victim | None]]:
+    """Holt's reduction (module docstring) -> [(Deadlock, victim)], victim
+    being (since, pid, tid, owner, name) of the participant that should give
+    up: of those that asked ``deadlock="raise"``, the one that started
+    waiting last *whose withdrawal lets every other member go on* (a
+    bystander queued behind the deadlock is never chosen while a member
+    whose leaving resolves it asked), else the one that started waiting
+    last; None if nobody asked."""
+    from . import _identity
+
+    alive = alive or (lambda ident: not _identity.is_dead(*ident))
+    stuck, live, free = _stuck(states, threads_of, alive)
     participants = {q.ident for _s, q in stuck if q.ident not in live}
     if not participants:
         return []
     # Group participants: P waits on S, Q holds S (both participants) -> linked.
     parent = {p: p for p in participants}
 
-    def find(p):
+    def find(p: Ident) -> Ident:
         while parent[p] != p:
             parent[p] = parent[parent[p]]
             p = parent[p]
@@ -183,7 +215,7 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
     groups: dict[Ident, set[Ident]] = {}
     for p in participants:
         groups.setdefault(find(p), set()).add(p)
-    out = []
+    out: list[tuple[Deadlock, Victim | None]] = []
     for members in groups.values():
         sems = sorted({s.name for s, q in stuck if q.ident in members}
                       | {s.name for s in states for h in s.holdings if h in members})
@@ -192,18 +224,25 @@ def reduce(states: list[SemState], threads_of=_threads, alive=None):
             for h, units in sorted(s.holdings.items()):
                 if h in members:
                     edges.append(f"pid {h[0]} holds {units} of {s.name!r}")
-        victims = []
+        candidates: list[tuple[Victim, Queued]] = []
         for s, q in stuck:
             if q.ident in members:
                 edges.append(f"pid {q.ident[0]} (thread {q.tid}) waits for {q.units} of "
                              f"{s.name!r} ({free[s.name]} could be free)")
                 if q.raise_:
-                    victims.append((q.since, q.ident[0], q.tid, q.owner, s.name))
+                    candidates.append(((q.since, q.ident[0], q.tid, q.owner, s.name), q))
         pids = tuple(sorted(m[0] for m in members))
         desc = (f"{len(members)} process(es) {', '.join(map(str, pids))} wait for each other on "
                 f"{', '.join(repr(n) for n in sems)}: " + "; ".join(edges))
         dl = Deadlock(pids, tuple(sems), desc, tuple(edges))
-        victim = max(victims) if victims else None
+        victim: Victim | None = None
+        for key, q in sorted(candidates, key=lambda kq: kq[0], reverse=True):
+            after, live_after, _free = _stuck(states, threads_of, alive, withdrawn=q)
+            if not any(x.ident in members and x.ident not in live_after for _s, x in after):
+                victim = key
+                break
+        if victim is None and candidates:
+            victim = max(k for k, _q in candidates)
         out.append((dl, victim))
     return sorted(out, key=lambda dv: dv[0].processes)
 

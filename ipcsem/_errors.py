@@ -10,10 +10,11 @@ may cross a process boundary in a pool.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
-def _rebuild(cls: type, facts: dict[str, Any]) -> IpcsemError:
+def _rebuild(cls: type[IpcsemError], facts: dict[str, Any]) -> IpcsemError:
     err = cls.__new__(cls)
     Exception.__init__(err)
     err.__dict__.update(facts)
@@ -32,7 +33,9 @@ class IpcsemError(Exception):
     def __str__(self) -> str:
         return self.detail or f"ipcsem error on {self.name!r}"
 
-    def __reduce__(self):  # keep every fact across pickling
+    def __reduce__(self) -> tuple[Callable[..., IpcsemError],
+                                  tuple[type[IpcsemError], dict[str, Any]]]:
+        # keep every fact across pickling
         return (_rebuild, (type(self), dict(self.__dict__)))
 
     def with_name(self, name: str) -> IpcsemError:
@@ -170,8 +173,11 @@ class Closed(IpcsemError, ValueError):
 
 
 class NotOwner(IpcsemError, RuntimeError):
-    """A mutex was released (or re-acquired) by someone who may not:
-    another thread, task or process than its owner."""
+    """A mutex was released by someone who may not: another thread, task or
+    process than its owner."""
+
+    def __str__(self) -> str:
+        return self.detail or f"not the owner of mutex {self.name!r}"
 
 
 class DeadlockDetected(IpcsemError):
@@ -183,7 +189,8 @@ class DeadlockDetected(IpcsemError):
         self.deadlock = deadlock
 
     def __str__(self) -> str:
-        return f"deadlock while waiting for {self.name!r}: {getattr(self.deadlock, 'description', self.deadlock)}"
+        what = getattr(self.deadlock, "description", self.deadlock)
+        return f"deadlock while waiting for {self.name!r}: {what}"
 
 
 class LeaseLost(IpcsemError):
@@ -204,15 +211,16 @@ class Wedged(IpcsemError, TimeoutError):
     as the ledger says).  Tools report the semaphore and go on with others."""
 
     def __init__(self, holder_pid: int | None = None, *, name: str | None = None,
-                 waited: float | None = None) -> None:
+                 waited: float | None = None, what: str = "ledger lock") -> None:
         super().__init__(name=name)
         self.holder_pid = holder_pid or None
         self.waited = waited
+        self.what = what
 
     def __str__(self) -> str:
         who = f" by pid {self.holder_pid}" if self.holder_pid else ""
         waited = f" within {self.waited:g} s" if self.waited is not None else " in time"
-        return (f"the ledger lock of {self.name!r} is held{who} (stopped or hung?) and was not "
+        return (f"the {self.what} of {self.name!r} is held{who} (stopped or hung?) and was not "
                 f"free{waited}")
 
 
@@ -225,7 +233,8 @@ class Unavailable(IpcsemError, ConnectionError):
         self.url = url
 
     def __str__(self) -> str:
-        return f"{self.url or 'backend'} unavailable: {self.reason}"
+        of = f" (semaphore {self.name!r})" if self.name else ""
+        return f"{self.url or 'backend'} unavailable{of}: {self.reason}"
 
 
 __all__ = [

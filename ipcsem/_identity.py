@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 from . import _proc
 
@@ -89,7 +90,7 @@ class _Me:
     start: int = 0
 
     def __init__(self) -> None:
-        self._listeners: list = []
+        self._listeners: list[Callable[[int], object]] = []
 
     def refresh(self) -> None:
         pid = os.getpid()
@@ -99,7 +100,7 @@ class _Me:
         for listener in self._listeners:
             listener(pid)
 
-    def on_change(self, listener) -> None:
+    def on_change(self, listener: Callable[[int], object]) -> None:
         """Call ``listener(pid)`` now and after every fork (in the child)."""
         self._listeners.append(listener)
         listener(self.pid)
@@ -116,10 +117,17 @@ def native_tid() -> int:
     """The calling thread's native id, cached per thread (gettid() is a
     system call; a forked child's thread gets its own, new id)."""
     try:
-        return _tls.tid
+        tid: int = _tls.tid
+        return tid
     except AttributeError:
         tid = _tls.tid = threading.get_native_id()
         return tid
 
 
-os.register_at_fork(after_in_child=lambda: _tls.__dict__.clear())
+def _forget_tid() -> None:
+    # In the child, after fork: the forking thread's own dict (looked up
+    # now, not when this module was imported by some other thread).
+    _tls.__dict__.clear()
+
+
+os.register_at_fork(after_in_child=_forget_tid)

@@ -36,12 +36,17 @@ def shm_path(name: str) -> str:
     return f"{SHM_DIR}/{PREFIX}{name}"
 
 
-def names() -> list[str]:
+def listing() -> list[str]:
     """Every shared-memory semaphore name on this machine (that /dev/shm
-    shows us): files named ipcsem.NAME with a valid NAME."""
+    shows us): files named ipcsem.NAME with a valid NAME.  OSError if
+    /dev/shm cannot be listed."""
+    return sorted(f[len(PREFIX):] for f in os.listdir(SHM_DIR)
+                  if f.startswith(PREFIX) and is_valid(f[len(PREFIX):]))
+
+
+def names() -> list[str]:
+    """``listing()``, or [] when /dev/shm cannot be listed."""
     try:
-        files = os.listdir(SHM_DIR)
+        return listing()
     except OSError:
         return []
-    return sorted(f[len(PREFIX):] for f in files
-                  if f.startswith(PREFIX) and is_valid(f[len(PREFIX):]))

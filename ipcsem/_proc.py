@@ -13,11 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 HAVE_PROC = os.path.exists("/proc/self/stat")
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,39 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> bool:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+        rc: int = libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        return rc == 0
     except (OSError, AttributeError):
         return False
+
+
+def start_named_thread(name: str, target: Callable[[], None]) -> threading.Thread:
+    """Start a daemon thread whose kernel name (/proc/PID/task/TID/comm,
+    what deadlock detection and ``ps -L`` see) is ``name``, and return once
+    it is named: a detector looking right after sees ipcsem's thread, not
+    a thread of the program.  prctl is resolved here, by the caller: the
+    new thread imports nothing (after a privilege drop it may not be able
+    to read the interpreter's files)."""
+    prctl: Callable[..., int] | None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None).prctl
+    except (ImportError, OSError, AttributeError):
+        prctl = None
+    named = threading.Event()
+    raw = name.encode()[:15]
+
+    def run() -> None:
+        if prctl is not None:
+            prctl(PR_SET_NAME, raw, 0, 0, 0)
+        named.set()
+        target()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    named.wait(5.0)
+    return thread
 
 
 def pdeathsig_preexec(sig: int = signal.SIGKILL, parent: int | None = None,
@@ -148,13 +181,13 @@ def package_env(env: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if env is None else env)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if here not in paths:
-        env["PYTHONPATH"] = os.pathsep.join([here] + paths)
+        env["PYTHONPATH"] = os.pathsep.join([here, *paths])
     return env
 
 
-def launch_supervisor(names: list[str] | tuple[str, ...] = (), *, extra: list[str] = (),
+def launch_supervisor(names: Sequence[str] = (), *, extra: Sequence[str] = (),
                       die_with_parent: bool = True, new_session: bool = False,
-                      **popen) -> subprocess.Popen:
+                      **popen: Any) -> subprocess.Popen[Any]:
     """Start ``python -m ipcsem supervise [NAME...]`` as a child process (the
     storm, the tests, the benchmarks all start it this way).  It dies with
     us unless ``die_with_parent`` is False."""
@@ -184,3 +217,47 @@ def locks_on(path: str) -> list[int]:
     except (OSError, ValueError):
         pass
     return pids
+
+
+def become(uid: int) -> None:
+    """Drop to ``uid`` for good (in a forked child): supplementary groups,
+    then gid, then uid, in that order; PermissionError if root could be
+    regained.  Import what the child needs *before* calling this: files
+    under a private home (an interpreter installed in /root) are not
+    readable afterwards."""
+    import pwd
+
+    try:
+        pw = pwd.getpwuid(uid)
+        gid, groups = pw.pw_gid, os.getgrouplist(pw.pw_name, pw.pw_gid)
+    except KeyError:
+        gid, groups = uid, [uid]    # a uid without a passwd entry: its own group only
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.geteuid() != uid or (uid != 0 and can_regain_root()):
+        raise PermissionError(f"could not drop privileges to uid {uid}")
+
+
+def can_regain_root() -> bool:
+    try:
+        os.setresuid(0, 0, 0)
+    except PermissionError:
+        return False
+    return True
+
+
+def keep_only_fds(*keep: int) -> None:
+    """Close every descriptor but ``keep`` and point 0-2 at /dev/null (a
+    child that must not inherit its parent's pipes and journal streams)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd not in keep:
+            os.dup2(null, fd)
+    os.close(null)
+    top = 3
+    for fd in sorted(set(keep) | {2}):
+        if fd >= top:
+            os.closerange(top, fd)
+            top = fd + 1
+    os.closerange(top, 1 << 20)

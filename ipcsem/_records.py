@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 KINDS = ("semaphore", "mutex")
 
@@ -86,7 +87,9 @@ class Stats:
     priority_inheritance: bool = False
 
 
-class Lease(ABC):
+# An ABC with no abstract methods on purpose: backends register their lease
+# types as virtual subclasses (the shm one is a C type).
+class Lease(ABC):  # noqa: B024
     """What a grant gave you: ``with sem as lease`` / ``with sem.hold(2) as lease``.
 
     A read-only record with these attributes:
@@ -115,12 +118,21 @@ class Lease(ABC):
     """
 
     __slots__ = ()
-    units: int
-    slots: tuple[int, ...]
-    token: int
-    previous_owner_died: bool
-    valid: bool
-    deadline: float | None
+    if TYPE_CHECKING:
+        # Read-only for callers (a backend's type may make them anything
+        # readable: the shm Grant's are C members).
+        @property
+        def units(self) -> int: ...
+        @property
+        def slots(self) -> tuple[int, ...]: ...
+        @property
+        def token(self) -> int: ...
+        @property
+        def previous_owner_died(self) -> bool: ...
+        @property
+        def valid(self) -> bool: ...
+        @property
+        def deadline(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -135,4 +147,4 @@ class Deadlock:
     edges: tuple[str, ...] = field(default=(), compare=False)   # one line per hold/wait
 
 
-__all__ = ["Deadlock", "Holder", "KINDS", "Lease", "Params", "Stats", "Waiter"]
+__all__ = ["KINDS", "Deadlock", "Holder", "Lease", "Params", "Stats", "Waiter"]

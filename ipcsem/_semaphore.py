@@ -7,17 +7,19 @@ that decides who holds what to the backend (``ipcsem._backend``).
 from __future__ import annotations
 
 import time
-from typing import Callable, final
+from collections.abc import Callable
+from typing import Any, final
 
-from . import _args, _backend, _names
-from ._base import Opened, group_id, make_params
-from ._errors import Timeout
-from ._identity import native_tid
-from ._records import Lease, Params
+from . import _args
+from ._base import Opened, make_params
+from ._errors import DeadlockDetected, Timeout
+from ._identity import ME, native_tid
+from ._records import Deadlock, Lease, Params
 from ._shm import _ledger
 
 
-def _positional(args: tuple, units, blocking, timeout):
+def _positional(args: tuple[Any, ...], units: int | None, blocking: bool | None,
+                timeout: float | None) -> tuple[int | None, bool | None, float | None]:
     """acquire()'s positional forms: ``(blocking[, timeout])`` as in threading,
     ``(units[, blocking or timeout])`` as in ipcsem.  A bool is never a unit
     count; an int (not a bool) first is one."""
@@ -47,6 +49,15 @@ def _positional(args: tuple, units, blocking, timeout):
     return units, blocking, timeout
 
 
+def _self_deadlock(e: DeadlockDetected, name: str, tid: int) -> DeadlockDetected:
+    """A non-reentrant mutex asked for by its own owner: a deadlock of one
+    thread, described as any other."""
+    if isinstance(e.deadlock, Deadlock):
+        return e
+    desc = f"thread {tid} of pid {ME.pid} owns {name!r} and asked for it again: {e.deadlock}"
+    return DeadlockDetected(Deadlock((ME.pid,), (name,), desc, (desc,)), name=name)
+
+
 def _deadlock_probe(name: str) -> Callable[[], None]:
     """The check a ``deadlock="raise"`` waiter runs every slice."""
     from . import _deadlock
@@ -63,10 +74,11 @@ class _Primitive(Opened, _ledger.Primitive):
     the shared-memory backend without running any Python, and otherwise calls
     the ``_*_slow`` methods here, which are the implementation."""
 
-    __slots__ = ("_name", "_handle", "_capacity", "__weakref__")
+    __slots__ = ("__weakref__", "_capacity", "_handle", "_name")
 
-    def __init__(self, name: str, params: Params | None, backend: str | None, group,
-                 policy: dict, options: dict) -> None:
+    def __init__(self, name: str, params: Params | None, backend: str | None,
+                 group: str | int | None, policy: dict[str, object],
+                 options: dict[str, Any]) -> None:
         self._open(name, params, backend, group, policy, options)
         fast = getattr(self._handle, "fast_ledger", None)
         if fast is not None and not self._handle.params.priority_inheritance:
@@ -86,7 +98,10 @@ class _Primitive(Opened, _ledger.Primitive):
         tid = native_tid()
         owner = tid if owner is None else owner
         h = self._handle
-        g = h.take(units, priority, owner, tid)
+        try:
+            g = h.take(units, priority, owner, tid)
+        except DeadlockDetected as e:
+            raise _self_deadlock(e, self._name, tid) from None
         if g is not None or not wait or timeout == 0:
             return g
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -117,7 +132,7 @@ class Semaphore(_Primitive):
     def __init__(self, name: str, capacity: int | None = None, *, initial: int | None = None,
                  mode: int = 0o600, group: str | int | None = None, slots: bool | None = None,
                  fair: bool | None = None, max_holders: int = 1024, max_waiters: int = 1024,
-                 backend: str | None = None, **options) -> None:
+                 backend: str | None = None, **options: Any) -> None:
         if slots is not None:
             _args.check_bool("slots", slots)
         if fair is not None:
@@ -133,7 +148,7 @@ class Semaphore(_Primitive):
                                                         "kind": "semaphore"}, options)
 
     # --------------------------------------------------------------- acquire
-    def _acquire_slow(self, *args, units: int | None = None, blocking: bool | None = None,
+    def _acquire_slow(self, *args: Any, units: int | None = None, blocking: bool | None = None,
                       block: bool | None = None, timeout: float | None = None,
                       priority: int = 0, deadlock: str = "wait") -> bool:
         """Take ``units`` units (default 1), all or none; True when taken.
@@ -155,7 +170,8 @@ class Semaphore(_Primitive):
         return self._grant_from_args(blocking, timeout, units, block, priority,
                                      deadlock) is not None
 
-    def _grant_from_args(self, blocking, timeout, units, block, priority, deadlock):
+    def _grant_from_args(self, blocking: bool | None, timeout: float | None, units: int | None,
+                         block: bool | None, priority: int, deadlock: str) -> Lease | None:
         if block is not None:
             if block.__class__ is not bool:
                 raise TypeError(f"block must be True or False, not {block!r}")
@@ -172,9 +188,10 @@ class Semaphore(_Primitive):
             units = 1
         elif units.__class__ is not int:
             raise TypeError(f"units must be an int, not {type(units).__name__}")
-        t = _args.check_timeout(timeout)
-        if not blocking and t is not None:
+        if not blocking and timeout is not None:
             raise ValueError("can't specify a timeout for a non-blocking acquire")
+        # threading.Semaphore and multiprocessing do not wait for a negative timeout
+        t = _args.check_timeout(timeout, "now")
         if priority:
             _args.check_priority(priority)
         raise_dl = _args.check_deadlock(deadlock) if deadlock != "wait" else False
@@ -184,6 +201,7 @@ class Semaphore(_Primitive):
         """Take ``units`` now if that overtakes nobody; never blocks.  A dead
         holder's units are recovered first when that would change the answer
         (at most twice a second per semaphore)."""
+        _args.check_units(units, self._capacity)
         return self._grant(units, False, None, 0, False) is not None
 
     # --------------------------------------------------------------- release
@@ -195,6 +213,7 @@ class Semaphore(_Primitive):
         unit numbers of this thread's latest grant go first."""
         if n is not None:
             units = n
+        _args.check_units(units, self._capacity)
         self._handle.release(units, native_tid())
 
     def disown(self, units: int = 1) -> None:
@@ -203,13 +222,16 @@ class Semaphore(_Primitive):
         (a consumer's item, a producer's filled slot).  An unowned post by
         anyone (``release`` beyond what it owns) returns them later.  On a
         slotted semaphore their unit numbers stay taken, owned by nobody."""
+        _args.check_units(units, self._capacity)
         self._handle.disown(units)
 
     # ------------------------------------------------------ context managers
     def _enter_slow(self) -> Lease:
-        return self._grant(1, True, None, 0, False)
+        lease = self._grant(1, True, None, 0, False)
+        assert lease is not None     # no deadline: only a grant ends the wait
+        return lease
 
-    def _exit_slow(self, *exc) -> None:
+    def _exit_slow(self, *exc: object) -> None:
         self._handle.release(1, native_tid())
 
     def hold(self, units: int = 1, *, timeout: float | None = None, priority: int = 0,
@@ -221,7 +243,8 @@ class Semaphore(_Primitive):
         _args.check_priority(priority)
         return _ledger.Hold(self, units, t, priority, _args.check_deadlock(deadlock))
 
-    def _hold_enter(self, units: int, timeout, priority: int, deadlock: bool) -> Lease:
+    def _hold_enter(self, units: int, timeout: float | None, priority: int,
+                    deadlock: bool) -> Lease:
         lease = self._grant(units, True, timeout, priority, deadlock)
         if lease is None:
             raise Timeout(self._name, units, timeout)
@@ -250,7 +273,7 @@ class Mutex(_Primitive):
                  priority_inheritance: bool | None = None, mode: int = 0o600,
                  group: str | int | None = None, max_holders: int = 1024,
                  max_waiters: int = 1024, create: bool = True, backend: str | None = None,
-                 **options) -> None:
+                 **options: Any) -> None:
         if reentrant is not None:
             _args.check_bool("reentrant", reentrant)
         if priority_inheritance is not None:
@@ -269,9 +292,9 @@ class Mutex(_Primitive):
         non-blocking attempt finds it taken."""
         if blocking.__class__ is not bool:
             raise TypeError(f"blocking must be True or False, not {blocking!r}")
-        t = _args.check_timeout(timeout)
-        if not blocking and t is not None:
+        if not blocking and timeout is not None and timeout != -1:
             raise ValueError("can't specify a timeout for a non-blocking acquire")
+        t = _args.check_timeout(timeout, "lock")     # threading.Lock: -1 is forever
         _args.check_priority(priority)
         return self._grant(1, blocking, t, priority, _args.check_deadlock(deadlock)) is not None
 
@@ -289,9 +312,11 @@ class Mutex(_Primitive):
         return self._handle.available == 0
 
     def _enter_slow(self) -> Lease:
-        return self._grant(1, True, None, 0, False)
+        lease = self._grant(1, True, None, 0, False)
+        assert lease is not None     # no deadline: only a grant ends the wait
+        return lease
 
-    def _exit_slow(self, *exc) -> None:
+    def _exit_slow(self, *exc: object) -> None:
         self._handle.release(1, native_tid())
 
     def hold(self, *, timeout: float | None = None, priority: int = 0,
@@ -300,7 +325,8 @@ class Mutex(_Primitive):
         return _ledger.Hold(self, 1, _args.check_timeout(timeout), _args.check_priority(priority),
                             _args.check_deadlock(deadlock))
 
-    def _hold_enter(self, units: int, timeout, priority: int, deadlock: bool) -> Lease:
+    def _hold_enter(self, units: int, timeout: float | None, priority: int,
+                    deadlock: bool) -> Lease:
         lease = self._grant(1, True, timeout, priority, deadlock)
         if lease is None:
             raise Timeout(self._name, 1, timeout)

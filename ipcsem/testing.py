@@ -55,6 +55,18 @@ Asserting:
 ``held_by(sem)``, ``queued_pids(sem)``
     ``{pid: units}`` of the holders and the waiters' pids in serving order.
 
+asyncio (see docs/asyncio.md):
+
+``await wait_for_waiters(sem, n)``, ``await wait_until_async(predicate)``
+    poll without blocking the event loop.
+``watch_loop_gaps(tick=0.001)``, ``run_checked(coro, max_gap=)``, ``ipcsem_loop``
+    a ticker task that proves the loop was never held (run-queue delay
+    reported apart); a fresh loop (asyncio or uvloop) under it.
+``resources(pid=None)``
+    a process's threads (by name) and open descriptors.
+``AsyncAgent(loop="asyncio")``, ``aio_agent_factory``
+    a separate process whose event loop's tasks a test drives by name.
+
 Every helper that starts a process takes ``backend=`` (a backend URL, as
 ``ipcsem.Semaphore(..., backend=)``; default ``$IPCSEM_BACKEND``, else the
 shared-memory backend).  Only the fixtures need pytest; the rest imports and
@@ -911,7 +923,8 @@ if __name__ != "__main__":
 USAGE = ("usage: python -m ipcsem.testing hold NAME UNITS [--capacity N] [--timeout S] "
          "[--backend URL]\n"
          "       python -m ipcsem.testing take NAME UNITS [--timeout S] [--backend URL]\n"
-         "       python -m ipcsem.testing agent [--backend URL]")
+         "       python -m ipcsem.testing agent [--backend URL]\n"
+         "       python -m ipcsem.testing aio-agent [--loop asyncio|uvloop] [--backend URL]")
 
 
 def _argparser(prog: str, description: str):
@@ -1267,8 +1280,770 @@ def agent_main(argv: list[str]) -> int:
     return 0
 
 
+# ================================================================ asyncio
+# What async users need to test their own code (docs/asyncio.md):
+#
+# ``await wait_for_waiters(sem, n)``, ``await wait_until_async(pred)``
+#     poll a semaphore (sync or async class) without blocking the loop.
+# ``async with watch_loop_gaps() as gaps``
+#     a 1 ms ticker task: ``gaps.check(0.010)`` fails if the loop was held
+#     longer (the kernel's run-queue delay is reported apart: on a loaded
+#     machine a descheduled thread is not a blocked loop).
+# ``run_checked(coro, max_gap=...)``, the ``ipcsem_loop`` fixture
+#     run a coroutine on a fresh loop (asyncio or uvloop) under that ticker.
+# ``resources(pid=None)``
+#     the threads (by name) and file descriptors of a process.
+# ``AsyncAgent``, the ``aio_agent_factory`` fixture
+#     a separate process whose *event loop* is driven task by task.
+
+import asyncio as _asyncio          # noqa: E402 - the async section of the kit
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a process uses (``resources()``): its threads' names (as
+    ``/proc/PID/task/*/comm`` says) and how many descriptors it has open."""
+
+    threads: tuple[str, ...]
+    fds: int
+
+    @property
+    def ipcsem_threads(self) -> tuple[str, ...]:
+        """The threads ipcsem started (named ``ipcsem-*``)."""
+        return tuple(t for t in self.threads if t.startswith("ipcsem-"))
+
+
+def resources(pid: int | None = None) -> Resources:
+    """The threads and open file descriptors of ``pid`` (default: this
+    process), counted from ``/proc``.  ProcessLookupError if it is gone."""
+    base = "/proc/self" if pid is None else f"/proc/{pid}"
+    try:
+        tids = os.listdir(f"{base}/task")
+        fds = os.listdir(f"{base}/fd")
+    except FileNotFoundError:
+        raise ProcessLookupError(f"no process {pid}") from None
+    names = []
+    for t in sorted(tids, key=int):
+        try:
+            with open(f"{base}/task/{t}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            continue               # the thread ended meanwhile
+    # listdir of /proc/self/fd holds one descriptor of its own while it runs
+    return Resources(tuple(names), len(fds) - (1 if pid is None else 0))
+
+
+async def wait_until_async(predicate, timeout: float = 5.0, *, interval: float = 0.002,
+                           what: str | None = None):
+    """``wait_until`` for coroutines: call ``predicate()`` (a plain call, or
+    one returning an awaitable) every ``interval`` seconds, sleeping on the
+    loop in between, until it gives something true, and return that.
+    AssertionError after ``timeout`` seconds, naming ``what``."""
+    loop = _asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = predicate()
+        if _asyncio.iscoroutine(value) or isinstance(value, _asyncio.Future):
+            value = await value
+        if value:
+            return value
+        if loop.time() >= end:
+            raise AssertionError(f"timed out after {timeout} s waiting for "
+                                 f"{what or getattr(predicate, '__name__', 'a condition')}")
+        await _asyncio.sleep(interval)
+
+
+async def wait_for_waiters(sem, n: int, timeout: float = 5.0, *, pid: int | None = None,
+                           interval: float = 0.002) -> list:
+    """Wait, without blocking the loop, until ``sem.waiters()`` shows exactly
+    ``n`` queued requests (of ``pid`` only, if given), and return them in
+    serving order.  For tests that must know a task is *queued* before
+    they release, cancel or kill something.  AssertionError on timeout,
+    saying how many there were."""
+    seen: list = []
+
+    def queued():
+        nonlocal seen
+        seen = [w for w in sem.waiters() if pid is None or w.pid == pid]
+        return len(seen) == n
+
+    try:
+        await wait_until_async(queued, timeout, interval=interval)
+    except AssertionError:
+        raise AssertionError(f"{sem.name!r}: expected {n} waiter(s)"
+                             f"{'' if pid is None else f' of pid {pid}'} within {timeout} s, "
+                             f"saw {len(seen)}. {_describe_ledger(sem)}") from None
+    return seen
+
+
+def _runqueue_ns() -> int | None:
+    """Nanoseconds this thread has spent runnable but not running (the
+    kernel's schedstat), or None where the kernel does not say."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class LoopGaps:
+    """What a ticker task saw (``watch_loop_gaps``): the gap between each
+    of its ticks, and how much of each gap the kernel kept the loop's
+    thread runnable but off a CPU (run-queue delay: the machine was busy,
+    not the loop).  Seconds throughout."""
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+        self.samples: list[float] = []      # wall time between ticks
+        self.queued: list[float] = []       # run-queue delay within each gap (0 if unknown)
+        self.schedstat = _runqueue_ns() is not None
+
+    @property
+    def max(self) -> float:
+        return max(self.samples, default=0.0)
+
+    @property
+    def blocked(self) -> list[float]:
+        """Each gap less its run-queue delay: the time the loop's thread was
+        running something else, or sleeping, instead of the loop (a call
+        that blocks, a lock, the GIL held by another thread)."""
+        return [max(g - q, 0.0) for g, q in zip(self.samples, self.queued)]
+
+    @property
+    def max_blocked(self) -> float:
+        return max(self.blocked, default=0.0)
+
+    def quantile(self, q: float) -> float:
+        if not self.samples:
+            return 0.0
+        s = sorted(self.samples)
+        return s[min(int(q * len(s)), len(s) - 1)]
+
+    def reset(self) -> None:
+        """Forget what was seen so far (e.g. a set-up phase)."""
+        self.samples.clear()
+        self.queued.clear()
+
+    def over(self, limit: float) -> list[tuple[float, float]]:
+        """(gap, run-queue delay) of every gap above ``limit``."""
+        return [(g, q) for g, q in zip(self.samples, self.queued) if g > limit]
+
+    def summary(self) -> str:
+        ms = 1e3
+        worst = sorted(self.over(0.0), reverse=True)[:5]
+        return (f"{len(self.samples)} ticks of {self.tick * ms:g} ms: p50 "
+                f"{self.quantile(0.5) * ms:.2f} ms, p99 {self.quantile(0.99) * ms:.2f} ms, "
+                f"p99.9 {self.quantile(0.999) * ms:.2f} ms, max {self.max * ms:.2f} ms "
+                f"(max less run-queue delay {self.max_blocked * ms:.2f} ms"
+                f"{'' if self.schedstat else ': no schedstat here'}); worst (gap, queued): "
+                + ", ".join(f"({g * ms:.1f}, {q * ms:.1f})" for g, q in worst))
+
+    def check(self, limit: float, *, allow_runqueue: bool = False) -> None:
+        """AssertionError (with the distribution) if a gap exceeded
+        ``limit`` seconds.  ``allow_runqueue=True`` forgives the part of a
+        gap the kernel says the thread spent waiting for a CPU (use it on a
+        loaded machine: it still fails whenever the loop itself was held)."""
+        worst = self.max_blocked if allow_runqueue else self.max
+        if worst > limit:
+            raise AssertionError(f"the event loop was held {worst * 1e3:.2f} ms > "
+                                 f"{limit * 1e3:g} ms: {self.summary()}")
+
+    def to_dict(self) -> dict:
+        return {"ticks": len(self.samples), "p50_ms": self.quantile(0.5) * 1e3,
+                "p99_ms": self.quantile(0.99) * 1e3, "max_ms": self.max * 1e3,
+                "max_blocked_ms": self.max_blocked * 1e3,
+                "over_10ms": [(g * 1e3, q * 1e3) for g, q in self.over(0.010)]}
+
+
+class _Ticker:
+    def __init__(self, tick: float) -> None:
+        self.gaps = LoopGaps(tick)
+        self._task: _asyncio.Task | None = None
+        self._paused = False
+
+    async def _run(self) -> None:
+        loop = _asyncio.get_running_loop()
+        last, last_q = loop.time(), _runqueue_ns() or 0
+        while True:
+            await _asyncio.sleep(self.gaps.tick)
+            now, q = loop.time(), _runqueue_ns() or 0
+            if not self._paused:
+                self.gaps.samples.append(now - last)
+                self.gaps.queued.append((q - last_q) / 1e9)
+            last, last_q = now, q
+
+    def start(self) -> None:
+        self._task = _asyncio.get_running_loop().create_task(self._run(), name="ipcsem-ticker")
+
+    async def stop(self) -> LoopGaps:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except _asyncio.CancelledError:
+                pass
+            self._task = None
+        return self.gaps
+
+
+class watch_loop_gaps:
+    """``async with watch_loop_gaps(tick=0.001) as gaps:`` runs a ticker
+    task for the block; afterwards ``gaps`` (a LoopGaps) holds every gap
+    between its ticks: ``gaps.check(0.010)``, ``gaps.summary()``.
+    ``gaps.reset()`` inside the block forgets a set-up phase."""
+
+    def __init__(self, tick: float = 0.001) -> None:
+        self._ticker = _Ticker(tick)
+
+    async def __aenter__(self) -> LoopGaps:
+        self._ticker.start()
+        return self._ticker.gaps
+
+    async def __aexit__(self, *exc) -> None:
+        await self._ticker.stop()
+
+
+def new_event_loop(loop: str = "asyncio"):
+    """A fresh event loop: ``"asyncio"`` (the default policy's) or
+    ``"uvloop"`` (ImportError if uvloop is not installed)."""
+    if loop == "asyncio":
+        return _asyncio.new_event_loop()
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    raise ValueError(f"unknown loop {loop!r}: 'asyncio' or 'uvloop'")
+
+
+def run_checked(coro, *, max_gap: float | None = None, loop: str = "asyncio",
+                tick: float = 0.001, allow_runqueue: bool = True):
+    """Run ``coro`` to completion on a fresh ``loop`` under a ticker and
+    return ``(result, gaps)``; with ``max_gap``, AssertionError if the loop
+    was held longer than that (see ``LoopGaps.check``; on a loaded machine
+    run-queue delay is forgiven unless ``allow_runqueue=False``).  Tasks
+    the coroutine left running are cancelled and reported (AssertionError):
+    a task still waiting on a semaphore after the test is a leak."""
+    ev = new_event_loop(loop)
+
+    async def main():
+        async with watch_loop_gaps(tick) as gaps:
+            result = await coro
+        return result, gaps
+
+    try:
+        result, gaps = ev.run_until_complete(main())
+        left = [t for t in _asyncio.all_tasks(ev) if not t.done()]
+        for t in left:
+            t.cancel()
+        if left:
+            ev.run_until_complete(_asyncio.gather(*left, return_exceptions=True))
+            raise AssertionError(f"{len(left)} task(s) still running after the coroutine "
+                                 f"returned: {sorted(t.get_name() for t in left)}")
+    finally:
+        ev.run_until_complete(ev.shutdown_asyncgens())
+        ev.close()
+    if max_gap is not None:
+        gaps.check(max_gap, allow_runqueue=allow_runqueue)
+    return result, gaps
+
+
+class AsyncAgentError(AgentError):
+    """What a command raised inside an AsyncAgent's task (``type``,
+    ``message``), as AgentError."""
+
+
+class AsyncAgent:
+    """A separate process (``python -m ipcsem.testing aio-agent``) running
+    an event loop whose *tasks* a test drives, to act as an unrelated async
+    user of semaphores: its own pid, start time and mapping; killed with
+    real signals while its tasks hold and wait.
+
+    Every command goes to a named task of the agent's loop (created on
+    first use; a task runs its commands one after the other, so it stays
+    the same task: what it acquires it owns).  ``cmd(task, line)`` runs a
+    command and returns its result (AsyncAgentError if it raised,
+    ``"CancelledError"`` as its type when cancelled); ``start(task, line)``
+    returns once the task is about to wait, ``result(task)`` later.
+    Semaphores are opened by name and shared by the process's tasks::
+
+        open NAME [CAPACITY] [k=v ...]          -> capacity (AsyncSemaphore)
+        mutex NAME [k=v ...]                    -> 1 (AsyncMutex)
+        acquire NAME UNITS [TIMEOUT|- [PRIORITY [wait|raise]]]  -> bool ("queued" first)
+        hold NAME UNITS [TIMEOUT|- [PRIORITY [wait|raise]]]     -> lease dict ("queued")
+        unhold NAME | try NAME UNITS | release NAME [UNITS] | owner-died NAME
+        close NAME | sleep S
+
+    Process-wide commands (the methods below send them)::
+
+        cancel TASK        task.cancel() of its command in flight -> bool
+        swarm NAME N [TIMEOUT|- [wait|raise]]   N tasks each acquire 1 unit and
+                           give it back at once -> N; swarm-state -> counts;
+                           swarm-cancel -> how many were still running
+        ticker-start [TICK] / ticker-stop -> LoopGaps.to_dict()
+        resources -> {"threads": [...], "fds": n} | ident -> [pid, start] | exit
+
+    ``loop="uvloop"`` runs the agent on uvloop.
+    """
+
+    def __init__(self, *, backend: str | None = None, loop: str = "asyncio",
+                 env: Mapping[str, str] | None = None, wait: bool = True) -> None:
+        argv = [sys.executable, "-m", MODULE, "aio-agent", "--loop", loop]
+        if backend is not None:
+            argv += ["--backend", backend]
+        self.backend = backend
+        self.loop = loop
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=_child_env(env))
+        self.pid = self.proc.pid
+        self.start_time: int | None = None
+        self._lines = _LineReader(self.proc)
+        self._answers: dict[str, list[str]] = {}
+        if wait:
+            self.ready()
+
+    @property
+    def start(self) -> int | None:       # noqa: D401 - the ipcsem identity's start
+        """Its identity's start time (for kill_and_wait_recovered)."""
+        return self.start_time
+
+    def ready(self, timeout: float = 30) -> AsyncAgent:
+        if self.start_time is not None:
+            return self
+        words = self._read_line(timeout).split()
+        if len(words) != 3 or words[0] != "ready" or int(words[1]) != self.pid:
+            raise AsyncAgentError("AgentError", f"aio agent {self.pid} said "
+                                                f"{' '.join(words)!r} instead of ready")
+        self.start_time = int(words[2])
+        return self
+
+    def _read_line(self, timeout: float) -> str:
+        try:
+            line = self._lines.line(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"aio agent {self.pid} said nothing for {timeout} s") from None
+        if line is None:
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+            tail = _stderr_tail(self.proc)
+            raise EOFError(f"aio agent {self.pid} exited (rc={self.proc.poll()})"
+                           + (f": {tail}" if tail else ""))
+        return line
+
+    def _read(self, task: str, timeout: float) -> str:
+        """The next thing ``task`` said."""
+        end = time.monotonic() + timeout
+        while not self._answers.get(task):
+            line = self._read_line(max(end - time.monotonic(), 0.0))
+            who, _, rest = line.partition(" ")
+            self._answers.setdefault(who, []).append(rest)
+        return self._answers[task].pop(0)
+
+    def send(self, task: str, line: str) -> None:
+        self.proc.stdin.write(f"{task} {line}\n".encode())
+        self.proc.stdin.flush()
+
+    def start_cmd(self, task: str, line: str, timeout: float = 10) -> None:
+        """Send a blocking command (acquire, hold) and return once the task
+        says it is about to wait; its answer: ``result(task)``."""
+        self.send(task, line)
+        said = self._read(task, timeout)
+        if said != "queued":
+            raise AsyncAgentError("AgentError", f"task {task} answered {said!r} to {line!r}")
+
+    def answered(self, task: str, within: float = 0.3) -> bool:
+        """Whether ``task`` answered within ``within`` seconds (kept for
+        ``result``)."""
+        try:
+            said = self._read(task, within)
+        except TimeoutError:
+            return False
+        self._answers.setdefault(task, []).insert(0, said)
+        return True
+
+    def result(self, task: str, timeout: float = 10):
+        return _parse_async_answer(self._read(task, timeout))
+
+    def cmd(self, task: str, line: str, timeout: float = 10):
+        """Run a command in ``task`` and return its result."""
+        self.send(task, line)
+        said = self._read(task, timeout)
+        if said == "queued":
+            said = self._read(task, timeout)
+        return _parse_async_answer(said)
+
+    def ctl(self, line: str, timeout: float = 30):
+        """A process-wide command (cancel, swarm, ticker-..., resources)."""
+        return self.cmd("-", line, timeout)
+
+    # ------------------------------------------------------ conveniences
+    def cancel(self, task: str) -> bool:
+        return self.ctl(f"cancel {task}")
+
+    def resources(self) -> Resources:
+        d = self.ctl("resources")
+        return Resources(tuple(d["threads"]), d["fds"])
+
+    # ------------------------------------------------------------- state
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig``; for SIGKILL also wait for it to end and reap it."""
+        os.kill(self.pid, sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        """SIGKILL it if it still runs, reap it, close the pipes.  Idempotent."""
+        _reap(self.proc)
+
+    def __enter__(self) -> AsyncAgent:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"exited {self.proc.returncode}"
+        return f"<AsyncAgent pid {self.pid} ({self.loop}) {state}>"
+
+
+def _parse_async_answer(answer: str):
+    kind, _, rest = answer.partition(" ")
+    if kind == "ok":
+        return json.loads(rest)
+    if kind == "err":
+        type_, _, message = rest.partition(" ")
+        raise AsyncAgentError(type_, message)
+    raise AsyncAgentError("AgentError", f"unexpected answer {answer!r}")
+
+
+def _define_async_fixtures(pytest) -> None:
+    global aio_agent_factory, ipcsem_loop
+
+    @pytest.fixture
+    def aio_agent_factory():
+        """``AsyncAgent(...)`` that remembers its processes: each still
+        running at teardown is SIGKILLed and reaped."""
+        made: list[AsyncAgent] = []
+
+        def factory(**kw) -> AsyncAgent:
+            agent = AsyncAgent(**kw)
+            made.append(agent)
+            return agent
+
+        yield factory
+        for agent in made:
+            agent.close()
+
+    @pytest.fixture
+    def ipcsem_loop():
+        """Runs coroutines for a sync test: ``ipcsem_loop(coro)`` is
+        ``run_checked(coro, max_gap=ipcsem_loop.max_gap)`` (default 0.1 s:
+        set ``ipcsem_loop.max_gap`` or ``.loop = "uvloop"`` first) and
+        returns the coroutine's result; ``ipcsem_loop.gaps`` is the last
+        run's LoopGaps."""
+
+        class Runner:
+            max_gap: float | None = 0.1
+            loop = "asyncio"
+            gaps: LoopGaps | None = None
+
+            def __call__(self, coro):
+                result, self.gaps = run_checked(coro, max_gap=self.max_gap, loop=self.loop)
+                return result
+
+        return Runner()
+
+
+if __name__ != "__main__":
+    try:
+        import pytest as _pytest
+    except ImportError:
+        _pytest = None
+    if _pytest is not None:
+        _define_async_fixtures(_pytest)
+        __all__ += ["aio_agent_factory", "ipcsem_loop"]
+__all__ += ["AsyncAgent", "AsyncAgentError", "LoopGaps", "Resources", "new_event_loop",
+            "resources", "run_checked", "wait_for_waiters", "wait_until_async",
+            "watch_loop_gaps"]
+
+
+class _AioAgentLoop:
+    """The aio agent process's side of the AsyncAgent protocol."""
+
+    def __init__(self, backend: str | None) -> None:
+        self.backend = backend
+        self.prims: dict[str, object] = {}
+        self.holds: dict[tuple[str, str], list] = {}     # (task, name) -> entered holds
+        self.queues: dict[str, _asyncio.Queue] = {}
+        self.tasks: dict[str, _asyncio.Task] = {}
+        self.busy: set[str] = set()
+        self.swarm: list[_asyncio.Task] = []
+        self.swarm_counts = {"granted": 0, "timeouts": 0, "cancelled": 0, "errors": []}
+        self.ticker: _Ticker | None = None
+        self.done: _asyncio.Future | None = None
+        self._buffer = b""
+
+    @staticmethod
+    def say(who: str, text: str) -> None:
+        sys.stdout.write(f"{who} {text}\n")
+        sys.stdout.flush()
+
+    async def serve(self) -> None:
+        from ._identity import ME
+
+        loop = _asyncio.get_running_loop()
+        self.done = loop.create_future()
+        os.set_blocking(0, False)
+        loop.add_reader(0, self._readable)
+        sys.stdout.write(f"ready {ME.pid} {ME.start}\n")
+        sys.stdout.flush()
+        try:
+            await self.done
+        finally:
+            loop.remove_reader(0)
+
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(0, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, _, self._buffer = self._buffer.partition(b"\n")
+            parts = line.decode().split()
+            if len(parts) >= 2:
+                self._dispatch(parts[0], parts[1], parts[2:])
+
+    def _dispatch(self, who: str, cmd: str, args: list[str]) -> None:
+        if who == "-":
+            try:
+                self._answer(who, self._control(cmd, args))
+            except BaseException as e:  # noqa: BLE001 - every outcome goes back
+                self._fail(who, e)
+            return
+        q = self.queues.get(who)
+        if q is None:
+            q = self.queues[who] = _asyncio.Queue()
+            self.tasks[who] = _asyncio.get_running_loop().create_task(self._serve_task(who, q),
+                                                                       name=f"agent-{who}")
+        q.put_nowait((cmd, args))
+
+    def _answer(self, who: str, result) -> None:
+        self.say(who, "ok " + json.dumps(result))
+
+    def _fail(self, who: str, e: BaseException) -> None:
+        text = " ".join(str(e).split())
+        self.say(who, f"err {type(e).__name__} {text}")
+
+    async def _serve_task(self, who: str, q) -> None:
+        me = _asyncio.current_task()
+        while True:
+            cmd, args = await q.get()
+            self.busy.add(who)
+            try:
+                handler = getattr(self, "t_" + cmd.replace("-", "_"), None)
+                if handler is None:
+                    raise ValueError(f"unknown command {cmd!r}")
+                self._answer(who, await handler(who, *args))
+            except _asyncio.CancelledError as e:
+                self._fail(who, e)
+                if hasattr(me, "uncancel"):
+                    while me.uncancel():
+                        pass
+            except BaseException as e:  # noqa: BLE001
+                self._fail(who, e)
+            finally:
+                self.busy.discard(who)
+
+    # ----------------------------------------------------- task commands
+    async def t_open(self, who, name, *rest):
+        from ._aio import AsyncSemaphore
+
+        capacity = None
+        if rest and "=" not in rest[0]:
+            capacity, rest = int(rest[0]), rest[1:]
+        self.prims[name] = AsyncSemaphore(name, capacity, backend=self.backend,
+                                          **_parse_options(rest))
+        return self.prims[name].capacity
+
+    async def t_mutex(self, who, name, *rest):
+        from ._aio import AsyncMutex
+
+        self.prims[name] = AsyncMutex(name, backend=self.backend, **_parse_options(rest))
+        return 1
+
+    def _prim(self, name):
+        try:
+            return self.prims[name]
+        except KeyError:
+            raise ValueError(f"{name!r} is not open (open or mutex it first)") from None
+
+    @staticmethod
+    def _wait_args(timeout="-", priority="0", deadlock="wait"):
+        return (None if timeout == "-" else float(timeout)), int(priority), deadlock
+
+    async def t_acquire(self, who, name, units="1", *rest):
+        from ._aio import AsyncMutex
+
+        p = self._prim(name)
+        timeout, priority, deadlock = self._wait_args(*rest)
+        self.say(who, "queued")
+        if isinstance(p, AsyncMutex):
+            _one(units)
+            return await p.acquire(timeout=timeout, priority=priority, deadlock=deadlock)
+        return await p.acquire(int(units), timeout=timeout, priority=priority,
+                               deadlock=deadlock)
+
+    async def t_hold(self, who, name, units="1", *rest):
+        from ._aio import AsyncMutex
+
+        p = self._prim(name)
+        timeout, priority, deadlock = self._wait_args(*rest)
+        if isinstance(p, AsyncMutex):
+            _one(units)
+            ctx = p.hold(timeout=timeout, priority=priority, deadlock=deadlock)
+        else:
+            ctx = p.hold(int(units), timeout=timeout, priority=priority, deadlock=deadlock)
+        self.say(who, "queued")
+        lease = await ctx.__aenter__()
+        self.holds.setdefault((who, name), []).append(ctx)
+        return {"units": lease.units, "slots": list(lease.slots), "token": lease.token,
+                "previous_owner_died": bool(lease.previous_owner_died)}
+
+    async def t_unhold(self, who, name):
+        held = self.holds.get((who, name))
+        if not held:
+            raise ValueError(f"task {who} holds no hold() of {name!r}")
+        await held.pop().__aexit__(None, None, None)
+
+    async def t_try(self, who, name, units="1"):
+        from ._aio import AsyncMutex
+
+        p = self._prim(name)
+        if isinstance(p, AsyncMutex):
+            _one(units)
+            return await p.acquire(timeout=0)
+        return p.try_acquire(int(units))
+
+    async def t_release(self, who, name, units="1"):
+        from ._aio import AsyncMutex
+
+        p = self._prim(name)
+        if isinstance(p, AsyncMutex):
+            _one(units)
+            return p.release()
+        return p.release(int(units))
+
+    async def t_owner_died(self, who, name):
+        return bool(self._prim(name).previous_owner_died)
+
+    async def t_close(self, who, name):
+        self.prims.pop(name).close()
+
+    async def t_sleep(self, who, seconds):
+        await _asyncio.sleep(float(seconds))
+
+    # -------------------------------------------------- process commands
+    def _control(self, cmd: str, args: list[str]):
+        handler = getattr(self, "c_" + cmd.replace("-", "_"), None)
+        if handler is None:
+            raise ValueError(f"unknown command {cmd!r}")
+        return handler(*args)
+
+    def c_cancel(self, who):
+        task = self.tasks.get(who)
+        if task is None or who not in self.busy:
+            raise ValueError(f"task {who} runs no command")
+        return task.cancel()
+
+    def c_ident(self):
+        from ._identity import ME
+
+        return [ME.pid, ME.start]
+
+    def c_resources(self):
+        r = resources()
+        return {"threads": list(r.threads), "fds": r.fds}
+
+    def c_swarm(self, name, n, timeout="-", deadlock="wait"):
+        p = self._prim(name)
+        t = None if timeout == "-" else float(timeout)
+        counts = self.swarm_counts
+
+        async def one():
+            try:
+                if await p.acquire(1, timeout=t, deadlock=deadlock):
+                    p.release(1)
+                    counts["granted"] += 1
+                else:
+                    counts["timeouts"] += 1
+            except _asyncio.CancelledError:
+                counts["cancelled"] += 1
+                raise
+            except Exception as e:  # noqa: BLE001 - reported by swarm-state
+                counts["errors"].append(f"{type(e).__name__} {e}")
+
+        loop = _asyncio.get_running_loop()
+        self.swarm += [loop.create_task(one()) for _ in range(int(n))]
+        return int(n)
+
+    def c_swarm_state(self):
+        return {**self.swarm_counts, "running": sum(not t.done() for t in self.swarm)}
+
+    def c_swarm_cancel(self):
+        live = [t for t in self.swarm if not t.done()]
+        for t in live:
+            t.cancel()
+        return len(live)
+
+    def c_ticker_start(self, tick="0.001"):
+        self.ticker = _Ticker(float(tick))
+        self.ticker.start()
+        return True
+
+    def c_ticker_stop(self):
+        if self.ticker is None:
+            raise ValueError("no ticker running")
+        ticker, self.ticker = self.ticker, None
+        # we are inside a reader callback: the ticker task ends on the loop
+        _asyncio.get_running_loop().create_task(ticker.stop())
+        return ticker.gaps.to_dict()
+
+    def c_exit(self):
+        self.say("-", "ok null")
+        os._exit(0)
+
+
+def aio_agent_main(argv: list[str]) -> int:
+    """The aio agent process: an event loop serving AsyncAgent commands on
+    stdin until end of file or ``exit``."""
+    p = _argparser("aio-agent", "An event loop driven task by task over stdin "
+                                "(the AsyncAgent of ipcsem.testing).")
+    p.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
+    args = p.parse_args(argv)
+    ev = new_event_loop(args.loop)
+    try:
+        ev.run_until_complete(_AioAgentLoop(args.backend).serve())
+    except (BrokenPipeError, KeyboardInterrupt):
+        return 1
+    return 0
+
+
 def _main(argv: list[str]) -> int:
-    commands = {"hold": hold_main, "take": take_main, "agent": agent_main}
+    commands = {"hold": hold_main, "take": take_main, "agent": agent_main,
+                "aio-agent": aio_agent_main}
     if argv[:1] and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     print(USAGE, file=sys.stderr)

@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import pytest
-
 from procs import wait_until
 
 BIN = os.path.dirname(sys.executable)
@@ -228,11 +228,12 @@ def isolated(scenario, timeout: float = 60) -> None:
 WEDGER = r"""
 import ctypes, mmap, os, struct, sys, time
 name, mid_update = sys.argv[1], sys.argv[2] == "1"
+H_CHANGES, H_LOCK_OWNER, H_UNDO_OFF = (int(x) for x in sys.argv[3:6])
 fd = os.open("/dev/shm/ipcsem." + name, os.O_RDWR)
 mm = mmap.mmap(fd, os.fstat(fd).st_size)
 base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
 assert ctypes.CDLL(None).pthread_mutex_lock(ctypes.c_void_p(base + 512)) == 0
-H_CHANGES, H_LOCK_OWNER, H_UNDO_OFF, UNDO_COUNT_OFF = 32, 46, 10, 640
+UNDO_COUNT_OFF = 640
 def word(i, v=None):
     if v is None:
         return struct.unpack_from("<q", mm, i * 8)[0]
@@ -248,14 +249,29 @@ time.sleep(120)
 """
 
 
+def _header_index(field: str) -> int:
+    """Word index of a header field, read from _ledger.c's enum (the layout
+    grows: a number written here went stale when the PI fields came)."""
+    import re
+
+    from ipcsem._shm import _ledger
+
+    src = Path(os.path.dirname(_ledger.__file__), "_ledger.c").read_text()
+    body = src[src.index("enum {", src.index("H_MAGIC = 0") - 40):]
+    body = re.sub(r"/\*.*?\*/", "", body[:body.index("}")], flags=re.S)
+    names = [x.split("=")[0].strip() for x in body[body.index("{") + 1:].split(",")]
+    return names.index(field)
+
+
 def wedge(procs, name: str, mid_update: bool = True) -> subprocess.Popen:
     """A process holding NAME's ledger lock (mid-update if asked), stopped."""
     import signal
 
-    p = procs([sys.executable, "-c", WEDGER, name, "1" if mid_update else "0"],
+    words = [str(_header_index(f)) for f in ("H_CHANGES", "H_LOCK_OWNER", "H_UNDO_OFF")]
+    p = procs([sys.executable, "-c", WEDGER, name, "1" if mid_update else "0", *words],
               stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"
     p.send_signal(signal.SIGSTOP)
-    wait_for(lambda: open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
+    wait_for(lambda: Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T",
              what="the wedger to stop")
     return p

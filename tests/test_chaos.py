@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
@@ -222,7 +223,7 @@ def test_slot_oracle_detects_a_shared_slot_and_bad_slots(tmp_path):
         assert a.take_slots((0, 2), 2)
         assert not b.take_slots((2,), 1)           # slot 2 is a's
         assert count_violations(violations) == 1
-        assert "oracle file of slot 2" in open(violations).read()
+        assert "oracle file of slot 2" in Path(violations).read_text()
         b.release()
         assert b.take_slots((1,), 1)               # slot 1 is free: no alarm
         b.release()
@@ -272,7 +273,7 @@ def test_oracle_has_no_false_alarms_with_a_kernel_semaphore(tmp_path):
             assert os.waitpid(pid, 0)[1] == 0
     finally:
         sem.unlink()
-    assert count_violations(violations) == 0, open(violations).read()
+    assert count_violations(violations) == 0, Path(violations).read_text()
 
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfd_open")
@@ -312,16 +313,18 @@ def test_verify_reports_a_lost_unit(name):
     it back) must show as lost and fail the independent acquire."""
     sem = ipcsem.Semaphore(name, capacity=2)
     try:
-        assert sem.acquire()
+        hold = sem.hold()
+        first = hold.__enter__()
         lost, error, details = verify(sem, 2, settle_timeout=0.2, verify_timeout=0.3)
         assert lost == 1
         assert error is not None
         assert "could not acquire all 2 units" in error
         assert "holders left" in error
-        sem.release()
+        hold.__exit__(None, None, None)
         lost, error, details = verify(sem, 2, settle_timeout=0.2, verify_timeout=0.3)
         assert (lost, error) == (0, None)
-        assert details["final_grant"]["token"] == 2      # the second grant ever
+        # the grant after ours (tokens start at the creation time, one per grant)
+        assert details["final_grant"]["token"] == first.token + 1
     finally:
         sem.close()
 
@@ -342,7 +345,7 @@ def test_token_check_catches_a_non_increasing_log(tmp_path):
           Grant(550, 700, 4, False, 2)]                                # asked before 5 was logged
     found = check_tokens(ok)
     assert (found.checked, found.failures) == (5, 0), found.problems
-    bad = ok + [Grant(800, 900, 4, False, 4)]                          # after 5 was logged
+    bad = [*ok, Grant(800, 900, 4, False, 4)]                          # after 5 was logged
     found = check_tokens(bad)
     assert found.failures == 2, found.problems    # below 5, and token 4 twice
     assert any("token 4 (pid 4" in p and "not above token 5" in p for p in found.problems)
@@ -369,7 +372,7 @@ def test_grant_log_is_parsed_as_untrusted(tmp_path):
     log = read_log(path)
     assert [g.token for g in log.grants] == [1] and log.releases == {1}
     assert len(log.malformed) == 6
-    details, problems = check_grants(path, "semaphore", set(), None)
+    _details, problems = check_grants(path, "semaphore", set(), None)
     assert any("malformed" in p for p in problems)
 
 

@@ -16,7 +16,6 @@ import subprocess
 import time
 
 import pytest
-
 from cli import IPCSEM, needs_scripts, run
 
 pytestmark = needs_scripts

@@ -13,7 +13,6 @@ import urllib.request
 
 import psutil
 import pytest
-
 from cli import IPCSEM, STATUS, needs_scripts, run, sem_json, wait_for
 
 parser = pytest.importorskip("prometheus_client.parser")
@@ -145,7 +144,9 @@ def test_supervise_writes_the_textfile_atomically(names, procs, tmp_path):
     assert sup.stdout.readline().strip() == f"metrics textfile={path} every=0.1s"
     got = samples(path.read_text())
     assert of(got, "ipcsem_available_units", a) == 2
-    first = open(path)      # the file as it was: must be replaced, never rewritten in place
+    # The file as it was (closed by the `with first` below): it must be
+    # replaced, never rewritten in place.
+    first = open(path)  # noqa: SIM115
     holder = procs([IPCSEM, "run", a, "--", "sleep", "60"])
 
     def held() -> bool:

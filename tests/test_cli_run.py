@@ -10,10 +10,10 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
-
 from cli import IPCSEM, isolated, needs_scripts, run, sem_json, wait_for
 
 PY = sys.executable
@@ -55,7 +55,7 @@ def test_six_at_once_never_more_than_two(name, tmp_path, procs):
     results = [(p.wait(60), p.stderr.read()) for p in ps]
     took = time.monotonic() - t0
     assert all(rc == 0 for rc, _ in results), results
-    used = [len(open(s + ".log").read().split()) if os.path.exists(s + ".log") else 0
+    used = [len(Path(s + ".log").read_text().split()) if os.path.exists(s + ".log") else 0
             for s in slots]
     assert sum(used) == 6
     # Two did run at once at least once (the second slot was needed), and
@@ -190,18 +190,18 @@ def test_ctrl_c_in_a_terminal_reaches_cmd_once(name, tmp_path):
     script = tmp_path / "count.py"
     script.write_text(COUNT)
     try:
-        subprocess.run(tmux + ["new-session", "-d", "-s", "r", "-x", "80", "-y", "10",
-                               # the shell records the exit status: tmux 3.3
-                               # sometimes never does
-                               f"{IPCSEM} run {name} --capacity 1 -- {PY} {script}; "
-                               f"echo $? > {tmp_path}/exit", ";",
-                               "set-option", "-w", "-t", "r", "remain-on-exit", "on"], check=True)
+        subprocess.run([*tmux, "new-session", "-d", "-s", "r", "-x", "80", "-y", "10",
+                        # the shell records the exit status: tmux 3.3
+                        # sometimes never does
+                        f"{IPCSEM} run {name} --capacity 1 -- {PY} {script}; "
+                        f"echo $? > {tmp_path}/exit", ";",
+                        "set-option", "-w", "-t", "r", "remain-on-exit", "on"], check=True)
         def screen():
-            return subprocess.run(tmux + ["capture-pane", "-p", "-t", "r"],
+            return subprocess.run([*tmux, "capture-pane", "-p", "-t", "r"],
                                   capture_output=True, text=True).stdout
 
         wait_for(lambda: "ready" in screen(), timeout=30, what="CMD to start")
-        subprocess.run(tmux + ["send-keys", "-t", "r", "C-c"], check=True)
+        subprocess.run([*tmux, "send-keys", "-t", "r", "C-c"], check=True)
 
         def exit_status():
             f = tmp_path / "exit"
@@ -209,7 +209,7 @@ def test_ctrl_c_in_a_terminal_reaches_cmd_once(name, tmp_path):
 
         assert wait_for(exit_status, timeout=30, what="ipcsem run to exit") == "41", screen()
     finally:
-        subprocess.run(tmux + ["kill-server"], capture_output=True)
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
     assert sem_json(name)["available"] == 1
 
 

@@ -17,11 +17,20 @@ import textwrap
 import time
 
 import pytest
+from cli import (
+    IPCSEM,
+    STATUS,
+    in_child,
+    needs_private_shm,
+    needs_scripts,
+    run,
+    sem_json,
+    status_json,
+    wait_for,
+    wedge,
+)
 
 import ipcsem
-
-from cli import (IPCSEM, STATUS, in_child, needs_private_shm, needs_scripts, run, sem_json,
-                 status_json, wait_for, wedge)
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 
@@ -98,6 +107,7 @@ JSON_SEM_KEYS = {
     "mutex_owner_pid": type(None), "mutex_owner_tid": type(None),
     "previous_owner_died": type(None), "lock_owner_state": type(None), "wedged": bool,
     "head_reason": str, "deadlocked": bool, "error_kind": type(None),
+    "priority_inheritance": type(None),      # (a PI mutex's: tests/test_pi.py)
 }
 JSON_HOLDER_KEYS = {
     "pid": int, "start": int, "user": str, "command": str, "argv": list, "units": int,

@@ -17,11 +17,24 @@ import subprocess
 import time
 
 import pytest
+from cli import (
+    IPCSEM,
+    SPARE_GID,
+    SPARE_UID,
+    STATUS,
+    cli_in_child,
+    drop_to,
+    isolated,
+    needs_root,
+    needs_scripts,
+    preload,
+    run,
+    sem_json,
+    wait_for,
+    wedge,
+)
 
 import ipcsem
-
-from cli import (IPCSEM, SPARE_GID, SPARE_UID, STATUS, cli_in_child, drop_to, isolated,
-                 needs_root, needs_scripts, preload, run, sem_json, wait_for, wedge)
 
 pytestmark = needs_scripts
 
@@ -94,13 +107,14 @@ def traced(log, *args) -> subprocess.CompletedProcess:
 def writers_of(log, path: str) -> tuple[set[int], set[int]]:
     """(pids that opened ``path`` for writing, pids that dropped root)."""
     opened, dropped = set(), set()
-    for line in open(log):
-        pid, call = line.split(None, 1)      # strace pads the pid: "812  openat(..."
-        if call.startswith("openat(") and f'"{path}"' in call and "O_RDWR" in call:
-            opened.add(int(pid))
-        m = re.match(r"setresuid\((\d+), \1, \1\) = 0", call)
-        if m and m.group(1) != "0":
-            dropped.add(int(pid))
+    with open(log) as f:
+        for line in f:
+            pid, call = line.split(None, 1)      # strace pads the pid: "812  openat(..."
+            if call.startswith("openat(") and f'"{path}"' in call and "O_RDWR" in call:
+                opened.add(int(pid))
+            m = re.match(r"setresuid\((\d+), \1, \1\) = 0", call)
+            if m and m.group(1) != "0":
+                dropped.add(int(pid))
     return opened, dropped
 
 
@@ -171,6 +185,7 @@ def test_root_rm_of_another_users_semaphore_in_use_refuses_with_the_reason(name)
 
 
 def test_privsep_child_runs_as_the_user_for_good():
+    from ipcsem import _proc
     from ipcsem.cli import privsep
 
     if os.geteuid() != 0:
@@ -179,7 +194,7 @@ def test_privsep_child_runs_as_the_user_for_good():
 
     def job(emit):
         emit({"event": "facts", "euid": os.geteuid(), "ruid": os.getuid(),
-              "groups": os.getgroups(), "regain": privsep._can_regain_root()})
+              "groups": os.getgroups(), "regain": _proc.can_regain_root()})
         return 0
 
     events, code = privsep.as_user(uid, job)

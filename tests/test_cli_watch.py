@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -40,10 +41,10 @@ def tmux():
 
 
 def wait_file(path, deadline) -> str:
-    while not (os.path.exists(path) and open(path).read().strip()):
+    while not (os.path.exists(path) and Path(path).read_text().strip()):
         assert time.monotonic() < deadline, f"{path} never written"
         time.sleep(0.05)
-    text = open(path).read().strip()
+    text = Path(path).read_text().strip()
     os.unlink(path)
     return text
 

@@ -16,8 +16,9 @@ import sys
 import time
 import uuid
 
-import ipcsem
 from procs import Agent, queued_pids, wait_until
+
+import ipcsem
 
 BATCH = 8
 
@@ -117,18 +118,18 @@ def test_kill_inside_a_grant_to_a_waiter():
         cases = [Case(1) for _ in range(BATCH)]
         waiters = [Agent(wait=False) for _ in cases]
         try:
-            for c, w in zip(cases, waiters):
+            for c, w in zip(cases, waiters, strict=True):
                 c.agent.ready().cmd(f"open {c.name}")
                 w.ready().cmd(f"open {c.name}")
                 assert c.agent.cmd("try 1") is True
                 w.start_acquire(1)
-            for c, w in zip(cases, waiters):
-                wait_until(lambda: queued_pids(c.sem) == [w.pid])
+            for c, w in zip(cases, waiters, strict=True):
+                wait_until(lambda c=c, w=w: queued_pids(c.sem) == [w.pid])
             for point, c in enumerate(cases, first):
                 c.agent.cmd(f"crashpoint {point}")
                 c.agent.send("release 1")
             survived = []
-            for point, (c, w) in enumerate(zip(cases, waiters), first):
+            for point, (c, w) in enumerate(zip(cases, waiters, strict=True), first):
                 if not finish(c.agent):
                     survived.append(point)
                 c.sem.recover()   # the supervisor's part; self-healing is tested elsewhere
@@ -140,7 +141,7 @@ def test_kill_inside_a_grant_to_a_waiter():
                 assert survived[0] > 5
                 return
         finally:
-            for c, w in zip(cases, waiters):
+            for c, w in zip(cases, waiters, strict=True):
                 w.close()
                 c.close()
     raise AssertionError("points not exhausted")
@@ -155,19 +156,19 @@ def test_kill_inside_an_unowned_post_to_a_waiting_consumer():
         cases = [Case(1) for _ in range(BATCH)]
         consumers = [Agent(wait=False) for _ in cases]
         try:
-            for c, w in zip(cases, consumers):
+            for c, w in zip(cases, consumers, strict=True):
                 c.sem.acquire()
                 c.sem.disown()                 # 0 of 1 available, 1 out without an owner
                 c.agent.ready().cmd(f"open {c.name}")
                 w.ready().cmd(f"open {c.name}")
                 w.start_acquire(1, timeout=3)
-            for c, w in zip(cases, consumers):
-                wait_until(lambda: queued_pids(c.sem) == [w.pid])
+            for c, w in zip(cases, consumers, strict=True):
+                wait_until(lambda c=c, w=w: queued_pids(c.sem) == [w.pid])
             for point, c in enumerate(cases, first):
                 c.agent.cmd(f"crashpoint {point}")
                 c.agent.send("release 1")     # an unowned post: the producer
             survived = []
-            for point, (c, w) in enumerate(zip(cases, consumers), first):
+            for point, (c, w) in enumerate(zip(cases, consumers, strict=True), first):
                 died = finish(c.agent)
                 if not died:
                     survived.append(point)
@@ -185,7 +186,7 @@ def test_kill_inside_an_unowned_post_to_a_waiting_consumer():
                 assert survived[0] > 5
                 return
         finally:
-            for c, w in zip(cases, consumers):
+            for c, w in zip(cases, consumers, strict=True):
                 w.close()
                 c.close()
     raise AssertionError("points not exhausted")
@@ -200,7 +201,7 @@ def test_kill_during_the_repair_of_a_dead_owners_update():
             c.agent.ready().cmd(f"open {c.name}")
             c.agent.cmd("crashpoint 20")
             c.agent.send("try 2")
-        for repair_point, (c, s) in enumerate(zip(cases, second)):
+        for repair_point, (c, s) in enumerate(zip(cases, second, strict=True)):
             assert finish(c.agent)           # died mid-transaction, lock held
             s.ready().cmd(f"open {c.name}")
             s.cmd(f"crashpoint {repair_point}")
@@ -212,7 +213,7 @@ def test_kill_during_the_repair_of_a_dead_owners_update():
             c.sem.release(3)
             assert c.sem.stats().lock_repairs >= 1
     finally:
-        for c, s in zip(cases, second):
+        for c, s in zip(cases, second, strict=True):
             s.close()
             c.close()
 

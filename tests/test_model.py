@@ -29,6 +29,7 @@ from ipcsem._records import Params
 from ipcsem._shm import _ledger
 from ipcsem._shm.segment import open_segment
 
+
 def _live_identities(n: int) -> list[tuple[int, int]]:
     """Identities of real, live processes that never touch a ledger: any
     healer on the machine (a supervisor, a blocked waiter) must see them
@@ -139,7 +140,7 @@ class Model:
             if not tokens:
                 break
             newest = max(tokens)
-            take(lambda o: o[1] == newest)
+            take(lambda o, newest=newest: o[1] == newest)
         take(lambda o: True)
         return moved
 
@@ -162,6 +163,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.seg = open_segment(self.name, p)
         self.L = self.seg.ledger
         self.m = Model(capacity, initial, slots=self.SLOTS, fair=self.FAIR)
+        self.m.token = self.L.snapshot().header.next_token   # tokens start at the creation time
 
     def teardown(self):
         if self.m is not None:
@@ -357,7 +359,8 @@ class UnfairSlottedMachine(LedgerMachine):
     FAIR = False
 
 
-SETTINGS = settings(max_examples=int(os.environ.get('IPCSEM_MODEL_EXAMPLES', 60)), stateful_step_count=40, deadline=None,
+SETTINGS = settings(max_examples=int(os.environ.get("IPCSEM_MODEL_EXAMPLES", "60")),
+                    stateful_step_count=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 TestLedgerModel = LedgerMachine.TestCase
 TestLedgerModel.settings = SETTINGS
@@ -408,6 +411,7 @@ class MutexMachine(RuleBasedStateMachine):
         self.seg = open_segment(self.name, p)
         self.L = self.seg.ledger
         self.m = MutexModel(self.REENTRANT)
+        self.m.token = self.L.snapshot().header.next_token
 
     def teardown(self):
         self.seg.close()

@@ -142,10 +142,6 @@ def test_docs_scenarios_shows_the_protocol_prodcons_runs():
     assert _lines(shown) == _lines(_prodcons_protocol())
 
 
-@pytest.mark.xfail(strict=True, reason="README.md (the lead's) posts full.release() and "
-                   "empty.release() after `with use:`; its own text (whoever holds `use` sees "
-                   "exact counts and may re-post) needs them inside: seam request in the "
-                   "kit report")
 def test_readme_producer_consumer_is_what_prodcons_runs():
     """The README's producer/consumer section is the readme protocol."""
     shown = _python_block_after("README.md", "**Producer/consumer.**")

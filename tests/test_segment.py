@@ -7,13 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from procs import held_by, queued_pids, wait_until
 
 import ipcsem
 from ipcsem import _names
-from ipcsem._records import Params
 from ipcsem._shm import _ledger
-from ipcsem._shm.segment import open_segment
-from procs import held_by, queued_pids, wait_until
 
 DEFAULT_SIZE = _ledger.segment_size(2, 1024, 1024, 0)
 

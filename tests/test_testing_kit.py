@@ -356,9 +356,9 @@ def test_leaves_agents(agent_factory):
 
 
 def test_agent_backend_reaches_the_process(ipcsem_name):
-    with Agent(backend="nosuch://x") as a:
-        with pytest.raises(AgentError, match="unknown ipcsem backend"):
-            a.open(ipcsem_name, 1)
+    with Agent(backend="nosuch://x") as a, \
+            pytest.raises(AgentError, match="unknown ipcsem backend"):
+        a.open(ipcsem_name, 1)
     assert not os.path.exists(f"/dev/shm/ipcsem.{ipcsem_name}")
 
 

@@ -47,7 +47,8 @@ def out(text: str) -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         _reader_gone.set()
-        sys.stdout = open(os.devnull, "w")
+        # stdout from now until exit: nothing to close
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         raise ReaderGone from None
 
 

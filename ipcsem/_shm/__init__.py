@@ -11,6 +11,8 @@ transactions under a lock that survives its owner's death.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _backend, _identity, _names
 from .._records import Lease, Params
 from . import _ledger
@@ -27,7 +29,7 @@ class ShmBackend(_backend.Backend):
     url = "shm"
 
     def open(self, name: str, params: Params | None, *, group: int | None = None,
-             **options) -> ShmHandle:
+             **options: Any) -> ShmHandle:
         if options:
             raise TypeError(f"the shm backend takes no option {sorted(options)[0]!r}")
         return ShmHandle(open_segment(name, params, group=group))

@@ -110,7 +110,11 @@ enum {
     H_RECOVERED_UNITS, H_RECOVERIES, H_ACQUISITIONS, H_REGISTRATIONS, H_CHANGES,
     H_NEXT_TOKEN,
     H_MX_OWNER_KEY, H_MX_OWNER_TID, H_MX_DEPTH, H_MX_TOKEN, H_MX_OWNER_DIED,
-    H_PI_STATE, H_PI_BASE_NICE, H_PI_BOOST_NICE, H_PI_BOOSTER, H_PI_REASON,
+    /* priority inheritance (P_PI): the boosted owner thread, its own
+     * priority before the first boost, the priority it was given, who did
+     * it; cleared with the owner */
+    H_PI_STATE, H_PI_TID, H_PI_BASE_POLICY, H_PI_BASE_RTPRIO, H_PI_BASE_NICE,
+    H_PI_BOOST_POLICY, H_PI_BOOST_RTPRIO, H_PI_BOOST_NICE, H_PI_BOOSTER, H_PI_REASON,
     /* not undo-logged: diagnostics, the healer election, the seqlock, the
      * count of entries their owners abandoned (changed lock-free) */
     H_LAST_HEAL_NS, H_LOCK_REPAIRS, H_LOCK_OWNER, H_COMMITS, H_ABANDONED,
@@ -403,14 +407,17 @@ static void tx_commit(View *V, Call *c)
     }
 }
 
-/* Is `off` a word a transaction may have stored?  Header fields (but not the
- * mutex or the log) and the slot regions. */
+/* Is `off` a word a transaction may have stored?  The header fields that
+ * transactions change (never the ones fixed at creation — a forged log
+ * could otherwise erase the magic and have the ledger re-initialised under
+ * its holders — nor the mutex, the log, or the lock-free words) and the
+ * slot regions. */
 static int undo_target_ok(View *V, int64_t off)
 {
     if (off < 0 || (off & 7) || off > V->size - 8)
         return 0;
     if (off < H_NFIELDS * 8)
-        return 1;
+        return off >= H_FLAGS * 8 && off < H_LAST_HEAL_NS * 8;
     int64_t undo_off = (char *)V->undo - V->base;
     return off >= HEADER_SIZE && off < undo_off;
 }
@@ -771,6 +778,17 @@ static void slots_of_grant(View *V, Call *c, int64_t h, int64_t token)
 }
 
 /* ------------------------------------------------------------- granting */
+
+/* The mutex has no owner any more (release, recovery, a cancelled grant):
+ * its priority-inheritance record goes with the owner. */
+static void mutex_clear_owner(View *V, Call *c)
+{
+    tx_store(V, c, HDR(V, H_MX_OWNER_KEY), 0);
+    tx_store(V, c, HDR(V, H_MX_OWNER_TID), 0);
+    tx_store(V, c, HDR(V, H_MX_DEPTH), 0);
+    for (int f = H_PI_STATE; f <= H_PI_REASON; f++)
+        tx_store(V, c, HDR(V, f), 0);
+}
 
 /* Give `units` to holder h as one grant; returns its fencing token.  For a
  * mutex, `owner`/`tid` become the owner. */
@@ -1545,11 +1563,8 @@ static int64_t cancel_entry(View *V, Call *c, int64_t w)
         if (back > 0) {
             if (is_slotted(V))
                 slots_move(V, c, h, back, ld(WAITER(V, w, WA_TOKEN)), 0, 0);
-            if (is_mutex(V) && ld(HDR(V, H_MX_OWNER_KEY)) == ld(WAITER(V, w, WA_OWNER))) {
-                tx_store(V, c, HDR(V, H_MX_OWNER_KEY), 0);
-                tx_store(V, c, HDR(V, H_MX_OWNER_TID), 0);
-                tx_store(V, c, HDR(V, H_MX_DEPTH), 0);
-            }
+            if (is_mutex(V) && ld(HDR(V, H_MX_OWNER_KEY)) == ld(WAITER(V, w, WA_OWNER)))
+                mutex_clear_owner(V, c);
             tx_store(V, c, HOLDER(V, h, HO_UNITS), held - back);
             tx_store(V, c, HDR(V, H_AVAILABLE), ld(HDR(V, H_AVAILABLE)) + back);
         }
@@ -1634,6 +1649,99 @@ static PyObject *Ledger_cancel(Ledger *L, PyObject *const *args, Py_ssize_t narg
     }
     call_done(&c);
     return PyLong_FromLongLong(c.r[0]);
+error:
+    call_done(&c);
+    return NULL;
+}
+
+/* args: owner_tid, state, base policy/rtprio/nice, boost policy/rtprio/nice,
+ * booster, reason: record priority inheritance for the current owner (no-op
+ * if `owner_tid` no longer owns the mutex). */
+static void body_pi(Ledger *L, Call *c)
+{
+    View *V = &L->v;
+    if (!is_mutex(V) || ld(HDR(V, H_MX_OWNER_KEY)) == 0 || ld(HDR(V, H_MX_OWNER_TID)) != c->a[0])
+        return;
+    tx_store(V, c, HDR(V, H_PI_TID), c->a[0]);
+    for (int i = 0; i < 9; i++)
+        tx_store(V, c, HDR(V, H_PI_STATE + (i == 0 ? 0 : i + 1)), c->a[1 + i]);
+    tx_commit(V, c);
+    c->r[0] = 1;
+}
+
+static PyObject *Ledger_pi_record(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
+{
+    Call c;
+    if (parse_args(&c, args, nargs, 10, "pi_record") < 0 || check_open(L) < 0)
+        goto error;
+    if (run_locked(L, body_pi, &c, mono_ns() + 100000000LL) < 0) {
+        raise_call_error(&c);
+        goto error;
+    }
+    call_done(&c);
+    return PyBool_FromLong((long)c.r[0]);
+error:
+    call_done(&c);
+    return NULL;
+}
+
+/* args: pid, start, owner_key: the thread that owns the mutex is gone while
+ * its process lives (a thread exited holding it): free the mutex, mark it
+ * owner-died for the next owner, grant the queue.  No-op if that owner
+ * key no longer owns it. */
+static void body_mutex_orphan(Ledger *L, Call *c)
+{
+    View *V = &L->v;
+    if (!is_mutex(V) || ld(HDR(V, H_MX_OWNER_KEY)) != c->a[2] || c->a[2] == 0)
+        return;
+    int64_t h = find_holder(L, c->a[0], c->a[1]);
+    if (h < 0 || ld(HOLDER(V, h, HO_UNITS)) < 1)
+        return;
+    mutex_clear_owner(V, c);
+    tx_store(V, c, HDR(V, H_MX_OWNER_DIED), 1);
+    tx_store(V, c, HOLDER(V, h, HO_UNITS), ld(HOLDER(V, h, HO_UNITS)) - 1);
+    tx_store(V, c, HDR(V, H_AVAILABLE), ld(HDR(V, H_AVAILABLE)) + 1);
+    tx_store(V, c, HDR(V, H_RECOVERED_UNITS), ld(HDR(V, H_RECOVERED_UNITS)) + 1);
+    tx_store(V, c, HDR(V, H_RECOVERIES), ld(HDR(V, H_RECOVERIES)) + 1);
+    tx_commit(V, c);
+    c->r[0] = 1;
+    grant_loop(V, c);
+}
+
+static PyObject *Ledger_recover_orphan(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
+{
+    Call c;
+    if (parse_args(&c, args, nargs, 4, "recover_orphan") < 0 || check_open(L) < 0 ||
+        lock_mode_arg(c.a[3]) < 0)
+        goto error;
+    if (run_locked(L, body_mutex_orphan, &c, c.a[3]) < 0) {
+        raise_call_error(&c);
+        goto error;
+    }
+    call_done(&c);
+    return PyBool_FromLong((long)c.r[0]);
+error:
+    call_done(&c);
+    return NULL;
+}
+
+/* touch(lock): take the lock and let go: repairs a dead owner's half-done
+ * transaction (a lock-free look cannot), sweeps abandoned entries. */
+static void body_nothing(Ledger *L, Call *c) { (void)L, (void)c; }
+
+static PyObject *Ledger_touch(Ledger *L, PyObject *arg)
+{
+    Call c;
+    call_init(&c);
+    int64_t mode = PyLong_AsLongLong(arg);
+    if ((mode == -1 && PyErr_Occurred()) || check_open(L) < 0 || lock_mode_arg(mode) < 0)
+        goto error;
+    if (run_locked(L, body_nothing, &c, mode) < 0) {
+        raise_call_error(&c);
+        goto error;
+    }
+    call_done(&c);
+    Py_RETURN_NONE;
 error:
     call_done(&c);
     return NULL;
@@ -1896,9 +2004,7 @@ static void body_release(Ledger *L, Call *c)
             tx_commit(V, c);
             return;
         }
-        tx_store(V, c, HDR(V, H_MX_OWNER_KEY), 0);
-        tx_store(V, c, HDR(V, H_MX_OWNER_TID), 0);
-        tx_store(V, c, HDR(V, H_MX_DEPTH), 0);
+        mutex_clear_owner(V, c);
         tx_store(V, c, HDR(V, H_MX_OWNER_DIED), 0); /* a normal release: state repaired */
         tx_store(V, c, HOLDER(V, h, HO_UNITS), ld(HOLDER(V, h, HO_UNITS)) - 1);
         tx_store(V, c, HDR(V, H_AVAILABLE), ld(HDR(V, H_AVAILABLE)) + 1);
@@ -2026,9 +2132,7 @@ static void body_recover(Ledger *L, Call *c)
             if (is_slotted(V))
                 slots_move(V, c, h, units, 0, 0, 0);
             if (is_mutex(V)) {
-                tx_store(V, c, HDR(V, H_MX_OWNER_KEY), 0);
-                tx_store(V, c, HDR(V, H_MX_OWNER_TID), 0);
-                tx_store(V, c, HDR(V, H_MX_DEPTH), 0);
+                mutex_clear_owner(V, c);
                 tx_store(V, c, HDR(V, H_MX_OWNER_DIED), 1);
             }
             tx_store(V, c, HDR(V, H_AVAILABLE), ld(HDR(V, H_AVAILABLE)) + units);
@@ -2261,11 +2365,14 @@ static PyStructSequence_Field header_fields[] = {
     {"holder_hwm", NULL}, {"waiter_hwm", NULL}, {"undo_count", NULL},
     {"head_overtaken", NULL}, {"mx_owner", "mutex owner key (0: free)"},
     {"mx_owner_tid", NULL}, {"mx_depth", NULL}, {"mx_owner_died", NULL},
-    {"pi_state", NULL}, {"pi_base_nice", NULL}, {"pi_boost_nice", NULL},
-    {"pi_booster", NULL}, {"pi_reason", NULL}, {"commits", NULL},
+    {"pi_state", "0 none, 1 boosted, 2 unavailable"}, {"pi_tid", "the boosted owner thread"},
+    {"pi_base_policy", NULL}, {"pi_base_rtprio", NULL}, {"pi_base_nice", NULL},
+    {"pi_boost_policy", NULL}, {"pi_boost_rtprio", NULL}, {"pi_boost_nice", NULL},
+    {"pi_booster", "pid that boosted it"}, {"pi_reason", "why unavailable (code)"},
+    {"commits", NULL},
     {NULL}};
 static PyStructSequence_Desc header_desc = {"ipcsem._shm._ledger.Header",
-                                            "A ledger's header fields.", header_fields, 35};
+                                            "A ledger's header fields.", header_fields, 40};
 
 static PyStructSequence_Field snapshot_fields[] = {
     {"header", "Header"}, {"holders", "list of HolderRow"},
@@ -2331,7 +2438,7 @@ static PyObject *parse_regions(Regions *R, int consistent, int strict)
     waiters = PyList_New(0);
     if (!header || !holders || !waiters)
         goto fail;
-    int64_t hv[35] = {
+    int64_t hv[40] = {
         g.capacity, g.max_holders, g.max_waiters, g.policy,
         rd(R->hdr, 0, H_CREATED_NS), rd(R->hdr, 0, H_CREATOR_PID), rd(R->hdr, 0, H_INITIAL),
         rd(R->hdr, 0, H_NONCE), rd(R->hdr, 0, H_FLAGS), rd(R->hdr, 0, H_AVAILABLE),
@@ -2341,10 +2448,12 @@ static PyObject *parse_regions(Regions *R, int consistent, int strict)
         rd(R->hdr, 0, H_ACQUISITIONS), rd(R->hdr, 0, H_REGISTRATIONS), rd(R->hdr, 0, H_CHANGES),
         hhwm, whwm, rd(R->hdr, 0, UNDO_COUNT_OFF / 8), rd(R->hdr, 0, H_HEAD_OVERTAKEN),
         rd(R->hdr, 0, H_MX_OWNER_KEY), rd(R->hdr, 0, H_MX_OWNER_TID), rd(R->hdr, 0, H_MX_DEPTH),
-        rd(R->hdr, 0, H_MX_OWNER_DIED), rd(R->hdr, 0, H_PI_STATE),
-        rd(R->hdr, 0, H_PI_BASE_NICE), rd(R->hdr, 0, H_PI_BOOST_NICE),
+        rd(R->hdr, 0, H_MX_OWNER_DIED), rd(R->hdr, 0, H_PI_STATE), rd(R->hdr, 0, H_PI_TID),
+        rd(R->hdr, 0, H_PI_BASE_POLICY), rd(R->hdr, 0, H_PI_BASE_RTPRIO),
+        rd(R->hdr, 0, H_PI_BASE_NICE), rd(R->hdr, 0, H_PI_BOOST_POLICY),
+        rd(R->hdr, 0, H_PI_BOOST_RTPRIO), rd(R->hdr, 0, H_PI_BOOST_NICE),
         rd(R->hdr, 0, H_PI_BOOSTER), rd(R->hdr, 0, H_PI_REASON), rd(R->hdr, 0, H_COMMITS)};
-    if (set_fields(header, hv, 35) < 0)
+    if (set_fields(header, hv, 40) < 0)
         goto fail;
 
     /* holders (with their unit numbers) */
@@ -2905,6 +3014,9 @@ static PyMethodDef Ledger_methods[] = {
     {"cancel", (PyCFunction)(void (*)(void))Ledger_cancel, METH_FASTCALL, NULL},
     {"ring", (PyCFunction)Ledger_ring, METH_O, NULL},
     {"set_flags", (PyCFunction)(void (*)(void))Ledger_set_flags, METH_FASTCALL, NULL},
+    {"pi_record", (PyCFunction)(void (*)(void))Ledger_pi_record, METH_FASTCALL, NULL},
+    {"recover_orphan", (PyCFunction)(void (*)(void))Ledger_recover_orphan, METH_FASTCALL, NULL},
+    {"touch", (PyCFunction)Ledger_touch, METH_O, NULL},
     {"process_bell", (PyCFunction)(void (*)(void))Ledger_process_bell, METH_FASTCALL, NULL},
     {"release", (PyCFunction)(void (*)(void))Ledger_release, METH_FASTCALL, NULL},
     {"disown", (PyCFunction)(void (*)(void))Ledger_disown, METH_FASTCALL, NULL},
@@ -3076,6 +3188,7 @@ static PyObject *Primitive_acquire(Primitive *P, PyObject *const *args, size_t n
                 PyErr_Clear();
         }
         Call c;
+        call_init(&c);
         int ok = units >= 1 && fast_take(P, &c, units);
         call_done(&c);
         if (ok)
@@ -3096,6 +3209,7 @@ static PyObject *Primitive_release(Primitive *P, PyObject *const *args, size_t n
                 PyErr_Clear();
         }
         Call c;
+        call_init(&c);
         int ok = units >= 1 && fast_release(P, &c, units);
         call_done(&c);
         if (ok)
@@ -3293,7 +3407,11 @@ static PyObject *mod_initialize(PyObject *mod, PyObject *args)
     hdr[H_AVAILABLE] = initial;
     hdr[H_UNOWNED] = cap - initial; /* created "taken": the producer/consumer start */
     hdr[H_Q_HEAD] = hdr[H_Q_TAIL] = hdr[H_FREE_HEAD] = -1;
-    hdr[H_NEXT_TOKEN] = 1;
+    /* Tokens start at the creation time in ns: a semaphore re-created under
+     * the same name (after rm, a reboot) keeps handing out larger tokens, so
+     * a resource fenced by name never sees an old number again (as long as
+     * the clock does not go back; grants are far fewer than 1e9 a second). */
+    hdr[H_NEXT_TOKEN] = hdr[H_CREATED_NS];
     if (policy & P_SLOTS) /* units initial..cap-1 start out unowned */
         for (long long u = initial; u < cap; u++)
             ((volatile int64_t *)(base + g.units_off))[u * UNIT_WORDS + UN_OWNER] = -1;

@@ -15,48 +15,88 @@ number of waiting tasks.  File descriptors: none here.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import threading
-from typing import Callable
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .. import _identity
+from .. import _identity, _proc
 from . import _ledger
 
+if TYPE_CHECKING:
+    from .handle import ShmHandle, ShmPending
+
 _lock = threading.Lock()
-_watched: dict[tuple[int, int], tuple[object, object, Callable[[], None]]] = {}
 _thread: threading.Thread | None = None
 SLICE = 0.5     # the notifier looks at every entry at least this often anyway
 
 
-def watch(handle, pending, notify: Callable[[], None]) -> None:
+class _Group:
+    """The watched entries of one ledger, in this process's serving order
+    (a fair ledger grants in it: what a ring granted is a prefix)."""
+
+    __slots__ = ("entries", "fair", "ledger", "ordered")
+
+    def __init__(self, ledger: _ledger.Ledger, fair: bool) -> None:
+        self.ledger, self.fair = ledger, fair
+        self.entries: dict[_Key, _Watch] = {}
+        self.ordered: list[tuple[tuple[int, int], _Key]] = []   # (pending.order, key), sorted
+
+
+_Key = tuple[int, int]                   # (id(handle), entry)
+_Watch = tuple["ShmHandle", "ShmPending", Callable[[], None]]
+_groups: dict[int, _Group] = {}          # id(ledger) -> its group
+
+
+def _start() -> None:
+    global _thread
+    if _thread is None or not _thread.is_alive():
+        _thread = _proc.start_named_thread("ipcsem-bells", _run)
+
+
+def watch(handle: ShmHandle, pending: ShmPending, notify: Callable[[], None]) -> None:
     """Call ``notify()`` whenever ``pending`` (an entry of ``handle``) may
     have been granted, until ``unwatch``."""
-    global _thread
+    key = (id(handle), pending.entry)
     with _lock:
-        _watched[(id(handle), pending.entry)] = (handle, pending, notify)
-        if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_run, name="ipcsem-bells", daemon=True)
-            _thread.start()
-    _ledger.poke_bells()
+        found = _groups.get(id(handle.ledger))
+        new = found is None
+        g = found if found is not None else _Group(handle.ledger, handle.params.fair)
+        _groups[id(handle.ledger)] = g
+        g.entries[key] = (handle, pending, notify)
+        bisect.insort(g.ordered, (pending.order, key))
+        _start()
+    if new:          # a bell the notifier does not sleep on yet
+        _ledger.poke_bells()
 
 
-def unwatch(handle, pending) -> None:
+def unwatch(handle: ShmHandle, pending: ShmPending) -> bool:
+    """Stop notifying ``pending``; False if it was not watched (any more)."""
+    key = (id(handle), pending.entry)
     with _lock:
-        _watched.pop((id(handle), pending.entry), None)
+        g = _groups.get(id(handle.ledger))
+        if g is None or g.entries.pop(key, None) is None:
+            return False
+        g.ordered.remove((pending.order, key))
+        last = not g.entries
+        if last:
+            del _groups[id(handle.ledger)]
+    if last:         # let go of the ledger now (close() waits for wait_bells)
+        _ledger.poke_bells()
+    return True
 
 
-_cancels: list[tuple[object, object]] = []
+_cancels: list[tuple[ShmHandle, ShmPending]] = []
 
 
-def cancel_later(handle, pending) -> None:
+def cancel_later(handle: ShmHandle, pending: ShmPending) -> None:
     """Cancel ``pending`` from the notifier thread (the ledger lock was busy:
     an event loop cannot wait for it).  Uninterrupted, so it completes."""
-    global _thread
     with _lock:
         _cancels.append((handle, pending))
-        if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_run, name="ipcsem-bells", daemon=True)
-            _thread.start()
+        _start()
     _ledger.poke_bells()
 
 
@@ -74,7 +114,7 @@ def _finish_cancels() -> None:
 
 def _after_fork_in_child() -> None:
     global _thread
-    _watched.clear()
+    _groups.clear()
     _cancels.clear()
     _thread = None
 
@@ -82,53 +122,69 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _name_thread() -> None:
-    try:
-        import ctypes
 
-        ctypes.CDLL(None).prctl(15, b"ipcsem-bells", 0, 0, 0)   # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
+def _look(g: _Group, prefix: bool, key_rang: bool = False) -> None:
+    """Notify the entries of ``g`` that may have been granted: with
+    ``prefix``, only up to the first still waiting (notified too on an
+    unfair ledger: a head that fits takes its units itself)."""
+    with _lock:
+        ordered = list(g.ordered)
+    ledger = g.ledger
+    for _order, key in ordered:
+        item = g.entries.get(key)
+        if item is None:
+            continue
+        handle, pending, notify = item
+        try:
+            gone = ledger.closed or ledger.unlinked
+            waiting = not gone and ledger.state(pending.entry) == _ledger.WAITING
+        except (ValueError, OSError):
+            waiting = False
+        if not waiting or (not g.fair and key_rang):
+            try:
+                notify()
+            except Exception:  # noqa: BLE001 - a closed loop: its task is gone
+                unwatch(handle, pending)
+        if waiting and prefix:
+            break
 
 
 def _run() -> None:
-    _name_thread()
     me = _identity.ME
     last: dict[int, int] = {}        # id(ledger) -> its bell when we last looked
+    next_full = 0.0
     while True:
         if _cancels:
             _finish_cancels()
         seen_notifier = _ledger.notifier_word()
         with _lock:
-            items = list(_watched.values())
-        bells = {}
+            groups = list(_groups.items())
+        now = time.monotonic()
+        full = now >= next_full
+        if full:
+            next_full = now + SLICE
+        bells, look = [], []
         # Read every bell before looking at any entry: a grant that lands
         # after our look changes a bell we then do not sleep through.
-        for handle, _pending, _notify in items:
-            ledger = handle.ledger
-            if id(ledger) in bells or ledger.closed:
-                continue
-            try:
-                got = ledger.process_bell(me.pid, me.start)
-            except (ValueError, OSError):
-                got = None
-            if got is not None:
-                bells[id(ledger)] = (ledger, got[0], got[1])
-        rang = {k for k, (_l, _s, v) in bells.items() if last.get(k) != v}
-        last = {k: v for k, (_l, _s, v) in bells.items()}
-        for handle, pending, notify in items:
-            ledger = handle.ledger
-            try:
-                # fair=False rings a head that fits without granting it: it
-                # must try to take the units itself
-                ready = (ledger.closed or ledger.unlinked
-                         or ledger.state(pending.entry) != _ledger.WAITING
-                         or (not handle.params.fair and id(ledger) in rang))
-            except (ValueError, OSError):
-                ready = True
-            if ready:
+        for key, g in groups:
+            got = None
+            if not g.ledger.closed:
                 try:
-                    notify()
-                except Exception:  # noqa: BLE001 - a closed loop: its task is gone
-                    unwatch(handle, pending)
-        _ledger.wait_bells(list(bells.values()), seen_notifier, SLICE)
+                    got = g.ledger.process_bell(me.pid, me.start)
+                except (ValueError, OSError):
+                    got = None
+            if got is not None:
+                bells.append((g.ledger, got[0], got[1]))
+                rang = last.get(key) != got[1]
+                if full or rang:
+                    look.append((g, g.fair and not full, rang))
+                last[key] = got[1]
+            else:
+                look.append((g, False, False))     # no bell to sleep on: look at all, each slice
+        for g, prefix, rang in look:
+            _look(g, prefix, rang)
+        live = {k for k, _g in groups}
+        for k in list(last):
+            if k not in live:
+                del last[k]
+        _ledger.wait_bells(bells, seen_notifier, SLICE)

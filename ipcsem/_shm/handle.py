@@ -7,10 +7,11 @@ typed errors' names.
 """
 from __future__ import annotations
 
+import itertools
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from .. import _identity
+from .. import _identity, _pi
 from .._backend import Handle, Pending
 from .._errors import IpcsemError, LedgerFull, Wedged
 from .._records import Holder, Lease, Params, Stats, Waiter
@@ -33,18 +34,23 @@ SLICE_NS = int(HEAL_INTERVAL * 1e9)
 TRY_LOCK_NS = 5_000_000
 
 
-class ShmPending(Pending):
-    __slots__ = ("entry", "units")
+_seq = itertools.count()        # enqueue order of this process's async entries
 
-    def __init__(self, entry: int, units: int) -> None:
+
+class ShmPending(Pending):
+    __slots__ = ("entry", "order", "units")
+
+    def __init__(self, entry: int, units: int, priority: int = 0) -> None:
         self.entry = entry
         self.units = units
+        # serving order among this process's entries (grants come in it)
+        self.order: tuple[int, int] = (-priority, next(_seq))
 
 
 class ShmHandle(Handle):
     """A Handle on a ledger in POSIX shared memory."""
 
-    __slots__ = ("name", "params", "created", "segment", "_ledger")
+    __slots__ = ("_ledger", "created", "name", "params", "segment")
 
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
@@ -71,7 +77,7 @@ class ShmHandle(Handle):
         key, _tid, _depth, died = self._ledger.mutex
         return key == owner and bool(died)
 
-    def snapshot(self):
+    def snapshot(self) -> _ledger.Snapshot:
         """The ledger now (``_ledger.Snapshot``), read without the lock."""
         try:
             return self._ledger.snapshot()
@@ -106,10 +112,11 @@ class ShmHandle(Handle):
                 g = ledger.take(ME.pid, ME.start, tid, owner, units, priority,
                                 time.monotonic_ns() + TRY_LOCK_NS)
             except LedgerFull:
-                self._heal()   # a full table may be full of the dead
+                self._heal(time.monotonic_ns() + TRY_LOCK_NS)   # full of the dead?
                 g = ledger.take(ME.pid, ME.start, tid, owner, units, priority,
                                 time.monotonic_ns() + TRY_LOCK_NS)
-            if g is None and ledger.claim_heal(time.time_ns(), SLICE_NS) and self._heal():
+            if g is None and ledger.claim_heal(time.time_ns(), SLICE_NS) \
+                    and self._heal(time.monotonic_ns() + TRY_LOCK_NS):
                 # Refused, and it is our turn to look for the dead: a dead
                 # holder must not lock out callers that never block.
                 g = ledger.take(ME.pid, ME.start, tid, owner, units, priority,
@@ -118,13 +125,14 @@ class ShmHandle(Handle):
             raise e.with_name(self.name) from None
         return g
 
-    def _enqueue(self, units, priority, owner, tid, flags: int, lock: int):
+    def _enqueue(self, units: int, priority: int, owner: int, tid: int, flags: int,
+                 lock: int) -> _ledger.Grant | int | None:
         ledger = self._ledger
         args = (ME.pid, ME.start, tid, owner, units, priority, flags, lock)
         try:
             return ledger.enqueue(*args)
         except LedgerFull:
-            self._heal()
+            self._heal(lock if lock > 0 else LOCK_FOREVER)
             return ledger.enqueue(*args)
 
     def wait(self, units: int, priority: int, owner: int, tid: int, deadline: float | None,
@@ -134,13 +142,20 @@ class ShmHandle(Handle):
         deadline_ns = 0 if deadline is None else max(int(deadline * 1e9), 1)
         flags = _ledger.WF_DEADLOCK_RAISE if deadlock_raise else 0
 
+        pi = self.params.priority_inheritance
+
         def each_slice() -> None:
+            if pi:
+                _pi.update(self, ME.pid)     # our owner runs at least as well as we do
             if ledger.claim_heal(time.time_ns(), SLICE_NS):
-                self._heal()
+                # never longer than a slice, never past our deadline
+                bound = time.monotonic_ns() + SLICE_NS
+                self._heal(min(bound, deadline_ns) if deadline_ns else bound)
             if on_slice is not None:
                 on_slice()
 
-        args = (ME.pid, ME.start, tid, owner, units, priority, flags, deadline_ns, SLICE_NS,
+        slice_ns = int(_pi.SLICE * 1e9) if pi else SLICE_NS
+        args = (ME.pid, ME.start, tid, owner, units, priority, flags, deadline_ns, slice_ns,
                 each_slice)
         # Queueing and waiting are one C call: no Python code, where a signal
         # handler could raise, runs between them.
@@ -149,7 +164,7 @@ class ShmHandle(Handle):
             try:
                 return ledger.wait(*args)
             except LedgerFull:
-                self._heal()      # a full table may be full of the dead
+                self._heal(deadline_ns or LOCK_FOREVER)   # a full table may be full of the dead
                 return ledger.wait(*args)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
@@ -168,7 +183,7 @@ class ShmHandle(Handle):
             raise e.with_name(self.name) from None
         if got is None or not isinstance(got, int):
             return got
-        pending = ShmPending(got, units)
+        pending = ShmPending(got, units, priority)
         bells.watch(self, pending, notify)
         watch.watching(self.segment)
         return pending
@@ -213,13 +228,18 @@ class ShmHandle(Handle):
             pass
 
     def _forget(self, pending: ShmPending) -> None:
-        bells.unwatch(self, pending)
-        watch.done(self.segment)
+        # Once per entry: settle() forgets it before raising, and the
+        # caller's cancel() then forgets it again.
+        if bells.unwatch(self, pending):
+            watch.done(self.segment)
 
     # ----------------------------------------------------------- returning
     def release(self, units: int, owner: int, lease: Lease | None = None) -> None:
+        if self.params.priority_inheritance:
+            _pi.restore_self(self)    # our own priority back before the mutex goes
         try:
-            self._ledger.release(ME.pid, ME.start, owner, units, 0 if lease is None else lease.token)
+            self._ledger.release(ME.pid, ME.start, owner, units,
+                                 0 if lease is None else lease.token)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
 
@@ -230,25 +250,39 @@ class ShmHandle(Handle):
             raise e.with_name(self.name) from None
 
     # -------------------------------------------------------------- upkeep
-    def _heal(self) -> int:
-        return recovery.heal(self.segment)
+    def _heal(self, lock: int) -> int:
+        """Heal within a lock bound; 0 if the lock stays wedged (next time)."""
+        try:
+            return recovery.heal(self.segment, lock=lock)
+        except Wedged:
+            return 0
 
     def recover_if_due(self) -> None:
         if self._ledger.claim_heal(time.time_ns(), SLICE_NS):
             try:
-                self._heal()
+                self._heal(time.monotonic_ns() + TRY_LOCK_NS)
             except IpcsemError:
-                pass      # a wedged or corrupt ledger: the waiter's own calls say so
+                pass      # a corrupt ledger: the waiter's own calls say so
 
-    def recover(self) -> int:
+    @staticmethod
+    def _bound(timeout: float | None) -> int:
+        return LOCK_FOREVER if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+
+    def recover(self, timeout: float | None = None) -> int:
         try:
-            return self._heal()
+            return recovery.heal(self.segment, lock=self._bound(timeout))
+        except Wedged as e:
+            e.waited = timeout
+            raise e.with_name(self.name) from None
         except IpcsemError as e:
             raise e.with_name(self.name) from None
 
-    def check(self) -> None:
+    def check(self, timeout: float | None = None) -> None:
         try:
-            self._ledger.check(LOCK_FOREVER)
+            self._ledger.check(self._bound(timeout))
+        except Wedged as e:
+            e.waited = timeout
+            raise e.with_name(self.name) from None
         except IpcsemError as e:
             raise e.with_name(self.name) from None
 

@@ -10,10 +10,15 @@ process's units are posted once.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import _identity
 from . import _ledger
+
+if TYPE_CHECKING:
+    from .segment import Segment
 
 log = logging.getLogger("ipcsem")
 
@@ -21,14 +26,14 @@ log = logging.getLogger("ipcsem")
 OnRecover = Callable[[str, int, int, int, int], None]
 
 
-def identities(snapshot) -> set[tuple[int, int]]:
+def identities(snapshot: _ledger.Snapshot) -> set[tuple[int, int]]:
     """Every (pid, start) a ledger snapshot mentions (a pid <= 0 is no
     process: a corrupt row, which check() reports; never 'recovered')."""
     return ({(h.pid, h.start) for h in snapshot.holders if h.pid > 0}
             | {(w.pid, w.start) for w in snapshot.waiters if w.pid > 0})
 
 
-def recover_identity(segment, pid: int, start: int, on_recover: OnRecover | None = None,
+def recover_identity(segment: Segment, pid: int, start: int, on_recover: OnRecover | None = None,
                      lock: int = _ledger.LOCK_FOREVER) -> int:
     """Return what one identity, known to be dead, holds or waits for (the
     ledger rings the waiters this grants to); report it.  Units recovered
@@ -42,9 +47,42 @@ def recover_identity(segment, pid: int, start: int, on_recover: OnRecover | None
     return units
 
 
-def heal(segment, on_recover: OnRecover | None = None,
+def heal(segment: Segment, on_recover: OnRecover | None = None,
          lock: int = _ledger.LOCK_FOREVER) -> int:
-    """Recover every dead holder/waiter of one semaphore; units recovered."""
-    snap = segment.ledger.snapshot()
-    return sum(recover_identity(segment, pid, start, on_recover, lock)
-               for pid, start in identities(snap) if _identity.is_dead(pid, start))
+    """Recover every dead holder/waiter of one semaphore; units recovered.
+
+    The look is lock-free.  If it caught the ledger between two stores (a
+    process died inside a transaction, perhaps inside a recovery), the dead
+    may not show: take the lock once, which rolls the half-done transaction
+    back, and look again."""
+    ledger = segment.ledger
+    snap = ledger.snapshot()
+    if not snap.consistent:
+        ledger.touch(lock)
+        snap = ledger.snapshot()
+    units = sum(recover_identity(segment, pid, start, on_recover, lock)
+                for pid, start in identities(snap) if _identity.is_dead(pid, start))
+    return units + _orphaned_mutex(segment, snap, on_recover, lock)
+
+
+def _orphaned_mutex(segment: Segment, snap: _ledger.Snapshot, on_recover: OnRecover | None,
+                    lock: int) -> int:
+    """A mutex whose owning *thread* exited while its process lives would stay
+    locked for good: recover it (owner-died for the next owner)."""
+    h = snap.header
+    if not h.mx_owner or h.mx_owner < 0:        # free, or owned by a task (no thread)
+        return 0
+    holder = next((x for x in snap.holders if x.units > 0), None)
+    if holder is None or _identity.is_dead(holder.pid, holder.start):
+        return 0                                # the process's recovery covers it
+    if os.path.exists(f"/proc/{holder.pid}/task/{h.mx_owner_tid}"):
+        return 0
+    if _identity.start_of(holder.pid) != holder.start:
+        return 0
+    if segment.ledger.recover_orphan(holder.pid, holder.start, h.mx_owner, lock):
+        log.info("recovered mutex %s from exited thread %d of pid %d", segment.name,
+                 h.mx_owner_tid, holder.pid)
+        if on_recover is not None:
+            on_recover(segment.name, holder.pid, holder.start, 1, 0)
+        return 1
+    return 0

@@ -32,8 +32,16 @@ import time
 from dataclasses import dataclass
 
 from .. import _names, _proc
-from .._errors import (CapacityMismatch, Corrupt, IpcsemError, LedgerFull, NotFound,
-                       PermissionDenied, PolicyMismatch, Wedged)
+from .._errors import (
+    CapacityMismatch,
+    Corrupt,
+    IpcsemError,
+    LedgerFull,
+    NotFound,
+    PermissionDenied,
+    PolicyMismatch,
+    Wedged,
+)
 from .._records import Params
 from . import _ledger
 
@@ -41,6 +49,7 @@ DEFAULT_SLOTS = 1024
 OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 CREATOR_GRACE = 0.5      # an opener waits this long for a creator between O_EXCL and flock
 FLOCK_BOUND = 2.0        # a creation flock held longer than this is someone else's stall
+VIEW_BUDGET = 0.2        # a read-only view gives up waiting for a quiet ledger after this
 
 
 def policy_bits(p: Params) -> int:
@@ -49,7 +58,7 @@ def policy_bits(p: Params) -> int:
             | (_ledger.P_PI if p.priority_inheritance else 0))
 
 
-def params_of(header, mode: int) -> Params:
+def params_of(header: _ledger.Header, mode: int) -> Params:
     """The creation-time policy a ledger header records."""
     bits = header.policy
     return Params(capacity=header.capacity, initial=header.initial,
@@ -106,14 +115,14 @@ def check_mode(mode: int) -> None:
 class Segment:
     """One process's writable mapping of one semaphore's ledger."""
 
-    __slots__ = ("name", "ledger", "_mmap", "mode", "created", "owner_uid", "gid", "params")
+    __slots__ = ("_mmap", "created", "gid", "ledger", "mode", "name", "owner_uid", "params")
 
     def __init__(self, name: str, ledger: _ledger.Ledger, mm: mmap.mmap, st: os.stat_result,
                  created: bool, params: Params) -> None:
         self.name = name
         self.params = params
         self.ledger = ledger
-        self._mmap = mm
+        self._mmap: mmap.mmap | None = mm
         self.mode = stat.S_IMODE(st.st_mode)
         self.owner_uid = st.st_uid
         self.gid = st.st_gid
@@ -145,26 +154,42 @@ def open_segment(name: str, params: Params | None = None, *, group: int | None =
     someone else)."""
     path = _names.shm_path(name)
     create = params is not None
-    if create:
+    if params is not None:
         check_mode(params.mode)
-    fd, created = _open_fd(name, path, create, params.mode if create else 0o600)
+    fd, created = _open_fd(name, path, create, wait_for_creator)
     try:
         st = os.fstat(fd)
-        if created:
-            os.fchmod(fd, params.mode)      # O_CREAT applied the umask: make it exact
-            if group is not None:
-                os.fchown(fd, -1, group)
-            st = os.fstat(fd)
         why = distrust(st)
         if why is not None:
             raise _denied(name, st, why)
-        if create and not created and st.st_uid != os.geteuid() \
-                and not params.mode & stat.S_IWGRP:
-            raise _denied(name, st, f"exists and is another user's; you asked for a private "
-                                    f"(mode {params.mode:04o}) semaphore of that name")
-        mm, initialised_here = _map(name, path, fd, st, params, created, wait_for_creator)
+        if params is not None and not created and st.st_uid != os.geteuid():
+            # Another user's object under the name we meant to create.  Ours
+            # to use only if it is shared the way we asked: a group mode, and
+            # the very group we chose to trust (an owner can only give a file
+            # a group it belongs to, so that group vouches for its owner).
+            if not params.mode & stat.S_IWGRP:
+                raise _denied(name, st, f"exists and is another user's; you asked for a private "
+                                        f"(mode {params.mode:04o}) semaphore of that name")
+            want = group if group is not None else os.getegid()
+            if st.st_gid != want:
+                raise _denied(name, st, f"exists, shared with group {st.st_gid}, not with the "
+                                        f"group {want} you asked for")
+        try:
+            mm, initialised_here = _map(name, path, fd, st, params, created, wait_for_creator)
+        except LedgerFull:
+            if created:
+                _unlink_if_same(path, st)   # leave no empty file of ours behind
+            raise
         if mm is None:   # a creator showed up late: start over
             return open_segment(name, params, group=group, wait_for_creator=False)
+        if initialised_here and params is not None:    # (initialised: we had params)
+            # Only now, with the magic written, may anyone else open it: we
+            # created it 0600, because a mere reader can hold the creation
+            # flock of an empty file forever.
+            if group is not None:
+                os.fchown(fd, -1, group)
+            os.fchmod(fd, params.mode)      # exact: O_CREAT applied the umask
+            st = os.fstat(fd)
         try:
             ledger = _ledger.Ledger(mm)
         except Corrupt as e:
@@ -184,12 +209,23 @@ def open_segment(name: str, params: Params | None = None, *, group: int | None =
         os.close(fd)
 
 
-def _open_fd(name: str, path: str, create: bool, mode: int) -> tuple[int, bool]:
+def _unlink_if_same(path: str, st: os.stat_result) -> None:
+    try:
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _open_fd(name: str, path: str, create: bool, wait: bool) -> tuple[int, bool]:
+    end = time.monotonic() + CREATOR_GRACE
     while True:
         try:
             if create:
                 try:
-                    return os.open(path, OPEN_FLAGS | os.O_CREAT | os.O_EXCL, mode), True
+                    # 0600 until initialised (see open_segment)
+                    return os.open(path, OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600), True
                 except FileExistsError:
                     pass
             return os.open(path, OPEN_FLAGS), False
@@ -202,15 +238,22 @@ def _open_fd(name: str, path: str, create: bool, mode: int) -> tuple[int, bool]:
                 st = os.lstat(path)
             except OSError:
                 raise PermissionDenied("permission denied", name=name, path=path) from None
+            if wait and st.st_uid != os.geteuid() and stat.S_ISREG(st.st_mode) \
+                    and stat.S_IMODE(st.st_mode) == 0o600 and time.monotonic() < end:
+                time.sleep(0.002)   # its creator may be initialising it (still 0600)
+                continue
             raise _denied(name, st, distrust(st) or "its mode does not admit you") from None
         except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.ENOMEM):
+                raise LedgerFull("space", name=name) from None
             if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.ENODEV):
                 st = os.lstat(path)
                 raise _denied(name, st, distrust(st) or "is not a ledger") from None
             raise
 
 
-def _map(name, path, fd, st, params, created, wait_for_creator):
+def _map(name: str, path: str, fd: int, st: os.stat_result, params: Params | None,
+         created: bool, wait_for_creator: bool) -> tuple[mmap.mmap | None, bool]:
     """Map an initialised ledger, or initialise it if it is ours to.  (None,
     False) when a creator appeared while we waited (open again)."""
     if st.st_size >= _ledger.HEADER_SIZE:
@@ -220,11 +263,11 @@ def _map(name, path, fd, st, params, created, wait_for_creator):
     elif st.st_size != 0:
         raise Corrupt(f"is truncated ({st.st_size} bytes, less than a ledger header)",
                       name=name, path=path)
-    # Empty or not initialised: only under the creation flock.
-    if st.st_size == 0 and params is None and not created and wait_for_creator:
-        # A creator may be between O_EXCL and its flock: give it a moment.
-        if _wait_for_creator(fd):
-            return None, False
+    # Empty or not initialised: only under the creation flock.  A creator
+    # may be between O_EXCL and its flock: give it a moment.
+    if st.st_size == 0 and params is None and not created and wait_for_creator \
+            and _wait_for_creator(fd):
+        return None, False
     _flock(fd, name, path)
     try:
         st = os.fstat(fd)
@@ -255,7 +298,7 @@ def _flock(fd: int, name: str, path: str) -> None:
             if time.monotonic() >= end:
                 holders = _proc.locks_on(path)
                 raise Wedged(holders[0] if holders else None, name=name,
-                             waited=FLOCK_BOUND) from None
+                             waited=FLOCK_BOUND, what="creation lock") from None
             time.sleep(0.002)
 
 
@@ -290,11 +333,13 @@ def _initialise(fd: int, p: Params, name: str) -> mmap.mmap:
 
 
 def _check_policy(name: str, found: Params, asked: Params) -> None:
+    """Capacity and kind must agree; the other settings only where the
+    caller gave them explicitly (the facade checks those: a default is no
+    request)."""
     if found.capacity != asked.capacity:
         raise CapacityMismatch(name, found.capacity, asked.capacity)
-    for setting in ("kind", "slots", "fair", "reentrant", "priority_inheritance"):
-        if getattr(found, setting) != getattr(asked, setting):
-            raise PolicyMismatch(name, setting, getattr(found, setting), getattr(asked, setting))
+    if found.kind != asked.kind:
+        raise PolicyMismatch(name, "kind", found.kind, asked.kind)
 
 
 # ------------------------------------------------------------ removing
@@ -305,6 +350,9 @@ def remove_file(name: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         raise NotFound(name) from None
+    except IsADirectoryError:
+        raise Corrupt("is a directory, not a ledger: remove it with rmdir", name=name,
+                      path=path) from None
     except PermissionError:
         try:
             st = os.lstat(path)
@@ -312,6 +360,21 @@ def remove_file(name: str) -> None:
             raise PermissionDenied("cannot remove it", name=name, path=path) from None
         raise _denied(name, st, "cannot remove it: only its owner or root can "
                                 "(the sticky bit of /dev/shm)") from None
+
+
+def _may_remove(name: str) -> None:
+    """PermissionDenied unless we may unlink the file: /dev/shm is sticky,
+    so only the file's owner (or the directory's, or root) may."""
+    st = owner_of(name)
+    me = os.geteuid()
+    if me != 0 and st.st_uid != me:
+        try:
+            dir_owner = os.stat(_names.SHM_DIR).st_uid
+        except OSError:
+            dir_owner = -1
+        if dir_owner != me:
+            raise _denied(name, st, "cannot remove it: only its owner or root can "
+                                    "(the sticky bit of /dev/shm)")
 
 
 def unlink(name: str, *, lock_wait: float = 5.0) -> None:
@@ -322,6 +385,7 @@ def unlink(name: str, *, lock_wait: float = 5.0) -> None:
     not a usable ledger is removed without marking (that is what unlinking
     it is for); one we may not trust is not touched: PermissionDenied."""
     _names.validate(name)
+    _may_remove(name)            # first: a refused unlink must change nothing
     try:
         seg = open_segment(name, wait_for_creator=False)
     except (Corrupt, Wedged):
@@ -344,7 +408,7 @@ class View:
     owner and mode.  Taken with pread(): nothing is mapped or locked."""
 
     name: str
-    snapshot: object
+    snapshot: _ledger.Snapshot
     uid: int
     gid: int
     mode: int
@@ -384,8 +448,16 @@ def read_view(name: str, tries: int = 50) -> View:
                           f"is truncated ({st.st_size} bytes, less than a ledger header)",
                           name=name, path=path)
         snap = None
-        for _ in range(max(tries, 1)):
+        budget = time.monotonic() + VIEW_BUDGET
+        for attempt in range(max(tries, 1)):
             header = os.pread(fd, _ledger.HEADER_SIZE, 0)
+            c1, u1 = _ledger.seqlock_words(header)
+            last = attempt == tries - 1 or time.monotonic() >= budget
+            if u1 != 0 and not last:
+                # a transaction in flight: look at the header alone again
+                # (cheap) until it is between transactions, then copy once
+                time.sleep(0.0002)
+                continue
             try:
                 ext = _ledger.extent(header)
             except Corrupt as e:
@@ -394,21 +466,19 @@ def read_view(name: str, tries: int = 50) -> View:
             if ext["total"] > st.st_size:
                 raise Corrupt(f"is truncated: {st.st_size} bytes, the ledger needs "
                               f"{ext['total']}", name=name, path=path)
-            regions = [os.pread(fd, length, off) if length else b""
-                       for off, length in (ext["holders"], ext["waiters"], ext["units"])]
-            after = os.pread(fd, _ledger.HEADER_SIZE, 0)
-            c1, u1 = _ledger.seqlock_words(header)
-            c2, u2 = _ledger.seqlock_words(after)
+            holders, waiters, units = (os.pread(fd, length, off) if length else b""
+                                       for off, length in (ext["holders"], ext["waiters"],
+                                                           ext["units"]))
+            c2, u2 = _ledger.seqlock_words(os.pread(fd, _ledger.HEADER_SIZE, 0))
             consistent = u1 == 0 and u2 == 0 and c1 == c2
             try:
-                snap = _ledger.parse(header, *regions, consistent)
+                snap = _ledger.parse(header, holders, waiters, units, consistent)
             except Corrupt as e:
                 if consistent:
                     e.name, e.path = name, path
                     raise
                 snap = None
-                continue
-            if consistent:
+            if consistent or last:
                 break
         if snap is None:
             raise Corrupt("could not be read between two transactions", name=name, path=path)

@@ -31,7 +31,6 @@ semaphores are unaffected.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -40,9 +39,11 @@ import select
 import signal
 import stat
 import time
-from typing import Callable
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
-from .. import _identity, _names
+from .. import _identity, _names, _proc
 from .._errors import IpcsemError, Wedged
 from . import _ledger, recovery
 from .segment import Segment, distrust, open_segment
@@ -53,6 +54,8 @@ log = logging.getLogger("ipcsem")
 OnRecover = Callable[[str, int, int, int, int, "int | None"], None]
 OnError = Callable[[str, str], None]
 OnWatch = Callable[[int, int], None]
+# worker_main(fd, uid, names, sweep, poll) -> exit status
+WorkerMain = Callable[[int, int, "list[str] | None", float, float], int]
 
 LOCK_BOUND = 0.2          # how long one semaphore may keep the supervisor waiting
 
@@ -68,6 +71,11 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+def _log_problem(name: str, message: str) -> None:
+    if message:       # "" says the problem cleared
+        log.warning("%s: %s", name, message)
 
 
 class Supervisor:
@@ -88,9 +96,13 @@ class Supervisor:
         self.names = list(names) if names else None
         self.sweep = sweep
         self.poll = poll
+        # Without NAMEs only our own semaphores: a group-mate's ledger we never
+        # chose to use is not ours to map (its owner could truncate it under us).
+        if owner_uid is None and self.names is None:
+            owner_uid = os.geteuid()
         self.owner_uid = owner_uid
         self.on_recover = on_recover
-        self.on_error = on_error or (lambda name, msg: msg and log.warning("%s: %s", name, msg))
+        self.on_error = on_error or _log_problem
         self.on_watch = on_watch
         self.segments: dict[str, Segment] = {}
         self._seen_changes: dict[str, int] = {}
@@ -102,7 +114,10 @@ class Supervisor:
         self.pidfds = hasattr(os, "pidfd_open")
         self.degraded = False         # out of fds: sweeps only, for identities not yet watched
         self._poller = select.poll()
-        raise_fd_limit()
+        # Keep a reserve: a sweep needs descriptors of its own (/proc reads,
+        # listing /dev/shm, opening ledgers), so pidfds never take them all.
+        limit = raise_fd_limit()
+        self._fd_budget = max(limit - max(64, limit // 4), 0)
 
     def stop(self) -> None:
         self._stopping = True
@@ -119,7 +134,12 @@ class Supervisor:
 
     # ------------------------------------------------------------- names
     def _wanted(self) -> list[str]:
-        return self.names if self.names is not None else _names.names()
+        if self.names is not None:
+            return self.names
+        try:
+            return _names.listing()
+        except OSError:               # e.g. out of descriptors: keep what we have
+            return list(self.segments)
 
     def _refresh_names(self) -> None:
         wanted = self._wanted()
@@ -170,8 +190,8 @@ class Supervisor:
     def _bounded(self) -> int:
         return time.monotonic_ns() + int(LOCK_BOUND * 1e9)
 
-    def _report(self, died_ns: int | None):
-        def report(name, pid, start, units, entries):
+    def _report(self, died_ns: int | None) -> recovery.OnRecover:
+        def report(name: str, pid: int, start: int, units: int, entries: int) -> None:
             if self.on_recover is not None:
                 self.on_recover(name, pid, start, units, entries, died_ns)
         return report
@@ -193,37 +213,43 @@ class Supervisor:
         except (IpcsemError, OSError, ValueError) as e:
             self._problem(name, f"skipped: {e}")
 
-    def _watch_identities(self, snap) -> None:
+    def _watch_identities(self, snap: _ledger.Snapshot) -> None:
         if not self.pidfds:
             return
+        gone: list[tuple[int, int]] = []
         for ident in recovery.identities(snap):
             if ident in self._watch:
                 continue
-            if self.degraded and len(self._watch) > 0:
+            if len(self._watch) >= self._fd_budget:
+                if not self.degraded:
+                    self.degraded = True
+                    log.warning("watching %d processes, the most this supervisor's file "
+                                "descriptors allow: others are recovered by sweeps",
+                                len(self._watch))
                 continue
             try:
                 fd = os.pidfd_open(ident[0])
             except ProcessLookupError:
-                continue            # dead already: the sweep recovers it
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
-                    if not self.degraded:
-                        self.degraded = True
-                        log.warning("out of file descriptors watching %d processes: newer "
-                                    "ones are recovered by sweeps", len(self._watch))
+                gone.append(ident)  # died before we could watch it: recover it now
                 continue
+            except OSError:
+                continue            # out of fds or no permission: the sweep covers it
             # The pid could have been reused between the ledger and
             # pidfd_open: the start time decides whose pidfd this is.
             if _identity.start_of(ident[0]) != ident[1]:
                 os.close(fd)
+                gone.append(ident)
                 continue
             self._watch[ident] = fd
             self._by_fd[fd] = ident
             self._poller.register(fd, select.POLLIN)
             if self.on_watch is not None:
                 self.on_watch(*ident)
+        for ident in gone:
+            if _identity.is_dead(*ident):   # not merely hidden from us
+                self._recover_dead(ident, None)
 
-    def _forget(self, ident) -> None:
+    def _forget(self, ident: tuple[int, int]) -> None:
         fd = self._watch.pop(ident, None)
         if fd is not None:
             self._by_fd.pop(fd, None)
@@ -232,7 +258,7 @@ class Supervisor:
             except KeyError:
                 pass
             os.close(fd)
-            if self.degraded and len(self._watch) < raise_fd_limit() // 2:
+            if self.degraded and len(self._watch) < self._fd_budget // 2:
                 self.degraded = False
 
     # ------------------------------------------------------------ the loop
@@ -241,13 +267,16 @@ class Supervisor:
         for name, seg in list(self.segments.items()):
             self._heal(name, seg)
         # Close pidfds of the dead the poll has not reported (it will not now).
-        for ident in list(self._watch):
-            if _identity.is_dead(*ident):
-                self._forget(ident)
-        live = set(self._watch)
-        for ident in list(self._where):
-            if ident not in live and _identity.is_dead(*ident):
-                del self._where[ident]
+        try:
+            for ident in list(self._watch):
+                if _identity.is_dead(*ident):
+                    self._forget(ident)
+            live = set(self._watch)
+            for ident in list(self._where):
+                if ident not in live and _identity.is_dead(*ident):
+                    del self._where[ident]
+        except OSError as e:          # out of descriptors: next sweep
+            log.warning("sweep cut short: %s", e)
 
     def _poll_changes(self) -> None:
         for name, seg in list(self.segments.items()):
@@ -262,7 +291,7 @@ class Supervisor:
             except (IpcsemError, OSError, ValueError) as e:
                 self._problem(name, f"skipped: {e}")
 
-    def _deaths(self, events) -> None:
+    def _deaths(self, events: list[tuple[int, int]]) -> None:
         died = time.time_ns()
         for fd, _ev in events:
             ident = self._by_fd.get(fd)
@@ -270,18 +299,23 @@ class Supervisor:
                 continue
             self._forget(ident)
             # The pidfd was opened for a verified (pid, start): readable means
-            # that identity is dead.  Recover it where the ledgers showed it.
-            for name in sorted(self._where.pop(ident, set()) or self.segments):
-                seg = self.segments.get(name)
-                if seg is None:
-                    continue
-                try:
-                    recovery.recover_identity(seg, *ident, self._report(died), self._bounded())
-                except Wedged as e:
-                    e.name, e.waited = name, LOCK_BOUND
-                    self._problem(name, f"wedged: {e}")
-                except (IpcsemError, OSError, ValueError) as e:
-                    self._problem(name, f"skipped: {e}")
+            # that identity is dead.
+            self._recover_dead(ident, died)
+
+    def _recover_dead(self, ident: tuple[int, int], died: int | None) -> None:
+        """Recover a dead identity where the ledgers showed it (everywhere
+        we look if they did not say)."""
+        for name in sorted(self._where.pop(ident, set()) or self.segments):
+            seg = self.segments.get(name)
+            if seg is None:
+                continue
+            try:
+                recovery.recover_identity(seg, *ident, self._report(died), self._bounded())
+            except Wedged as e:
+                e.name, e.waited = name, LOCK_BOUND
+                self._problem(name, f"wedged: {e}")
+            except (IpcsemError, OSError, ValueError) as e:
+                self._problem(name, f"skipped: {e}")
 
     def run(self) -> None:
         next_sweep = 0.0
@@ -308,6 +342,7 @@ class Supervisor:
 
 # ====================================================== privilege separation
 EVENT_MAX = 4096      # bytes per event line from a worker
+MAX_WORKERS = 256     # users served at once (more owners are logged, not served)
 
 
 class RootSupervisor:
@@ -321,7 +356,10 @@ class RootSupervisor:
     "uid"}`` or ``{"event": "worker", "uid", "status"}``."""
 
     def __init__(self, names: list[str] | None = None, *, sweep: float = 1.0,
-                 poll: float = 0.02, emit: Callable[[dict], None]) -> None:
+                 poll: float = 0.02, emit: Callable[[dict[str, Any]], None],
+                 max_workers: int = MAX_WORKERS, worker_main: WorkerMain | None = None) -> None:
+        self.max_workers = max_workers
+        self._worker_main = worker_main or _worker_main   # tests play a compromised worker
         self.names = list(names) if names else None
         self.sweep = sweep
         self.poll = poll
@@ -329,31 +367,81 @@ class RootSupervisor:
         self.workers: dict[int, tuple[int, int, bytearray]] = {}   # uid -> (pid, fd, buffer)
         self._restart_after: dict[int, float] = {}
         self._stopping = False
+        self._unserved: set[int] = set()
+        raise_fd_limit()
 
     def stop(self) -> None:
         self._stopping = True
 
-    def _owners(self) -> set[int]:
-        """uids owning (regular, initialised-looking) ipcsem names."""
-        owners = set()
+    def _owners(self) -> list[int]:
+        """uids owning ipcsem names that look like ledgers (regular, not
+        writable by all, not empty: an empty file costs its owner nothing and
+        must not cost us a worker), in the order they get workers when there
+        are more than max_workers: those whose semaphores have holders first
+        (root reads only what lstat and a read-only view say), then the
+        most recently active; never by uid, which an attacker can choose."""
+        from .segment import read_view
+
+        latest: dict[int, float] = {}
+        busy: set[int] = set()
         for name in (self.names if self.names is not None else _names.names()):
             try:
                 st = os.lstat(_names.shm_path(name))
             except OSError:
                 continue
-            if stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IWOTH:
-                owners.add(st.st_uid)
-        return owners
+            if not (stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IWOTH
+                    and st.st_size > 0):
+                continue
+            uid = st.st_uid
+            latest[uid] = max(latest.get(uid, 0.0), st.st_mtime)
+            if uid not in busy and len(latest) > self.max_workers:
+                try:
+                    if any(h.units for h in read_view(name, tries=1).snapshot.holders):
+                        busy.add(uid)
+                except (IpcsemError, OSError):
+                    pass
+        return sorted(latest, key=lambda u: (u not in busy, -latest[u]))
 
     def _start_worker(self, uid: int) -> None:
-        r, w = os.pipe()
-        pid = os.fork()
+        if len(self.workers) >= self.max_workers:
+            if uid not in self._unserved:
+                self._unserved.add(uid)
+                self.emit({"event": "worker", "uid": uid,
+                           "status": f"not served: {self.max_workers} users are already"})
+            return
+        try:
+            r, w = os.pipe()
+        except OSError as e:
+            self.emit({"event": "worker", "uid": uid, "status": f"not started: {e}"})
+            self._restart_after[uid] = time.monotonic() + 5.0
+            return
+        root = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            os.close(r)
+            os.close(w)
+            self.emit({"event": "worker", "uid": uid, "status": f"not started: {e}"})
+            self._restart_after[uid] = time.monotonic() + 5.0
+            return
         if pid == 0:  # the worker: never returns
             code = 1
             try:
+                # Root's handlers (its stop() on SIGTERM) are not the worker's.
+                for sig in (signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
                 os.close(r)
-                _become(uid)
-                code = _worker_main(w, uid, self.names, self.sweep, self.poll)
+                os.setsid()                 # out of root's session: no terminal to type into
+                _proc.keep_only_fds(w)      # none of root's pipes or journal streams
+                _prepare_worker()           # everything it needs, while root can read it
+                _proc.become(uid)
+                # Die with root: the parent-death signal is set only now,
+                # because changing credentials clears it.  Root may have
+                # died before it took effect: then the parent is no longer it.
+                _proc.set_pdeathsig(signal.SIGTERM)
+                if os.getppid() != root:
+                    raise SystemExit("the root supervisor is gone")
+                code = self._worker_main(w, uid, self.names, self.sweep, self.poll)
             except BaseException as e:  # noqa: BLE001 - report, then exit
                 try:
                     os.write(w, (json.dumps({"event": "warning", "name": "-",
@@ -385,7 +473,7 @@ class RootSupervisor:
                     self._restart_after[uid] = time.monotonic() + 1.0
 
     def _read(self, uid: int, fd: int) -> None:
-        pid, _fd, buf = self.workers[uid]
+        _pid, _fd, buf = self.workers[uid]
         while True:
             try:
                 chunk = os.read(fd, 65536)
@@ -419,17 +507,35 @@ class RootSupervisor:
                             self._restart_after.get(uid, 0):
                         self._start_worker(uid)
             fds = {fd: uid for uid, (_p, fd, _b) in self.workers.items()}
+            poller = select.poll()          # no FD_SETSIZE limit, unlike select()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
             try:
-                ready, _, _ = select.select(list(fds), [], [], min(self.sweep, 0.5))
+                ready = poller.poll(min(self.sweep, 0.5) * 1000)
             except InterruptedError:
                 continue
-            for fd in ready:
-                self._read(fds[fd], fd)
+            for fd, _ev in ready:
+                uid = fds[fd]
+                try:
+                    self._read(uid, fd)
+                except Exception as e:  # noqa: BLE001 - one worker's bytes never stop root
+                    self.emit({"event": "worker", "uid": uid,
+                               "status": f"sent what no worker sends ({type(e).__name__}); "
+                                         "restarting it"})
+                    self._kill_worker(uid)
             self._reap()
+
+    def _kill_worker(self, uid: int) -> None:
+        pid, _fd, buf = self.workers[uid]
+        buf.clear()
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def close(self) -> None:
         self._stopping = True
-        for uid, (pid, fd, _buf) in list(self.workers.items()):
+        for pid, _fd, _buf in list(self.workers.values()):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -449,37 +555,23 @@ class RootSupervisor:
         self.workers.clear()
 
 
-def _become(uid: int) -> None:
-    """Drop to ``uid`` for good: supplementary groups, then gid, then uid."""
-    import pwd
+def _prepare_worker() -> None:
+    """Import what a worker uses before it drops privileges: after the drop
+    the interpreter's own files may not be readable (installed under a
+    private home)."""
+    import ctypes  # noqa: F401  (set_pdeathsig, the watcher's pidfd_open)
 
-    try:
-        pw = pwd.getpwuid(uid)
-        gid, groups = pw.pw_gid, os.getgrouplist(pw.pw_name, pw.pw_gid)
-    except KeyError:
-        gid, groups = uid, [uid]    # a uid without a passwd entry: its own group only
-    os.setgroups(groups)
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    if os.geteuid() != uid or (uid != 0 and _can_regain_root()):
-        raise PermissionError(f"could not drop privileges to uid {uid}")
+    import psutil  # noqa: F401  (command lines)
 
 
-def _can_regain_root() -> bool:
-    try:
-        os.setresuid(0, 0, 0)
-    except PermissionError:
-        return False
-    return True
-
-
-def _validate_event(line: bytes) -> dict | None:
-    """A worker's event, or None: bounded, JSON, the expected keys and types."""
+def _validate_event(line: bytes) -> dict[str, Any] | None:
+    """A worker's event, or None: bounded, JSON, the expected keys and types.
+    (Deep nesting is not ours either: the parser's RecursionError says so.)"""
     if len(line) > EVENT_MAX:
         return None
     try:
         ev = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(ev, dict):
         return None
@@ -504,39 +596,39 @@ def _validate_event(line: bytes) -> dict | None:
     return None
 
 
-def _worker_main(fd: int, uid: int, names, sweep: float, poll: float) -> int:
+def _worker_main(fd: int, uid: int, names: list[str] | None, sweep: float, poll: float) -> int:
     """A per-user worker: a Supervisor over ``uid``'s semaphores, events on ``fd``."""
     from .. import _proc
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _proc.set_pdeathsig(signal.SIGTERM)
     commands: dict[tuple[int, int], str] = {}
 
-    def send(ev: dict) -> None:
+    def send(ev: dict[str, Any]) -> None:
         data = (json.dumps(ev) + "\n").encode()
         if len(data) <= EVENT_MAX:
             os.write(fd, data)
 
-    def on_watch(pid, start):
+    def on_watch(pid: int, start: int) -> None:
         argv = _proc.argv(pid, start)
         if argv is not None:
             commands[(pid, start)] = " ".join(argv)
 
-    def on_recover(name, pid, start, units, entries, died_ns):
+    def on_recover(name: str, pid: int, start: int, units: int, entries: int,
+                   died_ns: int | None) -> None:
         after = None if died_ns is None else round((time.time_ns() - died_ns) / 1e6, 3)
         send({"event": "recovered", "name": name, "pid": pid, "start": start, "units": units,
               "entries": entries, "after_ms": after, "cmd": commands.pop((pid, start), None)})
 
-    def on_error(name, message):
+    def on_error(name: str, message: str) -> None:
         if message:
             send({"event": "warning", "name": name, "error": message})
 
     sup = Supervisor(names, sweep=sweep, poll=poll, on_recover=on_recover, on_error=on_error,
                      on_watch=on_watch, owner_uid=uid)
-    stopping = []
+    stopping: list[int] = []
 
-    def stop(signum, frame):
+    def stop(signum: int, frame: FrameType | None) -> None:
         stopping.append(signum)
         sup.stop()
 

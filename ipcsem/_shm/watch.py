@@ -20,37 +20,34 @@ import os
 import select
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
-from .. import _identity
+from .. import _identity, _proc
 from .._errors import IpcsemError
 from . import recovery
+
+if TYPE_CHECKING:
+    from .segment import Segment
 
 WATCH_MAX = 256          # pidfds per process
 REFRESH = 0.05           # how often to look for new holders (lock-free counter read)
 
 _lock = threading.Lock()
-_segments: dict[int, list] = {}          # id(segment) -> [segment, waits, seen_changes]
+# id(segment) -> [segment, waits, seen changes, identities]
+_segments: dict[int, list[Any]] = {}
 _thread: threading.Thread | None = None
 _wake_r = _wake_w = -1
 
 
-def _name_thread() -> None:
-    """Give the watcher thread an OS name deadlock detection can tell apart."""
-    try:
-        import ctypes
 
-        ctypes.CDLL(None).prctl(15, b"ipcsem-watch", 0, 0, 0)   # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
-
-
-def watching(segment) -> None:
+def watching(segment: Segment) -> None:
     """A thread of ours starts waiting on ``segment``."""
     global _thread, _wake_r, _wake_w
     if not hasattr(os, "pidfd_open"):
         return
     with _lock:
         entry = _segments.get(id(segment))
+        new = entry is None
         if entry is None:
             _segments[id(segment)] = [segment, 1, None, set()]
         else:
@@ -58,12 +55,16 @@ def watching(segment) -> None:
         if _thread is None or not _thread.is_alive():
             if _wake_r < 0:
                 _wake_r, _wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            _thread = threading.Thread(target=_run, name="ipcsem-watch", daemon=True)
-            _thread.start()
-    _poke()
+            _thread = _proc.start_named_thread("ipcsem-watch", _run)
+    # Only a newly watched segment needs the thread now: another waiter on
+    # one it already watches changes nothing it looks at (a poke per
+    # waiter hands the GIL to a full re-read of the ledger: O(n) per
+    # enqueue, O(n^2) for n tasks queueing at once).
+    if new:
+        _poke()
 
 
-def done(segment) -> None:
+def done(segment: Segment) -> None:
     """That thread stopped waiting."""
     with _lock:
         entry = _segments.get(id(segment))
@@ -98,7 +99,6 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _run() -> None:
-    _name_thread()
     poller = select.poll()
     poller.register(_wake_r, select.POLLIN)
     pidfds: dict[tuple[int, int], int] = {}      # identity -> pidfd
@@ -188,7 +188,7 @@ def _run() -> None:
                 _recover(segs.get(key), ident)
 
 
-def _recover(seg, ident) -> None:
+def _recover(seg: Segment | None, ident: tuple[int, int]) -> None:
     if seg is None or not _identity.is_dead(*ident):
         return
     try:

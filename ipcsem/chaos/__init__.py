@@ -67,11 +67,18 @@ an exec'd worker imports it before ``worker.py``.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .report import Report
+
 __all__ = ["Report", "Storm", "format_report", "run_storm"]
 
 
-def run_storm(name=None, capacity=None, workers=8, kill_every=0.01, duration=None, kills=None,
-              supervisor=True, self_kill_fraction=0.2, seed=None, multi_unit=True, **options):
+def run_storm(name: str | None = None, capacity: int | None = None, workers: int = 8,
+              kill_every: float = 0.01, duration: float | None = None, kills: int | None = None,
+              supervisor: bool = True, self_kill_fraction: float = 0.2, seed: int | None = None,
+              multi_unit: bool = True, **options: Any) -> Report:
     """Run one storm and return its Report.
 
     Stops after ``kills`` kills or ``duration`` seconds, whichever comes
@@ -94,7 +101,7 @@ def run_storm(name=None, capacity=None, workers=8, kill_every=0.01, duration=Non
                  self_kill_fraction, seed, multi_unit, **options).run()
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "Storm":
         from .storm import Storm
 

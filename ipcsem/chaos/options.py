@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
-from typing import Callable
 
 from .. import _args, _names
 
@@ -66,7 +66,7 @@ class Options:
             raise ValueError("self_kill_fraction must be in 0..1")
         _names.validate(self.name)
 
-    def _resolve(self, setting: str, default) -> None:
+    def _resolve(self, setting: str, default: object) -> None:
         if getattr(self, setting) is None:
             object.__setattr__(self, setting, default)
 
@@ -78,4 +78,6 @@ class Options:
     @property
     def files(self) -> int:
         """How many lock files the oracle has."""
-        return self.capacity if self.oracle_slots is None else self.oracle_slots
+        capacity = self.capacity
+        assert capacity is not None       # resolved in __post_init__
+        return capacity if self.oracle_slots is None else self.oracle_slots

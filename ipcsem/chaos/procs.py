@@ -12,7 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from .. import _proc
 from .worker import WorkerConfig, run_forked
@@ -22,7 +24,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
-def stop_signals_blocked():
+def stop_signals_blocked() -> Iterator[None]:
     """Around a fork: a stop signal that arrives meanwhile is delivered to
     the parent (whose handler only sets a flag) once this block ends."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -39,7 +41,7 @@ def default_stop_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
-def child_preexec():
+def child_preexec() -> Callable[[], None]:
     """The preexec_fn for a child the storm execs (inside
     stop_signals_blocked()): die with the storm, default stop signals."""
     return _proc.pdeathsig_preexec(then=default_stop_signals)
@@ -48,10 +50,10 @@ def child_preexec():
 class WorkerProc:
     """One worker process in counters row ``index``."""
 
-    __slots__ = ("index", "pid", "self_kill", "started", "returncode", "_popen")
+    __slots__ = ("_popen", "index", "pid", "returncode", "self_kill", "started")
 
     def __init__(self, index: int, pid: int, self_kill: bool,
-                 popen: subprocess.Popen | None = None) -> None:
+                 popen: subprocess.Popen[bytes] | None = None) -> None:
         self.index, self.pid, self.self_kill = index, pid, self_kill
         self.started = time.monotonic()
         self.returncode: int | None = None
@@ -86,14 +88,16 @@ class WorkerProc:
     def kill(self) -> tuple[int, bool]:
         """SIGKILL and reap: (exit code, whether our signal did it).  A worker
         found already dead (it killed itself) is just reaped."""
-        if self.poll() is not None:
-            return self.returncode, False
+        code = self.poll()
+        if code is not None:
+            return code, False
         os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid cannot be reused
         if self._popen is not None:
-            self.returncode = self._popen.wait()
+            code = self._popen.wait()
         else:
-            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-        return self.returncode, True
+            code = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        self.returncode = code
+        return code, True
 
 
 class SupervisorProc:
@@ -104,7 +108,7 @@ class SupervisorProc:
         self.name = name
         self.out_path = os.path.join(tmp, "supervisor.log")
         self.err_path = os.path.join(tmp, "supervisor.err")
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[Any] | None = None
         self.started = 0.0
         self.starts = 0
         self.unexpected_exits: list[int] = []

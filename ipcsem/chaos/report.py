@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class Report:
     lost_units: int            # capacity - available after recovery
     check_error: str | None    # the failed end checks (None: all passed)
     elapsed: float             # seconds: storm + verification + clean-up
-    details: dict = field(default_factory=dict, hash=False, compare=False)
+    details: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -28,7 +29,7 @@ class Report:
         return (self.over_admissions == 0 and self.lost_units == 0
                 and self.check_error is None and not self.details.get("errors"))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ok"] = self.ok
         return d
@@ -37,8 +38,9 @@ class Report:
         return json.dumps(self.as_dict(), indent=2, default=str)
 
 
-def _kind(d: dict) -> str:
-    return {"slots": "; slotted semaphore", "mutex": "; mutex"}.get(d.get("kind"), "")
+def _kind(d: dict[str, Any]) -> str:
+    notes: dict[object, str] = {"slots": "; slotted semaphore", "mutex": "; mutex"}
+    return notes.get(d.get("kind"), "")
 
 
 def format_report(r: Report) -> str:

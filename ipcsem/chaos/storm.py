@@ -21,18 +21,35 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from .. import _names
-from .counters import (HOLDING, RELEASING, STARTING, STATE_NAMES, W_ARMED, W_BUSY, W_CYCLES,
-                       W_STATE, W_TIMEOUTS, W_TOKEN, Counters)
+from .counters import (
+    HOLDING,
+    RELEASING,
+    STARTING,
+    STATE_NAMES,
+    W_ARMED,
+    W_BUSY,
+    W_CYCLES,
+    W_STATE,
+    W_TIMEOUTS,
+    W_TOKEN,
+    Counters,
+)
 from .options import Options
 from .oracle import BAD_SLOTS, count_violations
 from .procs import STOP_SIGNALS, SupervisorProc, WorkerProc, tail
 from .report import Report
 from .verify import check_grants, verify
 from .worker import WorkerConfig
+
+if TYPE_CHECKING:
+    from .._semaphore import Mutex, Semaphore
 
 
 class _Abort(Exception):
@@ -63,8 +80,9 @@ class Storm:
     Raises ValueError for bad arguments or an existing NAME (before anything
     is created), KeyboardInterrupt when interrupted (after the clean-up)."""
 
-    def __init__(self, *args, **options) -> None:
+    def __init__(self, *args: Any, **options: Any) -> None:
         self.opt = opt = Options(*args, **options)
+        assert opt.name is not None and opt.capacity is not None   # Options resolved them
         if opt.name in _names.names():
             raise ValueError(f"semaphore {opt.name!r} already exists; a storm needs a fresh name")
         self.name, self.kind, self.capacity = opt.name, opt.kind, opt.capacity
@@ -73,19 +91,31 @@ class Storm:
         self.tally = Tally()
         self.live: dict[int, WorkerProc] = {}
         self.gens: dict[int, int] = {}        # workers started per counters row
-        self.sem = None
+        self.sem: Semaphore | Mutex | None = None
         self.sup: SupervisorProc | None = None     # None once it keeps exiting by itself
         self.sup_record: SupervisorProc | None = None
         self.counters: Counters | None = None
         self.tmp = ""
         self.storm_seconds = 0.0
-        self.end: tuple[int, str | None, dict] = (opt.capacity, "not verified", {})
+        self.end: tuple[int, str | None, dict[str, Any]] = (opt.capacity, "not verified", {})
         # Read from the storm's files at clean-up (_read_findings).
         self.totals = {W_CYCLES: 0, W_TIMEOUTS: 0, W_BUSY: 0}
         self.over = self.bad_slots = self.sup_starts = self.sup_recoveries = 0
         self.violations: list[str] = []
-        self.grant_details: dict = {}
+        self.grant_details: dict[str, Any] = {}
         self.grant_problems: list[str] = []
+
+    @property
+    def ctr(self) -> Counters:
+        """The counters (_prepare makes them before any phase reads them)."""
+        assert self.counters is not None
+        return self.counters
+
+    @property
+    def opened(self) -> Semaphore | Mutex:
+        """The storm's own handle (_prepare opens it before any phase uses it)."""
+        assert self.sem is not None
+        return self.sem
 
     # ================================================================ run
     def run(self, handle_signals: bool = True) -> Report:
@@ -113,12 +143,14 @@ class Storm:
             self.interrupted = signum
 
     @contextmanager
-    def _signals(self, install: bool):
+    def _signals(self, install: bool) -> Iterator[None]:
         if not install or threading.current_thread() is not threading.main_thread():
             yield
             return
-        old = {sig: signal.signal(sig, lambda signum, frame: self.interrupt(signum))
-               for sig in STOP_SIGNALS}
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self.interrupt(signum)
+
+        old = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
         try:
             yield
         finally:
@@ -134,13 +166,14 @@ class Storm:
         for f in ("violations", "grants"):
             open(self.path(f), "wb").close()
         self.counters = Counters(self.path("counters"), self.opt.workers)
+        sem: Semaphore | Mutex
         if self.kind == "mutex":
-            self.sem = ipcsem.Mutex(self.name)
+            sem = ipcsem.Mutex(self.name)
         else:
-            self.sem = ipcsem.Semaphore(self.name, capacity=self.capacity,
-                                        slots=self.kind == "slots")
-        if not self.sem.created:  # created by someone else between the check and now
-            sem, self.sem = self.sem, None
+            sem = ipcsem.Semaphore(self.name, capacity=self.capacity, slots=self.kind == "slots")
+        self.sem = sem
+        if not sem.created:  # created by someone else between the check and now
+            self.sem = None
             sem.close()
             raise ValueError(f"semaphore {self.name!r} already exists; a storm needs a fresh "
                              "name")
@@ -192,7 +225,7 @@ class Storm:
             self._last_progress = now
             t = self.tally
             self.opt.progress(f"{now - self._t0:7.1f} s  kills {t.kills}  self-kills "
-                              f"{t.self_kills}  cycles {self.counters.total(W_CYCLES)}  "
+                              f"{t.self_kills}  cycles {self.ctr.total(W_CYCLES)}  "
                               f"over-admissions {count_violations(self.path('violations'))}")
 
     def _finish(self) -> None:
@@ -205,14 +238,14 @@ class Storm:
             if self.interrupted:
                 self.sup.kill()
             else:
-                code = self.sup.stop()
-                if code not in (0, None, -signal.SIGTERM):  # -SIGTERM: stopped while starting
-                    self.tally.errors.append(f"supervisor exited with {code} on SIGTERM: "
+                status = self.sup.stop()
+                if status not in (0, None, -signal.SIGTERM):  # -SIGTERM: stopped while starting
+                    self.tally.errors.append(f"supervisor exited with {status} on SIGTERM: "
                                              f"{self.sup.stderr_tail()}")
 
     def _verify(self) -> None:
         """Every worker dead: the semaphore must be whole (verify.py)."""
-        self.end = verify(self.sem, self.capacity, settle_timeout=self.opt.settle_timeout,
+        self.end = verify(self.opened, self.capacity, settle_timeout=self.opt.settle_timeout,
                           verify_timeout=self.opt.verify_timeout, kind=self.kind,
                           should_stop=lambda: self.interrupted is not None)
 
@@ -249,7 +282,7 @@ class Storm:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     @staticmethod
-    def _try(f, *args) -> None:
+    def _try(f: Callable[..., object], *args: object) -> None:
         try:
             f(*args)
         except Exception:  # noqa: BLE001 - clean-up goes on
@@ -260,7 +293,7 @@ class Storm:
         return os.path.join(self.tmp, name)
 
     def _spawn(self, index: int) -> None:
-        self.counters.reset(index)
+        self.ctr.reset(index)
         cfg = WorkerConfig(
             name=self.name, index=index, capacity=self.capacity, kind=self.kind,
             oracle=self.path("oracle"), files=self.opt.files, counters=self.path("counters"),
@@ -276,7 +309,7 @@ class Storm:
     def _ready(self) -> list[WorkerProc]:
         """Workers past interpreter start-up."""
         ready = [w for w in self.live.values()
-                 if self.counters.get(w.index, W_STATE) != STARTING]
+                 if self.ctr.get(w.index, W_STATE) != STARTING]
         if ready:
             self._last_ready = time.monotonic()
         return ready
@@ -301,11 +334,11 @@ class Storm:
             return
         self._next_kill = now + self.opt.kill_every * self.rng.uniform(0.5, 1.5)
         holding = [w for w in ready
-                   if self.counters.get(w.index, W_STATE) in (HOLDING, RELEASING)]
+                   if self.ctr.get(w.index, W_STATE) in (HOLDING, RELEASING)]
         if holding and self.rng.random() < 0.3:
             ready = holding  # most workers wait: make sure holders die too
         w = self.rng.choice(ready)
-        was = self.counters.get(w.index, W_STATE)
+        was = self.ctr.get(w.index, W_STATE)
         code, by_us = w.kill()
         if by_us:
             self.tally.kill_states[was] += 1
@@ -321,13 +354,13 @@ class Storm:
 
     def _dead(self, w: WorkerProc, code: int, by_us: bool) -> None:
         """Account for a reaped worker (before its row is reused)."""
-        state = self.counters.get(w.index, W_STATE)
-        token = self.counters.get(w.index, W_TOKEN)
+        state = self.ctr.get(w.index, W_STATE)
+        token = self.ctr.get(w.index, W_TOKEN)
         if state == HOLDING and token > 0:
             self.tally.died_holding.add(token)   # a mutex's next owner must be told
         if by_us:
             return
-        if code == -signal.SIGKILL and self.counters.get(w.index, W_ARMED):
+        if code == -signal.SIGKILL and self.ctr.get(w.index, W_ARMED):
             self.tally.self_kills += 1
         elif code == -signal.SIGKILL:
             self.tally.unexplained += 1
@@ -356,7 +389,7 @@ class Storm:
         self._next_check = now + self.opt.check_every
         self.tally.mid_checks += 1
         try:
-            self.sem.check()
+            self.opened.check()
         except IpcsemError as e:
             self.tally.mid_failures.append(f"{now - self._t0:.3f} s: {e}")
 
@@ -365,7 +398,7 @@ class Storm:
         """The files the workers and the supervisor wrote, and the counters,
         read before they are removed."""
         t = self.tally
-        self.totals = {w: self.counters.total(w) for w in (W_CYCLES, W_TIMEOUTS, W_BUSY)}
+        self.totals = {w: self.ctr.total(w) for w in (W_CYCLES, W_TIMEOUTS, W_BUSY)}
         sup = self.sup_record
         self.sup_starts = sup.starts if sup is not None else 0
         self.sup_recoveries = sup.recoveries() if sup is not None else 0

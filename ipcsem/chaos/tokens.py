@@ -37,6 +37,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 MAX_PROBLEMS = 10
 
@@ -79,7 +80,7 @@ def read_log(path: str) -> GrantLog:
     log = GrantLog()
     bad = 0
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - `with f` below; only open() may be missing
     except FileNotFoundError:
         return log
     with f:
@@ -135,7 +136,7 @@ def check_tokens(grants: list[Grant], *, serial: bool = False) -> Finding:
             found.fail(f"token {b.token} (pid {b.pid}, asked at {at(b.asked_ns)}) is not above "
                        f"token {a.token} (pid {a.pid}, granted by {at(a.got_ns)})")
     if serial:
-        for prev, g in zip(known, known[1:]):
+        for prev, g in pairwise(known):
             if g.token <= prev.token:
                 found.fail(f"the mutex's log order has token {g.token} (pid {g.pid}) after "
                            f"token {prev.token} (pid {prev.pid})")

@@ -12,13 +12,19 @@ import os
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .tokens import Grant, check_owner_died, check_tokens, read_log
 
+if TYPE_CHECKING:
+    from .._semaphore import Mutex, Semaphore
 
-def verify(sem, capacity: int, *, settle_timeout: float = 5.0, verify_timeout: float = 5.0,
-           kind: str = "semaphore", should_stop: Callable[[], bool] = lambda: False):
+
+def verify(sem: Semaphore | Mutex, capacity: int, *, settle_timeout: float = 5.0,
+           verify_timeout: float = 5.0, kind: str = "semaphore",
+           should_stop: Callable[[], bool] = lambda: False
+           ) -> tuple[int, str | None, dict[str, Any]]:
     """-> (lost_units, check_error, details).
 
     1. recover() until available == capacity (up to ``settle_timeout``);
@@ -32,7 +38,7 @@ def verify(sem, capacity: int, *, settle_timeout: float = 5.0, verify_timeout: f
     as a dict) when it got one.  ``should_stop()`` True (the storm was
     interrupted) cuts the waits short.
     """
-    details: dict = {}
+    details: dict[str, Any] = {}
     problems: list[str] = []
     lost = _settle(sem, capacity, settle_timeout, should_stop, details, problems)
     ok, said, grant = independent_acquire(sem.name, capacity, verify_timeout, kind, should_stop)
@@ -52,8 +58,8 @@ def verify(sem, capacity: int, *, settle_timeout: float = 5.0, verify_timeout: f
     return lost, ("; ".join(problems) or None), details
 
 
-def _settle(sem, capacity: int, settle_timeout: float, should_stop, details: dict,
-            problems: list[str]) -> int:
+def _settle(sem: Semaphore | Mutex, capacity: int, settle_timeout: float,
+            should_stop: Callable[[], bool], details: dict[str, Any], problems: list[str]) -> int:
     """recover() until every unit is back or time is up: the units lost."""
     t0 = time.monotonic()
     recovered = 0
@@ -72,7 +78,7 @@ def _settle(sem, capacity: int, settle_timeout: float, should_stop, details: dic
     return capacity - available
 
 
-def _nothing_left(sem, problems: list[str]) -> None:
+def _nothing_left(sem: Semaphore | Mutex, problems: list[str]) -> None:
     """No holder, no waiter, and the ledger invariant holds."""
     from .._errors import IpcsemError
 
@@ -88,7 +94,8 @@ def _nothing_left(sem, problems: list[str]) -> None:
 
 
 def independent_acquire(name: str, capacity: int, timeout: float, kind: str,
-                        should_stop: Callable[[], bool]):
+                        should_stop: Callable[[], bool]
+                        ) -> tuple[bool, str, dict[str, Any] | None]:
     """Run :func:`verify_main` in a fresh interpreter: (ok, what it said,
     its grant as a dict (asked_ns, token, died, slots, pid) or None)."""
     from .. import _proc
@@ -124,7 +131,7 @@ def independent_acquire(name: str, capacity: int, timeout: float, kind: str,
     return True, said, grant
 
 
-def _parse_grant(lines: list[str]) -> dict | None:
+def _parse_grant(lines: list[str]) -> dict[str, Any] | None:
     """``grant ASKED_NS TOKEN DIED SLOT,SLOT,...`` (our own child's output,
     still checked: a malformed line is no grant)."""
     try:
@@ -147,7 +154,8 @@ def verify_main(name: str, capacity: int, timeout: float, kind: str) -> int:
     asked = time.monotonic_ns()
     t0 = time.monotonic()
     try:
-        with (sem.hold(timeout=timeout) if kind == "mutex"
+        # (a Mutex exactly when kind == "mutex")
+        with (sem.hold(timeout=timeout) if isinstance(sem, ipcsem.Mutex)
               else sem.hold(capacity, timeout=timeout)) as lease:
             waited = time.monotonic() - t0
             slots = ",".join(map(str, lease.slots)) or "-"
@@ -162,7 +170,7 @@ def verify_main(name: str, capacity: int, timeout: float, kind: str) -> int:
 
 
 def check_grants(path: str, kind: str, died_holding: set[int],
-                 final: dict | None) -> tuple[dict, list[str]]:
+                 final: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
     """The grant log's checks: (details, problems)."""
     log = read_log(path)
     grants = list(log.grants)

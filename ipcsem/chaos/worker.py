@@ -29,14 +29,30 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import ipcsem
 
 from .. import _proc
 from .._errors import Timeout
 from .._identity import ME
-from .counters import (ACQUIRING, CLOSING, HOLDING, IDLE, OPENING, RELEASING, W_ARMED, W_BUSY,
-                       W_CYCLES, W_PID, W_STATE, W_TIMEOUTS, W_TOKEN, W_VIOLATIONS, Counters)
+from .counters import (
+    ACQUIRING,
+    CLOSING,
+    HOLDING,
+    IDLE,
+    OPENING,
+    RELEASING,
+    W_ARMED,
+    W_BUSY,
+    W_CYCLES,
+    W_PID,
+    W_STATE,
+    W_TIMEOUTS,
+    W_TOKEN,
+    W_VIOLATIONS,
+    Counters,
+)
 from .oracle import Oracle, proc_state
 
 KINDS = ("semaphore", "slots", "mutex")
@@ -73,7 +89,7 @@ class WorkerConfig:
         given = dict(a.split("=", 1) for a in args if "=" in a)
         if len(given) != len(args):
             raise ValueError("worker arguments are KEY=VALUE")
-        kw = {}
+        kw: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in given:
                 raise ValueError(f"worker argument {f.name}= is missing")
@@ -118,13 +134,13 @@ def run_forked(cfg: WorkerConfig, err_path: str) -> None:
         os.close(err)
         main(cfg)
         code = 0
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - a forked child reaches os._exit whatever it raised
         try:
             import traceback
 
             traceback.print_exc()
             sys.stderr.flush()
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - nor may reporting it keep the child alive
             pass
     finally:
         os._exit(code)
@@ -153,7 +169,7 @@ class Worker:
         # A self-killer arms the crash hook before one of its first cycles;
         # the countdown then fires somewhere inside a later ledger transaction.
         self.arm_at = self.rng.randrange(0, 4) if cfg.self_kill else -1
-        self.sem = None
+        self.sem: ipcsem.Semaphore | ipcsem.Mutex | None = None
         self.cycles = 0
         self.counters.set(self.row, W_PID, os.getpid())
 
@@ -177,6 +193,11 @@ class Worker:
                 self.semaphore_cycle()
             self.state(IDLE)
 
+    @property
+    def opened(self) -> ipcsem.Semaphore | ipcsem.Mutex:
+        assert self.sem is not None      # loop() opens it before the first cycle
+        return self.sem
+
     def reopen(self) -> None:
         if self.sem is not None:
             self.state(CLOSING)
@@ -195,7 +216,8 @@ class Worker:
 
     # ---------------------------------------------------------- semaphore
     def semaphore_cycle(self) -> None:
-        sem, rng = self.sem, self.rng
+        sem, rng = self.opened, self.rng
+        assert isinstance(sem, ipcsem.Semaphore)      # reopen() follows cfg.kind
         k = rng.randint(1, self.max_k)
         prio = rng.choice((-1, 1, 2)) if rng.random() < 0.2 else 0
         how = rng.random()
@@ -240,7 +262,8 @@ class Worker:
 
     # -------------------------------------------------------------- mutex
     def mutex_cycle(self) -> None:
-        m, rng = self.sem, self.rng
+        m, rng = self.opened, self.rng
+        assert isinstance(m, ipcsem.Mutex)            # reopen() follows cfg.kind
         prio = rng.choice((-1, 1, 2)) if rng.random() < 0.2 else 0
         how = rng.random()
         asked = time.monotonic_ns()
@@ -281,15 +304,16 @@ class Worker:
         self.count(W_CYCLES)
 
     # ------------------------------------------------------------ holding
-    def use(self, k: int, lease, asked: int, form: str) -> None:
+    def use(self, k: int, lease: ipcsem.Lease | None, asked: int, form: str) -> None:
         """The protected work: take the oracle for the grant, hold 0-2 ms,
         drop it; the state says RELEASING when this returns."""
         token = 0 if lease is None else lease.token
         self.counters.set(self.row, W_TOKEN, token)
         self.state(HOLDING)
         died = False
-        if self.cfg.kind == "mutex":
-            died = self.sem.previous_owner_died
+        sem = self.opened
+        if isinstance(sem, ipcsem.Mutex):           # (cfg.kind == "mutex")
+            died = sem.previous_owner_died
             if lease is not None and lease.previous_owner_died != died:
                 raise AssertionError(f"{form}: lease.previous_owner_died is "
                                      f"{lease.previous_owner_died}, the mutex says {died}")
@@ -311,19 +335,19 @@ class Worker:
     def my_slots(self) -> tuple[int, ...]:
         """The unit numbers this process holds, from the ledger (after a
         bool-returning acquire: it holds this one grant only)."""
-        for h in self.sem.holders():
+        for h in self.opened.holders():
             if (h.pid, h.start) == (ME.pid, ME.start):
                 return h.slots
         return ()
 
     def explain(self, form: str) -> None:
         """The violation is on record; now say what we can about it."""
-        o = self.oracle
+        o, sem = self.oracle, self.opened
         try:
             o.note(f"via {form}; oracle files held by {o.diagnose()}")
-            o.note(f"me pid{ME.pid} start{ME.start}; ledger available {self.sem.available} "
+            o.note(f"me pid{ME.pid} start{ME.start}; ledger available {sem.available} "
                    "holders " + " ".join(f"pid{h.pid}:{h.units}u:{list(h.slots)}:"
-                                         f"{proc_state(h.pid)}" for h in self.sem.holders())
-                   + " waiters " + " ".join(f"pid{w.pid}:{w.units}u" for w in self.sem.waiters()))
+                                         f"{proc_state(h.pid)}" for h in sem.holders())
+                   + " waiters " + " ".join(f"pid{w.pid}:{w.units}u" for w in sem.waiters()))
         except Exception as e:  # noqa: BLE001 - diagnostics must not kill the worker
             o.note(f"diagnostics failed: {e!r}")

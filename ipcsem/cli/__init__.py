@@ -14,9 +14,19 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
+from types import ModuleType
 
-from .common import (EXIT_ERROR, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, CliError, Parser,
-                     UsageError, dispatch)
+from .common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    EXIT_USAGE,
+    CliError,
+    Parser,
+    UsageError,
+    dispatch,
+)
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_TEMPFAIL", "EXIT_USAGE", "CliError", "UsageError",
            "build_parser", "main", "status_main"]
@@ -25,10 +35,10 @@ __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_TEMPFAIL", "EXIT_USAGE", "CliError", "
 FAMILIES = ("status", "run", "manage", "supervise", "chaos", "completion", "manpage")
 
 
-def _families():
+def _families() -> list[ModuleType]:
     import importlib
 
-    mods = []
+    mods: list[ModuleType] = []
     for fam in FAMILIES:
         try:
             mods.append(importlib.import_module(f".{fam}", __name__))
@@ -38,7 +48,7 @@ def _families():
     return mods
 
 
-def build_parser(prog: str = "ipcsem"):
+def build_parser(prog: str = "ipcsem") -> Parser:
     import argparse
 
     from .. import __version__
@@ -67,7 +77,7 @@ def build_parser(prog: str = "ipcsem"):
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from .run import split_run
 
@@ -75,7 +85,7 @@ def main(argv=None) -> int:
     return dispatch(build_parser(), argv, cmd)
 
 
-def status_main(argv=None) -> int:
+def status_main(argv: Sequence[str] | None = None) -> int:
     from .status import build_status_parser
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -6,10 +6,24 @@ import os
 import re
 import signal
 import sys
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from .. import _args, _names
 from ..chaos.report import format_report
-from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, UsageError, name_arg
+from .common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CliError,
+    Subcommands,
+    UsageError,
+    name_arg,
+)
+
+if TYPE_CHECKING:
+    from ..chaos.report import Report
+    from ..chaos.storm import Storm
 
 DESCRIPTION = """\
 Prove on this machine that ipcsem never admits too many and never loses a
@@ -81,7 +95,7 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subcommands) -> None:
     p = sub.add_parser("chaos", help="SIGKILL storm against a fresh semaphore, checked by an "
                                      "independent oracle",
                        usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -131,17 +145,17 @@ class _StopSignals:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.storm = None
+        self.storm: Storm | None = None
         self.old = {sig: signal.signal(sig, self._on) for sig in
                     (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
-    def _on(self, signum, frame) -> None:
+    def _on(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum
         if self.storm is not None:
             self.storm.interrupt(signum)
 
-    def attach(self, storm) -> None:
+    def attach(self, storm: Storm) -> None:
         self.storm = storm
         if self.signum is not None:
             storm.interrupt(self.signum)
@@ -155,7 +169,7 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-def _check(args) -> None:
+def _check(args: argparse.Namespace) -> None:
     """UsageError / CliError for what argparse cannot see."""
     if args.chaos_name is not None and args.name is not None and args.chaos_name != args.name:
         raise UsageError(f"NAME {args.chaos_name!r} and --name {args.name!r} differ")
@@ -178,7 +192,7 @@ def _check(args) -> None:
                        "removes it at the end (pick another NAME)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     stops = _StopSignals()
     try:
         report = _storm(args, stops)
@@ -202,7 +216,7 @@ def run(args) -> int:
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
-def _storm(args, stops: _StopSignals):
+def _storm(args: argparse.Namespace, stops: _StopSignals) -> Report:
     """Check the arguments, run the storm: its Report (KeyboardInterrupt
     when a stop signal came, after its clean-up)."""
     _check(args)

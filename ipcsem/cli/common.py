@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any, NoReturn
 
 from .. import _args, _names
 from .._errors import IpcsemError
@@ -30,68 +31,76 @@ class Parser(argparse.ArgumentParser):
     scripts and man pages are generated from the very parser that parses,
     through argparse's public calls only."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    # Argument groups and subcommands come back wrapped (_Recorder,
+    # Subcommands: proxies of argparse's own objects), so those methods
+    # return Any; the rest take and pass on argparse's own arguments.
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.recorded: list[argparse.Action] = []
         self.commands: list[tuple[str, str | None, Parser]] = []
         self._recording = False   # argparse's own __init__ builds groups: leave those be
         super().__init__(*args, **kwargs)
         self._recording = True
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
-    def add_argument(self, *args, **kwargs):
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)
         self.recorded.append(action)
         return action
 
-    def add_argument_group(self, *args, **kwargs):
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
         group = super().add_argument_group(*args, **kwargs)
         return _Recorder(group, self.recorded) if self._recording else group
 
-    def add_mutually_exclusive_group(self, *args, **kwargs):
+    def add_mutually_exclusive_group(self, *args: Any, **kwargs: Any) -> Any:
         group = super().add_mutually_exclusive_group(*args, **kwargs)
         return _Recorder(group, self.recorded) if self._recording else group
 
-    def add_subparsers(self, **kwargs):
-        return _Subcommands(super().add_subparsers(**kwargs), self.commands)
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        return Subcommands(super().add_subparsers(**kwargs), self.commands)
 
 
 class _Recorder:
     """An argument group that also tells its parser about each argument."""
 
-    def __init__(self, group, recorded: list) -> None:
+    _group: Any                      # an argparse group, or the subparsers action
+    _recorded: list[argparse.Action]
+
+    def __init__(self, group: Any, recorded: list[argparse.Action]) -> None:
         object.__setattr__(self, "_group", group)
         object.__setattr__(self, "_recorded", recorded)
 
-    def add_argument(self, *args, **kwargs):
-        action = self._group.add_argument(*args, **kwargs)
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action: argparse.Action = self._group.add_argument(*args, **kwargs)
         self._recorded.append(action)
         return action
 
-    def add_argument_group(self, *args, **kwargs):
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> _Recorder:
         return _Recorder(self._group.add_argument_group(*args, **kwargs), self._recorded)
 
-    def add_mutually_exclusive_group(self, *args, **kwargs):
+    def add_mutually_exclusive_group(self, *args: Any, **kwargs: Any) -> _Recorder:
         return _Recorder(self._group.add_mutually_exclusive_group(*args, **kwargs),
                          self._recorded)
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr: str) -> Any:
         return getattr(self._group, attr)
 
-    def __setattr__(self, attr, value):
+    def __setattr__(self, attr: str, value: object) -> None:
         setattr(self._group, attr, value)
 
 
-class _Subcommands(_Recorder):
+class Subcommands(_Recorder):
     """The subparsers action, remembering each subcommand with its help."""
 
-    def __init__(self, action, commands: list) -> None:
+    _commands: list[tuple[str, str | None, Parser]]
+
+    def __init__(self, action: Any, commands: list[tuple[str, str | None, Parser]]) -> None:
         super().__init__(action, [])
         object.__setattr__(self, "_commands", commands)
 
-    def add_parser(self, name, **kwargs):
-        parser = self._group.add_parser(name, **kwargs)
+    def add_parser(self, name: str, **kwargs: Any) -> Parser:
+        parser: Parser = self._group.add_parser(name, **kwargs)
         self._commands.append((name, kwargs.get("help"), parser))
         return parser
 
@@ -167,7 +176,8 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str], cmd: list[str] | 
     if cmd is not None:
         args.cmd = cmd
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except UsageError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -182,14 +192,15 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str], cmd: list[str] | 
     except BrokenPipeError:
         # `ipcsem-status | head`: the reader left; say nothing more.
         try:
-            sys.stdout = open(os.devnull, "w")
+            # stdout from now until exit: nothing to close
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         except OSError:
             pass
         return EXIT_OK
     except OSError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except Exception as e:  # noqa: BLE001 - the last line of defence
+    except Exception as e:  # the last line of defence (re-raised with IPCSEM_DEBUG)
         if os.environ.get("IPCSEM_DEBUG"):
             raise
         print(f"{prog}: internal error: {type(e).__name__}: {e} "

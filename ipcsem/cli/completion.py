@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 
-from .common import EXIT_CODES, EXIT_OK
+from .common import EXIT_CODES, EXIT_OK, Subcommands
 from .spec import Command, Option, Positional, full
 
 SHELLS = ("bash", "zsh")
@@ -15,7 +16,7 @@ SHELLS = ("bash", "zsh")
 _BASH_KIND = {"DIR": "-d", "GROUP": "-g", "VAR": "-v", "FILE": "-f", "CMD": "-c"}
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subcommands) -> None:
     sp = sub.add_parser(
         "completion", help="print a shell completion script (bash, zsh)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -29,14 +30,14 @@ def add_parser(sub) -> None:
     sp.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     top, status = full()
     sys.stdout.write(bash(top, status) if args.shell == "bash" else zsh(top, status))
     return EXIT_OK
 
 
 # ------------------------------------------------------------------ bash
-def _words(items) -> str:
+def _words(items: Iterable[str]) -> str:
     return " ".join(items)
 
 
@@ -129,7 +130,7 @@ complete -F _ipcsem_status ipcsem-status
 
 def bash(top: Command, status: Command) -> str:
     branches = []
-    for cmd in top.commands + [status]:
+    for cmd in [*top.commands, status]:
         key = "ipcsem-status" if cmd is status else cmd.name
         body = _bash_case(cmd).replace("\n", "\n            ")
         branches.append(f"        {key})\n            {body}\n            ;;\n")
@@ -188,7 +189,7 @@ def zsh(top: Command, status: Command) -> str:
            "    names=(${names#ipcsem.})",
            "    compadd -a names",
            "}", ""]
-    for cmd in top.commands + [status]:
+    for cmd in [*top.commands, status]:
         fname = "_ipcsem_status" if cmd is status else f"_ipcsem_cmd_{cmd.name}"
         out.append(f"{fname}() {{")
         out.append("    _arguments -s \\")

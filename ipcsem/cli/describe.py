@@ -14,7 +14,7 @@ import os
 import stat
 import time
 
-from .. import _identity, _names, _proc
+from .. import _identity, _names, _pi, _proc
 from .._errors import Corrupt, IpcsemError, NotFound, PermissionDenied
 from .._shm import _ledger
 from .._shm.segment import params_of, read_view
@@ -34,18 +34,50 @@ def user_name(uid: int) -> str:
     return name
 
 
-_policies: dict[tuple[int, int], tuple[str, bool, bool, bool]] = {}
+_policies: dict[tuple[int, int], tuple[str, bool, bool, bool, bool]] = {}
 
 
-def _policy(header, mode: int) -> tuple[str, bool, bool, bool]:
-    """(kind, slots, fair, reentrant) of a ledger header: ``params_of``,
-    asked once per distinct policy word (there are a handful)."""
+def _policy(header, mode: int) -> tuple[str, bool, bool, bool, bool]:
+    """(kind, slots, fair, reentrant, priority_inheritance) of a ledger
+    header: ``params_of``, asked once per distinct policy word (there are a
+    handful)."""
     key = (header.policy, mode)
     got = _policies.get(key)
     if got is None:
         p = params_of(header, mode)
-        got = _policies[key] = (p.kind, p.slots, p.fair, p.reentrant)
+        got = _policies[key] = (p.kind, p.slots, p.fair, p.reentrant, p.priority_inheritance)
     return got
+
+
+_PI_STATES = {_pi.PI_NONE: None, _pi.PI_BOOSTED: "boosted", _pi.PI_UNAVAILABLE: "unavailable"}
+
+
+def _inheritance(h, waiters) -> dict:
+    """The ``priority_inheritance`` object of a PI mutex, from its ledger
+    header's record (written by other processes: every value is checked
+    before it is described)."""
+    state = h.pi_state
+    out = {"state": _PI_STATES.get(state), "owner_tid": None, "from": None, "to": None,
+           "because_of": None, "because_of_tid": None, "reason": None}
+    if state == _pi.PI_NONE:
+        return out
+    if state not in _PI_STATES:
+        out["reason"] = f"unrecognised state {state} in the ledger"
+        return out
+    own = _pi.decode(h.pi_base_policy, h.pi_base_rtprio, h.pi_base_nice)
+    given = _pi.decode(h.pi_boost_policy, h.pi_boost_rtprio, h.pi_boost_nice)
+    out["owner_tid"] = h.pi_tid if h.pi_tid > 0 else None
+    out["from"] = own.describe()
+    # unavailable: the boost fields hold what the owner kept, unless they differ
+    if state == _pi.PI_BOOSTED or given != own:
+        out["to"] = given.describe()
+    if h.pi_booster > 0:
+        out["because_of"] = h.pi_booster
+        out["because_of_tid"] = next((w.tid for w in waiters if w.pid == h.pi_booster
+                                      and w.state == WAITING and w.tid > 0), None)
+    if state == _pi.PI_UNAVAILABLE:
+        out["reason"] = _pi.REASONS.get(h.pi_reason, f"unknown reason (code {h.pi_reason})")
+    return out
 
 
 def blank(name: str) -> dict:
@@ -62,7 +94,7 @@ def blank(name: str) -> dict:
         "kind": None, "slots": None, "fair": None, "reentrant": None,
         "mutex_owner_pid": None, "mutex_owner_tid": None, "previous_owner_died": None,
         "lock_owner_state": None, "wedged": None, "head_reason": None, "deadlocked": None,
-        "error_kind": None,
+        "error_kind": None, "priority_inheritance": None,
     }
 
 
@@ -95,7 +127,7 @@ def describe(name: str, procs: Procs, detail: bool = True, only_pid: int | None 
         return obj
     snap = view.snapshot
     h = snap.header
-    kind, slots, fair, reentrant = _policy(h, view.mode)
+    kind, slots, fair, reentrant, inherits = _policy(h, view.mode)
     now = time.time() if now is None else now
     mutex = kind == "mutex"
     lock_owner = h.lock_owner if h.lock_owner > 0 else None
@@ -119,9 +151,12 @@ def describe(name: str, procs: Procs, detail: bool = True, only_pid: int | None 
         "mutex_owner_pid": None, "mutex_owner_tid": None, "previous_owner_died": None,
         "lock_owner_state": lock_state, "wedged": lock_state == "stopped" or not consistent,
         "head_reason": None, "deadlocked": False, "error_kind": None,
+        "priority_inheritance": None,
     }
     if mutex:
         obj["previous_owner_died"] = bool(h.mx_owner_died)
+        if inherits:
+            obj["priority_inheritance"] = _inheritance(h, snap.waiters)
     held = dead = dead_units = 0
     out_h = []
     for x in snap.holders:

@@ -10,22 +10,34 @@ import stat
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .. import _args, _names
 from .._errors import Corrupt, IpcsemError, NotFound, PermissionDenied, Wedged
 from .._shm import _ledger, recovery
 from .._shm.segment import DEFAULT_SLOTS, open_segment, owner_of, remove_file, unlink
 from . import privsep
-from .common import (EXIT_CODES, EXIT_ERROR, EXIT_OK, CliError, UsageError, exit_codes,
-                     mode_arg, name_arg, positive_int)
+from .common import (
+    EXIT_CODES,
+    EXIT_ERROR,
+    EXIT_OK,
+    CliError,
+    Subcommands,
+    UsageError,
+    exit_codes,
+    mode_arg,
+    name_arg,
+    positive_int,
+)
 from .procinfo import stopped
 from .render import plural
 
 LOCK_BOUND = 1.0     # seconds one semaphore's ledger lock may keep rm/recover waiting
-Emit = Callable[[dict], None]
+Emit = Callable[[dict[str, Any]], None]
+Job = Callable[[list[str], Emit], int]       # job(names, emit) -> exit status
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subcommands) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     sp = sub.add_parser(
         "create", help="create a semaphore (or a mutex)", formatter_class=raw,
@@ -102,7 +114,7 @@ def add_parser(sub) -> None:
 
 
 # ================================================================ create
-def run_create(args) -> int:
+def run_create(args: argparse.Namespace) -> int:
     from .._semaphore import Mutex, Semaphore
 
     if args.mutex:
@@ -117,10 +129,11 @@ def run_create(args) -> int:
     elif args.reentrant:
         raise UsageError("--reentrant applies to --mutex only")
     group = _group(args.group)
-    common = dict(mode=args.mode, group=group, max_holders=args.max_holders,
-                  max_waiters=args.max_waiters)
+    common: dict[str, Any] = dict(mode=args.mode, group=group, max_holders=args.max_holders,
+                                  max_waiters=args.max_waiters)
     # Whether this call laid the ledger out is decided under the creation
     # flock, so of two racing `ipcsem create`s exactly one reports success.
+    sem: Mutex | Semaphore
     if args.mutex:
         sem = Mutex(args.name, reentrant=args.reentrant, **common)
     else:
@@ -166,7 +179,7 @@ class Printer:
         self.prog = prog
         self.rc = EXIT_OK
 
-    def __call__(self, ev: dict) -> None:
+    def __call__(self, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
         name = ev.get("name")
         if kind == "recovered" and isinstance(name, str) and _names.is_valid(name) and \
@@ -184,7 +197,7 @@ class Printer:
             print(f"{self.prog}: {privsep.printable(ev.get('message', '?'))}",
                   file=sys.stderr, flush=True)
 
-    def child(self, uid: int, names: list[str], job) -> None:
+    def child(self, uid: int, names: list[str], job: Job) -> None:
         """Run ``job(names, emit)`` as ``uid`` and print what it says."""
         events, code = privsep.as_user(uid, lambda emit: job(names, emit))
         for ev in events:
@@ -196,7 +209,7 @@ class Printer:
             self.rc = EXIT_ERROR
 
 
-def _by_owner(names: list[str], printer: Printer, explicit: bool) -> dict[int | None, list]:
+def _by_owner(names: list[str], printer: Printer, explicit: bool) -> dict[int | None, list[str]]:
     """NAMEs grouped by the uid that must change them (None: this process)."""
     groups: dict[int | None, list[str]] = {}
     for name in names:
@@ -212,7 +225,7 @@ def _by_owner(names: list[str], printer: Printer, explicit: bool) -> dict[int | 
     return groups
 
 
-def _wedge(snap) -> str | None:
+def _wedge(snap: _ledger.Snapshot) -> str | None:
     """Why the ledger's lock cannot be had soon, from a lock-free snapshot."""
     owner = snap.header.lock_owner
     if owner > 0 and stopped(owner):
@@ -225,7 +238,7 @@ def _bound() -> int:
 
 
 # ==================================================================== rm
-def run_rm(args) -> int:
+def run_rm(args: argparse.Namespace) -> int:
     printer = Printer("ipcsem rm")
     for uid, names in _by_owner(args.names, printer, True).items():
         job = _rm_job(args.force)
@@ -236,7 +249,7 @@ def run_rm(args) -> int:
     return printer.rc
 
 
-def _rm_job(force: bool):
+def _rm_job(force: bool) -> Job:
     def job(names: list[str], emit: Emit) -> int:
         for name in names:
             try:
@@ -291,7 +304,7 @@ def _rm_one(name: str, force: bool) -> None:
 
 
 # =============================================================== recover
-def run_recover(args) -> int:
+def run_recover(args: argparse.Namespace) -> int:
     printer = Printer("ipcsem recover")
     explicit = bool(args.names)
     names = args.names or _names.names()
@@ -304,7 +317,7 @@ def run_recover(args) -> int:
     return printer.rc
 
 
-def _recover_job(explicit: bool):
+def _recover_job(explicit: bool) -> Job:
     def job(names: list[str], emit: Emit) -> int:
         for name in names:
             _recover_one(name, emit, explicit)
@@ -325,7 +338,7 @@ def _recover_one(name: str, emit: Emit, explicit: bool) -> None:
         emit({"event": "error", "message": str(e)})
         return
 
-    def report(n, pid, start, units, entries):
+    def report(n: str, pid: int, start: int, units: int, entries: int) -> None:
         emit({"event": "recovered", "name": n, "pid": pid, "units": units, "entries": entries})
 
     try:

@@ -7,13 +7,13 @@ import argparse
 import os
 import sys
 
-from .common import EXIT_CODES, EXIT_OK, UsageError
+from .common import EXIT_CODES, EXIT_OK, Subcommands, UsageError
 from .spec import Command, full
 
 PAGES = ("ipcsem", "ipcsem-status")
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subcommands) -> None:
     sp = sub.add_parser(
         "man", help="print a man page (roff), generated from the parser",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     sp.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     top, status = full()
     if args.dir is not None:
         if not os.path.isdir(args.dir):
@@ -86,8 +86,8 @@ def page(cmd: Command) -> str:
            ".SH NAME", f"{_esc(cmd.prog)} \\- {_esc(' '.join(short.split()).lower())}",
            ".SH SYNOPSIS", ".nf", _esc(cmd.usage), ".fi"]
     if cmd.commands:
-        out += [".SH DESCRIPTION"] + _para(cmd.description)
-        out += [".SH OPTIONS"] + _options(cmd)
+        out += [".SH DESCRIPTION", *_para(cmd.description)]
+        out += [".SH OPTIONS", *_options(cmd)]
         out += [".SH COMMANDS"]
         for sub in cmd.commands:
             out += [".SS " + f'"{_esc(sub.prog)}"', _esc(sub.help or "")]
@@ -98,12 +98,12 @@ def page(cmd: Command) -> str:
             if sub.epilog:
                 out += _verbatim(sub.epilog)
         if cmd.epilog:
-            out += [".SH NOTES"] + _verbatim(cmd.epilog)
+            out += [".SH NOTES", *_verbatim(cmd.epilog)]
         out += [".SH SEE ALSO", "\\fBipcsem\\-status\\fR(1)"]
     else:
-        out += [".SH DESCRIPTION"] + _verbatim(cmd.description)
-        out += [".SH OPTIONS"] + _options(cmd)
+        out += [".SH DESCRIPTION", *_verbatim(cmd.description)]
+        out += [".SH OPTIONS", *_options(cmd)]
         if cmd.epilog:
-            out += [".SH NOTES"] + _verbatim(cmd.epilog)
+            out += [".SH NOTES", *_verbatim(cmd.epilog)]
         out += [".SH SEE ALSO", "\\fBipcsem\\fR(1)"]
     return "\n".join(out) + "\n"

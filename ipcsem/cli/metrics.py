@@ -20,14 +20,23 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from .describe import gather, mark_deadlocks
 from .procinfo import Procs
 
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector, CollectorRegistry
+
 TEXTFILE_NAME = "ipcsem.prom"
 
 
-def _client():
+def _client() -> ModuleType:
     """prometheus_client, or a one-line error for the user."""
     try:
         import prometheus_client  # noqa: F401
@@ -40,7 +49,7 @@ def _client():
     return core
 
 
-def _reason(o: dict) -> str:
+def _reason(o: dict[str, Any]) -> str:
     """A short, bounded label value for why a semaphore cannot be read."""
     return o.get("error_kind") or "unreadable"
 
@@ -65,8 +74,8 @@ class RecoveryCounters:
             return [(n, c[0], c[1]) for n, c in sorted(self._by_name.items())]
 
 
-def families(objs: list[dict], missing: list[str] = (),
-             counters: RecoveryCounters | None = None) -> list:
+def families(objs: list[dict[str, Any]], missing: Sequence[str] = (),
+             counters: RecoveryCounters | None = None) -> list[Metric]:
     """Metric families for the semaphores described by ``objs`` (--json
     objects), the NAMEs asked for but ``missing``, and a supervisor's
     ``counters``."""
@@ -155,21 +164,21 @@ class ViewCollector:
         self.names = names
         self.counters = counters
 
-    def collect(self):
+    def collect(self) -> Iterable[Metric]:
         objs, missing = gather(self.names, Procs(), detail=False)
         mark_deadlocks(objs)
         return families(objs, missing, self.counters)
 
 
 class _Fixed:
-    def __init__(self, fams: list) -> None:
+    def __init__(self, fams: list[Metric]) -> None:
         self.fams = fams
 
-    def collect(self):
+    def collect(self) -> Iterable[Metric]:
         return self.fams
 
 
-def _registry(collector):
+def _registry(collector: Collector) -> CollectorRegistry:
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
@@ -177,7 +186,7 @@ def _registry(collector):
     return registry
 
 
-def exposition(objs: list[dict], missing: list[str] = ()) -> str:
+def exposition(objs: list[dict[str, Any]], missing: Sequence[str] = ()) -> str:
     """The text exposition format (what /metrics serves) of ``objs``."""
     from prometheus_client import generate_latest
 
@@ -191,7 +200,7 @@ class Exporter:
     def __init__(self, collector: ViewCollector) -> None:
         _client()
         self.registry = _registry(collector)
-        self.httpd = None
+        self.httpd: WSGIServer | None = None
         self.url: str | None = None
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
@@ -201,8 +210,10 @@ class Exporter:
         """Start the endpoint (a daemon thread); its URL."""
         from prometheus_client import start_http_server
 
-        self.httpd, _thread = start_http_server(port, addr=address, registry=self.registry)
-        host, real_port = self.httpd.server_address[:2]
+        httpd, _thread = start_http_server(port, addr=address, registry=self.registry)
+        self.httpd = httpd
+        bound, real_port = httpd.server_address[:2]
+        host = str(bound)       # an address string: an AF_INET/AF_INET6 server's
         host = f"[{host}]" if ":" in host else host
         self.url = f"http://{host}:{real_port}/metrics"
         return self.url
@@ -211,9 +222,11 @@ class Exporter:
         """Write DIR/ipcsem.prom atomically (a temporary file renamed over it)."""
         from prometheus_client import write_to_textfile
 
+        assert self.textfile is not None        # start_textfile() sets it first
         write_to_textfile(self.textfile, self.registry)
 
-    def start_textfile(self, directory: str, interval: float, on_error) -> str:
+    def start_textfile(self, directory: str, interval: float,
+                       on_error: Callable[[str], None]) -> str:
         self.textfile = os.path.join(directory, TEXTFILE_NAME)
         self.write_textfile()      # once now: a bad directory fails at start, not later
 

@@ -16,35 +16,15 @@ import select
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
+
+from .. import _proc
 
 EVENT_MAX = 4096        # bytes per event line
 CHILD_BOUND = 30.0      # seconds the child may take for all its names
 
 
-# SEAM REQUEST: this is ipcsem._shm.supervisor._become; made public there
-# (e.g. ``ipcsem._proc.become(uid)``), this copy goes.
-def become(uid: int) -> None:
-    """Drop to ``uid`` for good: supplementary groups, then gid, then uid."""
-    import pwd
-
-    try:
-        pw = pwd.getpwuid(uid)
-        gid, groups = pw.pw_gid, os.getgrouplist(pw.pw_name, pw.pw_gid)
-    except KeyError:
-        gid, groups = uid, [uid]    # a uid without a passwd entry: its own group only
-    os.setgroups(groups)
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    if os.geteuid() != uid or (uid != 0 and _can_regain_root()):
-        raise PermissionError(f"could not drop privileges to uid {uid}")
-
-
-def _can_regain_root() -> bool:
-    try:
-        os.setresuid(0, 0, 0)
-    except PermissionError:
-        return False
-    return True
+become = _proc.become
 
 
 def needs_drop(owner_uid: int) -> bool:
@@ -59,12 +39,16 @@ def printable(text: object, limit: int = 500) -> str:
     return "".join(c if c.isprintable() else "?" for c in s)
 
 
-def as_user(uid: int, job: Callable[[Callable[[dict], None]], int],
-            bound: float = CHILD_BOUND) -> tuple[list[dict], int]:
-    """Run ``job(emit)`` in a forked child dropped to ``uid``; the events it
-    emitted (parsed JSON objects, not yet validated) and its exit code
-    (``job``'s return value; 1 if it raised; -1 if it overran ``bound`` and
-    was killed)."""
+def as_user(uid: int, job: Callable[[Callable[[dict[str, Any]], None]], int],
+            bound: float = CHILD_BOUND,
+            drop: Callable[[int], None] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Run ``job(emit)`` in a forked child dropped to ``uid`` (by ``drop``,
+    default ``_proc.become``); the events it emitted (parsed JSON objects,
+    not yet validated) and its exit code (``job``'s return value; 1 if it
+    raised; -1 if it overran ``bound`` and was killed).  The child leaves
+    root's session and keeps none of root's descriptors before it drops:
+    a user who takes it over can neither type into root's terminal
+    (TIOCSTI) nor write into root's streams."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:    # the child: never returns
@@ -72,17 +56,17 @@ def as_user(uid: int, job: Callable[[Callable[[dict], None]], int],
         try:
             os.close(r)
 
-            def emit(ev: dict) -> None:
+            def emit(ev: dict[str, Any]) -> None:
                 data = (json.dumps(ev) + "\n").encode()
                 if len(data) <= EVENT_MAX:
                     os.write(w, data)
 
             try:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                from .. import _proc
-
                 _proc.set_pdeathsig(signal.SIGKILL)
-                become(uid)
+                os.setsid()                      # no controlling terminal of root's
+                _proc.keep_only_fds(w)
+                (drop or become)(uid)
                 code = job(emit)
             except BaseException as e:  # noqa: BLE001 - report it, then exit
                 emit({"event": "error", "message": f"{e}"})
@@ -90,7 +74,7 @@ def as_user(uid: int, job: Callable[[Callable[[dict], None]], int],
         finally:
             os._exit(code)
     os.close(w)
-    events: list[dict] = []
+    events: list[dict[str, Any]] = []
     buf = bytearray()
     deadline = time.monotonic() + bound
     killed = False
@@ -123,12 +107,12 @@ def as_user(uid: int, job: Callable[[Callable[[dict], None]], int],
     return events, code
 
 
-def _parse(line: bytes) -> dict | None:
+def _parse(line: bytes) -> dict[str, Any] | None:
     if len(line) > EVENT_MAX:
         return None
     try:
         ev = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):   # deep nesting is not ours either
         return None
     return ev if isinstance(ev, dict) and isinstance(ev.get("event"), str) else None
 

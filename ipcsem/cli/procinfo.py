@@ -11,7 +11,7 @@ from .. import _identity, _proc
 class Procs:
     """Per-look cache of process facts, keyed by identity (pid, start)."""
 
-    __slots__ = ("_state", "_info")
+    __slots__ = ("_info", "_state")
 
     def __init__(self) -> None:
         self._state: dict[tuple[int, int], str] = {}
@@ -71,4 +71,4 @@ def short_command(argv: list[str] | None) -> str:
         first, rest = "ipcsem", rest[2:]
     if first == "ipcsem" and rest[:1] == ["run"] and "--" in rest:
         return "ipcsem run: " + " ".join(rest[rest.index("--") + 1:])
-    return " ".join([first] + rest)
+    return " ".join([first, *rest])

@@ -96,6 +96,8 @@ def policy(o: dict) -> str:
     """What kind of semaphore it is, in a few words."""
     if o["kind"] == "mutex":
         text = "mutex" + (", reentrant" if o["reentrant"] else "")
+        if o.get("priority_inheritance") is not None:
+            text += ", priority inheritance"
         if o["mutex_owner_pid"] is not None:
             text += f", owned by pid {o['mutex_owner_pid']}"
             if o["mutex_owner_tid"]:
@@ -110,6 +112,27 @@ def policy(o: dict) -> str:
         text += f", units numbered 0..{o['capacity'] - 1} (slots)"
     text += ", strict FIFO" if o["fair"] else ", unfair (fair=False: free units may be barged)"
     return text
+
+
+def inheritance_text(o: dict) -> str | None:
+    """A PI mutex's boosted (or not boostable) owner, in one line; None when
+    there is nothing to say."""
+    pi = o.get("priority_inheritance")
+    if not pi or pi["state"] is None and pi["reason"] is None:
+        return None
+    who = f"thread {pi['owner_tid']}" if pi["owner_tid"] else "the owner"
+    by = ""
+    if pi["because_of"] is not None:
+        by = f"pid {pi['because_of']}" + (f" (thread {pi['because_of_tid']})"
+                                           if pi["because_of_tid"] else "")
+    if pi["state"] == "boosted":
+        return (f"priority inheritance: owner {who} boosted from {pi['from']} to {pi['to']}"
+                + (f" because of {by}" if by else ""))
+    if pi["state"] == "unavailable":
+        to = f" to {pi['to']}" if pi["to"] else ""
+        return (f"priority inheritance unavailable: {who} ({pi['from']}) could not be "
+                f"raised{to}" + (f" for {by}" if by else "") + f": {pi['reason']}")
+    return f"priority inheritance: {pi['reason']}"
 
 
 def wedge_text(o: dict) -> str | None:
@@ -189,6 +212,10 @@ def render_detail(o: dict, width: int) -> list[str]:
     out.append(clip(f"  owner {o['owner']}, mode {o['mode']}, created {created} "
                     f"by pid {o['creator_pid']}", width))
     out.append(clip(f"  {policy(o)}", width))
+    inheritance = inheritance_text(o)
+    if inheritance is not None:
+        out += textwrap.wrap(inheritance, width - 2, initial_indent="  ",
+                             subsequent_indent="    ", break_on_hyphens=False)
     out.append(clip(f"  {plural(o['acquisitions'], 'acquisition')}; "
                     f"{plural(o['recovered_units'], 'unit')} recovered from "
                     f"{plural(o['recoveries'], 'dead process', 'dead processes')}"

@@ -8,11 +8,27 @@ import re
 import signal
 import subprocess
 import sys
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from .. import _identity, _proc
 from .._errors import NotFound, PolicyMismatch, Timeout
-from .common import (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_TEMPFAIL, CliError, UsageError,
-                     name_arg, positive_int, priority_arg, seconds)
+from .common import (
+    EXIT_CANNOT_EXEC,
+    EXIT_NOT_FOUND,
+    EXIT_TEMPFAIL,
+    CliError,
+    Subcommands,
+    UsageError,
+    name_arg,
+    positive_int,
+    priority_arg,
+    seconds,
+)
+
+if TYPE_CHECKING:
+    from .._records import Lease
+    from .._semaphore import Mutex, Semaphore
 
 _RUN_VALUE_OPTS = {"--capacity", "--units", "--timeout", "--priority", "--export"}
 
@@ -89,7 +105,7 @@ def env_var(text: str) -> str:
     return text
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subcommands) -> None:
     sp = sub.add_parser("run", help="run a command while holding units",
                         usage="ipcsem run NAME [--capacity N [--slots] [--no-fair]] [--units K]\n"
                               "                  [--timeout S] [--priority P] [--export VAR]\n"
@@ -126,7 +142,7 @@ class _Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def _open(args):
+def _open(args: argparse.Namespace) -> Semaphore | Mutex:
     """The semaphore or mutex NAME (created as a semaphore with --capacity)."""
     from .._semaphore import Mutex, Semaphore
 
@@ -146,14 +162,15 @@ def _open(args):
     return Mutex(args.name, create=False)
 
 
-def _my_units(sem) -> int:
+def _my_units(sem: Semaphore | Mutex) -> int:
     """Units this process holds (read without the ledger lock: used on the
     way out after a signal)."""
     me = _identity.ME
     return sum(h.units for h in sem.holders() if (h.pid, h.start) == (me.pid, me.start))
 
 
-def _environment(args, sem, lease) -> dict[str, str]:
+def _environment(args: argparse.Namespace, sem: Semaphore | Mutex,
+                 lease: Lease) -> dict[str, str]:
     env = dict(os.environ)
     env["IPCSEM_TOKEN"] = str(lease.token)
     if sem.params.slots:
@@ -168,7 +185,7 @@ def _environment(args, sem, lease) -> dict[str, str]:
     return env
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     if not args.cmd:
         raise UsageError("no command given: ipcsem run NAME [OPTIONS] -- CMD [ARGS...]")
     sem = _open(args)
@@ -185,20 +202,23 @@ def run(args) -> int:
         sem.close()     # frees our holder slot now rather than at the next heal
 
 
-def _hold_and_run(args, sem, mutex: bool) -> int:
+def _hold_and_run(args: argparse.Namespace, sem: Semaphore | Mutex, mutex: bool) -> int:
+    from .._semaphore import Mutex
+
     # Phase 1: waiting.  A forwarded signal ends the wait (the library leaves
     # no queue entry behind) and we exit as if killed by it.
-    phase = {"waiting": True, "pending": []}
+    phase: dict[str, Any] = {"waiting": True, "pending": []}
 
-    def on_signal(signum, frame):
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         if phase["waiting"]:
             raise _Interrupted(signum)
         phase["pending"].append(signum)
 
     for sig in FORWARDED:
         signal.signal(sig, on_signal)
-    hold = (sem.hold(timeout=args.timeout, priority=args.priority) if mutex else
-            sem.hold(args.units, timeout=args.timeout, priority=args.priority))
+    # (sem is a Mutex exactly when mutex is True: _open)
+    hold = (sem.hold(timeout=args.timeout, priority=args.priority) if isinstance(sem, Mutex)
+            else sem.hold(args.units, timeout=args.timeout, priority=args.priority))
     try:
         with hold as lease:
             phase["waiting"] = False

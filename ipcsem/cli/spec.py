@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from .common import name_arg
+from .common import Parser, name_arg
 
 
 @dataclass
@@ -54,7 +54,7 @@ def _metavar(action: argparse.Action) -> str | None:
     return mv
 
 
-def walk(parser, name: str | None = None, help: str | None = None) -> Command:
+def walk(parser: Parser, name: str | None = None, help: str | None = None) -> Command:
     """The Command tree of ``parser`` (a ``common.Parser``)."""
     usage = parser.format_usage().strip()
     if usage.startswith("usage: "):

@@ -7,14 +7,24 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from .. import _names
-from .common import (EXIT_ERROR, EXIT_OK, Parser, UsageError, exit_codes, interval, name_arg,
-                     positive_int)
+from .common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    Parser,
+    Subcommands,
+    UsageError,
+    exit_codes,
+    interval,
+    name_arg,
+    positive_int,
+)
 from .describe import JSON_VERSION, gather, mark_deadlocks
 from .procinfo import Procs
-from .render import (clip, render_deadlocks, render_detail, render_list, render_pid,
-                     term_size)
+from .render import clip, render_deadlocks, render_detail, render_list, render_pid, term_size
 
 HELP = """\
 Without NAME: one line per semaphore this user can see.  With NAMEs: holders
@@ -59,7 +69,7 @@ def _status_args(sp: argparse.ArgumentParser) -> None:
     sp.set_defaults(func=run)
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subcommands) -> None:
     sp = sub.add_parser("status", help="show semaphores, holders and waiters (= ipcsem-status)",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         description=HELP, epilog=EPILOG)
@@ -75,7 +85,7 @@ def add_parser(sub) -> None:
     sp.set_defaults(func=run_ls)
 
 
-def build_status_parser() -> argparse.ArgumentParser:
+def build_status_parser() -> Parser:
     p = Parser(prog="ipcsem-status", formatter_class=argparse.RawDescriptionHelpFormatter,
                description=HELP, epilog=EPILOG)
     _status_args(p)
@@ -83,7 +93,7 @@ def build_status_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------- one look
-def frame(args, width: int) -> tuple[list[str], dict, int]:
+def frame(args: argparse.Namespace, width: int) -> tuple[list[str], dict[str, Any], int]:
     """(human lines, json document, exit code) for one look."""
     procs = Procs()
     names = args.names or None
@@ -113,19 +123,19 @@ def frame(args, width: int) -> tuple[list[str], dict, int]:
     return lines, doc, rc
 
 
-def _write_json(doc: dict) -> None:
+def _write_json(doc: dict[str, Any]) -> None:
     # Indented for a person at a terminal; one compact line (the C encoder,
     # several times faster) when piped.
     indent = 2 if sys.stdout.isatty() else None
     sys.stdout.write(json.dumps(doc, indent=indent) + "\n")
 
 
-def _say_missing(args, missing) -> None:
+def _say_missing(args: argparse.Namespace, missing: Iterable[str]) -> None:
     for name in missing:
         print(f"{args.prog}: no ipcsem semaphore named {name!r}", file=sys.stderr)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     modes = [m for m, on in (("--json", args.json), ("--watch", args.watch is not None),
                              ("--prometheus", args.prometheus),
                              ("--deadlocks", args.deadlocks), ("-p", args.pid is not None))
@@ -150,7 +160,7 @@ def run(args) -> int:
     return rc
 
 
-def deadlocks(args) -> int:
+def deadlocks(args: argparse.Namespace) -> int:
     from .. import find_deadlocks
 
     names = args.names or None
@@ -168,7 +178,7 @@ def deadlocks(args) -> int:
     return EXIT_ERROR if found else EXIT_OK
 
 
-def prometheus(args) -> int:
+def prometheus(args: argparse.Namespace) -> int:
     from .metrics import exposition
 
     objs, missing = gather(args.names or None, Procs(), detail=False)
@@ -179,7 +189,7 @@ def prometheus(args) -> int:
 
 
 # ---------------------------------------------------------------- watch
-def watch(args) -> int:
+def watch(args: argparse.Namespace) -> int:
     host = os.uname().nodename
     what = " ".join(args.names) if args.names else "all semaphores"
     if args.pid is not None:
@@ -197,10 +207,10 @@ def watch(args) -> int:
             room = height - 3          # the heading, a blank line, and the cursor's line
             if len(body) > room:
                 cut = len(body) - room + 1
-                body = body[:room - 1] + [f"... {cut} more line{'s' if cut > 1 else ''} "
+                body = [*body[:room - 1], f"... {cut} more line{'s' if cut > 1 else ''} "
                                           "(a taller terminal, or NAMEs, show them)"]
                 body[-1] = clip(body[-1], width)
-            frame_lines = [clip(head, width), ""] + body
+            frame_lines = [clip(head, width), "", *body]
             # Home, then each line and clear-to-end-of-line, then clear the
             # rest: a redraw without the flicker of clearing first.
             out.write("\x1b[H" + "".join(f"{x}\x1b[K\n" for x in frame_lines) + "\x1b[J")
@@ -212,7 +222,7 @@ def watch(args) -> int:
 
 
 # ------------------------------------------------------------------- ls
-def run_ls(args) -> int:
+def run_ls(args: argparse.Namespace) -> int:
     if args.long:
         return run(argparse.Namespace(names=[], pid=None, json=args.json, watch=None,
                                       deadlocks=False, prometheus=False, prog="ipcsem ls"))

@@ -7,9 +7,15 @@ import os
 import signal
 import sys
 import time
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from .. import _names, _proc
-from .common import EXIT_CODES, EXIT_OK, CliError, UsageError, interval, name_arg
+from .common import EXIT_CODES, EXIT_OK, CliError, Subcommands, UsageError, interval, name_arg
+
+if TYPE_CHECKING:
+    from .._shm.supervisor import RootSupervisor, Supervisor
+    from .metrics import Exporter, RecoveryCounters
 
 DESCRIPTION = """\
 Run in the foreground until SIGINT/SIGTERM, watching every holder of
@@ -33,7 +39,7 @@ EPILOG = ("examples:\n  ipcsem supervise\n  ipcsem supervise gpu licences\n"
           "as a service: ipcsem supervise --print-unit, see docs/cli.md\n\n" + EXIT_CODES)
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subcommands) -> None:
     sp = sub.add_parser("supervise", help="recover dead holders' units as soon as they die",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         description=DESCRIPTION, epilog=EPILOG)
@@ -74,7 +80,7 @@ def unit_text() -> str:
     return resources.files("ipcsem").joinpath("_data/ipcsem-supervise.service").read_text()
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.print_unit:
         sys.stdout.write(unit_text())
         return EXIT_OK
@@ -95,7 +101,7 @@ def run(args) -> int:
         exporter = Exporter(ViewCollector(args.names or None, counters))
     sup = _make(args, root, counters)
 
-    def stop(signum, frame):
+    def stop(signum: int, frame: FrameType | None) -> None:
         sup.stop()
 
     signal.signal(signal.SIGTERM, stop)
@@ -115,11 +121,11 @@ def run(args) -> int:
     return EXIT_OK
 
 
-def _start_metrics(args, exporter) -> list[str]:
+def _start_metrics(args: argparse.Namespace, exporter: Exporter) -> list[str]:
     """Start the endpoint and the textfile; the lines that say where they
     are.  A failure to start either is the user's to fix (a port in use, a
     directory not writable): one line, exit 1, before supervising starts."""
-    lines = []
+    lines: list[str] = []
     if args.metrics_port is not None:
         try:
             url = exporter.serve(args.metrics_port, args.metrics_address)
@@ -138,28 +144,34 @@ def _start_metrics(args, exporter) -> list[str]:
     return lines
 
 
-def _recovered_line(name, pid, units, entries, after_ms, cmd) -> str:
+def _recovered_line(name: str, pid: int, units: int, entries: int, after_ms: float | None,
+                    cmd: str | None, reported_by: int | None = None) -> str:
     after = "" if after_ms is None else f" after_ms={after_ms:.2f}"
+    # As root, events come from per-user workers: say whose, so a worker's
+    # forged line cannot pass for root's own word.
+    by = "" if reported_by is None else f" reported_by_uid={reported_by}"
     return (f"recovered name={name} pid={pid} units={units} queue_entries={entries}{after} "
-            f"cmd={(cmd if cmd is not None else '?')!r}")
+            f"cmd={(cmd if cmd is not None else '?')!r}{by}")
 
 
-def _warn(name: str, error: str) -> None:
-    print(f"warning name={name} error={error!r}", file=sys.stderr, flush=True)
+def _warn(name: str, error: str, reported_by: int | None = None) -> None:
+    by = "" if reported_by is None else f" reported_by_uid={reported_by}"
+    print(f"warning name={name} error={error!r}{by}", file=sys.stderr, flush=True)
 
 
-def _make(args, root: bool, counters=None):
+def _make(args: argparse.Namespace, root: bool,
+          counters: RecoveryCounters | None = None) -> Supervisor | RootSupervisor:
     from .._shm.supervisor import RootSupervisor, Supervisor
 
     if root:
-        def emit(ev: dict) -> None:
+        def emit(ev: dict[str, Any]) -> None:
             if ev["event"] == "recovered":
                 if counters is not None:
                     counters.recovered(ev["name"], ev["units"])
                 print(_recovered_line(ev["name"], ev["pid"], ev["units"], ev["entries"],
-                                      ev["after_ms"], ev["cmd"]), flush=True)
+                                      ev["after_ms"], ev["cmd"], ev["uid"]), flush=True)
             elif ev["event"] == "warning":
-                _warn(ev["name"], ev["error"])
+                _warn(ev["name"], ev["error"], ev["uid"])
             elif ev["event"] == "worker":
                 print(f"worker uid={ev['uid']} {ev['status']}", file=sys.stderr, flush=True)
 
@@ -167,19 +179,20 @@ def _make(args, root: bool, counters=None):
 
     commands: dict[tuple[int, int], str] = {}
 
-    def on_watch(pid, start):
+    def on_watch(pid: int, start: int) -> None:
         argv = _proc.argv(pid, start)
         if argv is not None:
             commands[(pid, start)] = " ".join(argv)
 
-    def on_recover(name, pid, start, units, entries, died_ns):
+    def on_recover(name: str, pid: int, start: int, units: int, entries: int,
+                   died_ns: int | None) -> None:
         if counters is not None:
             counters.recovered(name, units)
         after = None if died_ns is None else (time.time_ns() - died_ns) / 1e6
         print(_recovered_line(name, pid, units, entries, after, commands.pop((pid, start), None)),
               flush=True)
 
-    def on_error(name, message):
+    def on_error(name: str, message: str) -> None:
         if message:
             _warn(name, message)
 

@@ -5,6 +5,7 @@ queue entry and no unit behind."""
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -41,9 +42,8 @@ def test_hold_and_with_block_and_give_back(backend, sem_name):
         assert s.available == 1 and lease.units == 1
     with s.hold(2, timeout=1) as lease:
         assert s.available == 0 and lease.units == 2
-        with pytest.raises(ipcsem.Timeout) as e:
-            with s.hold(1, timeout=0.05):
-                pass
+        with pytest.raises(ipcsem.Timeout) as e, s.hold(1, timeout=0.05):
+            pass
         assert isinstance(e.value, TimeoutError)
         assert (e.value.name, e.value.units, e.value.timeout) == (sem_name, 1, 0.05)
     assert_consistent(s, available=2, held=0, waiting=0)
@@ -51,9 +51,8 @@ def test_hold_and_with_block_and_give_back(backend, sem_name):
 
 def test_hold_gives_back_when_the_block_raises(backend, sem_name):
     s = backend.open(sem_name, capacity=2)
-    with pytest.raises(KeyError):
-        with s.hold(2):
-            raise KeyError("boom")
+    with pytest.raises(KeyError), s.hold(2):
+        raise KeyError("boom")
     assert_consistent(s, available=2, held=0)
 
 
@@ -94,19 +93,40 @@ def test_threading_forms(backend, sem_name):
     assert_consistent(s, available=2, held=0, waiting=0)
 
 
-def test_timeout_minus_one_waits_until_granted(backend, sem_name):
+def test_negative_timeouts_mean_what_the_standard_library_means(backend, sem_name):
+    """threading.Semaphore and multiprocessing do not wait for a negative
+    timeout (they return False at once when busy); threading.Lock waits
+    forever for -1.  Semaphore and Mutex stand in for those, so they do
+    the same (the issue's parenthesis "threading means forever" describes
+    Lock)."""
     backend.require("threading-forms")
     s = backend.open(sem_name, capacity=1)
     holder = backend.spawn_holder(sem_name)
-    got = []
-    t = threading.Thread(target=lambda: got.append(s.acquire(timeout=-1)))
-    t.start()
-    wait_until(lambda: len(s.waiters()) == 1, what="the timeout=-1 waiter queued")
-    assert s.waiters()[0].units == 1 and not got
+    t0 = time.monotonic()
+    assert s.acquire(timeout=-1) is False and s.acquire(True, -5) is False
+    assert time.monotonic() - t0 < 2 and s.waiters() == []
     holder.release()
+    assert s.acquire(timeout=-1) is True
+    s.release()
+    m = backend.mutex(sem_name + "-m")
+    owner = backend.agent()
+    owner.open_mutex(sem_name + "-m")
+    assert owner.cmd("try 1") is True
+    got = []
+
+    def waiter():
+        got.append(m.acquire(timeout=-1))
+        m.release()          # by its owner: this thread
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    wait_until(lambda: len(m.waiters()) == 1, what="the timeout=-1 waiter queued")
+    assert not got
+    owner.cmd("release 1")
     t.join(30)
     assert got == [True]
-    s.release()
+    with pytest.raises(ValueError):
+        m.acquire(timeout=-2)            # as threading.Lock
 
 
 def test_multiprocessing_forms(backend, sem_name):

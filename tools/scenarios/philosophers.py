@@ -18,8 +18,9 @@ Three acts, each philosopher a separate process:
 In acts 2 and 3 the director checks, all along: no deadlock that lasts
 (``find_deadlocks`` reads five ledgers one after another, not in one atomic
 picture, so a deadlock must be seen in three polls in a row to count), two
-neighbours never eat at once, no acquire times out, everyone eats.  With --chaos it SIGKILLs random philosophers (mid-meal,
-waiting, thinking) and respawns them; their forks and seat come back.
+neighbours never eat at once, no acquire times out, everyone eats.  With
+--chaos it SIGKILLs random philosophers (mid-meal, waiting, thinking) and
+respawns them; their forks and seat come back.
 """
 from __future__ import annotations
 

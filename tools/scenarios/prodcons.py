@@ -292,17 +292,19 @@ class Audit:
         with self.use:
             items = b.items
             se, sf = self.empty.stats(), self.full.stats()
-            E, F = se.available + se.held, sf.available + sf.held
+            empty_n, full_n = se.available + se.held, sf.available + sf.held
             self.looks += 1
             self.max_items = max(self.max_items, items)
             d.check(0 <= items <= n, f"{items} items in a buffer of {n}")
-            d.check(E + F <= n, f"emptyCount + fullCount = {E} + {F} > {n}")
+            d.check(empty_n + full_n <= n,
+                    f"emptyCount + fullCount = {empty_n} + {full_n} > {n}")
             if strict:
-                d.check(E <= n - items, f"empty promises {E} free slots, the buffer has "
-                                        f"{n - items}: a producer would overwrite an item")
-                d.check(F <= items, f"full promises {F} items, the buffer has {items}: a "
-                                    "consumer would take from an empty slot")
-                lost_slots, lost_items = max(0, n - items - E), max(0, items - F)
+                d.check(empty_n <= n - items,
+                        f"empty promises {empty_n} free slots, the buffer has {n - items}: "
+                        "a producer would overwrite an item")
+                d.check(full_n <= items, f"full promises {full_n} items, the buffer has {items}: "
+                                         "a consumer would take from an empty slot")
+                lost_slots, lost_items = max(0, n - items - empty_n), max(0, items - full_n)
                 if lost_slots + lost_items > allowed_loss:
                     allowed_loss += unreaped()
                 d.check(lost_slots + lost_items <= allowed_loss,
@@ -315,9 +317,9 @@ class Audit:
                     if lost_items:
                         self.full.release(lost_items)
                         self.repaired_items += lost_items
-                    d.say(f"  repair: buffer holds {items} of {n}, but empty+held={E}, "
-                          f"full+held={F}: re-posted {lost_slots} empty, {lost_items} full")
-            return items, E, F
+                    d.say(f"  repair: buffer holds {items} of {n}, but empty+held={empty_n}, "
+                          f"full+held={full_n}: re-posted {lost_slots} empty, {lost_items} full")
+            return items, empty_n, full_n
 
 
 def run_mode(d: c.Director) -> None:
@@ -414,9 +416,9 @@ def run_mode(d: c.Director) -> None:
             audit.look(strict, repair=False, unreaped=unreaped)
         if time.monotonic() >= next_status:
             next_status += 0.5
-            items, E, F = audit.look(strict, repair=False, unreaped=unreaped)
+            items, empty_n, full_n = audit.look(strict, repair=False, unreaped=unreaped)
             d.say(f"put {w[HEAD]:6d}  taken {w[TAIL]:6d}  in buffer {items}  |  "
-                  f"E={E} F={F}  E+F={E + F} <= {n}")
+                  f"E={empty_n} F={full_n}  E+F={empty_n + full_n} <= {n}")
         if w[VIOLATIONS]:
             break
         time.sleep(0.01)
@@ -431,13 +433,14 @@ def run_mode(d: c.Director) -> None:
     if not c.sleep_until(lambda: reap() or not live, 20):
         d.fail("consumers did not stop")
     reap()
-    items, E, F = audit.look(strict, repair=False)
+    items, empty_n, full_n = audit.look(strict, repair=False)
     c.rule("the items")
     head = w[HEAD]
     d.check(w[VIOLATIONS] == 0, f"{w[VIOLATIONS]} violations reported by participants")
     d.check(w[TAIL] == head, f"{head - w[TAIL]} items never taken")
     if strict:
-        d.check(E == n and F == 0, f"at the end empty={E} full={F}, expected {n} and 0")
+        d.check(empty_n == n and full_n == 0,
+                f"at the end empty={empty_n} full={full_n}, expected {n} and 0")
     twice = [k + 1 for k in range(head) if w[b.processed(k)] > 1]
     untaken = [k + 1 for k in range(head) if w[b.taker(k)] == 0]
     lost = [k + 1 for k in range(head) if w[b.processed(k)] == 0 and w[b.taker(k)]]

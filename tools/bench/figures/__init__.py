@@ -6,7 +6,9 @@
     4  holders      holders.py      figure 1 with K registered holders
     5  memory       memory.py       /dev/shm per semaphore
     6  status       status.py       ipcsem-status (and the read path) over N semaphores
-    7  idle         idle.py         an idle supervisor over 1,000 registered holders
+    7  asyncio      asyncio.py      the async pair and handoff next to the sync ones
+    8  inversion    inversion.py    priority inversion with and without inheritance
+    9  idle         idle.py         an idle supervisor over 1,000 registered holders
 
 common.py holds what they share (Config, guarded(), create()/semaphore(),
 the pair loop, log()). Each figure module says in its docstring what it
@@ -40,6 +42,7 @@ common.Config, and a table or plot in report.py (_md_*/_plot_*).
 from __future__ import annotations
 
 from . import contended, holders, idle, memory, recovery, status, uncontended
+from . import asyncio as asyncio_fig
 from .common import Config, destroy_all, log
 from .recovery import stop_supervisors
 
@@ -50,8 +53,10 @@ FIGURES = [
     ("holders", holders.fig_holders),
     ("memory", memory.fig_memory),
     ("status", status.fig_status),
-    ("idle", idle.fig_idle),
+    ("asyncio", asyncio_fig.fig_asyncio),
 ]
 
 # What the harness (__main__.py) uses besides FIGURES.
 __all__ = ["FIGURES", "Config", "destroy_all", "log", "stop_supervisors"]
+from .inversion import fig_inversion; FIGURES.append(("inversion", fig_inversion))  # noqa: E402,E702 (figure 7; one line so the figure list merges)
+FIGURES.append(("idle", idle.fig_idle))  # figure 9 (issue #12); one line so the figure list merges

@@ -1,0 +1,226 @@
+"""The ``zookeeper://`` backend: names, creation, unlink, reaping."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from typing import Callable
+
+from .._backend import Backend
+from .._errors import CapacityMismatch, IpcsemError, NotFound, PolicyMismatch, Unavailable
+from .._records import Lease, Params
+from . import _codec
+from ._handle import Book, ZkHandle
+from ._local import HAVE_PIDFD, HOSTNAME, ME, Reaper
+from ._session import Connection, Options, Session, error_name
+
+log = logging.getLogger("ipcsem.zk")
+
+# Settings fixed at creation and compared on re-open.  ``initial`` applies
+# only when creating (like O_CREAT), ``mode``/``max_*`` are sizes of the
+# shared-memory ledger with no meaning here.
+COMPARED = ("kind", "slots", "fair", "reentrant", "priority_inheritance")
+
+
+class ZkBackend(Backend):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.options = Options(url)
+        self.conn = Connection(self.options)
+        self.conn.on_loss(self._session_lost)
+        self._books: dict[str, Book] = {}
+        self._lock = threading.Lock()
+        self._reaper: Reaper | None = None
+
+    # ------------------------------------------------------------ paths
+    def _meta_path(self, name: str) -> str:
+        return f"{self.conn.root}/names/{name}"
+
+    def book(self, gen: str) -> Book:
+        with self._lock:
+            b = self._books.get(gen)
+            if b is None:
+                b = self._books[gen] = Book()
+            return b
+
+    # ------------------------------------------------------------ open
+    def open(self, name: str, params: Params | None, *,
+             on_lost: Callable[[Lease, str], None] | None = None) -> ZkHandle:
+        """Open ``name``; with ``params`` create it if absent.  Raises
+        NotFound, CapacityMismatch/PolicyMismatch, Corrupt, Unavailable.
+        ``on_lost(lease, reason)`` runs (on a background thread) for each
+        lease of this handle whose session is lost."""
+        _codec.check_name(name)
+        if params is not None:
+            _check_params(params)
+        client, _ = self.conn.current()
+        path = self._meta_path(name)
+        created = False
+        for _ in range(50):
+            try:
+                data, _stat = client.get(path)
+            except Exception as e:
+                if error_name(e) != "NoNodeError":
+                    raise Unavailable(f"reading {path}: {e!r}", name=name, url=self.url) from None
+                if params is None:
+                    raise NotFound(name, hint=f"on {self.url}") from None
+                if self._create(client, name, params):
+                    created = True
+                continue
+            meta = _codec.decode_meta(data, path)
+            if params is not None and not created:
+                _compare(name, meta.params, params)
+            return ZkHandle(self.conn, self, name, meta, created, on_lost)
+        raise Unavailable(f"{name!r} keeps appearing and vanishing", name=name, url=self.url)
+
+    def _create(self, client, name: str, params: Params) -> bool:
+        """Create the whole semaphore in one transaction (no one ever sees
+        half of it); False if another creator won."""
+        gen = uuid.uuid4().hex
+        base = f"{self.conn.root}/gens/{gen}"
+        gate = _codec.Gate(unowned=params.capacity - params.initial)
+        t = client.transaction()
+        t.create(base, b"")
+        t.create(f"{base}/gate", _codec.encode_gate(gate))
+        t.create(f"{base}/q", b"")
+        t.create(f"{base}/posts", b"")
+        t.create(self._meta_path(name), _codec.encode_meta(params, gen, time.time(), ME.pid,
+                                                           HOSTNAME))
+        results = t.commit()
+        errors = [error_name(r) for r in results if isinstance(r, Exception)]
+        if not errors:
+            return True
+        if "NodeExistsError" in errors:
+            return False
+        raise Unavailable(f"creating {name!r}: {errors}", name=name, url=self.url)
+
+    def names(self) -> list[str]:
+        client, _ = self.conn.current()
+        try:
+            children = client.get_children(f"{self.conn.root}/names")
+        except Exception as e:
+            raise Unavailable(f"listing names: {e!r}", url=self.url) from None
+        return sorted(n for n in children if _codec.NAME_RE.fullmatch(n))
+
+    def unlink(self, name: str) -> None:
+        """Remove the name at once (meta and gate in one transaction, so no
+        grant can commit after it); waiters wake on the gate and fail with
+        Unlinked; then the queue is swept."""
+        _codec.check_name(name)
+        client, _ = self.conn.current()
+        path = self._meta_path(name)
+        for _ in range(50):
+            try:
+                data, stat = client.get(path)
+            except Exception as e:
+                if error_name(e) == "NoNodeError":
+                    raise NotFound(name, hint=f"on {self.url}") from None
+                raise Unavailable(f"reading {path}: {e!r}", name=name, url=self.url) from None
+            try:
+                gen = _codec.decode_meta(data, path).gen
+            except IpcsemError:
+                client.delete(path, version=stat.version)   # not ours to parse: just remove
+                return
+            base = f"{self.conn.root}/gens/{gen}"
+            t = client.transaction()
+            t.delete(path, version=stat.version)
+            t.delete(f"{base}/gate")
+            t.delete(f"{base}/posts")        # heads watch it: they wake and see Unlinked
+            errors = [error_name(r) for r in t.commit() if isinstance(r, Exception)]
+            if not errors:
+                self._sweep(client, base)
+                return
+            if "BadVersionError" in errors:
+                continue
+            if "NoNodeError" in errors[1:] and errors[0] == "RolledBackError":
+                # the generation is gone or half gone (not made by this
+                # version, or swept by hand): remove the name alone
+                client.delete(path, version=stat.version)
+                self._sweep(client, base)
+                return
+            if "NoNodeError" in errors:
+                continue
+            raise Unavailable(f"unlinking {name!r}: {errors}", name=name, url=self.url)
+        raise Unavailable(f"unlinking {name!r}: too many concurrent changes", url=self.url)
+
+    def _sweep(self, client, base: str) -> None:
+        try:
+            client.delete(base, recursive=True)
+        except Exception as e:  # noqa: BLE001 - a waiter re-queued meanwhile; harmless
+            log.debug("sweeping %s: %s", base, e)
+
+    # ------------------------------------------------------------ loss
+    def _session_lost(self, session: Session, reason: str) -> None:
+        with self._lock:
+            books = list(self._books.values())
+        for b in books:
+            with b.lock:
+                lost = [h for h in b.holds if h.session is session]
+            for h in lost:
+                h.tell_lost(reason)
+
+    # ------------------------------------------------------------ reaping
+    def reaper(self) -> Reaper | None:
+        """The shared pidfd watcher of this process (None without pidfds)."""
+        if not HAVE_PIDFD:
+            return None
+        with self._lock:
+            if self._reaper is None:
+                self._reaper = Reaper(lambda path, pid, start: self.reap(path))
+            return self._reaper
+
+    def reap(self, path: str) -> bool:
+        """Delete the node of a dead local process; True if this call did it
+        (others may race: a waiter, a supervisor).  Counts the recovery on
+        the gate, best effort."""
+        client, _ = self.conn.current()
+        try:
+            client.delete(path)
+        except Exception as e:
+            if error_name(e) == "NoNodeError":
+                return False
+            raise
+        node = path.rsplit("/", 1)[1]
+        if node.startswith("h_"):
+            try:
+                units = int(node.split("_", 2)[1])
+                gate_path = path.rsplit("/", 2)[0] + "/gate"
+                data, stat = client.get(gate_path)
+                meta_cap = _codec.MAX_CAPACITY
+                g = _codec.decode_gate(data, meta_cap, gate_path)
+                g = dataclasses.replace(g, recovered_units=g.recovered_units + units,
+                                        recoveries=g.recoveries + 1)
+                client.set(gate_path, _codec.encode_gate(g), version=stat.version)
+            except Exception as e:  # noqa: BLE001 - counters only
+                log.debug("counting a recovery: %r", e)
+        return True
+
+    def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper = None
+        self.conn.close()
+
+
+def _check_params(p: Params) -> None:
+    cap = p.capacity
+    if cap.__class__ is not int or not 1 <= cap <= _codec.MAX_CAPACITY:
+        raise ValueError(f"capacity must be in 1..{_codec.MAX_CAPACITY}, got {cap!r}")
+    if p.slots and cap > _codec.MAX_SLOTTED_CAPACITY:
+        raise ValueError(f"a slotted semaphore on ZooKeeper has at most "
+                         f"{_codec.MAX_SLOTTED_CAPACITY} units")
+    if p.initial.__class__ is not int or not 0 <= p.initial <= cap:
+        raise ValueError(f"initial must be in 0..{cap}, got {p.initial!r}")
+    if p.kind == "mutex" and cap != 1:
+        raise ValueError("a mutex has capacity 1")
+
+
+def _compare(name: str, existing: Params, asked: Params) -> None:
+    if existing.capacity != asked.capacity:
+        raise CapacityMismatch(name, existing.capacity, asked.capacity)
+    for field in COMPARED:
+        a, b = getattr(existing, field), getattr(asked, field)
+        if a != b:
+            raise PolicyMismatch(name, field, a, b)

@@ -1,0 +1,1145 @@
+"""One open semaphore on ZooKeeper: the recipe.
+
+Every request is an ephemeral-sequential node ``r_...`` under the
+semaphore's queue; every grant is an ephemeral node ``h_...`` beside it,
+created by the grantee's own session, so a dead session's units go with it.
+A request becomes a hold in ONE conditional transaction::
+
+    multi(create h_..., delete r_..., set_data(gate, version=v))
+
+where ``v`` is the gate version read *before* the children listing that
+decided the admission (``_admission.decide``).  Every grant bumps the gate,
+so two grants decided from the same state cannot both commit: the second
+fails with BadVersion and decides again.  Releases and deaths only delete
+nodes, which can only make a stale decision more conservative.  The zxid of
+the transaction (the gate's ``mzxid`` in the reply) is the lease's fencing
+token: transactions are totally ordered, so tokens increase in grant order.
+
+``take`` is the same transaction without a request node (it never waits:
+refused when it would overtake anyone queued ahead of it).  ``wait`` queues a
+node and watches only what can change its admission: the queue and the gate
+when it is the head, the node just ahead of it otherwise (no herd).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import threading
+import time
+from typing import Callable
+
+from .._backend import Handle, Pending
+from .._errors import (
+    Corrupt,
+    IpcsemError,
+    LeaseLost,
+    NotOwner,
+    Unavailable,
+    Unlinked,
+)
+from .._records import Holder, Lease, Params, Request, Stats, Waiter
+from . import _codec
+from ._admission import TAKE, decide, head_of
+from ._codec import Gate, HeldNode, Meta, ReqNode
+from ._local import HOSTNAME, MACHINE_KEY, ME, open_watch, DEAD
+from ._session import Connection, Session, error_name
+
+log = logging.getLogger("ipcsem.zk")
+
+SLICE = 0.5            # wait(): on_slice cadence and the re-read safety net
+MAX_RACES = 200        # BadVersion retries of one take() before it gives up (never waits)
+HEAL_EVERY = 0.25      # take(): at most this often, look for dead local holders
+CONTENDED_FOR = 0.5    # wait(): so long after queueing, skip the optimistic take
+
+
+class Hold:
+    """A grant this process holds (one h_ node)."""
+
+    __slots__ = ("path", "name", "units", "slots", "owner", "token", "session", "lease",
+                 "depth", "released", "on_lost", "deadline_at_loss", "_told")
+
+    def __init__(self, path: str, name: str, units: int, slots: tuple[int, ...], owner: int,
+                 token: int, session: Session, on_lost) -> None:
+        self.path, self.name, self.units, self.slots = path, name, units, slots
+        self.owner, self.token, self.session = owner, token, session
+        self.lease: Lease | None = None
+        self.depth = 1
+        self.released = False
+        self.on_lost = on_lost
+        self.deadline_at_loss: float | None = None
+        self._told = threading.Lock()
+
+    def tell_lost(self, reason: str) -> None:
+        """Run the on_lost callback, once, whoever notices first (the
+        connection's loss hook, or a release that found the lease lost)."""
+        if self.on_lost is None or self.lease is None or not self._told.acquire(False):
+            return
+        try:
+            self.on_lost(self.lease, reason)
+        except Exception:  # noqa: BLE001
+            log.exception("ipcsem: on_lost callback failed")
+
+    def valid(self) -> bool:
+        # Released or not, a lease is valid while its session is proven alive:
+        # valid == False means "lost", never "given back".
+        return self.session.valid()
+
+    def deadline(self) -> float | None:
+        d = self.session.deadline()
+        if d == float("-inf"):
+            lost = self.session.lost_at or time.monotonic()
+            return min(lost, self.deadline_at_loss or lost)
+        self.deadline_at_loss = d
+        return d
+
+
+class Book:
+    """The holds of one semaphore generation in this process (shared by
+    every handle of it: units belong to the process)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.RLock()
+        self.holds: list[Hold] = []
+        self.by_lease: dict[int, Hold] = {}
+
+    def fresh(self) -> Book:
+        """Self, emptied first in a forked child: the child holds nothing
+        (hazard 13), its parent's holds are its parent's."""
+        if self.pid != os.getpid():
+            self._reset()
+        return self
+
+    def add(self, h: Hold) -> None:
+        with self.lock:
+            self.holds.append(h)
+            if h.lease is not None:
+                self.by_lease[id(h.lease)] = h
+
+    def drop(self, h: Hold) -> None:
+        with self.lock:
+            h.released = True
+            if h in self.holds:
+                self.holds.remove(h)
+            if h.lease is not None:
+                self.by_lease.pop(id(h.lease), None)
+
+
+@dataclasses.dataclass
+class View:
+    """One decision's worth of state: the gate (and its version), the
+    children listing read after it, with the queue node's data version
+    (``arrivals``: every request bumps it when it queues).  A request with
+    a priority above 0 (the default), which may go ahead of requests
+    already queued, also bumps the gate version."""
+
+    gate: Gate
+    version: int
+    arrivals: int
+    reqs: list[ReqNode]
+    held: list[HeldNode]
+
+
+class _Retry(Exception):
+    """Internal: the backend could not answer now; try again if time allows."""
+
+
+class ZkHandle(Handle):
+    def __init__(self, conn: Connection, backend, name: str, meta: Meta, created: bool,
+                 on_lost: Callable[[Lease, str], None] | None) -> None:
+        self.name = name
+        self.params: Params = meta.params
+        self.created = created
+        self.meta = meta
+        self._conn = conn
+        self._backend = backend
+        base = f"{conn.root}/gens/{meta.gen}"
+        self._gate = f"{base}/gate"
+        self._q = f"{base}/q"
+        self._posts = f"{base}/posts"
+        # One posts watch per handle and session, fanned out to its waiters
+        # (a watch stays registered until it fires: no need to re-arm it on
+        # every read, nor once per waiter).
+        self._posts_lock = threading.Lock()
+        self._posts_session: Session | None = None
+        self._posts_waiters: set[Callable] = set()
+        self._posts_fire = self._on_posts
+        # The last state this process saw (and what its own grants and
+        # releases did to it since): take() tries it first, conditional on
+        # both versions, so an uncontended take is one transaction.
+        self._cache: View | None = None
+        self._book: Book = backend.book(meta.gen)
+        self._on_lost = on_lost
+        self._closed = False
+        self._last_heal = 0.0
+        self._queued_at = float("-inf")
+        self._timeout = conn.options.connect_timeout
+
+    # ================================================================ I/O
+    def _client(self):
+        if self._closed:
+            from .._errors import Closed
+            raise Closed(name=self.name)
+        return self._conn.current()
+
+    def _get(self, result, what: str):
+        """The value of a kazoo async result; kazoo errors mapped."""
+        try:
+            return result.get(timeout=self._timeout)
+        except Exception as e:
+            n = error_name(e)
+            if n == "NoNodeError":
+                raise
+            if n in ("ConnectionLoss", "ConnectionClosedError", "SessionExpiredError",
+                     "KazooTimeoutError", "TimeoutError", "OperationTimeoutError",
+                     "SessionMovedError"):
+                raise _Retry(f"{what}: {n}") from None
+            raise
+
+    def _read(self, client, watch=None, children_watch=None) -> View:
+        return self._read_finish(self._read_start(client, watch, children_watch))
+
+    def _read_start(self, client, watch=None, children_watch=None):
+        """Send the reads of one decision: gate first, then the listing (on
+        one connection, so the listing is at least as new as the gate
+        version we will condition on).  ``watch`` goes on the posts node
+        (what a head waits for besides holds leaving: posts and unlink; not
+        the gate, which every grant changes and would wake every head),
+        ``children_watch`` on the queue."""
+        posts = None if watch is None else client.exists_async(self._posts, watch=watch)
+        return (client.get_async(self._gate),
+                client.get_children_async(self._q, watch=children_watch, include_data=True),
+                posts)
+
+    def _on_posts(self, event=None) -> None:
+        with self._posts_lock:
+            self._posts_session = None
+            waiters = list(self._posts_waiters)
+        for w in waiters:
+            w(event)
+
+    def posts_watch(self, session: Session):
+        """The watch to pass to the next read, or None if one is registered
+        for this session already."""
+        with self._posts_lock:
+            if self._posts_session is session:
+                return None
+            self._posts_session = session
+            return self._posts_fire
+
+    def _read_finish(self, futures) -> View:
+        g, c, p = futures
+        if p is not None:
+            try:
+                there = self._get(p, "watching the posts")
+            except BaseException:
+                self._posts_session = None
+                raise
+            if there is None:
+                raise Unlinked(name=self.name)
+        try:
+            data, stat = self._get(g, "reading the gate")
+            names, qstat = self._get(c, "listing the queue")
+        except _Retry:
+            raise
+        except Exception as e:
+            if error_name(e) == "NoNodeError":
+                raise Unlinked(name=self.name) from None
+            raise
+        gate = _codec.decode_gate(data, self.params.capacity, self._gate)
+        reqs, held = _codec.parse_children(names, self.params.capacity, self._q)
+        view = View(gate, stat.version, qstat.version, reqs, held)
+        self._cache = view
+        return view
+
+    def _decide(self, view: View, take=None):
+        return decide(self.params.capacity, view.gate.unowned, view.held, view.reqs,
+                      fair=self.params.fair, take=take, slotted=self.params.slots)
+
+    def _who(self, req: Request) -> bytes:
+        return _codec.encode_who(_codec.Who(HOSTNAME, MACHINE_KEY, ME.pid, ME.start, req.tid,
+                                            req.owner, time.time()))
+
+    # ============================================================ grants
+    def _grant(self, client, session: Session, view: View, req: Request, free_slots: list[int],
+               rnode: ReqNode | None, ident: str, track: list | None = None,
+               check_arrivals: bool = False) -> Lease | None:
+        """The conditional transaction; None when another grant won the race."""
+        units = req.units
+        slots = tuple(free_slots[:units]) if self.params.slots else ()
+        hname = _codec.held_name(units, slots, MACHINE_KEY, ME.pid, ME.start, ident)
+        path = f"{self._q}/{hname}"
+        gate = view.gate
+        died = False
+        if self.params.kind == "mutex":
+            live = {h.name for h in view.held}
+            died = gate.dirty or (gate.held_by is not None and gate.held_by not in live)
+            gate = dataclasses.replace(gate, dirty=died, held_by=hname)
+        gate = dataclasses.replace(gate, grants=gate.grants + 1)
+        if track is not None:
+            track.append(path)
+        t = client.transaction()
+        if check_arrivals:
+            # nobody may have queued since the listing we decided on
+            t.check(self._q, view.arrivals)
+        t.create(path, self._who(req), ephemeral=True)
+        if rnode is not None:
+            t.delete(f"{self._q}/{rnode.name}")
+        t.set_data(self._gate, _codec.encode_gate(gate), version=view.version)
+        try:
+            results = t.commit_async().get(timeout=self._timeout)
+        except Exception as e:
+            # The outcome is unknown: the hold may exist or appear later.
+            # Abandon the session (its nodes die with it) rather than guess.
+            self._conn.lose(session, f"a grant's outcome is unknown ({error_name(e)})")
+            raise _Retry("grant outcome unknown") from None
+        errors = [r for r in results if isinstance(r, Exception)]
+        if not errors:
+            stat = results[-1]
+            mine = HeldNode(hname, units, slots, MACHINE_KEY, ME.pid, ME.start, ident)
+            self._cache = View(gate, stat.version, view.arrivals,
+                               [r for r in view.reqs if r is not rnode], [*view.held, mine])
+            hold = Hold(path, hname, units, slots, req.owner, stat.mzxid, session,
+                        self._on_lost)
+            lease = Lease(units, slots, stat.mzxid, previous_owner_died=died,
+                          validity=hold.valid, deadline=hold.deadline)
+            hold.lease = lease
+            self._book.add(hold)
+            return lease
+        names = [error_name(e) for e in results]
+        self._cache = None
+        if "BadVersionError" in names:
+            return None
+        if names[-1] == "NoNodeError":
+            raise Unlinked(name=self.name)
+        if "NoNodeError" in names:
+            # Our request node is gone (its session was lost, or the queue
+            # was removed): the caller re-queues or reports.
+            raise _Vanished()
+        if names[0] == "NodeExistsError":
+            raise Corrupt(f"hold node {hname} exists already", name=self.name, path=path)
+        if any(n in ("ConnectionLoss", "SessionExpiredError") for n in names):
+            raise _Retry("connection lost during a grant")
+        raise IpcsemError(f"unexpected reply to a grant: {names}", name=self.name)
+
+    # ============================================================ reading
+    @property
+    def available(self) -> int:
+        return self._retrying(lambda: max(0, self._decide(self._read(self._client()[0])).free))
+
+    def _retrying(self, fn):
+        end = time.monotonic() + self._timeout
+        while True:
+            try:
+                return fn()
+            except _Retry as e:
+                if time.monotonic() >= end:
+                    raise Unavailable(str(e), name=self.name, url=self._conn.options.url) \
+                        from None
+                time.sleep(0.05)
+
+    def _datas(self, client, names: list[str]) -> dict[str, _codec.Who]:
+        futures = [(n, client.get_async(f"{self._q}/{n}")) for n in names]
+        out = {}
+        for n, f in futures:
+            try:
+                data, _ = self._get(f, "reading a node")
+            except _Retry:
+                raise
+            except Exception as e:
+                if error_name(e) == "NoNodeError":
+                    continue  # left meanwhile
+                raise
+            out[n] = _codec.decode_who(data, f"{self._q}/{n}")
+        return out
+
+    def holders(self) -> list[Holder]:
+        def go():
+            client, _ = self._client()
+            view = self._read(client)
+            datas = self._datas(client, [h.name for h in view.held])
+            agg: dict[tuple, dict] = {}
+            for h in view.held:
+                who = datas.get(h.name)
+                if who is None:
+                    continue
+                key = (who.host, who.mkey, h.pid, h.start)
+                a = agg.setdefault(key, {"units": 0, "since": who.since, "n": 0, "slots": [],
+                                         "tid": None})
+                a["units"] += h.units
+                a["since"] = min(a["since"], who.since)
+                a["n"] += 1
+                a["slots"].extend(h.slots)
+                if self.params.kind == "mutex":
+                    a["tid"] = who.tid
+            return [Holder(pid, start, a["units"], a["since"], a["n"], tuple(sorted(a["slots"])),
+                           a["tid"], host)
+                    for (host, _mk, pid, start), a in agg.items()]
+        return self._retrying(go)
+
+    def waiters(self) -> list[Waiter]:
+        def go():
+            client, _ = self._client()
+            view = self._read(client)
+            order = self._decide(view).order
+            datas = self._datas(client, [r.name for r in order])
+            return [Waiter(r.pid, r.start, datas[r.name].tid, r.units, r.priority,
+                           datas[r.name].since, r.seq, datas[r.name].host)
+                    for r in order if r.name in datas]
+        return self._retrying(go)
+
+    def stats(self) -> Stats:
+        def go():
+            client, _ = self._client()
+            view = self._read(client)
+            held = sum(h.units for h in view.held)
+            procs = {(h.mkey, h.pid, h.start) for h in view.held}
+            g, p = view.gate, self.params
+            return Stats(self.name, p.capacity, max(0, p.capacity - g.unowned - held), g.unowned,
+                         held, len(procs), len(view.reqs), g.grants, g.recovered_units,
+                         g.recoveries, 0, self.meta.created, self.meta.creator_pid, p.kind,
+                         p.slots, p.fair, p.reentrant, p.priority_inheritance)
+        return self._retrying(go)
+
+    # ========================================================= acquiring
+    def _check_req(self, req: Request) -> None:
+        if req.units.__class__ is not int or not 1 <= req.units <= self.params.capacity:
+            raise ValueError(f"units must be in 1..{self.params.capacity}, got {req.units!r}")
+        if req.priority.__class__ is not int or not (
+                -_codec.MAX_PRIORITY - 1 <= req.priority <= _codec.MAX_PRIORITY):
+            raise ValueError(f"priority must be a 32-bit int, got {req.priority!r}")
+
+    def _reenter(self, req: Request) -> Lease | None:
+        """Mutex: the owner's nested acquire (reentrant) or its error."""
+        if self.params.kind != "mutex":
+            return None
+        self._book.fresh()
+        with self._book.lock:
+            for h in self._book.holds:
+                if h.owner == req.owner and h.session.valid():
+                    if not self.params.reentrant:
+                        raise NotOwner(f"mutex {self.name!r} is already held by this owner "
+                                       "(not reentrant)", name=self.name)
+                    h.depth += 1
+                    return h.lease
+        return None
+
+    def take(self, req: Request) -> Lease | None:
+        self._check_req(req)
+        again = self._reenter(req)
+        if again is not None:
+            return again
+
+        def go():
+            healed = False
+            for _ in range(MAX_RACES):
+                client, session = self._client()
+                # Optimistic: the state as we last knew it.  Safe because the
+                # transaction is conditional on the gate and arrivals versions
+                # of that state; a refusal from it proves nothing, so read.
+                lease = self._take_cached(req)
+                if lease is not None:
+                    return lease
+                view = self._read(client)
+                dec = self._decide(view, take=(req.units, req.priority))
+                if TAKE not in dec.admissible:
+                    if not healed and self._heal_due() and self._heal(client, view):
+                        healed = True
+                        continue
+                    return None
+                lease = self._grant(client, session, view, req, dec.free_slots, None,
+                                    "t" + secrets.token_hex(6), check_arrivals=True)
+                if lease is not None:
+                    return lease
+            return None  # lost every race: "not now" (take never waits)
+        return self._retrying(go)
+
+    def _take_cached(self, req: Request) -> Lease | None:
+        """take() from the cached view only (no read): the lease, or None
+        when the cache is absent, says busy, or is stale (BadVersion)."""
+        view = self._cache if not self.params.slots else None
+        if view is None:
+            return None
+        self._cache = None
+        dec = self._decide(view, take=(req.units, req.priority))
+        if TAKE not in dec.admissible:
+            return None
+        client, session = self._client()
+        return self._grant(client, session, view, req, dec.free_slots, None,
+                           "t" + secrets.token_hex(6), check_arrivals=True)
+
+    def _heal_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_heal < HEAL_EVERY:
+            return False
+        self._last_heal = now
+        return True
+
+    def _heal(self, client, view: View) -> int:
+        """Delete the nodes of dead processes of this machine; units freed."""
+        freed = 0
+        for n in [*view.held, *view.reqs]:
+            if n.mkey != MACHINE_KEY or n.pid == ME.pid:
+                continue
+            try:
+                fd = open_watch(n.pid, n.start)
+            except (PermissionError, OSError):
+                continue
+            if fd != DEAD:
+                os.close(fd)
+                continue
+            if self._backend.reap(f"{self._q}/{n.name}") and isinstance(n, HeldNode):
+                freed += n.units
+        return freed
+
+    def wait(self, req: Request, deadline: float | None,
+             on_slice: Callable[[], None] | None = None) -> Lease | None:
+        self._check_req(req)
+        again = self._reenter(req)
+        if again is not None:
+            return again
+        # A blocking caller needs no proof that the units are busy before it
+        # queues: try the last known state (one transaction when nobody
+        # competes), else queue at once, without the read take() would do.
+        # Under contention (this handle queued a moment ago) the cached state
+        # is almost surely stale: queue at once instead of losing a round trip.
+        lease = None
+        if time.monotonic() - self._queued_at > CONTENDED_FOR:
+            try:
+                lease = self._take_cached(req)
+            except _Retry:
+                lease = None
+        if lease is not None:
+            return lease
+        self._queued_at = time.monotonic()
+        w = _Queued(self, req, None)
+        try:
+            return w.run(deadline, on_slice)
+        except BaseException:
+            w.abandon()
+            raise
+        finally:
+            w.done()
+
+    def enqueue(self, req: Request, notify: Callable[[], None]) -> Lease | Pending:
+        lease = self.take(req)
+        if lease is not None:
+            return lease
+        w = _Queued(self, req, notify)
+        try:
+            got = self._retrying(w.step)
+        except BaseException:
+            w.abandon()
+            w.done()
+            raise
+        if got is not None:
+            w.done()
+            return got
+        return ZkPending(w)
+
+    def settle(self, pending: Pending) -> Lease | None:
+        assert isinstance(pending, ZkPending)
+        w = pending.queued
+        if w.finished:
+            return None
+        try:
+            got = self._retrying(w.step)
+        except BaseException:
+            w.abandon()
+            w.done()
+            raise
+        if got is not None:
+            w.done()
+        return got
+
+    def cancel(self, pending: Pending) -> None:
+        assert isinstance(pending, ZkPending)
+        pending.queued.abandon()
+        pending.queued.done()
+
+    # ========================================================= returning
+    def _mine(self, lease: Lease | None) -> list[Hold]:
+        self._book.fresh()
+        with self._book.lock:
+            holds = list(self._book.holds)
+            first = self._book.by_lease.get(id(lease)) if lease is not None else None
+        if first is not None:
+            holds.remove(first)
+            holds.insert(0, first)
+        return holds
+
+    def release(self, units: int, owner: int, lease: Lease | None = None) -> None:
+        if units.__class__ is not int or units < 1:
+            raise ValueError(f"units must be a positive int, got {units!r}")
+        if self.params.kind == "mutex":
+            return self._release_mutex(owner, lease)
+        holds = self._mine(lease)
+        if lease is not None and not lease.valid and (not holds or holds[0].lease is not lease):
+            raise LeaseLost("the lease is no longer valid", name=self.name)
+        chosen: list[tuple[Hold, int]] = []
+        need = units
+        for h in holds:
+            if need == 0:
+                break
+            k = min(h.units, need)
+            chosen.append((h, k))
+            need -= k
+        lost = [h for h, _ in chosen if not h.session.valid()]
+        if lost:
+            for h in lost:
+                self._forget_lost(h)
+            raise LeaseLost(lost[0].session.lost_reason or "session lost", name=self.name)
+        self._retrying(lambda: self._give_back(chosen, post=need, disown=0))
+
+    def _forget_lost(self, h: Hold) -> None:
+        h.tell_lost(h.session.lost_reason or "session lost")
+        self._book.drop(h)
+        self._conn.doom(h.path)
+
+    def _give_back(self, chosen: list[tuple[Hold, int]], post: int, disown: int) -> None:
+        """Delete or shrink the chosen holds; move ``post`` units out of (or
+        ``disown`` units into) the unowned count; all in one transaction."""
+        client, session = self._client()
+        for _attempt in range(MAX_RACES):
+            gate_version, gate = None, None
+            if post or disown:
+                try:
+                    data, stat = self._get(client.get_async(self._gate), "reading the gate")
+                except Exception as e:
+                    if error_name(e) == "NoNodeError":
+                        for h, _ in chosen:
+                            self._book.drop(h)
+                        raise Unlinked(name=self.name) from None
+                    raise
+                gate = _codec.decode_gate(data, self.params.capacity, self._gate)
+                gate_version = stat.version
+                if post > gate.unowned:
+                    raise ValueError(
+                        f"release of {post} unit(s) of {self.name!r} that this process does "
+                        f"not hold would exceed the capacity {self.params.capacity} "
+                        f"({gate.unowned} unit(s) out without an owner)")
+                if gate.unowned + disown - post > self.params.capacity:
+                    raise ValueError("disown beyond capacity")
+            t = client.transaction()
+            shrunk: list[tuple[Hold, str, str, tuple[int, ...], int]] = []
+            for h, k in chosen:
+                t.delete(h.path)
+                if k < h.units:
+                    keep = h.units - k
+                    slots = h.slots[:keep] if h.slots else ()
+                    name = _codec.held_name(keep, slots, MACHINE_KEY, ME.pid, ME.start,
+                                            "t" + secrets.token_hex(6))
+                    path = f"{self._q}/{name}"
+                    who = _codec.encode_who(_codec.Who(HOSTNAME, MACHINE_KEY, ME.pid, ME.start,
+                                                       0, h.owner, time.time()))
+                    t.create(path, who, ephemeral=True)
+                    shrunk.append((h, path, name, slots, keep))
+            if gate is not None:
+                g = dataclasses.replace(gate, unowned=gate.unowned + disown - post)
+                t.set_data(self._gate, _codec.encode_gate(g), version=gate_version)
+                if post:
+                    t.set_data(self._posts, b"")     # wakes the head: units came free
+            if not chosen and gate is None:
+                return
+            single = gate is None and not shrunk and len(chosen) == 1
+            try:
+                if single:   # the common release: one plain delete
+                    try:
+                        results = [client.delete_async(chosen[0][0].path).get(
+                            timeout=self._timeout)]
+                    except Exception as e:
+                        if error_name(e) != "NoNodeError":
+                            raise
+                        results = [e]
+                else:
+                    results = t.commit_async().get(timeout=self._timeout)
+            except Exception as e:
+                self._conn.lose(session, f"a release's outcome is unknown ({error_name(e)})")
+                for h, _ in chosen:
+                    self._book.drop(h)
+                raise LeaseLost("the release's outcome is unknown; the session was abandoned "
+                                "so its holds are gone", name=self.name) from None
+            names = [error_name(r) for r in results if isinstance(r, Exception)]
+            if not names:
+                with self._book.lock:
+                    for h, k in chosen:
+                        if k == h.units:
+                            self._book.drop(h)
+                    for h, path, name, slots, keep in shrunk:
+                        h.path, h.name, h.slots, h.units = path, name, slots, keep
+                cache = self._cache
+                if cache is not None and gate is None and not shrunk:
+                    gone = {h.name for h, _ in chosen}
+                    self._cache = dataclasses.replace(
+                        cache, held=[x for x in cache.held if x.name not in gone])
+                else:
+                    self._cache = None
+                return
+            if "BadVersionError" in names:
+                continue
+            if "NoNodeError" in names:
+                return self._vanished(client, session, chosen, post, disown)
+            raise IpcsemError(f"unexpected reply to a release: {names}", name=self.name)
+        raise Unavailable("too many concurrent changes to the gate", name=self.name)
+
+    def _vanished(self, client, session, chosen, post, disown) -> None:
+        """A hold we meant to return is gone: unlinked, or lost with its session."""
+        if client.exists(self._gate) is None:
+            for h, _ in chosen:
+                self._book.drop(h)
+            if post:
+                raise Unlinked(name=self.name)
+            return
+        missing = [h for h, _ in chosen if client.exists(h.path) is None]
+        for h in missing:
+            self._book.drop(h)
+        if not session.valid():
+            raise LeaseLost(session.lost_reason or "session lost", name=self.name)
+        raise LeaseLost("a hold node of this process was deleted by someone else "
+                        "(an operator, or the semaphore was recreated)", name=self.name)
+
+    def _release_mutex(self, owner: int, lease: Lease | None) -> None:
+        holds = self._mine(lease)
+        mine = [h for h in holds if h.owner == owner]
+        if not mine:
+            raise NotOwner(f"mutex {self.name!r} is not held by this owner", name=self.name)
+        h = mine[0]
+        if not h.session.valid():
+            self._forget_lost(h)
+            raise LeaseLost(h.session.lost_reason or "session lost", name=self.name)
+        if h.depth > 1:
+            h.depth -= 1
+            return
+
+        def go():
+            client, session = self._client()
+            for _ in range(MAX_RACES):
+                try:
+                    data, stat = self._get(client.get_async(self._gate), "reading the gate")
+                except Exception as e:
+                    if error_name(e) == "NoNodeError":
+                        self._book.drop(h)
+                        return
+                    raise
+                gate = _codec.decode_gate(data, 1, self._gate)
+                # A normal release repairs the state: the next owner is not told of a death.
+                g = dataclasses.replace(gate, dirty=False, held_by=None)
+                t = client.transaction()
+                t.delete(h.path)
+                t.set_data(self._gate, _codec.encode_gate(g), version=stat.version)
+                try:
+                    results = t.commit_async().get(timeout=self._timeout)
+                except Exception as e:
+                    self._conn.lose(session, f"a release's outcome is unknown ({error_name(e)})")
+                    self._book.drop(h)
+                    raise LeaseLost("the release's outcome is unknown", name=self.name) from None
+                names = [error_name(r) for r in results if isinstance(r, Exception)]
+                if not names:
+                    self._book.drop(h)
+                    return
+                if "BadVersionError" in names:
+                    continue
+                if "NoNodeError" in names:
+                    return self._vanished(client, session, [(h, 1)], 0, 0)
+                raise IpcsemError(f"unexpected reply to a release: {names}", name=self.name)
+        self._retrying(go)
+
+    def disown(self, units: int) -> None:
+        if units.__class__ is not int or units < 1:
+            raise ValueError(f"units must be a positive int, got {units!r}")
+        holds = self._mine(None)
+        if sum(h.units for h in holds) < units:
+            raise ValueError(f"cannot disown {units} unit(s) of {self.name!r}: this process "
+                             f"holds {sum(h.units for h in holds)}")
+        chosen, need = [], units
+        for h in holds:
+            if need == 0:
+                break
+            k = min(h.units, need)
+            chosen.append((h, k))
+            need -= k
+        lost = [h for h, _ in chosen if not h.session.valid()]
+        if lost:
+            for h in lost:
+                self._forget_lost(h)
+            raise LeaseLost(lost[0].session.lost_reason or "session lost", name=self.name)
+        self._retrying(lambda: self._give_back(chosen, post=0, disown=units))
+
+    # ============================================================ upkeep
+    def recover(self) -> int:
+        def go():
+            client, _ = self._client()
+            view = self._read(client)
+            freed = 0
+            for n in [*view.held, *view.reqs]:
+                if n.mkey != MACHINE_KEY or n.pid == ME.pid:
+                    continue
+                try:
+                    fd = open_watch(n.pid, n.start)
+                except (PermissionError, OSError):
+                    continue
+                if fd != DEAD:
+                    os.close(fd)
+                    continue
+                if self._backend.reap(f"{self._q}/{n.name}") and isinstance(n, HeldNode):
+                    freed += n.units
+            return freed
+        return self._retrying(go)
+
+    def check(self) -> None:
+        def go():
+            client, _ = self._client()
+            for _ in range(20):
+                view = self._read(client)
+                _, after = self._get(client.get_async(self._gate), "reading the gate")
+                if after.version == view.version:
+                    break
+            else:
+                return  # too busy to get a quiet snapshot: nothing proven either way
+            held = sum(h.units for h in view.held)
+            cap = self.params.capacity
+            if held + view.gate.unowned > cap:
+                raise Corrupt(f"{held} units held + {view.gate.unowned} unowned > capacity {cap}",
+                              name=self.name, path=self._q)
+            if self.params.slots:
+                seen: set[int] = set()
+                for h in view.held:
+                    if len(h.slots) != h.units or seen & set(h.slots):
+                        raise Corrupt(f"slots of {h.name} overlap or are missing",
+                                      name=self.name, path=self._q)
+                    seen |= set(h.slots)
+            elif any(h.slots for h in view.held):
+                raise Corrupt("slot numbers on a semaphore without slots", name=self.name,
+                              path=self._q)
+        self._retrying(go)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class _Vanished(Exception):
+    """Internal: our request node is gone."""
+
+
+class ZkPending(Pending):
+    def __init__(self, queued: "_Queued") -> None:
+        self.queued = queued
+
+
+class _Queued:
+    """One queued request: its node, its watches, its admission."""
+
+    def __init__(self, handle: ZkHandle, req: Request, notify: Callable[[], None] | None) -> None:
+        self.h = handle
+        self.req = req
+        self.notify = notify
+        self.path: str | None = None          # our r_ node
+        self.rname: str | None = None
+        self.session: Session | None = None
+        self.event = threading.Event()
+        self.watch_all = False
+        self.finished = False
+        self.granting: list[str] | None = None  # hold path of a grant in flight
+        # Watches (one-shot exists-watches, by path): requests ahead of us
+        # (their ReqNode) and holds (None).  A hold's DELETED lets us grant
+        # ourselves from our last view minus that hold, in one round trip,
+        # conditional on that view's gate version; a request's DELETED means
+        # it was most likely granted, and its hold's name follows from its
+        # own, so the next read watches that hold in the same round trip.
+        self.last: View | None = None
+        self.watched: dict[str, ReqNode | None] = {}
+        self.departed: set[str] = set()
+        self.left: list[ReqNode] = []
+        self.stale = True
+        self.watch_posts = False             # the head also waits for posts (and unlink)
+        self.local_watched: set[str] = set()  # nodes of local processes the reaper watches for us
+        self._kick = self._fire               # one bound method: kazoo keeps a set
+        handle._conn.add_waker(self._kick)
+        with handle._posts_lock:
+            handle._posts_waiters.add(self._kick)
+
+    def _fire(self, event=None) -> None:
+        # kazoo's thread (or the connection's, on session loss): note what
+        # changed, wake the waiter.
+        path = getattr(event, "path", None)
+        kind = getattr(event, "type", None)
+        node = self.watched.pop(path, None) if path is not None else None
+        if kind == "DELETED" and path is not None and path.rsplit("/", 1)[-1].startswith("h_"):
+            self.departed.add(path)
+        else:
+            self.stale = True
+            if kind == "DELETED" and node is not None:
+                self.left.append(node)
+                self.watch_posts = True      # one ahead left: we may be the head now
+        self.event.set()
+        if self.notify is not None:
+            try:
+                self.notify()
+            except Exception:  # noqa: BLE001
+                log.exception("ipcsem: notify() failed")
+
+    def _hold_path(self, r: ReqNode) -> str | None:
+        """The name a request's hold will have (None on slotted semaphores:
+        the slots are in the name and not known in advance)."""
+        if self.h.params.slots:
+            return None
+        return f"{self.h._q}/" + _codec.held_name(
+            r.units, (), r.mkey, r.pid, r.start, "q" + format(r.seq & 0xFFFFFFFF, "x"))
+
+    def _arm(self, client, paths: dict[str, ReqNode | None]) -> list:
+        """Send exists-watches for paths not watched yet; (path, node, future)."""
+        out = []
+        for p, node in paths.items():
+            if p not in self.watched:
+                self.watched[p] = node
+                out.append((p, node, client.exists_async(p, watch=self._kick)))
+        return out
+
+    def _armed(self, sent: list) -> bool:
+        """Wait for the exists replies; False if some node was gone already
+        (its watch then waits for a creation that never comes: names are
+        unique)."""
+        all_there = True
+        for p, _node, f in sent:
+            if self.h._get(f, "watching") is None:
+                self.watched.pop(p, None)
+                all_there = False
+        return all_there
+
+    def _enqueue(self, client, session: Session):
+        """Queue a request node; returns the reads sent right behind it (one
+        round trip for both: the listing is processed after the create)."""
+        h = self.h
+        if self.path is not None:
+            h._conn.doom(self.path)        # a node of a lost session: gone soon anyway
+            self.path = None
+        prefix = _codec.request_prefix(self.req.priority, self.req.units, MACHINE_KEY, ME.pid,
+                                       ME.start)
+        gate = None
+        if self.req.priority > 0:
+            # may go ahead of queued requests: bump the gate too, so that
+            # none of them grants itself from a view without us
+            data, stat = h._get(client.get_async(h._gate), "reading the gate")
+            gate = (data, stat.version)
+        # One transaction: the request and a bump of the arrivals counter
+        # (the queue node's version), so a take() deciding from an older
+        # listing cannot overtake us.
+        t = client.transaction()
+        t.create(f"{h._q}/{prefix}", h._who(self.req), ephemeral=True, sequence=True)
+        t.set_data(h._q, b"")
+        if gate is not None:
+            t.set_data(h._gate, gate[0], version=gate[1])
+        queued = t.commit_async()
+        self.watched, self.departed, self.left = {}, set(), []
+        guess = self._guess_pred()
+        sent = self._arm(client, guess) if guess else []
+        # Nobody ahead of us in the last listing we saw: we are likely the
+        # head, so the first read already watches the posts.
+        self.watch_posts = not guess
+        reads = h._read_start(client, watch=h.posts_watch(session) if self.watch_posts else None)
+        results = h._get(queued, "queueing")
+        if any(isinstance(r, Exception) for r in results):
+            names = [error_name(r) for r in results]
+            if "NoNodeError" in names:
+                raise Unlinked(name=h.name)
+            if "BadVersionError" in names:
+                h._read_finish(reads)
+                return self._enqueue(client, session)
+            raise _Retry(f"queueing: {names}")
+        path = results[0]
+        self.path, self.rname, self.session = path, path.rsplit("/", 1)[1], session
+        self._armed(sent)    # processed before the listing: what they found is what it shows
+        return reads
+
+    def _guess_pred(self) -> dict[str, ReqNode | None]:
+        """The request we will most likely stand behind (the last one of our
+        priority or above in the last listing this handle saw): watched in
+        the queueing round trip, under contention this saves the round trip
+        of finding and watching it afterwards.  (Not its future hold: a
+        watch on a node not yet created fires when it is, a wake-up for
+        nothing.)"""
+        h = self.h
+        cache = h._cache
+        if cache is None:
+            return {}
+        ahead = [r for r in h._decide(cache).order if r.priority >= self.req.priority]
+        if not ahead:
+            return {}
+        pred = ahead[-1]
+        return {f"{h._q}/{pred.name}": pred}
+
+    def step(self) -> Lease | None:
+        """Queue if needed, decide, grant if admissible, else arm the watches."""
+        h = self.h
+        while True:
+            client, session = h._client()
+            self.event.clear()
+            # Only holds left since our last view: grant from that view minus
+            # them (the grant is conditional on the view's gate version).
+            optimistic = (self.path is not None and self.session is session
+                          and self.last is not None and bool(self.departed) and not self.left)
+            if optimistic:
+                assert self.last is not None
+                gone, self.departed = self.departed, set()
+                view = dataclasses.replace(
+                    self.last, held=[x for x in self.last.held if f"{h._q}/{x.name}" not in gone])
+            else:
+                self.departed, self.stale = set(), False
+                if self.session is not session or self.path is None:
+                    view = h._read_finish(self._enqueue(client, session))
+                else:
+                    # the holds of requests that left ahead of us, watched
+                    # before the read: a hold it finds is in the listing, one
+                    # it misses is not (one connection: requests in order)
+                    left, self.left = self.left, []
+                    holds = {hp: None for hp in map(self._hold_path, left) if hp is not None}
+                    sent = self._arm(client, holds)
+                    w = h.posts_watch(session) if self.watch_posts else None
+                    many = self.last is not None and len(self.last.held) > 32
+                    view = h._read_finish(h._read_start(
+                        client, watch=w,
+                        children_watch=self._kick if many and self.watch_posts else None))
+                    self._armed(sent)
+            self.last = view
+            me = next((r for r in view.reqs if r.name == self.rname), None)
+            if me is None:
+                if not optimistic:
+                    # Our node is gone though our session lives (an operator,
+                    # a mistaken cleanup): queue again rather than wait forever.
+                    self.path = None
+                self.stale = True
+                continue
+            dec = h._decide(view)
+            if any(a is me for a in dec.admissible):
+                ident = "q" + format(me.seq & 0xFFFFFFFF, "x")
+                track: list[str] = []
+                self.granting = track
+                try:
+                    # From a view patched with departures only, nobody may have
+                    # queued since that view either (a higher priority would
+                    # have to go first): the arrivals version is checked too.
+                    lease = h._grant(client, session, view, self.req, dec.free_slots, me, ident,
+                                     track, check_arrivals=optimistic and me.priority < 0)
+                except _Vanished:
+                    self.path = None
+                    continue
+                self.granting = None
+                if lease is not None:
+                    self.path = None
+                    return lease
+                self.stale = True
+                continue
+            if optimistic:
+                self.stale = True     # not enough from departures alone: read for real
+                continue
+            i = next(i for i, r in enumerate(dec.order) if r is me)
+            head = head_of(dec.order, dec.admissible)
+            if head is me:
+                if not self.watch_posts:
+                    self.watch_posts = True
+                    if h._posts_session is not session:
+                        continue   # read again, this time leaving a watch on the posts
+                # What admits us: holds leaving, and the requests ahead of us
+                # (all admissible, granting themselves) leaving the queue.
+                want: dict[str, ReqNode | None] = {f"{h._q}/{r.name}": r for r in dec.order[:i]}
+                if len(view.held) <= 32:
+                    want.update({f"{h._q}/{x.name}": None for x in view.held})
+                elif not self.stale:
+                    self.stale = True     # a children watch instead (set by the next read)
+                    continue
+                if not self._armed(self._arm(client, want)):
+                    self.stale = True
+                    continue   # one left already
+            else:
+                self.watch_posts = False
+                pred = dec.order[i - 1]
+                if not self._armed(self._arm(client, {f"{h._q}/{pred.name}": pred})):
+                    continue
+            self._watch_local(view, me, dec.order)
+            return None
+
+    def _watch_local(self, view: View, me: ReqNode, order: list[ReqNode]) -> None:
+        """Let the reaper watch the local processes that stand before us."""
+        reaper = self.h._backend.reaper()
+        if reaper is None:
+            return
+        ahead = order[:next(i for i, r in enumerate(order) if r is me)]
+        now = {f"{self.h._q}/{n.name}": n for n in [*view.held, *ahead]
+               if n.mkey == MACHINE_KEY and n.pid != ME.pid}
+        for path in self.local_watched - now.keys():
+            reaper.forget(path, self)
+        for path in now.keys() - self.local_watched:
+            reaper.watch(path, now[path].pid, now[path].start, self)
+        self.local_watched = set(now)
+
+    def _unwatch_local(self) -> None:
+        if self.local_watched:
+            reaper = self.h._backend.reaper()
+            for path in self.local_watched:
+                reaper.forget(path, self)
+            self.local_watched = set()
+
+    def run(self, deadline: float | None, on_slice) -> Lease | None:
+        next_slice = time.monotonic() + SLICE
+        while True:
+            try:
+                got = self.step()
+            except _Retry:
+                got = None
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.abandon()
+                    return None
+                time.sleep(0.05)      # the server is busy or failing over
+                continue
+            if got is not None:
+                return got
+            while True:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    self.abandon()
+                    return None
+                until = next_slice if deadline is None else min(next_slice, deadline)
+                if self.event.wait(max(0.0, until - now)):
+                    break
+                if time.monotonic() >= next_slice:
+                    next_slice = time.monotonic() + SLICE
+                    if on_slice is not None:
+                        on_slice()
+                    break  # re-read: a safety net for a lost watch
+
+    def abandon(self) -> None:
+        """Leave the queue (and drop a grant whose reply we did not wait for)."""
+        self.finished = True
+        paths = [p for p in [self.path, *(self.granting or [])] if p]
+        self.path = self.granting = None
+        if not paths:
+            return
+        try:
+            client, session = self.h._conn.current()
+        except IpcsemError:
+            for p in paths:
+                self.h._conn.doom(p)
+            return
+        for p in paths:
+            try:
+                client.delete(p)
+            except Exception as e:  # noqa: BLE001
+                if error_name(e) != "NoNodeError":
+                    self.h._conn.doom(p)
+        # a grant that raced in: never seen by the caller, so not ours
+        with self.h._book.lock:
+            for hold in list(self.h._book.holds):
+                if hold.path in paths:
+                    self.h._book.drop(hold)
+
+    def done(self) -> None:
+        self.finished = True
+        self.h._conn.remove_waker(self._kick)
+        with self.h._posts_lock:
+            self.h._posts_waiters.discard(self._kick)
+        self._unwatch_local()
