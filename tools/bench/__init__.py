@@ -20,7 +20,7 @@ Profilers (not part of the run; docs/perf.md quotes them):
     profile_pair      callgrind instructions per uncontended pair, by function
     profile_handoff   per contended op: syscalls, futex calls by object, context
                       switches per thread, CPU, ledger transactions (perf + uprobes)
-    profile_idle      py-spy over figure 7's idle supervisor
+    profile_idle      py-spy over figure 9's idle supervisor
     experiments       proposed library changes emulated in the workers only
     holders_inprocess figure 4's control: K fake registrations in one process
 """

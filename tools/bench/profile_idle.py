@@ -1,11 +1,11 @@
-"""Where an idle supervisor's CPU goes: figure 7's set-up (1,000 holders over
+"""Where an idle supervisor's CPU goes: figure 9's set-up (1,000 holders over
 100 semaphores, `python -m ipcsem supervise NAME...`, nothing happening),
 sampled by py-spy over the idle window, every process of its tree.
 
     .venv/bin/python -m tools.bench.profile_idle [--seconds 30] [--top 25]
     (py-spy: .venv/bin/pip install py-spy)
 
-Prints the CPU figure 7 measures and the functions with the most samples,
+Prints the CPU figure 9 measures and the functions with the most samples,
 self and inclusive (py-spy's --idle is off: only samples on CPU count).
 Not part of ``make bench``; docs/perf.md quotes it.
 """

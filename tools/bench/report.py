@@ -177,6 +177,18 @@ def targets(results):
             else:
                 rows.append({"figure": 1, "target": f"{what}: ≤ {limit:g}×",
                              "measured": "not measured", "ok": None})
+    f = figs.get("asyncio")
+    if f and f.get("rows"):
+        a = f["rows"].get("pair async AsyncSemaphore", {})
+        b = f["rows"].get("pair sync ipcsem.Semaphore", {})
+        what = "async pair (AsyncSemaphore) vs the plain pair: ≤ 1.2×"
+        if a.get("status") == "ok" and b.get("status") == "ok":
+            r = a["ns"] / b["ns"]
+            rows.append({"figure": 7, "target": what,
+                         "measured": f"{fmt_ns(a['ns'])} vs {fmt_ns(b['ns'])} = {r:.2f}×",
+                         "ok": r <= 1.2})
+        else:
+            rows.append({"figure": 7, "target": what, "measured": "not measured", "ok": None})
     f = figs.get("contended")
     if f and f.get("cells"):
         from .figures.contended import CONTENDED_TARGETS
@@ -250,7 +262,7 @@ def targets(results):
                          "ok": None})
     f = figs.get("idle")
     if f and f.get("status") == "ok":
-        rows.append({"figure": 7, "target": f"idle supervisor, {f['holders']:,} holders over "
+        rows.append({"figure": 9, "target": f"idle supervisor, {f['holders']:,} holders over "
                                             f"{f['semaphores']} semaphores: < {f['target_pct']:g} % "
                                             "of one core",
                      "measured": f"{f['cpu_pct']:.2f} % ({f['wakeups_per_s']:.0f} wake-ups/s)",
@@ -393,7 +405,9 @@ def _md_recovery(f):
             "Capacity 1. Holder acquires then sleeps; waiter blocks in acquire; the harness "
             "SIGKILLs (and reaps) the holder. Latency = CLOCK_MONOTONIC from `os.kill` to the "
             f"waiter's acquire returning. {f['trials']} trials for kernel undo and ipcsem "
-            "(p99 = the 99th of 100, nearest rank), fewer for the others; timeout "
+            f"in {f.get('rounds', 1)} interleaved rounds (p99 by nearest rank: the "
+            f"{max(1, -(-99 * f['trials'] // 100))}th of {f['trials']}), fewer for the others; "
+            "every holder imports every contender's library (equal teardown); timeout "
             f"{f['timeout_s']} s (a variant stops early after repeated timeouts with no "
             "success). \"pidfd seen\": median time from the kill until the harness, polling "
             "the holder's pidfd, saw it readable (the thread group has exited): the kernel's "
@@ -487,7 +501,7 @@ def _md_status(f):
 
 
 def _md_idle(f):
-    md = ["## 7. Idle supervisor", ""]
+    md = ["## 9. Idle supervisor", ""]
     if f.get("status") != "ok":
         return md + [status_text(f), ""]
     return md + [f"`python -m ipcsem supervise` over {f['semaphores']} semaphores with "
@@ -501,12 +515,54 @@ def _md_idle(f):
                          fmt_bytes(f["rss_kib"] * 1024)]]), ""]
 
 
+def _md_asyncio(f):
+    md = ["## 7. asyncio", ""]
+    rows = f.get("rows") or {}
+    if f.get("status") not in (None, "ok") or not rows:
+        return md + [status_text(f), ""]
+    sync = rows.get("pair sync ipcsem.Semaphore", {}).get("ns")
+    aio = rows.get("pair asyncio.Semaphore", {}).get("ns")
+    out = []
+    for k, r in rows.items():
+        if r.get("status") == "ok":
+            out.append([k, fmt_ns(r["ns"]), ratio(r["ns"], sync) if k.startswith("pair") else "",
+                        ratio(r["ns"], aio) if k.startswith("pair") else "",
+                        f"{r['reps']} × {r['n']:,}"])
+        else:
+            out.append([k, status_text(r), "", "", ""])
+    return md + ["ns per operation (pair: one acquire + release; handoff: one grant through "
+                 "the queue), best of N runs. tools/bench/figures/asyncio.py says how.", "",
+                 table(["row", "per op", "vs sync pair", "vs asyncio.Semaphore pair",
+                        "runs × n"], out), ""]
+
+
+def _md_inversion(f):
+    md = ["## 8. Priority inversion", ""]
+    if f.get("status") != "ok":
+        return md + [status_text(f), ""]
+    out = []
+    for cid, c in f.get("cells", {}).items():
+        if c.get("status") != "ok":
+            out.append([cid, status_text(c), "", "", ""])
+            continue
+        out.append([cid, f"{c['median_wait_s'] * 1e3:.0f} ms",
+                    f"{c['median_owner_share']:.2f}", f"{c['restored']}/{c['runs']}",
+                    f"{f['ratios'][c['waiter']]:.1f}×" if c["waiter"] in f.get("ratios", {})
+                    and c["inheritance"] else ""])
+    return md + [f"A high-priority waiter, a nice-19 owner doing {f['work_s']} s of work "
+                 f"under the mutex and a CPU hog, all on core {f['core']}; {f['runs']} runs "
+                 "per cell (tools/bench/figures/inversion.py).", "",
+                 table(["waiter / inheritance", "median wait", "owner's share of the core",
+                        "priority restored", "no-pi / pi"], out), ""]
+
+
 # figure name -> markdown renderer; a figure not listed may render itself
 # (a "md" list of lines in its dict) and add rows to the targets table
 # (a "targets" list of {"target", "measured", "ok"}).
 RENDERERS = {"uncontended": _md_uncontended, "contended": _md_contended,
              "recovery": _md_recovery, "holders": _md_holders, "memory": _md_memory,
-             "status": _md_status, "idle": _md_idle}
+             "status": _md_status, "idle": _md_idle, "asyncio": _md_asyncio,
+             "inversion": _md_inversion}
 
 
 # ---------------------------------------------------------------------------

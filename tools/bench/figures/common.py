@@ -59,7 +59,7 @@ class Config:
     # fig 6, status.py (fig 5, memory.py, has no knobs)
     status_ns: list = field(default_factory=lambda: [100, 1000, 10_000])
     status_held: float = 0.1       # share of them with a live holder
-    # fig 7, idle.py: an idle supervisor over registered holders
+    # fig 9, idle.py: an idle supervisor over registered holders
     idle_sems: int = 100
     idle_holders: int = 1000
     idle_s: float = 30.0
@@ -71,7 +71,7 @@ class Config:
         if not quick:
             return cls()
         # Budget: ~2 min on 2 cores, dominated by fig 2 cells (~0.5 s run +
-        # process start-up each), fig 3's trials and fig 7's idle window.
+        # process start-up each), fig 3's trials and fig 9's idle window.
         return cls(quick=True, pairs=20_000, pairs_slow=300,
                    procs_list=[2, 8], caps=[1], holds_us=[0],
                    extra_cells=[(8, 2, 0), (8, 1, 50)], duration_s=0.5,

@@ -1,4 +1,4 @@
-"""Figure 7: what an idle supervisor costs.
+"""Figure 9: what an idle supervisor costs.
 
 Measures the CPU time of `python -m ipcsem supervise NAME...` watching
 cfg.idle_semaphores semaphores with cfg.idle_holders registered holders
@@ -142,7 +142,7 @@ def run_idle(cfg, c, observe=None):
                "clock_tick_s": 1 / HZ}
         if observed is not None:
             res["observed"] = observed
-        log(f"  fig7 supervisor over {k} holders / {n} semaphores: "
+        log(f"  fig9 supervisor over {k} holders / {n} semaphores: "
             f"{res['cpu_pct']:.2f}% of a core, {res['wakeups_per_s']:.0f} wake-ups/s, "
             f"{res['fds']} fds, {res['threads']} threads")
         forker.send({"stop": True})
