@@ -42,6 +42,7 @@ import os
 import shutil
 import tempfile
 import threading
+from typing import ClassVar
 
 # ---------------------------------------------------------------------------
 # Unique names. Every object this run creates carries `bench-<harness pid>-`
@@ -89,7 +90,7 @@ def _version(dist: str) -> str | None:
 
 
 class Handle:
-    __slots__ = ("acquire", "release", "_close", "obj")
+    __slots__ = ("_close", "acquire", "obj", "release")
 
     def __init__(self, acquire, release, close=None, obj=None):
         self.acquire = acquire
@@ -228,7 +229,7 @@ class IpcsemUnfair(Ipcsem):
 
     key = "ipcsem-unfair"
     label = "ipcsem fair=False"
-    options = {"fair": False}
+    options: ClassVar[dict] = {"fair": False}
 
     def create(self, capacity):
         import ipcsem
@@ -248,7 +249,7 @@ class IpcsemSlots(IpcsemUnfair):
 
     key = "ipcsem-slots"
     label = "ipcsem slots=True"
-    options = {"slots": True}
+    options: ClassVar[dict] = {"slots": True}
     pair_only = True
 
 

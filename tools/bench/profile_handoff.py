@@ -64,7 +64,7 @@ def perf_ok() -> str | None:
     """None if perf can count tracepoints here, else why not."""
     try:
         p = subprocess.run(["perf", "stat", "-e", "syscalls:sys_enter_futex", "true"],
-                           capture_output=True, text=True, timeout=20)
+                           capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"perf: {e}"
     return None if p.returncode == 0 else f"perf stat failed: {p.stderr.strip()[-200:]}"
@@ -78,7 +78,8 @@ def _ledger_so() -> str:
 
 
 def _libc() -> str:
-    out = subprocess.run(["ldd", sys.executable], capture_output=True, text=True).stdout
+    out = subprocess.run(["ldd", sys.executable], capture_output=True, text=True,
+                         check=False).stdout
     m = re.search(r"libc\.so\.6 => (\S+)", out)
     return m.group(1) if m else "/lib/x86_64-linux-gnu/libc.so.6"
 
@@ -91,7 +92,7 @@ def add_probes() -> list[str]:
     for obj, fn in specs:
         ev = f"{PROBE_GROUP}:{fn}"
         p = subprocess.run(["perf", "probe", "-q", "-x", obj, "-a", f"{ev}={fn}"],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
         if p.returncode == 0:
             made.append(ev)
         else:
@@ -100,7 +101,8 @@ def add_probes() -> list[str]:
 
 
 def delete_probes() -> None:
-    subprocess.run(["perf", "probe", "-q", "-d", f"{PROBE_GROUP}:*"], capture_output=True)
+    subprocess.run(["perf", "probe", "-q", "-d", f"{PROBE_GROUP}:*"], capture_output=True,
+                   check=False)
 
 
 # --------------------------------------------------------------- observers
@@ -139,9 +141,9 @@ def _switch_delta(before, after) -> dict:
 
 
 def _start_perf(args, pids):
-    out = tempfile.NamedTemporaryFile(prefix="ipcsem-perf-", delete=False)
+    out = tempfile.NamedTemporaryFile(prefix="ipcsem-perf-", delete=False)  # noqa: SIM115
     out.close()
-    cmd = ["perf"] + args(out.name) + ["-p", ",".join(map(str, pids))]
+    cmd = ["perf", *args(out.name), "-p", ",".join(map(str, pids))]
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, preexec_fn=procs.preexec_term)
     time.sleep(0.3)  # attach before the start instant (run_contended leaves >= 30 ms)
@@ -198,7 +200,7 @@ def record_observer(result):
         def finish():
             _stop_perf(p)
             txt = subprocess.run(["perf", "script", "-i", path, "-F", "comm,tid,event,trace"],
-                                 capture_output=True, text=True).stdout
+                                 capture_output=True, text=True, check=False).stdout
             os.unlink(path)
             calls, pending = {}, {}
             for line in txt.splitlines():
@@ -259,7 +261,7 @@ def run_cell(c, p, cap, hold, duration, pool, probes, use_perf):
         if probes and c.key.startswith("ipcsem"):
             extra3 = {}
             r3 = run_contended(c, p, cap, hold, max(0.3, duration / 2), 20_000, pool,
-                               observe=stat_observer(probes + ["context-switches"], extra3))
+                               observe=stat_observer([*probes, "context-switches"], extra3))
             ops = r3["total_ops"]
             out["probed"] = {"ops_per_s": r3["ops_per_s"], "total_ops": ops,
                              "per_op": {k.split(":", 1)[-1]: (v or 0) / ops

@@ -83,7 +83,8 @@ def main(argv=None) -> int:
         return 1
     cfg = Config.make(False)
     cfg.idle_s = args.seconds
-    out = tempfile.NamedTemporaryFile(prefix="ipcsem-spy-", suffix=".txt", delete=False).name
+    out = tempfile.NamedTemporaryFile(  # noqa: SIM115 (only its name is used)
+        prefix="ipcsem-spy-", suffix=".txt", delete=False).name
     try:
         r = run_idle(cfg, C.get("ipcsem"), observe=observer(args.seconds, out))
         print(f"supervisor over {r['holders']} holders / {r['semaphores']} semaphores: "

@@ -157,8 +157,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     results = {}
     with tempfile.TemporaryDirectory(prefix="ipcsem-cg-") as tmp:
-        for v in args.variants.split(","):
-            v = v.strip()
+        for raw in args.variants.split(","):
+            v = raw.strip()
             try:
                 results[v] = r = measure(v, tmp)
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:

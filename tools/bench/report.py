@@ -137,7 +137,7 @@ def write_md(results, out_dir, plots):
             except Exception as e:  # a half-filled dict (interrupted run): say so, go on
                 md += [f"## {name}", "", f"(could not render: {type(e).__name__}: {e})", ""]
         elif f.get("md"):
-            md += list(f["md"]) + [""]   # a figure that renders itself
+            md += [*f["md"], ""]   # a figure that renders itself
         if f.get("status") == "error" and "traceback" in f:
             md += [f"## {name}: failed", "", "```", f["traceback"], "```", ""]
     if results.get("cleanup"):
@@ -263,7 +263,8 @@ def targets(results):
     f = figs.get("idle")
     if f and f.get("status") == "ok":
         rows.append({"figure": 9, "target": f"idle supervisor, {f['holders']:,} holders over "
-                                            f"{f['semaphores']} semaphores: < {f['target_pct']:g} % "
+                                            f"{f['semaphores']} semaphores: "
+                                            f"< {f['target_pct']:g} % "
                                             "of one core",
                      "measured": f"{f['cpu_pct']:.2f} % ({f['wakeups_per_s']:.0f} wake-ups/s)",
                      "ok": f["cpu_pct"] < f["target_pct"]})
@@ -343,7 +344,7 @@ def _md_contended(f):
     md += ["### Throughput, total ops/s (ratio vs sysv_ipc SEM_UNDO)", "", table(heads, rows), ""]
     from .figures.contended import CONTENDED_TARGETS
     rows = []
-    for key, refk, limit, jmin, what in CONTENDED_TARGETS:
+    for key, refk, limit, jmin, _what in CONTENDED_TARGETS:
         row = [f"{label(key)} vs {label(refk)} (≥ {limit:g}×"
                + (f", Jain ≥ {jmin}" if jmin else "") + ")"]
         for cell in cells:
@@ -428,7 +429,8 @@ def _md_holders(f):
         for row in r["rows"]:
             shm = row.get("shm")
             rounds = " / ".join(fmt_ns(x) for x in row.get("rounds_ns", [row["ns"]]))
-            rows.append([label(k), row["k"], fmt_ns(row["ns"]), ratio(row["ns"], r["rows"][0]["ns"]),
+            rows.append([label(k), row["k"], fmt_ns(row["ns"]),
+                         ratio(row["ns"], r["rows"][0]["ns"]),
                          rounds, fmt_bytes(shm["allocated"]) if shm else "kernel",
                          f"{row['ready_s']:.2f} s", row.get("units_free", "–"),
                          row.get("warning", "")])
@@ -477,7 +479,7 @@ def _md_memory(f):
 def _md_status(f):
     md = ["## 6. Status over N semaphores", ""]
     if f.get("status") != "ok":
-        return md + [f"{status_text(f)}" + (f": {f['why']}" if f.get("why") else ""), ""]
+        return [*md, f"{status_text(f)}" + (f": {f['why']}" if f.get("why") else ""), ""]
     rows = []
     for r in f["rows"]:
         if "error" in r:
@@ -491,7 +493,7 @@ def _md_status(f):
                      f"{r['startup_s']:.2f} s"])
     where = ("a private tmpfs on /dev/shm (`unshare -m`): only these N exist"
              if f.get("private_shm") else "/dev/shm: the CLI lists other semaphores too")
-    return md + [f"N semaphores at the default table sizes (capacity 2; a tenth held by one "
+    return [*md, f"N semaphores at the default table sizes (capacity 2; a tenth held by one "
                  f"live process), in {where}. Best of 3. The library's read path: "
                  "`ipcsem.names()` and `read_view(name)` (pread copy + parse) of every name, "
                  "in-process; the CLI as a fresh process, interpreter start-up included "
@@ -503,8 +505,8 @@ def _md_status(f):
 def _md_idle(f):
     md = ["## 9. Idle supervisor", ""]
     if f.get("status") != "ok":
-        return md + [status_text(f), ""]
-    return md + [f"`python -m ipcsem supervise` over {f['semaphores']} semaphores with "
+        return [*md, status_text(f), ""]
+    return [*md, f"`python -m ipcsem supervise` over {f['semaphores']} semaphores with "
                  f"{f['holders']:,} registered holders (forked processes holding a unit "
                  f"each), nothing happening. CPU of its process tree ({f['processes']} "
                  f"process(es)) over {f['window_s']:.0f} s after it settled "
@@ -519,7 +521,7 @@ def _md_asyncio(f):
     md = ["## 7. asyncio", ""]
     rows = f.get("rows") or {}
     if f.get("status") not in (None, "ok") or not rows:
-        return md + [status_text(f), ""]
+        return [*md, status_text(f), ""]
     sync = rows.get("pair sync ipcsem.Semaphore", {}).get("ns")
     aio = rows.get("pair asyncio.Semaphore", {}).get("ns")
     out = []
@@ -530,7 +532,7 @@ def _md_asyncio(f):
                         f"{r['reps']} × {r['n']:,}"])
         else:
             out.append([k, status_text(r), "", "", ""])
-    return md + ["ns per operation (pair: one acquire + release; handoff: one grant through "
+    return [*md, "ns per operation (pair: one acquire + release; handoff: one grant through "
                  "the queue), best of N runs. tools/bench/figures/asyncio.py says how.", "",
                  table(["row", "per op", "vs sync pair", "vs asyncio.Semaphore pair",
                         "runs × n"], out), ""]
@@ -539,7 +541,7 @@ def _md_asyncio(f):
 def _md_inversion(f):
     md = ["## 8. Priority inversion", ""]
     if f.get("status") != "ok":
-        return md + [status_text(f), ""]
+        return [*md, status_text(f), ""]
     out = []
     for cid, c in f.get("cells", {}).items():
         if c.get("status") != "ok":
@@ -549,7 +551,7 @@ def _md_inversion(f):
                     f"{c['median_owner_share']:.2f}", f"{c['restored']}/{c['runs']}",
                     f"{f['ratios'][c['waiter']]:.1f}×" if c["waiter"] in f.get("ratios", {})
                     and c["inheritance"] else ""])
-    return md + [f"A high-priority waiter, a nice-19 owner doing {f['work_s']} s of work "
+    return [*md, f"A high-priority waiter, a nice-19 owner doing {f['work_s']} s of work "
                  f"under the mutex and a CPU hog, all on core {f['core']}; {f['runs']} runs "
                  "per cell (tools/bench/figures/inversion.py).", "",
                  table(["waiter / inheritance", "median wait", "owner's share of the core",
@@ -656,7 +658,8 @@ def _plot_contended(plt, f, out_dir):
     ax1.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.02))
     # The targets: each ratio against its reference, with the target as a line.
     styles = [("tab:orange", "o", "tab:red"), ("tab:green", "s", "tab:olive")]
-    for (key, ref, limit, jmin, what), (col, mk, lcol) in zip(CONTENDED_TARGETS, styles):
+    for (key, ref, limit, _jmin, _what), (col, mk, lcol) in zip(CONTENDED_TARGETS, styles,
+                                                                 strict=True):
         xs, rs = [], []
         for j, cell in enumerate(cells):
             a, b = cell["contenders"].get(key, {}), cell["contenders"].get(ref, {})
@@ -692,7 +695,7 @@ def _plot_recovery(plt, f, out_dir):
         return None
     fig, ax = plt.subplots(figsize=(9.5, 0.6 * len(vs) + 2.2))
     timeout_ms = f["timeout_s"] * 1e3
-    for i, (vid, lab, r) in enumerate(vs):
+    for i, (vid, _lab, r) in enumerate(vs):
         lat = [x / 1e6 for x in r["latencies_ns"]]
         if lat:
             ax.scatter(lat, [i] * len(lat), s=12, alpha=0.5, color="tab:blue")

@@ -41,8 +41,8 @@ common.Config, and a table or plot in report.py (_md_*/_plot_*).
 
 from __future__ import annotations
 
-from . import contended, holders, idle, memory, recovery, status, uncontended
 from . import asyncio as asyncio_fig
+from . import contended, holders, idle, memory, recovery, status, uncontended
 from .common import Config, destroy_all, log
 from .recovery import stop_supervisors
 
@@ -58,5 +58,5 @@ FIGURES = [
 
 # What the harness (__main__.py) uses besides FIGURES.
 __all__ = ["FIGURES", "Config", "destroy_all", "log", "stop_supervisors"]
-from .inversion import fig_inversion; FIGURES.append(("inversion", fig_inversion))  # noqa: E402,E702 (figure 7; one line so the figure list merges)
+from .inversion import fig_inversion; FIGURES.append(("inversion", fig_inversion))  # noqa: E402,E702,I001 (figure 7; one line so the figure list merges)
 FIGURES.append(("idle", idle.fig_idle))  # figure 9 (issue #12); one line so the figure list merges

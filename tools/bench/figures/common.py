@@ -52,7 +52,7 @@ class Config:
     trials_other: int = 30
     recovery_rounds: int = 4       # the targeted variants interleave in this many rounds
     recovery_timeout_s: float = 2.0
-    abort_after: int = 5           # stop a variant after this many timeouts in a row with no success
+    abort_after: int = 5           # stop a variant after this many timeouts with no success
     # fig 4, holders.py
     ks: list = field(default_factory=lambda: [1, 10, 100, 1000])
     holders_capacity: int = 2000
@@ -65,7 +65,7 @@ class Config:
     idle_s: float = 30.0
 
     @classmethod
-    def make(cls, quick: bool) -> "Config":
+    def make(cls, quick: bool) -> Config:
         global WATCHDOG_S
         WATCHDOG_S = 90 if quick else 300
         if not quick:

@@ -53,7 +53,7 @@ def fig_contended(cfg, cs):
         try:
             for cell in out["cells"]:
                 p, cap, hold = cell["procs"], cell["capacity"], cell["hold_us"]
-                r = guarded(c, lambda c=c: run_contended(
+                r = guarded(c, lambda c=c, p=p, cap=cap, hold=hold, pool=pool: run_contended(
                     c, p, cap, hold, cfg.duration_s, cfg.sample_cap, pool), capacity=cap)
                 cell["contenders"][c.key] = r
                 log(f"  fig2 P={p} cap={cap} hold={hold}us {c.key:12s} "

@@ -68,7 +68,7 @@ class Supervisor:
 
     def __init__(self, names, settle_s=0.3):
         names = [names] if isinstance(names, str) else list(names)
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (open until stop())
         env = dict(os.environ)
         env["PYTHONPATH"] = procs.ROOT + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
@@ -143,7 +143,7 @@ def fig_recovery(cfg, cs):
     todo = [v for v in RECOVERY_VARIANTS if v[1] in keys]
     parts: dict = {}
     for rnd in range(cfg.recovery_rounds):
-        for vid, key, supervise, targeted, label in todo:
+        for vid, key, supervise, targeted, _label in todo:
             if not targeted and rnd:
                 continue
             c = C.get(key)
@@ -152,7 +152,7 @@ def fig_recovery(cfg, cs):
             r = guarded(c, lambda c=c, s=supervise, n=n: run_recovery(cfg, c, s, n))
             r["wall_s"] = time.monotonic() - t
             parts.setdefault(vid, []).append(r)
-    for vid, key, supervise, targeted, label in todo:
+    for vid, key, _supervise, _targeted, label in todo:
         rs = parts.get(vid, [])
         r = _merge(rs) if rs and all(x.get("status") == "ok" for x in rs) else (
             next((x for x in rs if x.get("status") != "ok"), {"status": "error"}))
@@ -194,7 +194,8 @@ def _finish(lat_ns, exit_ns, timeouts, violations, notes, trials, holder_maps, e
     if timeouts and not lat_ns:
         res["summary"] = f"never ({timeouts}/{n} timed out)"
     else:
-        res["summary"] = (f"median {res['median_ns'] / 1e6:.3g} ms, max {res['max_ns'] / 1e6:.3g} ms"
+        res["summary"] = (f"median {res['median_ns'] / 1e6:.3g} ms, "
+                          f"max {res['max_ns'] / 1e6:.3g} ms"
                           + (f", {timeouts}/{n} timed out" if timeouts else ""))
     if violations:
         res["summary"] += f", {violations} mutual-exclusion violations"

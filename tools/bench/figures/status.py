@@ -90,7 +90,7 @@ def _run_child(n, held, private):
         argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script]
     else:
         argv = child
-    p = subprocess.run(argv, cwd=procs.ROOT, env=env, capture_output=True, text=True,
+    p = subprocess.run(argv, cwd=procs.ROOT, env=env, capture_output=True, text=True, check=False,
                        timeout=900, preexec_fn=procs.preexec_term)
     try:
         return json.loads(p.stdout.strip().splitlines()[-1])

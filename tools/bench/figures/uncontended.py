@@ -60,7 +60,7 @@ def fig_uncontended(cfg, cs):
                 return {"pairs": n, "reps": 0, "runs_ns": []}
             out["contenders"][c.key] = guarded(c, start)
         for _ in range(cfg.reps):
-            for key, (c, spec, h, n) in list(opened.items()):
+            for key, (c, _spec, h, n) in list(opened.items()):
                 r = out["contenders"][key]
 
                 def one(h=h, n=n, r=r):
@@ -76,7 +76,7 @@ def fig_uncontended(cfg, cs):
                 r["ns"] = min(r["runs_ns"])
             log(f"  fig1 {key:12s} {fmt_status(r, 'ns', 'ns')}")
     finally:
-        for c, spec, h, n in opened.values():
+        for c, spec, h, _n in opened.values():
             try:
                 h.close()
             finally:
