@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 PI_NONE, PI_BOOSTED, PI_UNAVAILABLE = 0, 1, 2
 SLICE = 0.02     # how often a waiter of a PI mutex looks at its owner's priority
 LOCK_NS = 100_000_000    # how long a boost waits for the ledger lock (then: next slice)
+MAX_CHAIN = 8            # PI mutexes a lent priority goes through, at most (then: own priority)
+MAX_HOPS = 64            # what the ledger stores of it (pi_reason while boosted)
 
 _RT = (os.SCHED_FIFO, os.SCHED_RR)
 _NORMAL = (os.SCHED_OTHER, os.SCHED_BATCH)
@@ -176,8 +178,8 @@ REASONS = {1: "not permitted (no CAP_SYS_NICE, and the owner's RLIMIT_NICE does 
 
 _lock = threading.Lock()
 _own: dict[int, Prio] = {}                      # tid -> its own priority
-_held: dict[int, set[tuple[int, int]]] = {}     # tid -> {(id(handle), owner key)}
-_queued: dict[int, tuple[int, int, int]] = {}   # id(pending) -> (tid, id(handle), owner key)
+_held: dict[int, dict[tuple[int, int], ShmHandle]] = {}   # tid -> {(id(handle), owner key): handle}
+_queued: dict[int, tuple[int, ShmHandle, int]] = {}       # id(pending) -> (tid, handle, owner key)
 
 
 def _after_fork() -> None:
@@ -214,13 +216,13 @@ def acquired(handle: ShmHandle, owner: int, tid: int) -> None:
             p = prio_of(tid)
             if p is not None:
                 _own[tid] = p
-        _held.setdefault(tid, set()).add((id(handle), owner))
+        _held.setdefault(tid, {})[(id(handle), owner)] = handle
 
 
 def queued(handle: ShmHandle, pending: ShmPending, owner: int, tid: int) -> None:
     """An event-loop request: it may be granted at any moment from now on."""
     with _lock:
-        _queued[id(pending)] = (tid, id(handle), owner)
+        _queued[id(pending)] = (tid, handle, owner)
 
 
 def settled(pending: ShmPending) -> None:
@@ -228,7 +230,7 @@ def settled(pending: ShmPending) -> None:
     with _lock:
         q = _queued.pop(id(pending), None)
         if q is not None:
-            _held.setdefault(q[0], set()).add((q[1], q[2]))
+            _held.setdefault(q[0], {})[(id(q[1]), q[2])] = q[1]
 
 
 def unqueued(pending: ShmPending) -> None:
@@ -253,7 +255,7 @@ def release(handle: ShmHandle, pid: int, start: int, owner: int, units: int,
         with _lock:
             held = _held.get(tid)
             if held is not None:
-                held.discard((id(handle), owner))
+                held.pop((id(handle), owner), None)
                 if not held:
                     del _held[tid]
 
@@ -281,11 +283,12 @@ def _update(handle: ShmHandle, booster: int) -> str | None:
         return None
     holders = [x for x in snap.holders if x.units > 0]
     if len(holders) != 1:
-        return None                       # a mutex has one holder; anything else is not ours to act on
+        return None                       # a mutex has one holder: anything else is not ours
     holder = holders[0]
     current, mine = prio_of(owner_tid), prio_of(me)
     if current is None or mine is None or not current.valid or not mine.valid:
         return None
+    mine, hops = _lendable(me, mine)
     base = given = None
     if h.pi_state == PI_BOOSTED and h.pi_tid == owner_tid:
         base = decode(h.pi_base_policy, h.pi_base_rtprio, h.pi_base_nice)
@@ -293,8 +296,8 @@ def _update(handle: ShmHandle, booster: int) -> str | None:
         if not (base.valid and given.valid):
             base = given = None
     if mine > current:
-        # lend our own priority, nothing more
-        own, want, state = base or current, lift(current, mine), PI_BOOSTED
+        # lend our own priority (or what our chain gave us), nothing more
+        own, want = base or current, lift(current, mine)
     elif base is not None and given == current:
         # raised by a waiter (the record matches the kernel): if that waiter
         # left, lower towards the best one still here, never below it (nor
@@ -303,18 +306,49 @@ def _update(handle: ShmHandle, booster: int) -> str | None:
         want = lift(base, floor)
         if not want < current:
             return None
-        own, state = base, (PI_NONE if want == base else PI_BOOSTED)
+        own = base
+        hops = 0 if want == base else hops if floor == mine else 1
     else:
         return None
     if not _participant(handle, holder.pid, holder.start, owner_tid):
         return None
-    err = ledger.pi_boost(holder.pid, holder.start, owner_tid, state, *own.encode(),
+    err = ledger.pi_boost(holder.pid, holder.start, owner_tid, hops, *own.encode(),
                           *want.encode(), booster, time.monotonic_ns() + LOCK_NS)
     if err is None:
         return None                       # it released (or died) meanwhile: nothing done
     if err:
         return f"priority inheritance unavailable for thread {owner_tid}: {os.strerror(err)}"
     return f"owner thread {owner_tid}: {current.describe()} -> {want.describe()}"
+
+
+def _lendable(me: int, mine: Prio) -> tuple[Prio, int]:
+    """What the calling thread (at ``mine`` now) lends the owner it waits
+    for, and through how many PI mutexes that priority came (1: its own).
+    A thread that owns PI mutexes and was boosted by their waiters lends
+    what it was given, one hop further than the longest boost recorded for
+    it on the mutexes it owns; at MAX_CHAIN hops it lends only its own
+    priority, so a chain ends there (a cycle of PI mutexes, a deadlock,
+    never lends further than that either: nobody in it runs better than the
+    best thread of it, and the lent priority is always one the kernel
+    shows, never one a ledger claims)."""
+    with _lock:
+        own = _own.get(me)
+        held = list(_held.get(me, {}).values())
+    if own is None or not held or not mine > own:
+        return mine, 1
+    hops = 0
+    for handle in held:
+        try:
+            h = handle.ledger.snapshot().header
+        except IpcsemError:
+            continue
+        if h.pi_state == PI_BOOSTED and h.pi_tid == me:
+            hops = max(hops, min(max(h.pi_reason, 1), MAX_HOPS))
+    if hops == 0:
+        return mine, 1          # raised by its own process, or an admin: its own to lend
+    if hops >= MAX_CHAIN:
+        return own, 1
+    return mine, hops + 1
 
 
 def _best_waiter(snap: _ledger.Snapshot, me: int, mine: Prio, current: Prio) -> Prio:

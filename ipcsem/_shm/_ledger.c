@@ -1704,11 +1704,14 @@ static int apply_prio(pid_t tid, int64_t policy, int64_t rtprio, int64_t nice)
     return 0;
 }
 
-/* args: pid, start, tid, state, base policy/rtprio/nice, policy/rtprio/nice,
+/* args: pid, start, tid, hops, base policy/rtprio/nice, policy/rtprio/nice,
  * booster.  If `tid` owns the mutex, is a thread of process `pid`, and
  * (pid, start) is the holder of the mutex: give it policy/rtprio/nice and
- * record it (state PI_BOOSTED, or PI_NONE for a thread back at its own
- * priority; PI_UNAVAILABLE with the reason when the kernel refuses).
+ * record it: PI_BOOSTED with `hops` (1..64: how many PI mutexes the lent
+ * priority came through, 1 for the booster's own; a chain adds one per
+ * owner that lends on what it was given, which bounds chains, _pi.py) in
+ * the reason word; PI_NONE for hops 0 (a thread back at its own priority);
+ * PI_UNAVAILABLE with the reason when the kernel refuses.
  * r[0]: -1 not the owner (nothing done), else the errno of the change (0). */
 static void body_pi_boost(Ledger *L, Call *c)
 {
@@ -1726,7 +1729,8 @@ static void body_pi_boost(Ledger *L, Call *c)
     if (syscall(SYS_tgkill, (pid_t)pid, (pid_t)tid, 0) != 0 && errno == ESRCH)
         return;
     int err = apply_prio((pid_t)tid, c->a[7], c->a[8], c->a[9]);
-    int64_t state = c->a[3] == PI_BOOSTED ? PI_BOOSTED : PI_NONE, reason = 0;
+    int64_t hops = c->a[3] < 0 ? 0 : c->a[3] > 64 ? 64 : c->a[3];
+    int64_t state = hops ? PI_BOOSTED : PI_NONE, reason = hops;
     if (err) {
         state = PI_UNAVAILABLE;
         reason = err == EPERM || err == EACCES ? 1 : err == ESRCH ? 2 : 3;

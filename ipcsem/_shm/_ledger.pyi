@@ -297,14 +297,16 @@ class Ledger:
     def ring(self, entry: int, /) -> None: ...
     def set_flags(self, entry: int, pid: int, start: int, set: int, clear: int, lock: int,
                   /) -> None: ...
-    def pi_boost(self, pid: int, start: int, tid: int, state: int, base_policy: int,
+    def pi_boost(self, pid: int, start: int, tid: int, hops: int, base_policy: int,
                  base_rtprio: int, base_nice: int, policy: int, rtprio: int, nice: int,
                  booster: int, lock: int, /) -> int | None:
         """Under the lock, if ``tid`` owns the mutex, is a thread of ``pid``
         and (pid, start) holds it: give ``tid`` policy/rtprio/nice and record
-        it (``state`` 1 boosted, 0 back at its own priority; 2 unavailable,
-        with the reason, when the kernel refuses).  None if ``tid`` is not
-        the owner (nothing done), else the kernel's errno (0: applied)."""
+        it: boosted (state 1) with ``hops`` (1..64, how many PI mutexes the
+        lent priority came through) in ``pi_reason``; hops 0: back at its
+        own priority (state 0); unavailable (2, with the reason) when the
+        kernel refuses.  None if ``tid`` is not the owner (nothing done),
+        else the kernel's errno (0: applied)."""
     def recover_orphan(self, pid: int, start: int, owner_key: int, lock: int, /) -> bool: ...
     def touch(self, lock: int, /) -> None: ...
     def process_bell(self, pid: int, start: int, /) -> tuple[int, int] | None:
