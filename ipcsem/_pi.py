@@ -1,42 +1,59 @@
 """Priority inheritance for robust mutexes (``Mutex(name, priority_inheritance=True)``).
 
 While a thread waits on such a mutex, the owner *thread* runs with a
-scheduling priority at least as good as the waiting thread's — its nice
-value, and its real-time policy and priority if it has one — for as long as
+scheduling priority at least as good as the waiting thread's -- its nice
+value, and its real-time policy and priority if it has one -- for as long as
 it owns the mutex; when it releases it, its own priority is back exactly as
-it was before it took the mutex.  A chain (the owner itself waiting on
-another PI mutex) propagates: the boosted owner, waiting, lends what it was
-given to the next owner in its turn.
+it was before it took the mutex (policy, real-time priority, nice value).
+
+Policies: a SCHED_OTHER or SCHED_BATCH owner keeps its policy and takes the
+better nice value; a SCHED_IDLE owner (where nice means nothing) takes the
+lender's policy; a real-time lender makes the owner real-time (its nice
+value kept for when it leaves).  SCHED_IDLE ranks below every nice value;
+SCHED_DEADLINE threads are never touched.
+
+Chains: an owner that itself waits on another PI mutex lends, there, what
+it was given, one hop further (the ledger records, while boosted, how many
+PI mutexes the priority came through); after MAX_CHAIN hops it lends only
+its own priority.  A cycle (a deadlock) never lends better than the best
+thread in it, since what is lent is always a priority the kernel shows.
 
 Who boosts: every waiting thread (a blocked ``acquire()``, or an
-``AsyncMutex`` waiter's event-loop thread), each slice of its wait (20 ms),
-lending **its own** priority as the kernel reports it, never anything a
-ledger says: raising another thread's priority needs CAP_SYS_NICE, or a
-target of the same user whose RLIMIT_NICE (RLIMIT_RTPRIO for real time)
-allows the new value.  Where the kernel refuses, the ledger records
-"inheritance unavailable", what the owner should have run at, and why
-(``ipcsem-status`` shows it); the mutex works as without inheritance.
-Nothing else boosts: a supervisor (even as root) does not (docs/pi.md says
-why).
+``AsyncMutex`` waiter's event-loop thread, whose ledger row names that
+thread), each slice of its wait (20 ms), lending its own priority as the
+kernel reports it, never anything a ledger says: raising another thread's
+priority needs CAP_SYS_NICE, or a target of the same user whose RLIMIT_NICE
+(RLIMIT_RTPRIO for real time) allows the new value.  Where the kernel
+refuses, the ledger records "inheritance unavailable", what the owner should
+have run at, and why (``ipcsem-status`` shows it); the mutex works as
+without inheritance.  Nothing else boosts: ``ipcsem supervise`` (its
+per-user workers, and root) changes no priority, so running it as root does
+not make a refused boost happen and root never changes another user's
+priorities for a mutex (docs/pi.md, "Privilege").
 
 Serialized with ownership: a boost is applied by the ledger itself, under
-its lock, only while the target thread still owns the mutex
-(``Ledger.pi_boost``), and the owner's release puts its own priority back
-in the same call that ends its ownership, after the unlock
-(``Ledger.release`` with the priority to restore): no boost can land after
-the restore.
+its lock, only while the target thread still owns the mutex and is a thread
+of the holder process (``Ledger.pi_boost``); the owner's release decides,
+in the locked transaction that ends its ownership, that its own priority
+comes back, and applies it right after the unlock, before the call returns
+(``Ledger.release`` with the priority to restore; not inside the lock,
+where the owner back at nice 19 would hold the ledger lock itself next to a
+hog).  No boost can land after the restore: from the unlock on the thread
+is no longer the owner, and ``pi_boost`` finds that under the lock.
 
 Trust (a ledger is written by other processes): the thread boosted is the
 ledger's owner thread only if it is a thread of the process the ledger
 names as the holder, that process is alive with the recorded start time,
 and it maps this very ledger (so a forged word cannot point a privileged
 waiter at a bystander or a kernel thread); the priority given is never
-better than the waiter's own; the owner's own priority is kept by the
-owner's process (here, per thread), never read back from the ledger.  The
-ledger's record (the boosted thread, the priority before the first boost,
-the priority given, the booster, a refusal's reason) is for status tools;
-its "before" is used only to *lower* a boosted owner once the waiter that
-raised it left, never below the best remaining waiter, never above what the
+better than the waiter's own (or, in a chain, than what the kernel shows it
+was given); the owner's own priority is kept by the owner's process (here,
+per thread), never read back from the ledger.  The ledger's record (the
+boosted thread, the priority before the first boost, the priority given,
+the booster, a refusal's reason or the hops) is for status tools; its
+"before" is used only to *lower* a boosted owner once the waiter that
+raised it left, never below the best remaining waiter (each counted only if
+its row's thread is a thread of its live process), never above what the
 kernel shows now.
 """
 from __future__ import annotations
