@@ -450,12 +450,16 @@ def test_a_cycle_of_pi_mutexes_lends_nothing_better_than_its_best_thread(names, 
 
 def test_the_watcher_thread_lives_in_a_process_that_dropped_privileges(user_name, children):
     """Q1 (fixed in ``_proc.start_named_thread``): a waiter that dropped to
-    another uid (the children no longer import ctypes first) starts its
-    ledger watcher, and it keeps running."""
+    another uid, after which ``import ctypes`` fails (as for an interpreter
+    under a private home, /root/.pyenv: simulated by blocking the module),
+    starts its ledger watcher, and the watcher keeps running."""
     uid, _gid = _nobody()
     owner, waiter = children(SETUP), children(SETUP)
     _drop(owner, uid)
     _drop(waiter, uid)
+    waiter.run("sys.modules.pop('ctypes', None); sys.modules['ctypes'] = None")
+    with pytest.raises(ChildError):
+        waiter.run("import ctypes")
     owner.run(f"m = ipcsem.Mutex({user_name!r}, priority_inheritance=True); m.acquire()")
     waiter.run(f"import threading; m = ipcsem.Mutex({user_name!r})")
     waiter.begin("result = (m.acquire(timeout=0.3), "
