@@ -319,7 +319,7 @@ def _update(handle: ShmHandle, booster: int) -> str | None:
         # raised by a waiter (the record matches the kernel): if that waiter
         # left, lower towards the best one still here, never below it (nor
         # below us), never above what the owner has now
-        floor = _best_waiter(snap, me, mine, current)
+        floor = _best_waiter(handle, snap, me, mine, current)
         want = lift(base, floor)
         if not want < current:
             return None
@@ -368,10 +368,13 @@ def _lendable(me: int, mine: Prio) -> tuple[Prio, int]:
     return mine, hops + 1
 
 
-def _best_waiter(snap: _ledger.Snapshot, me: int, mine: Prio, current: Prio) -> Prio:
+def _best_waiter(handle: ShmHandle, snap: _ledger.Snapshot, me: int, mine: Prio,
+                 current: Prio) -> Prio:
     """The best priority among the threads queued on the mutex (at least
     ours): a row counts only if its thread is a thread of its live process
-    (rows are ledger words).  Stops once one is as good as ``current``."""
+    and that process maps this ledger (rows are ledger words: a forged one
+    could otherwise name any thread, and keep the owner from being
+    lowered).  Stops once one is as good as ``current``."""
     from ._shm import _ledger
 
     best = mine
@@ -381,7 +384,7 @@ def _best_waiter(snap: _ledger.Snapshot, me: int, mine: Prio, current: Prio) -> 
         if w.state != _ledger.WAITING or w.tid <= 0 or w.pid <= 0 or w.tid == me:
             continue
         p = prio_of(w.tid)
-        if p is not None and p.valid and p > best and _thread_of(w.tid, w.pid, w.start):
+        if p is not None and p.valid and p > best and _participant(handle, w.pid, w.start, w.tid):
             best = p
     return best
 
