@@ -53,8 +53,8 @@ boosted thread, the priority before the first boost, the priority given,
 the booster, a refusal's reason or the hops) is for status tools; its
 "before" is used only to *lower* a boosted owner once the waiter that
 raised it left, never below the best remaining waiter (each counted only if
-its row's thread is a thread of its live process), never above what the
-kernel shows now.
+its row's thread is a thread of its live process, which maps this ledger),
+never above what the kernel shows now.
 """
 from __future__ import annotations
 
