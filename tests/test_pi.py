@@ -590,6 +590,10 @@ def test_without_privilege_inheritance_is_unavailable_and_the_mutex_works(
     doc = json.loads(_status("--json", user_name).stdout)["semaphores"][0]["priority_inheritance"]
     assert doc["state"] == "unavailable" and doc["owner_tid"] == tid
     assert doc["because_of"] == waiter.pid and "not permitted" in doc["reason"]
+    # what the owner should have run at (P8 in docs/pi-bugs.md: was null)
+    wanted = "nice -10" if waiter_prio[0] == OTHER else "SCHED_FIFO 10"
+    assert (doc["from"], doc["to"]) == ("nice 19", wanted)
+    assert f"could not be raised to {wanted}" in " ".join(shown.stdout.split())
     assert owner.run("m.release(); result = prio()") == (OTHER, 0, 19)
     assert waiter.result(10) == waiter_prio            # it got the mutex
     assert pi_record(user_name)["pi_state"] == 0
