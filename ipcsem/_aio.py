@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, final
 
-from . import _args
+from . import _args, _pi
 from ._backend import Pending
 from ._base import Opened, make_params
 from ._errors import Timeout
@@ -135,8 +135,10 @@ class _AsyncPrimitive(Opened):
         waiting = _waiting.setdefault(loop, weakref.WeakSet())
         waiting.add(task)
         parked = False
+        # a PI mutex's waiter boosts its owner each of its (shorter) slices
+        every = _pi.SLICE if h.params.priority_inheritance else SLICE
         try:
-            next_slice = loop.time() + SLICE
+            next_slice = loop.time() + every
             while True:
                 if closed:
                     raise closed[0]     # close() already cancelled the entry
@@ -148,7 +150,7 @@ class _AsyncPrimitive(Opened):
                     h.cancel(pending)
                     return None
                 if now >= next_slice:
-                    next_slice = now + SLICE
+                    next_slice = now + every
                     h.recover_if_due()
                     if deadlock_raise:
                         now_parked = _loop_parked(loop)
