@@ -229,6 +229,18 @@ class AsyncSemaphore(_AsyncPrimitive):
         _args.check_priority(priority)
         return await self._grant(units, t, priority, _args.check_deadlock(deadlock)) is not None
 
+    def disown(self, units: int = 1) -> None:
+        """Hand owned units off without returning them (as
+        ``Semaphore.disown``): they stay taken but belong to nobody, so this
+        process's death no longer returns them (a consumer's item, a
+        producer's filled slot).  An unowned post by anyone (``release``
+        beyond what it owns) returns them later.  On a slotted semaphore
+        their unit numbers stay taken, owned by nobody.  A plain call, from a
+        task, a loop callback or any thread (units are the process's).
+        ValueError beyond the units this process owns."""
+        _args.check_units(units, self._capacity)
+        self._handle.disown(units)
+
     def hold(self, units: int = 1, *, timeout: float | None = None, priority: int = 0,
              deadlock: str = "wait") -> _AsyncHold:
         """``async with sem.hold(2, timeout=5) as lease:``; ipcsem.Timeout if

@@ -1570,8 +1570,8 @@ class AsyncAgent:
         mutex NAME [k=v ...]                    -> 1 (AsyncMutex)
         acquire NAME UNITS [TIMEOUT|- [PRIORITY [wait|raise]]]  -> bool ("queued" first)
         hold NAME UNITS [TIMEOUT|- [PRIORITY [wait|raise]]]     -> lease dict ("queued")
-        unhold NAME | try NAME UNITS | release NAME [UNITS] | owner-died NAME
-        close NAME | sleep S
+        unhold NAME | try NAME UNITS | release NAME [UNITS] | disown NAME [UNITS]
+        owner-died NAME | close NAME | sleep S
 
     Process-wide commands (the methods below send them)::
 
@@ -1945,6 +1945,9 @@ class _AioAgentLoop:
             _one(units)
             return p.release()
         return p.release(int(units))
+
+    async def t_disown(self, who, name, units="1"):
+        return self._prim(name).disown(int(units))
 
     async def t_owner_died(self, who, name):
         return bool(self._prim(name).previous_owner_died)

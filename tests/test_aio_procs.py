@@ -261,6 +261,45 @@ def test_slots_and_tokens_across_an_async_and_a_sync_process(name, aio_agent_fac
     asyncio.run(main())
 
 
+def test_disown_hands_units_off_as_the_sync_class_does(name, aio_agent_factory):
+    """Semaphore.disown's contract: disowned units stay taken, owned by
+    nobody; the disowner's death returns only what it still owned; an
+    unowned post (a release beyond what one owns) returns them; disowning
+    more than one owns is ValueError and changes nothing."""
+    sem = ipcsem.Semaphore(name, capacity=3)
+    agent = aio_agent_factory()
+    agent.cmd("o", f"open {name}")
+    assert agent.cmd("p", f"acquire {name} 2") is True
+    with pytest.raises(AsyncAgentError) as e:
+        agent.cmd("p", f"disown {name} 3")              # owns only 2
+    assert e.value.type == "ValueError"
+    assert_consistent(sem, available=1, held=2, unowned=0)
+    agent.cmd("q", f"disown {name} 1")                  # another task: the process's units
+    assert_consistent(sem, available=1, held=1, unowned=1)
+    kill_and_wait_recovered(sem, agent, timeout=10)
+    # only the owned unit came back: the disowned one is out without an owner
+    assert_consistent(sem, available=2, held=0, unowned=1)
+    sem.release(1)                                      # an unowned post brings it back
+    assert_consistent(sem, available=3, held=0, unowned=0)
+    assert can_take_all(name, 3)
+
+    async def in_a_task():
+        a = ipcsem.AsyncSemaphore(name)
+        assert await a.acquire(2)
+        a.disown(2)
+        with pytest.raises(ValueError):
+            a.disown(1)                                 # owns none now
+        with pytest.raises(ValueError):
+            a.disown(4)                                 # beyond the capacity
+        assert_consistent(a, available=1, held=0, unowned=2)
+        a.release(2)                                    # unowned posts
+        assert_consistent(a, available=3, held=0, unowned=0)
+        a.close()
+
+    asyncio.run(in_a_task())
+    sem.close()
+
+
 def test_policy_is_shared_with_the_sync_class(name):
     sync = ipcsem.Semaphore(name, capacity=2, fair=False)
     with pytest.raises(ipcsem.PolicyMismatch):
