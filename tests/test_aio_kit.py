@@ -9,9 +9,7 @@ import time
 import pytest
 
 import ipcsem
-from ipcsem.testing import (  # noqa: F401 - fixtures
-    aio_agent_factory,
-    ipcsem_loop,
+from ipcsem.testing import (
     resources,
     run_checked,
     wait_for_waiters,

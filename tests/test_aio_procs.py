@@ -13,9 +13,8 @@ import threading
 import pytest
 
 import ipcsem
-from ipcsem.testing import (  # noqa: F401 - aio_agent_factory is a fixture
+from ipcsem.testing import (
     AsyncAgentError,
-    aio_agent_factory,
     assert_consistent,
     can_take_all,
     held_by,
