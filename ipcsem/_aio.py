@@ -21,26 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import threading
 import weakref
-from collections.abc import Callable
 from typing import Any, final
 
-from . import _args
-from ._backend import Pending
+from . import _args, _proc
+from ._backend import Handle, Pending
 from ._base import Opened, make_params
 from ._errors import Timeout
-from ._identity import native_tid
+from ._identity import ME, native_tid
 from ._records import Lease, Params
 
-SLICE = 0.5          # a waiting task heals, checks deadlocks, re-parks at least this often
+SLICE = 0.5          # a loop's upkeep (parked flags, deadlock scans) runs this often
 RETRY = 0.002        # the backend was momentarily busy: try again after this long
+CHUNK = 64           # ledger transactions per loop callback in the upkeep (others run between)
 
 _keys = itertools.count(1)
 _task_keys: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
-# Per loop: the tasks waiting on ipcsem now (for "is the loop parked?").
-_waiting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                    weakref.WeakSet[asyncio.Task[Any]]] = \
-    weakref.WeakKeyDictionary()
 
 
 def task_key() -> int:
@@ -66,11 +64,162 @@ def owner_key() -> int:
     return native_tid() if task is None else task_key()
 
 
-def _loop_parked(loop: asyncio.AbstractEventLoop) -> bool:
-    """Every task of the loop is waiting on ipcsem (so the loop's thread can
-    do nothing but wait: deadlock detectors may count it as parked)."""
-    mine = _waiting.get(loop, ())
-    return bool(mine) and all(t in mine for t in asyncio.all_tasks(loop))
+class _Wait:
+    """One task's queued entry, as its loop's upkeep and close() see it."""
+
+    __slots__ = ("entry_gone", "error", "flagged", "handle", "name", "owner", "pending",
+                 "raise_", "task", "woken")
+
+    def __init__(self, handle: Handle, pending: Pending, name: str, owner: int, raise_: bool,
+                 task: asyncio.Task[Any], woken: asyncio.Event) -> None:
+        self.handle, self.pending, self.name, self.owner = handle, pending, name, owner
+        self.raise_, self.task, self.woken = raise_, task, woken
+        self.flagged = False                   # the entry says "parked"
+        self.error: BaseException | None = None
+        self.entry_gone = False
+
+    def fail(self, exc: BaseException, entry_gone: bool) -> None:
+        """End the wait with ``exc`` (on the loop's thread); ``entry_gone``:
+        the entry has already left the queue."""
+        if self.error is None:
+            self.error, self.entry_gone = exc, entry_gone
+            self.woken.set()
+
+
+class _LoopWaits:
+    """The ipcsem waits of one event loop and their upkeep.  A waiting task
+    wakes only when the backend says its entry may have been granted (or at
+    its deadline): the periodic work -- the entries' "parked" flags for
+    deadlock detectors, the deadlock scans of ``deadlock="raise"`` waits --
+    is one timer per loop, its ledger transactions CHUNK per callback and
+    its scans in a thread of their own, so 1,000 waiting tasks cost the loop
+    no burst of 1,000 wake-ups every slice."""
+
+    __slots__ = ("__weakref__", "loop", "parked", "tasks", "timer", "waits")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waits: dict[_Wait, None] = {}            # in queueing order
+        self.tasks: dict[asyncio.Task[Any], int] = {}  # task -> its waits now
+        self.timer: asyncio.TimerHandle | None = None
+        self.parked = False
+
+    def add(self, w: _Wait) -> None:
+        self.waits[w] = None
+        self.tasks[w.task] = self.tasks.get(w.task, 0) + 1
+        if self.timer is None:
+            self.timer = self.loop.call_later(SLICE, self._tick)
+
+    def remove(self, w: _Wait) -> None:
+        if self.waits.pop(w, False) is None:
+            n = self.tasks.pop(w.task, 1) - 1
+            if n:
+                self.tasks[w.task] = n
+
+    def _tick(self) -> None:
+        self.timer = None
+        if not self.waits:
+            return
+        self.timer = self.loop.call_later(SLICE, self._tick)
+        # Every task of the loop waits on ipcsem: the loop's thread can do
+        # nothing but wait, and deadlock detectors may count it as parked.
+        self.parked = all(t in self.tasks for t in asyncio.all_tasks(self.loop))
+        todo = [w for w in self.waits if w.flagged != self.parked]
+        if todo:
+            self._flag(todo, 0)
+        raisers = [(w.name, w.owner, w) for w in self.waits if w.raise_]
+        if raisers:
+            _scans.ask(self, raisers)
+
+    def _flag(self, todo: list[_Wait], start: int) -> None:
+        for w in todo[start:start + CHUNK]:
+            if w in self.waits and w.flagged != self.parked:
+                w.handle.park(w.pending, self.parked)
+                w.flagged = self.parked
+        if start + CHUNK < len(todo):
+            self.loop.call_soon(self._flag, todo, start + CHUNK)
+
+    def victim(self, w: _Wait, exc: BaseException) -> None:
+        """A deadlock scan chose ``w`` to give up (on the loop's thread)."""
+        if w in self.waits:
+            w.fail(exc, entry_gone=False)
+
+
+_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaits] = \
+    weakref.WeakKeyDictionary()
+
+
+def _loop_waits(loop: asyncio.AbstractEventLoop) -> _LoopWaits:
+    lw = _loops.get(loop)
+    if lw is None:
+        lw = _loops[loop] = _LoopWaits(loop)
+    return lw
+
+
+Raiser = tuple[str, int, _Wait]      # (semaphore name, owner key, its wait)
+
+
+class _DeadlockScans:
+    """The deadlock scans of ``deadlock="raise"`` waits, off every loop's
+    thread: a scan reads every ledger of the machine (milliseconds), so it
+    runs in one thread of ours ("ipcsem-deadlock", started on the first
+    such wait), once per loop per slice whatever the number of its tasks."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._asks: dict[_LoopWaits, list[Raiser]] = {}
+        self._thread: threading.Thread | None = None
+
+    def ask(self, lw: _LoopWaits, raisers: list[Raiser]) -> None:
+        with self._cond:
+            self._asks[lw] = raisers
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = _proc.start_named_thread("ipcsem-deadlock", self._run)
+            self._cond.notify()
+
+    def after_fork_in_child(self) -> None:
+        self._cond = threading.Condition()
+        self._asks = {}
+        self._thread = None
+
+    def _run(self) -> None:
+        from . import _deadlock
+        from ._errors import DeadlockDetected
+
+        while True:
+            with self._cond:
+                while not self._asks:
+                    self._cond.wait()
+                asks, self._asks = self._asks, {}
+            try:
+                mine = [dl for dl in _deadlock.find_deadlocks() if ME.pid in dl.processes]
+            except Exception:  # noqa: BLE001 - a ledger vanished mid-read: next slice
+                continue
+            # Rare: a deadlock we take part in.  Which of our waits is its
+            # victim (at most one per deadlock) is raise_if_victim's to say.
+            for dl in mine:
+                found = False
+                for lw, raisers in asks.items():
+                    for name, owner, w in raisers:
+                        if name not in dl.semaphores:
+                            continue
+                        try:
+                            _deadlock.raise_if_victim(name, owner)
+                        except DeadlockDetected as e:
+                            found = True
+                            try:
+                                lw.loop.call_soon_threadsafe(lw.victim, w, e)
+                            except RuntimeError:
+                                pass         # that loop is closed: its tasks are gone
+                            break
+                        except Exception:  # noqa: BLE001 - as above: next slice
+                            pass
+                    if found:
+                        break
+
+
+_scans = _DeadlockScans()
+os.register_at_fork(after_in_child=_scans.after_fork_in_child)
 
 
 class _AsyncPrimitive(Opened):
@@ -79,8 +228,8 @@ class _AsyncPrimitive(Opened):
     def __init__(self, name: str, params: Params | None, backend: str | None,
                  group: str | int | None, policy: dict[str, object],
                  options: dict[str, Any]) -> None:
-        # each waiting task's entry -> its wake-up (close() ends them)
-        self._pending: dict[Pending, Callable[[BaseException], None]] = {}
+        # each waiting task's entry -> its wait (close() ends them)
+        self._pending: dict[Pending, _Wait] = {}
         self._open(name, params, backend, group, policy, options)
 
     def close(self) -> None:
@@ -89,9 +238,9 @@ class _AsyncPrimitive(Opened):
         ipcsem.Closed first (their entries leave the queue)."""
         from ._errors import Closed
 
-        for pending, wake in list(self._pending.items()):
+        for pending, w in list(self._pending.items()):
             self._handle.cancel(pending)
-            wake(Closed("closed while waiting", name=self._name))
+            w.fail(Closed("closed while waiting", name=self._name), entry_gone=True)
         self._pending.clear()
         self._handle.close()
 
@@ -111,14 +260,9 @@ class _AsyncPrimitive(Opened):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         woken = asyncio.Event()
-        closed: list[BaseException] = []
 
         def notify() -> None:          # called from the backend's thread
             loop.call_soon_threadsafe(woken.set)
-
-        def end(exc: BaseException) -> None:    # close() on the loop's thread
-            closed.append(exc)
-            woken.set()
 
         while True:
             pending = h.enqueue(units, priority, owner, tid, deadlock_raise, notify)
@@ -129,53 +273,39 @@ class _AsyncPrimitive(Opened):
             await asyncio.sleep(RETRY)   # the backend was busy (e.g. a lock held)
         if isinstance(pending, Lease):
             return pending
-        self._pending[pending] = end
         task = asyncio.current_task()
         assert task is not None      # task_key() above raised otherwise
-        waiting = _waiting.setdefault(loop, weakref.WeakSet())
-        waiting.add(task)
-        parked = False
+        w = _Wait(h, pending, self._name, owner, deadlock_raise, task, woken)
+        self._pending[pending] = w
+        waits = _loop_waits(loop)
+        waits.add(w)
+        # Not asyncio.wait_for: before Python 3.12 it swallows a cancel that
+        # arrives just after the event fired.  One timer for the deadline;
+        # no slices (the backend re-notifies, the loop's upkeep does the rest).
+        timer = None if deadline is None else loop.call_at(deadline, woken.set)
         try:
-            next_slice = loop.time() + SLICE
             while True:
-                if closed:
-                    raise closed[0]     # close() already cancelled the entry
+                if w.error is not None:
+                    raise w.error       # closed, or chosen as a deadlock's victim
                 g = h.settle(pending)
                 if g is not None:
                     return g
-                now = loop.time()
-                if deadline is not None and now >= deadline:
+                if deadline is not None and loop.time() >= deadline:
                     h.cancel(pending)
                     return None
-                if now >= next_slice:
-                    next_slice = now + SLICE
-                    h.recover_if_due()
-                    if deadlock_raise:
-                        now_parked = _loop_parked(loop)
-                        if now_parked != parked:
-                            parked = now_parked
-                            h.park(pending, parked)
-                        from . import _deadlock
-
-                        _deadlock.raise_if_victim(self._name, owner)
-                until = next_slice if deadline is None else min(next_slice, deadline)
-                # Not asyncio.wait_for: before Python 3.12 it swallows a
-                # cancel that arrives just after the event fired.
-                timer = loop.call_at(until, woken.set)
-                try:
-                    await woken.wait()
-                finally:
-                    timer.cancel()
+                await woken.wait()
                 woken.clear()
         except BaseException:
             # CancelledError, a deadlock victim, anything: leave nothing
             # behind (a grant that raced in is given back), then propagate.
-            if not closed:
+            if not w.entry_gone:
                 h.cancel(pending)
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             self._pending.pop(pending, None)
-            waiting.discard(task)
+            waits.remove(w)
 
     def release(self, units: int = 1) -> None:
         """Give ``units`` back (a plain call, like asyncio.Semaphore.release;

@@ -129,10 +129,6 @@ def test_the_loop_never_blocks_while_1000_tasks_wait(names, procs, hold):
         k.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG B5: every deadlock='raise' task runs "
-                   "_deadlock.raise_if_victim on the loop thread each slice, and it reads every "
-                   "ledger of the machine (~0.6 ms per 20 names): 200 tasks hold the loop "
-                   "100-230 ms")
 def test_deadlock_raise_waiters_do_not_hold_the_loop(name, holder_factory):
     """deadlock="raise" adds a cross-semaphore scan every half second per
     waiting task; 200 such tasks must not hold the loop either."""

@@ -413,10 +413,6 @@ def test_deadlock_with_a_sync_process_as_for_the_sync_classes(two, procs):
     assert sorted(out) == ["DeadlockDetected", "granted"], out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG B4: an async waiter with deadlock='wait' never "
-                   "marks its entry parked, so its process always counts as live: a sync "
-                   "deadlock='raise' waiter in a cycle with it waits forever, where with a "
-                   "sync 'wait' waiter it raises")
 def test_an_async_wait_mode_waiter_closes_a_cycle_like_a_sync_one(two, procs):
     ps = _pair(procs, *two, ("sync", "raise"), ("async", "wait"))
     out = _outcomes(ps)
