@@ -23,8 +23,10 @@ import asyncio
 import itertools
 import os
 import threading
+import time
 import weakref
-from typing import Any, final
+from collections.abc import Callable
+from typing import Any, TypeVar, final
 
 from . import _args, _proc
 from ._backend import Handle, Pending
@@ -36,7 +38,14 @@ from ._records import Lease, Params
 SLICE = 0.5          # a loop's upkeep (parked flags, deadlock scans) runs this often
 RETRY = 0.002        # the backend was momentarily busy: try again after this long
 CHUNK = 64           # ledger transactions per loop callback in the upkeep (others run between)
+# A loop-side ledger call that took longer than BUSY waited for a ledger
+# lock (its holder, another process, is off a CPU): the loop's other tasks
+# then leave every ledger alone for RETRY instead of each waiting up to the
+# backend's bound (5 ms) in the same loop iteration -- the loop waits for at
+# most one lock per RETRY.
+BUSY = 0.001
 
+_T = TypeVar("_T")
 _keys = itertools.count(1)
 _task_keys: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
 
@@ -95,7 +104,7 @@ class _LoopWaits:
     its scans in a thread of their own, so 1,000 waiting tasks cost the loop
     no burst of 1,000 wake-ups every slice."""
 
-    __slots__ = ("__weakref__", "loop", "parked", "tasks", "timer", "waits")
+    __slots__ = ("__weakref__", "busy_until", "loop", "parked", "tasks", "timer", "waits")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -103,6 +112,20 @@ class _LoopWaits:
         self.tasks: dict[asyncio.Task[Any], int] = {}  # task -> its waits now
         self.timer: asyncio.TimerHandle | None = None
         self.parked = False
+        self.busy_until = 0.0       # loop.time() until which tasks leave the ledgers alone
+
+    def timed(self, call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)`` on the loop's thread; if it took longer than BUSY
+        (it waited for a ledger lock), the loop's tasks back off."""
+        t0 = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            if time.monotonic() - t0 > BUSY:
+                self.busy_until = self.loop.time() + RETRY
+
+    def busy(self) -> bool:
+        return self.loop.time() < self.busy_until
 
     def add(self, w: _Wait) -> None:
         self.waits[w] = None
@@ -251,13 +274,14 @@ class _AsyncPrimitive(Opened):
 
     async def _grant(self, units: int, timeout: float | None, priority: int,
                      deadlock_raise: bool) -> Lease | None:
-        """The one async acquire path: try, then queue and wait without
-        blocking the loop; None at the deadline."""
+        """The one async acquire path: queue (granted at once if it can be
+        had now) and wait without blocking the loop; None at the deadline."""
         h, owner, tid = self._handle, task_key(), native_tid()
-        g = h.take(units, priority, owner, tid)
-        if g is not None or timeout == 0:
-            return g
+        if timeout == 0:
+            return h.take(units, priority, owner, tid)
+        # enqueue() grants at once what take() would: one ledger transaction
         loop = asyncio.get_running_loop()
+        waits = _loop_waits(loop)
         deadline = None if timeout is None else loop.time() + timeout
         woken = asyncio.Event()
 
@@ -265,9 +289,11 @@ class _AsyncPrimitive(Opened):
             loop.call_soon_threadsafe(woken.set)
 
         while True:
-            pending = h.enqueue(units, priority, owner, tid, deadlock_raise, notify)
-            if pending is not None:
-                break
+            if not waits.busy():
+                pending = waits.timed(h.enqueue, units, priority, owner, tid, deadlock_raise,
+                                      notify)
+                if pending is not None:
+                    break
             if deadline is not None and loop.time() >= deadline:
                 return None
             await asyncio.sleep(RETRY)   # the backend was busy (e.g. a lock held)
@@ -277,24 +303,40 @@ class _AsyncPrimitive(Opened):
         assert task is not None      # task_key() above raised otherwise
         w = _Wait(h, pending, self._name, owner, deadlock_raise, task, woken)
         self._pending[pending] = w
-        waits = _loop_waits(loop)
         waits.add(w)
         # Not asyncio.wait_for: before Python 3.12 it swallows a cancel that
         # arrives just after the event fired.  One timer for the deadline;
         # no slices (the backend re-notifies, the loop's upkeep does the rest).
         timer = None if deadline is None else loop.call_at(deadline, woken.set)
         try:
+            # enqueue() just said "not now": settle once the backend says
+            # it may have been granted (it also checks right after queueing)
+            settle = False
             while True:
                 if w.error is not None:
                     raise w.error       # closed, or chosen as a deadlock's victim
-                g = h.settle(pending)
-                if g is not None:
-                    return g
+                if not settle:
+                    retry = None
+                elif waits.busy():
+                    # another task just waited for a ledger lock: look later
+                    retry = loop.call_at(waits.busy_until, woken.set)
+                else:
+                    retry = None
+                    g = waits.timed(h.settle, pending)
+                    if g is not None:
+                        return g
                 if deadline is not None and loop.time() >= deadline:
+                    if retry is not None:
+                        retry.cancel()
                     h.cancel(pending)
                     return None
-                await woken.wait()
+                try:
+                    await woken.wait()
+                finally:
+                    if retry is not None:
+                        retry.cancel()
                 woken.clear()
+                settle = True
         except BaseException:
             # CancelledError, a deadlock victim, anything: leave nothing
             # behind (a grant that raced in is given back), then propagate.
@@ -310,7 +352,12 @@ class _AsyncPrimitive(Opened):
     def release(self, units: int = 1) -> None:
         """Give ``units`` back (a plain call, like asyncio.Semaphore.release;
         from a task, a loop callback or any thread)."""
-        self._handle.release(units, owner_key())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:       # a worker thread: nothing of a loop to spare
+            self._handle.release(units, owner_key())
+        else:
+            _loop_waits(loop).timed(self._handle.release, units, owner_key())
 
 
 @final

@@ -75,6 +75,14 @@ def watch(handle: ShmHandle, pending: ShmPending, notify: Callable[[], None]) ->
         _start()
     if new:          # a bell the notifier does not sleep on yet
         _ledger.poke_bells()
+    # A grant between queueing and here rang a bell before we watched the
+    # entry: look once now (lock-free), so the waiter need not settle first.
+    try:
+        granted = handle.ledger.state(pending.entry) != _ledger.WAITING
+    except (ValueError, OSError):
+        granted = True   # closed or gone: let the waiter find out
+    if granted:
+        notify()
 
 
 def unwatch(handle: ShmHandle, pending: ShmPending) -> bool:
