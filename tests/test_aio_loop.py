@@ -185,7 +185,8 @@ def test_1000_waiting_tasks_use_two_threads_and_two_descriptors(name, aio_agent_
     second = unique_name("t")
     sems = [ipcsem.Semaphore(n, capacity=1, max_waiters=1100) for n in (name, second)]
     holders = [subprocess.Popen([sys.executable, "-m", "ipcsem.testing", "hold", n, "1"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE) for n in (name, second)]
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+               for n in (name, second)]
     try:
         for h in holders:
             assert h.stdout.readline().startswith(b"holding")
