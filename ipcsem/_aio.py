@@ -104,10 +104,11 @@ class _LoopWaits:
     its scans in a thread of their own, so 1,000 waiting tasks cost the loop
     no burst of 1,000 wake-ups every slice."""
 
-    __slots__ = ("__weakref__", "busy_until", "loop", "parked", "tasks", "timer", "waits")
+    __slots__ = ("__weakref__", "_loop", "busy_until", "parked", "tasks", "timer", "waits")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # weakly: _loops maps the loop to us, and must not keep it alive
+        self._loop = weakref.ref(loop)
         self.waits: dict[_Wait, None] = {}            # in queueing order
         self.tasks: dict[asyncio.Task[Any], int] = {}  # task -> its waits now
         self.timer: asyncio.TimerHandle | None = None
@@ -127,6 +128,13 @@ class _LoopWaits:
     def busy(self) -> bool:
         return self.loop.time() < self.busy_until
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop()
+        if loop is None:         # only our own callbacks could ask, and they die with it
+            raise RuntimeError("the event loop is gone")
+        return loop
+
     def add(self, w: _Wait) -> None:
         self.waits[w] = None
         self.tasks[w.task] = self.tasks.get(w.task, 0) + 1
@@ -138,6 +146,10 @@ class _LoopWaits:
             n = self.tasks.pop(w.task, 1) - 1
             if n:
                 self.tasks[w.task] = n
+        if not self.waits and self.timer is not None:
+            # nothing waits: no timer (it would keep the loop, our key, alive)
+            self.timer.cancel()
+            self.timer = None
 
     def _tick(self) -> None:
         self.timer = None
@@ -156,8 +168,11 @@ class _LoopWaits:
 
     def _flag(self, todo: list[_Wait], start: int) -> None:
         for w in todo[start:start + CHUNK]:
-            if w in self.waits and w.flagged != self.parked:
-                w.handle.park(w.pending, self.parked)
+            if w in self.waits and w.error is None and w.flagged != self.parked:
+                try:
+                    w.handle.park(w.pending, self.parked)
+                except Exception:  # noqa: BLE001 - closed or corrupt: the task's own calls say so
+                    continue
                 w.flagged = self.parked
         if start + CHUNK < len(todo):
             self.loop.call_soon(self._flag, todo, start + CHUNK)
@@ -230,8 +245,10 @@ class _DeadlockScans:
                             _deadlock.raise_if_victim(name, owner)
                         except DeadlockDetected as e:
                             found = True
+                            loop = lw._loop()
                             try:
-                                lw.loop.call_soon_threadsafe(lw.victim, w, e)
+                                if loop is not None:
+                                    loop.call_soon_threadsafe(lw.victim, w, e)
                             except RuntimeError:
                                 pass         # that loop is closed: its tasks are gone
                             break

@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
 SLICE = 0.5     # the notifier looks at every entry at least this often anyway
-# A full look at 1,000 entries is ~1 ms of Python: let go of the GIL between
+# A full look at 1,000 entries is ~1-3 ms of Python: let go of the GIL between
 # chunks, or a loop thread waiting for it waits the whole switch interval.
-YIELD_EVERY = 128
+YIELD_EVERY = 32
 
 
 class _Group:
