@@ -20,6 +20,7 @@ grant that raced in is given back, then CancelledError propagates.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
 import threading
@@ -104,7 +105,8 @@ class _LoopWaits:
     its scans in a thread of their own, so 1,000 waiting tasks cost the loop
     no burst of 1,000 wake-ups every slice."""
 
-    __slots__ = ("__weakref__", "_loop", "busy_until", "parked", "tasks", "timer", "waits")
+    __slots__ = ("__weakref__", "_loop", "_posted", "_posting", "busy_until", "parked", "tasks",
+                 "timer", "waits")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # weakly: _loops maps the loop to us, and must not keep it alive
@@ -114,6 +116,26 @@ class _LoopWaits:
         self.timer: asyncio.TimerHandle | None = None
         self.parked = False
         self.busy_until = 0.0       # loop.time() until which tasks leave the ledgers alone
+        self._posted: collections.deque[asyncio.Event] = collections.deque()
+        self._posting = threading.Lock()   # _posted has a drain scheduled: held
+
+    def post(self, woken: asyncio.Event) -> None:
+        """Set ``woken`` on the loop's thread (called from the backend's
+        thread): one call_soon_threadsafe, one write to the loop's self-pipe
+        and one loop wake-up per batch, however many grants a ring made."""
+        self._posted.append(woken)
+        if self._posting.acquire(blocking=False):
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except BaseException:
+                self._posting.release()
+                raise
+
+    def _drain(self) -> None:
+        self._posting.release()        # posts from now on schedule another drain
+        posted = self._posted
+        while posted:
+            posted.popleft().set()
 
     def timed(self, call: Callable[..., _T], *args: Any) -> _T:
         """``call(*args)`` on the loop's thread; if it took longer than BUSY
@@ -303,7 +325,7 @@ class _AsyncPrimitive(Opened):
         woken = asyncio.Event()
 
         def notify() -> None:          # called from the backend's thread
-            loop.call_soon_threadsafe(woken.set)
+            waits.post(woken)
 
         while True:
             if not waits.busy():
