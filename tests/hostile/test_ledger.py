@@ -23,8 +23,6 @@ import random
 import struct
 import time
 
-import pytest
-
 import ipcsem
 
 from .conftest import (
@@ -220,8 +218,6 @@ def _lock_once(chan, name):
     return timed(sem.acquire, timeout=0.5)[0]
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H14: a rollback stores the believable "
-                                       "entries of a forged log before it finds the forged one")
 @isolated()
 def test_a_forged_undo_log_is_refused_before_anything_is_stored():
     """A dead writer's log of two entries: the older one aims at the magic
@@ -270,8 +266,6 @@ def _waiter_entry(name, pid):
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H14: settle() raises RuntimeError for "
-                                       "a queue entry freed by someone else")
 @isolated(timeout=30)
 def test_an_event_loop_waiter_whose_entry_was_taken_gets_a_typed_error():
     """BOB (TEAM) rewrites the owner pid of ALICE's queued asyncio waiter's
