@@ -591,8 +591,6 @@ def _root_supervisor_with_few_slots(chan, slots):
     rs.run()
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H18: slots go to the newest files' "
-                                       "owners: junk under 12 uids crowds out a real ledger")
 @isolated(timeout=60)
 def test_a_real_user_is_served_however_many_uids_an_attacker_owns():
     """An attacker with a subordinate uid range owns a non-empty file under
@@ -620,8 +618,6 @@ def _root_supervisor_with_subuids(chan, slots, subuid_file):
     rs.run()
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H18: an attacker's subordinate uids "
-                                       "each count as a user of their own")
 @isolated(timeout=60)
 def test_an_attackers_subordinate_uids_count_as_one_user(tmp_path):
     """The attacker's /etc/subuid range gives it 12 uids (a rootless
