@@ -567,18 +567,21 @@ def _cli_with_a_forging_worker(chan, evil_uid, victim_name):
     return _cli_supervise(chan, "--sweep", "0.3")
 
 
+@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H15: root prints a worker's recovery "
+                                       "in a semaphore its user does not own")
 @isolated(timeout=30)
 def test_root_log_says_whose_worker_spoke():
     """A (compromised) worker of the attacker's reports a recovery in ALICE's
-    semaphore.  Root cannot know it is false — but its log line must say
-    which user's worker said it (and that ALICE does not own it), or the
-    operator reads a forgery as fact."""
+    semaphore.  Every worker serves only its own user's semaphores, so root
+    (one lstat) knows this one is not the attacker's to report: its log
+    never shows the forgery as a recovery, and what it does print says
+    which user's worker said it."""
     legit = new_name("gpu")
     assert_survived(Proc(_make, legit, user=ALICE), 10)
     assert_survived(Proc(_make, new_name("evil"), user=ATTACKER), 10)
     sup = LoggedProc(_cli_with_a_forging_worker, ATTACKER.uid, legit)
-    line = sup.wait_for(lambda line: line.startswith("recovered") and legit in line,
-                        what="the forged line")
+    line = sup.wait_for(lambda line: legit in line, what="a line about the forgery")
+    assert not line.startswith("recovered"), f"root printed a forgery as a recovery: {line!r}"
     assert str(ATTACKER.uid) in line, f"nothing in {line!r} says it came from uid {ATTACKER.uid}"
 
 
