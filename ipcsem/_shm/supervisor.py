@@ -408,6 +408,7 @@ class RootSupervisor:
         self._restart_after: dict[int, float] = {}
         self._stopping = False
         self._unserved: set[int] = set()
+        self._forged: set[tuple[int, str]] = set()   # (worker uid, name) already reported
         raise_fd_limit()
 
     def stop(self) -> None:
@@ -547,11 +548,34 @@ class RootSupervisor:
             line, _, rest = bytes(buf).partition(b"\n")
             buf[:] = rest
             event = _validate_event(line)
-            if event is not None:
+            if event is not None and self._reports_its_own(uid, event):
                 event["uid"] = uid
                 self.emit(event)
         if len(buf) > EVENT_MAX:
             buf.clear()   # a line too long to be ours: drop it
+
+    def _reports_its_own(self, uid: int, event: dict[str, Any]) -> bool:
+        """False (and said once) for an event about a semaphore another
+        user owns: a worker serves only its own user's (owner_uid), so that
+        is a forgery by a worker its user took over.  A name that is gone
+        passes: it may have been removed since (the line says who spoke)."""
+        name = event.get("name")
+        if not isinstance(name, str) or not _names.is_valid(name):
+            return True
+        try:
+            owner = os.lstat(_names.shm_path(name)).st_uid
+        except OSError:
+            return True
+        if owner == uid:
+            return True
+        if (uid, name) not in self._forged:
+            if len(self._forged) >= 1024:
+                self._forged.clear()          # bounded: a forger may name many
+            self._forged.add((uid, name))
+            self.emit({"event": "worker", "uid": uid,
+                       "status": f"reported a {event['event']} in {name}, which uid {owner} "
+                                 "owns, not this worker's user: dropped"})
+        return False
 
     def run(self) -> None:
         next_scan = 0.0

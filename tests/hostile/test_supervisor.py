@@ -567,8 +567,6 @@ def _cli_with_a_forging_worker(chan, evil_uid, victim_name):
     return _cli_supervise(chan, "--sweep", "0.3")
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H15: root prints a worker's recovery "
-                                       "in a semaphore its user does not own")
 @isolated(timeout=30)
 def test_root_log_says_whose_worker_spoke():
     """A (compromised) worker of the attacker's reports a recovery in ALICE's
