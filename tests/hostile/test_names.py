@@ -422,8 +422,6 @@ def test_refusing_a_squat_that_cannot_be_a_creators_costs_no_wait():
         assert worst < 0.2, f"a {mode:04o} squat: a refusal took {worst:.2f} s"
 
 
-@pytest.mark.xfail(strict=True, reason="hostile-bugs.md H17: a 0600 squat costs every open "
-                                       "CREATOR_GRACE, however long ago it was planted")
 @isolated()
 def test_refusing_an_old_private_squat_costs_no_wait():
     """A 0600 file of someone else's can be a creator's still initialising —
