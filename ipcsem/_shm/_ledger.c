@@ -429,12 +429,19 @@ static int undo_target_ok(View *V, int64_t off)
  * unfinished transaction (n read once from the segment by after_lock) or our
  * own aborted one (n from the caller's memory: a peer rewriting the count
  * cannot make us undo our own committed stores).  -1 if the log is not
- * believable. */
+ * believable, and then nothing is stored: every entry is checked before the
+ * first store (a forged entry found halfway would otherwise leave the
+ * believable ones applied).  The second pass checks each offset again as it
+ * reads it: only a writer racing us can change the log in between, and it
+ * could store those words itself. */
 static int tx_rollback_n(View *V, int64_t n)
 {
     volatile int64_t *count = UNDO_COUNT(V);
     if (n < 0 || n > V->undo_max)
         return -1;
+    for (int64_t i = n - 1; i >= 0; i--)
+        if (!undo_target_ok(V, V->undo[2 * i]))
+            return -1;
     for (int64_t i = n - 1; i >= 0; i--) {
         volatile int64_t *entry = V->undo + 2 * i;
         int64_t off = entry[0], old = entry[1];
@@ -1603,8 +1610,8 @@ static int check_entry(Ledger *L, int64_t w)
 
 /* settle(w, pid, start, lock) -> Grant (granted; entry freed) | None (still
  * waiting).  Raises Unlinked (entry freed), Wedged (the lock was not had by
- * the deadline; nothing changed) or RuntimeError if the entry is no longer
- * ours.  For event-loop waiters. */
+ * the deadline; nothing changed) or Corrupt if the entry is no longer ours.
+ * For event-loop waiters. */
 static PyObject *Ledger_settle(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
 {
     Call c;
@@ -1626,8 +1633,10 @@ static PyObject *Ledger_settle(Ledger *L, PyObject *const *args, Py_ssize_t narg
         PyErr_SetNone(UnlinkedError);
         r = NULL;
     } else {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "this process's queue entry vanished (was it recovered as dead?)");
+        /* the same typed error as wait()'s: a RuntimeError would escape
+         * every `except ipcsem.IpcsemError` */
+        set_corrupt("this process's queue entry was freed by someone else (was it "
+                    "recovered as dead? did a peer rewrite the ledger?)");
         r = NULL;
     }
     call_done(&c);

@@ -47,6 +47,10 @@ from . import _ledger
 DEFAULT_SLOTS = 1024
 OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 CREATOR_GRACE = 0.5      # an opener waits this long for a creator between O_EXCL and flock
+# A file can be a creator's, still initialising, only if it was made or sized
+# (both set its ctime) this recently; an older 0600 file of another user's is
+# refused at once (a squat would otherwise cost every open CREATOR_GRACE).
+CREATOR_WINDOW = 2.0
 FLOCK_BOUND = 2.0        # a creation flock held longer than this is someone else's stall
 VIEW_BUDGET = 0.2        # a read-only view gives up waiting for a quiet ledger after this
 
@@ -238,7 +242,8 @@ def _open_fd(name: str, path: str, create: bool, wait: bool) -> tuple[int, bool]
             except OSError:
                 raise PermissionDenied("permission denied", name=name, path=path) from None
             if wait and st.st_uid != os.geteuid() and stat.S_ISREG(st.st_mode) \
-                    and stat.S_IMODE(st.st_mode) == 0o600 and time.monotonic() < end:
+                    and stat.S_IMODE(st.st_mode) == 0o600 \
+                    and time.time() - st.st_ctime < CREATOR_WINDOW and time.monotonic() < end:
                 time.sleep(0.002)   # its creator may be initialising it (still 0600)
                 continue
             raise _denied(name, st, distrust(st) or "its mode does not admit you") from None

@@ -343,6 +343,43 @@ class Supervisor:
 # ====================================================== privilege separation
 EVENT_MAX = 4096      # bytes per event line from a worker
 MAX_WORKERS = 256     # users served at once (more owners are logged, not served)
+RANGE_SLOTS = 4       # workers the uids of one subordinate uid range may have together
+SUBUID_FILE = "/etc/subuid"
+RANK_LOOKS = 8        # views root reads per uid to rank it, when owners outnumber slots
+
+
+def subuid_ranges(path: str = SUBUID_FILE) -> list[tuple[int, int, str]]:
+    """``(first, end, owner)`` for each subordinate uid range in ``path``
+    (lines ``owner:first:count``, the owner by name or uid); [] when it
+    cannot be read.  An unprivileged user comes to own files under other
+    uids only through such a range (newuidmap maps nothing else), so files
+    owned by them are that user's."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read(1 << 20).splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) != 3 or parts[0].startswith("#"):
+            continue
+        try:
+            first, count = int(parts[1]), int(parts[2])
+        except ValueError:
+            continue
+        if first >= 0 and count > 0:
+            ranges.append((first, first + count, parts[0]))
+    return ranges
+
+
+def _principal(uid: int, ranges: list[tuple[int, int, str]]) -> str:
+    """Who a file owner's slots are charged to: the owner of the
+    subordinate range ``uid`` is in, else ``uid`` itself."""
+    for first, end, owner in ranges:
+        if first <= uid < end:
+            return f"subordinate uids of {owner}"
+    return f"uid {uid}"
 
 
 class RootSupervisor:
@@ -357,8 +394,11 @@ class RootSupervisor:
 
     def __init__(self, names: list[str] | None = None, *, sweep: float = 1.0,
                  poll: float = 0.02, emit: Callable[[dict[str, Any]], None],
-                 max_workers: int = MAX_WORKERS, worker_main: WorkerMain | None = None) -> None:
+                 max_workers: int = MAX_WORKERS, worker_main: WorkerMain | None = None,
+                 subuid_file: str = SUBUID_FILE) -> None:
         self.max_workers = max_workers
+        self.subuid_file = subuid_file
+        self._principals: dict[int, str] = {}     # uid -> who its slots are charged to
         self._worker_main = worker_main or _worker_main   # tests play a compromised worker
         self.names = list(names) if names else None
         self.sweep = sweep
@@ -368,6 +408,7 @@ class RootSupervisor:
         self._restart_after: dict[int, float] = {}
         self._stopping = False
         self._unserved: set[int] = set()
+        self._forged: set[tuple[int, str]] = set()   # (worker uid, name) already reported
         raise_fd_limit()
 
     def stop(self) -> None:
@@ -376,14 +417,18 @@ class RootSupervisor:
     def _owners(self) -> list[int]:
         """uids owning ipcsem names that look like ledgers (regular, not
         writable by all, not empty: an empty file costs its owner nothing and
-        must not cost us a worker), in the order they get workers when there
-        are more than max_workers: those whose semaphores have holders first
-        (root reads only what lstat and a read-only view say), then the
-        most recently active; never by uid, which an attacker can choose."""
-        from .segment import read_view
+        must not cost us a worker), in the order they get workers.
 
+        Slots are shared out by *user*, not by uid: the uids of one
+        subordinate range (/etc/subuid) are charged to its owner (at most
+        RANGE_SLOTS workers together), and the order takes each user's
+        best uid before anyone's second.  Never by uid number or mtime
+        alone, which an attacker chooses.  When owners outnumber the slots,
+        a uid ranks by what read-only views of its files say (a holder,
+        else an initialised ledger, else neither: junk ranks last); those
+        are forgeable too, which is why the users come first."""
         latest: dict[int, float] = {}
-        busy: set[int] = set()
+        names_of: dict[int, list[str]] = {}
         for name in (self.names if self.names is not None else _names.names()):
             try:
                 st = os.lstat(_names.shm_path(name))
@@ -394,15 +439,30 @@ class RootSupervisor:
                 continue
             uid = st.st_uid
             latest[uid] = max(latest.get(uid, 0.0), st.st_mtime)
-            if uid not in busy and len(latest) > self.max_workers:
-                try:
-                    if any(h.units for h in read_view(name, tries=1).snapshot.holders):
-                        busy.add(uid)
-                except (IpcsemError, OSError):
-                    pass
-        return sorted(latest, key=lambda u: (u not in busy, -latest[u]))
+            names_of.setdefault(uid, []).append(name)
+        ranges = subuid_ranges(self.subuid_file)
+        self._principals = {uid: _principal(uid, ranges) for uid in latest}
+        crowded = len(latest) > self.max_workers
+        rank = {uid: _rank(names_of[uid]) if crowded else 0 for uid in latest}
+        by_user: dict[str, list[int]] = {}
+        for uid in sorted(latest, key=lambda u: (rank[u], -latest[u])):
+            by_user.setdefault(self._principals[uid], []).append(uid)
+        order: list[int] = []
+        depth = max((len(uids) for uids in by_user.values()), default=0)
+        for k in range(depth):       # every user's k-th uid before anyone's (k+1)-th
+            order.extend(uids[k] for uids in by_user.values() if k < len(uids))
+        return order
 
     def _start_worker(self, uid: int) -> None:
+        user = self._principals.get(uid, f"uid {uid}")
+        if user.startswith("subordinate") and \
+                sum(self._principals.get(u) == user for u in self.workers) >= RANGE_SLOTS:
+            if uid not in self._unserved:
+                self._unserved.add(uid)
+                self.emit({"event": "worker", "uid": uid,
+                           "status": f"not served: {RANGE_SLOTS} workers already serve the "
+                                     f"{user}"})
+            return
         if len(self.workers) >= self.max_workers:
             if uid not in self._unserved:
                 self._unserved.add(uid)
@@ -488,11 +548,34 @@ class RootSupervisor:
             line, _, rest = bytes(buf).partition(b"\n")
             buf[:] = rest
             event = _validate_event(line)
-            if event is not None:
+            if event is not None and self._reports_its_own(uid, event):
                 event["uid"] = uid
                 self.emit(event)
         if len(buf) > EVENT_MAX:
             buf.clear()   # a line too long to be ours: drop it
+
+    def _reports_its_own(self, uid: int, event: dict[str, Any]) -> bool:
+        """False (and said once) for an event about a semaphore another
+        user owns: a worker serves only its own user's (owner_uid), so that
+        is a forgery by a worker its user took over.  A name that is gone
+        passes: it may have been removed since (the line says who spoke)."""
+        name = event.get("name")
+        if not isinstance(name, str) or not _names.is_valid(name):
+            return True
+        try:
+            owner = os.lstat(_names.shm_path(name)).st_uid
+        except OSError:
+            return True
+        if owner == uid:
+            return True
+        if (uid, name) not in self._forged:
+            if len(self._forged) >= 1024:
+                self._forged.clear()          # bounded: a forger may name many
+            self._forged.add((uid, name))
+            self.emit({"event": "worker", "uid": uid,
+                       "status": f"reported a {event['event']} in {name}, which uid {owner} "
+                                 "owns, not this worker's user: dropped"})
+        return False
 
     def run(self) -> None:
         next_scan = 0.0
@@ -553,6 +636,23 @@ class RootSupervisor:
             self._read(uid, fd)
             os.close(fd)
         self.workers.clear()
+
+
+def _rank(names: list[str]) -> int:
+    """0: one of ``names`` (a few looked at) has a holder; 1: one is an
+    initialised ledger; 2: neither.  Read-only views: root maps nothing."""
+    from .segment import read_view
+
+    best = 2
+    for name in names[:RANK_LOOKS]:
+        try:
+            snap = read_view(name, tries=1).snapshot
+        except (IpcsemError, OSError):
+            continue
+        if any(h.units for h in snap.holders):
+            return 0
+        best = 1
+    return best
 
 
 def _prepare_worker() -> None:

@@ -211,6 +211,94 @@ def _forge(name, off, old=0, now=None):
     return "forged"
 
 
+
+def _lock_once(chan, name):
+    sem = ipcsem.Semaphore(name)
+    KEEP.append(sem)
+    return timed(sem.acquire, timeout=0.5)[0]
+
+
+@isolated()
+def test_a_forged_undo_log_is_refused_before_anything_is_stored():
+    """A dead writer's log of two entries: the older one aims at the magic
+    (a forgery), the newer one is believable (``available`` back to 99).
+    The log is refused as a whole: Corrupt, and not one word of it stored.
+    Today the rollback walks newest-first and stores ``available = 99``
+    before it meets the forged entry."""
+    name = new_name()
+    assert_survived(Proc(lambda chan: make_ledger(name, 2) or "ok", user=ALICE), 10)
+    avail = 8 * HDR["H_AVAILABLE"]
+    assert_survived(Proc(lambda chan: _forge_log(name, [(0, 0), (avail, 99)]), user=ALICE), 10)
+    kind, value = assert_survived(Proc(_lock_once, name, user=ALICE), 10).value
+    assert kind == "raise" and "Corrupt" in value["mro"], (kind, value)
+    assert header_word(name, "H_MAGIC") != 0, "a rollback erased the magic"
+    assert header_word(name, "H_AVAILABLE") == 2, "a refused log was partly rolled back"
+
+
+def _forge_log(name, entries):
+    from .conftest import forge_undo
+
+    forge_undo(name, entries)
+    return "forged"
+
+
+def _async_waiter_reports(chan, name):
+    """An event-loop waiter on a full semaphore: what its acquire ends with."""
+    import asyncio
+
+    async def main():
+        sem = ipcsem.AsyncSemaphore(name)
+        task = asyncio.ensure_future(sem.acquire(timeout=8))
+        await asyncio.sleep(0.3)
+        chan.send(("queued", os.getpid()))
+        try:
+            return ("return", await task)
+        except Exception as e:  # noqa: BLE001 - the type is the verdict
+            return ("raise", [c.__name__ for c in type(e).__mro__])
+
+    return asyncio.run(main())
+
+
+def _recover(chan, name):
+    sem = ipcsem.Semaphore(name)
+    KEEP.append(sem)
+    return sem.recover()
+
+
+def _waiter_entry(name, pid):
+    for row in segment.read_view(name).snapshot.waiters:
+        if row.pid == pid:
+            return row.entry
+    return None
+
+
+@isolated(timeout=30)
+def test_an_event_loop_waiter_whose_entry_was_taken_gets_a_typed_error():
+    """BOB (TEAM) rewrites the owner pid of ALICE's queued asyncio waiter's
+    entry: the entry is no longer hers.  Her acquire ends with a typed
+    error (an IpcsemError: Corrupt), never a RuntimeError that escapes
+    every ``except ipcsem.IpcsemError``.  (The blocking wait says Corrupt
+    already; the event loop's settle() said RuntimeError.)"""
+    from .conftest import hold_and_report, wait_until
+
+    name = new_name()
+    assert_survived(Proc(lambda chan: make_ledger(name, 1, mode=0o660, group=TEAM) or "ok",
+                         user=ALICE), 10)
+    holder = Proc(hold_and_report, name, user=ALICE)
+    holder.expect(("holding", holder.pid))
+    waiter = Proc(_async_waiter_reports, name, user=ALICE, label="event loop")
+    waiter.expect(("queued", waiter.pid))
+    wait_until(lambda: _waiter_entry(name, waiter.pid) is not None, 5, what="the queue entry")
+    entry = _waiter_entry(name, waiter.pid)
+    pid_off = header_word(name, "H_WAITERS_OFF") + entry * 16 * 8 + 8   # WA_PID
+    assert_survived(Proc(lambda chan: write_words(name, {pid_off: 1}) or "ok", user=BOB), 10)
+    # The holder's death and its recovery grant the entry and ring it: the
+    # waiter looks (settles) at once, whether or not it also looks on a timer.
+    holder.kill()
+    assert_survived(Proc(_recover, name, user=ALICE), 10)
+    kind, value = assert_survived(waiter, 15).value
+    assert kind == "raise" and "IpcsemError" in value, (kind, value)
+
 # ------------------------------------------------------ random scribbling
 
 

@@ -36,6 +36,7 @@ from .conftest import (
     maps_path,
     new_name,
     plant_file,
+    segment,
     shm_listing,
     shm_path,
     timed,
@@ -419,3 +420,18 @@ def test_refusing_a_squat_that_cannot_be_a_creators_costs_no_wait():
                              user=ATTACKER), 10)
         worst = assert_survived(Proc(_refusals, name, 5, user=ALICE), 20).value
         assert worst < 0.2, f"a {mode:04o} squat: a refusal took {worst:.2f} s"
+
+
+@isolated()
+def test_refusing_an_old_private_squat_costs_no_wait():
+    """A 0600 file of someone else's can be a creator's still initialising —
+    but only if it was made (or changed: sizing it changes its ctime) moments
+    ago.  A squat planted longer ago than ``CREATOR_WINDOW`` is refused at
+    once.  (A squatter who keeps touching its file keeps costing opens up
+    to the grace, 0.5 s each: bounded, and it has to keep working at it.)"""
+    name = new_name()
+    assert_survived(Proc(lambda chan: plant_file(shm_path(name), mode=0o600, size=4096) or "ok",
+                         user=ATTACKER), 10)
+    time.sleep(getattr(segment, "CREATOR_WINDOW", 2.0) + 0.2)
+    worst = assert_survived(Proc(_refusals, name, 3, user=ALICE), 20).value
+    assert worst < 0.2, f"an old 0600 squat: a refusal took {worst:.2f} s"
