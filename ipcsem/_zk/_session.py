@@ -43,9 +43,11 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .. import _proc
 from .._errors import Unavailable
 from . import _codec
 from ._local import HOSTNAME, MACHINE_KEY, ME
@@ -330,15 +332,13 @@ class Connection:
                 client.ensure_path(f"{self.root}/{sub}")
             client.create(self._hb_path(sid), self._who(), ephemeral=True)
         except Exception as e:  # noqa: BLE001
-            threading.Thread(target=_close_quietly, args=(client,), daemon=True).start()
+            _proc.start_named_thread("ipcsem-zk-close", lambda: _close_quietly(client))
             raise Unavailable(f"could not set up the session: {e!r}", url=self.options.url) \
                 from None
         client.add_listener(lambda state, s=session: self._state(s, state))
         self._client, self._session = client, session
         if self._monitor is None or not self._monitor.is_alive():
-            self._monitor = threading.Thread(target=self._run_monitor, daemon=True,
-                                             name="ipcsem-zk-heartbeat")
-            self._monitor.start()
+            self._monitor = _proc.start_named_thread("ipcsem-zk-heart", self._run_monitor)
         self._kick_monitor.set()
         return client, session
 
@@ -368,8 +368,7 @@ class Connection:
         # noticed (the heartbeat, kazoo's, a caller checking lease.valid):
         # do the work on a thread of our own, never inside kazoo's or a
         # caller's critical path.
-        threading.Thread(target=self._after_loss, args=(session, reason), daemon=True,
-                         name="ipcsem-zk-lost").start()
+        _proc.start_named_thread("ipcsem-zk-lost", lambda: self._after_loss(session, reason))
 
     def _after_loss(self, session: Session, reason: str) -> None:
         if self._closed:
@@ -398,8 +397,7 @@ class Connection:
         if session is not None:
             session.lose("the session was abandoned")
         if client is not None:
-            threading.Thread(target=_close_quietly, args=(client,), daemon=True,
-                             name="ipcsem-zk-close").start()
+            _proc.start_named_thread("ipcsem-zk-close", lambda: _close_quietly(client))
 
     # ---------------------------------------------------------- heartbeat
     def _run_monitor(self) -> None:
