@@ -53,7 +53,7 @@ from . import _codec
 from ._admission import TAKE, Decision, decide, head_of
 from ._codec import Gate, HeldNode, Meta, ReqNode
 from ._lease import Book, Hold, OnLost, ZkLease
-from ._local import DEAD, HOSTNAME, MACHINE_KEY, ME, open_watch
+from ._local import HOSTNAME, MACHINE_KEY, ME, is_dead
 from ._session import Connection, Session, error_name
 
 if TYPE_CHECKING:
@@ -477,14 +477,7 @@ class ZkHandle(Handle):
         """Delete the nodes of dead processes of this machine; units freed."""
         dead: dict[tuple[int, int], list[str]] = {}
         for n in [*view.held, *view.reqs]:
-            if n.mkey != MACHINE_KEY or n.pid == ME.pid:
-                continue
-            try:
-                fd = open_watch(n.pid, n.start)
-            except OSError:           # PermissionError included: hidden, so alive
-                continue
-            if fd != DEAD:
-                os.close(fd)
+            if n.mkey != MACHINE_KEY or n.pid == ME.pid or not is_dead(n.pid, n.start):
                 continue
             dead.setdefault((n.pid, n.start), []).append(f"{self._q}/{n.name}")
         return sum(self._backend.reap(paths).units for paths in dead.values())
@@ -558,38 +551,63 @@ class ZkHandle(Handle):
         return False
 
     # ========================================================= returning
-    def _mine(self, lease: Lease | None) -> list[Hold]:
+    def _mine(self, lease: Lease | None, owner: int | None = None) -> list[Hold]:
+        """This process's holds in the order a release returns them: the
+        lease's, then the owner's (the calling thread's or task's) latest
+        grant first, then the others, latest first (as on shm: a bare
+        release on a slotted semaphore gives back the caller's latest
+        unit numbers)."""
         self._book.fresh()
         with self._book.lock:
-            holds = list(self._book.holds)
+            holds = list(reversed(self._book.holds))
             first = self._book.by_lease.get(id(lease)) if lease is not None else None
-        if first is not None:
-            holds.remove(first)
-            holds.insert(0, first)
+        holds.sort(key=lambda h: (h is not first, h.owner != owner))    # stable: latest first
         return holds
+
+    def _claim(self, units: int, lease: Lease | None, owner: int | None = None
+               ) -> list[tuple[Hold, int]]:
+        """Choose the holds that return ``units`` (the lease's first) and mark
+        them as being released, so that a concurrent release by another
+        thread of this process picks others (units are the process's: any
+        will do, but never the same one twice)."""
+        with self._book.lock:
+            chosen: list[tuple[Hold, int]] = []
+            need = units
+            for h in self._mine(lease, owner):
+                if need == 0:
+                    break
+                if h.releasing:
+                    continue
+                k = min(h.units, need)
+                chosen.append((h, k))
+                need -= k
+            for h, _ in chosen:
+                h.releasing = True
+            return chosen
+
+    @staticmethod
+    def _unclaim(chosen: list[tuple[Hold, int]]) -> None:
+        for h, _ in chosen:
+            h.releasing = False
 
     def release(self, units: int, owner: int, lease: Lease | None = None) -> None:
         if units.__class__ is not int or units < 1:
             raise ValueError(f"units must be a positive int, got {units!r}")
         if self.params.kind == "mutex":
             return self._release_mutex(owner, lease)
-        holds = self._mine(lease)
-        if lease is not None and not lease.valid and (not holds or holds[0].lease is not lease):
+        if lease is not None and not lease.valid and self._book.by_lease.get(id(lease)) is None:
             raise LeaseLost("the lease is no longer valid", name=self.name)
-        chosen: list[tuple[Hold, int]] = []
-        need = units
-        for h in holds:
-            if need == 0:
-                break
-            k = min(h.units, need)
-            chosen.append((h, k))
-            need -= k
-        lost = [h for h, _ in chosen if not h.session.valid()]
-        if lost:
-            for h in lost:
-                self._forget_lost(h)
-            raise LeaseLost(lost[0].session.lost_reason or "session lost", name=self.name)
-        self._retrying(lambda: self._give_back(chosen, post=need, disown=0))
+        chosen = self._claim(units, lease, owner)
+        try:
+            lost = [h for h, _ in chosen if not h.session.valid()]
+            if lost:
+                for h in lost:
+                    self._forget_lost(h)
+                raise LeaseLost(lost[0].session.lost_reason or "session lost", name=self.name)
+            post = units - sum(k for _, k in chosen)
+            self._retrying(lambda: self._give_back(chosen, post=post, disown=0))
+        finally:
+            self._unclaim(chosen)
         return None
 
     def _forget_lost(self, h: Hold) -> None:
@@ -751,23 +769,20 @@ class ZkHandle(Handle):
     def disown(self, units: int) -> None:
         if units.__class__ is not int or units < 1:
             raise ValueError(f"units must be a positive int, got {units!r}")
-        holds = self._mine(None)
-        if sum(h.units for h in holds) < units:
-            raise ValueError(f"cannot disown {units} unit(s) of {self.name!r}: this process "
-                             f"holds {sum(h.units for h in holds)}")
-        chosen, need = [], units
-        for h in holds:
-            if need == 0:
-                break
-            k = min(h.units, need)
-            chosen.append((h, k))
-            need -= k
-        lost = [h for h, _ in chosen if not h.session.valid()]
-        if lost:
-            for h in lost:
-                self._forget_lost(h)
-            raise LeaseLost(lost[0].session.lost_reason or "session lost", name=self.name)
-        self._retrying(lambda: self._give_back(chosen, post=0, disown=units))
+        chosen = self._claim(units, None)
+        try:
+            have = sum(k for _, k in chosen)
+            if have < units:
+                raise ValueError(f"cannot disown {units} unit(s) of {self.name!r}: this process "
+                                 f"holds {have}")
+            lost = [h for h, _ in chosen if not h.session.valid()]
+            if lost:
+                for h in lost:
+                    self._forget_lost(h)
+                raise LeaseLost(lost[0].session.lost_reason or "session lost", name=self.name)
+            self._retrying(lambda: self._give_back(chosen, post=0, disown=units))
+        finally:
+            self._unclaim(chosen)
 
     # ============================================================ upkeep
     def recover(self, timeout: float | None = None) -> int:

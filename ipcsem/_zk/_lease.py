@@ -59,7 +59,7 @@ class Hold:
     """A grant this process holds (one h_ node)."""
 
     __slots__ = ("_told", "deadline_at_loss", "depth", "lease", "name", "on_lost", "owner",
-                 "path", "released", "session", "slots", "token", "units")
+                 "path", "released", "releasing", "session", "slots", "token", "units")
 
     def __init__(self, path: str, name: str, units: int, slots: tuple[int, ...], owner: int,
                  token: int, session: Session, on_lost: OnLost | None) -> None:
@@ -68,6 +68,7 @@ class Hold:
         self.lease: ZkLease | None = None
         self.depth = 1
         self.released = False
+        self.releasing = False    # a release of this process is returning it now
         self.on_lost = on_lost
         self.deadline_at_loss: float | None = None
         self._told = threading.Lock()

@@ -87,6 +87,23 @@ def open_watch(pid: int, start: int) -> int:
     return fd
 
 
+def is_dead(pid: int, start: int) -> bool:
+    """The local process (pid, start) has exited (a zombie has: its pidfd is
+    readable).  A process we may not see counts as alive."""
+    try:
+        fd = open_watch(pid, start)
+    except OSError:               # PermissionError included: hidden, so alive
+        return False
+    if fd == DEAD:
+        return True
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        return bool(p.poll(0))
+    finally:
+        os.close(fd)
+
+
 def _poll_fallback() -> int:
     raise PermissionError("no pidfd_open on this platform: local reaping is off")
 
