@@ -313,16 +313,18 @@ def test_verify_reports_a_lost_unit(name):
     it back) must show as lost and fail the independent acquire."""
     sem = ipcsem.Semaphore(name, capacity=2)
     try:
-        assert sem.acquire()
+        hold = sem.hold()
+        first = hold.__enter__()
         lost, error, details = verify(sem, 2, settle_timeout=0.2, verify_timeout=0.3)
         assert lost == 1
         assert error is not None
         assert "could not acquire all 2 units" in error
         assert "holders left" in error
-        sem.release()
+        hold.__exit__(None, None, None)
         lost, error, details = verify(sem, 2, settle_timeout=0.2, verify_timeout=0.3)
         assert (lost, error) == (0, None)
-        assert details["final_grant"]["token"] == 2      # the second grant ever
+        # the grant after ours (tokens start at the creation time, one per grant)
+        assert details["final_grant"]["token"] == first.token + 1
     finally:
         sem.close()
 

@@ -26,7 +26,6 @@ import errno
 import fcntl
 import mmap
 import os
-import secrets
 import stat
 import time
 from dataclasses import dataclass
@@ -328,7 +327,7 @@ def _initialise(fd: int, p: Params, name: str) -> mmap.mmap:
             raise
     mm = mmap.mmap(fd, size)
     _ledger.initialize(mm, p.capacity, p.initial, p.max_holders, p.max_waiters, bits,
-                       os.getpid(), secrets.randbits(62))
+                       os.getpid(), int.from_bytes(os.urandom(8), "little") >> 2)
     return mm
 
 

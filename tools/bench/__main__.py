@@ -36,8 +36,8 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if args.only:
         sel = []
-        for tok in args.only.split(","):
-            tok = tok.strip()
+        for raw in args.only.split(","):
+            tok = raw.strip()
             if tok.isdigit() and 1 <= int(tok) <= len(FIG_NAMES):
                 tok = FIG_NAMES[int(tok) - 1]
             if tok not in FIG_NAMES:
@@ -73,13 +73,13 @@ def machine_info(argv, quick):
     mem_kb = next((int(ln.split()[1]) for ln in read("/proc/meminfo").splitlines()
                    if ln.startswith("MemTotal")), 0)
     try:
-        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=procs.ROOT,
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=procs.ROOT, check=False,
                              capture_output=True, text=True, timeout=5).stdout.strip()
     except Exception:
         git = ""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([os.path.basename(sys.executable), "-m", "tools.bench"] + argv),
+        "command": shlex.join([os.path.basename(sys.executable), "-m", "tools.bench", *argv]),
         "argv": argv,
         "python": platform.python_version(),
         "python_impl": platform.python_implementation(),
@@ -131,7 +131,10 @@ class LoadMeter:
         busy = (t1[1] - self.t0[1]) / self.HZ
         steal = (t1[2] - self.t0[2]) / self.HZ
         own = t1[3] - self.t0[3]
-        return {"foreign_cpu_pct": round(max(0.0, busy - steal - own) / cap * 100, 1),
+        # Jiffies are 10 ms and children are counted only once reaped, so a
+        # window of a second or two can read high: clamp, and say how long.
+        return {"foreign_cpu_pct": round(min(100.0, max(0.0, busy - steal - own) / cap * 100), 1),
+                "window_s": round(wall, 1),
                 "steal_pct": round(steal / cap * 100, 1),
                 "own_cpu_pct": round(own / cap * 100, 1),
                 "loadavg_end": os.getloadavg()[0]}

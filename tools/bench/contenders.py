@@ -9,6 +9,8 @@ Common interface (what figures/ and worker.py rely on):
                      be forked children that inherit the object
                      (multiprocessing.Semaphore)
     c.slow           True = use fewer iterations in tight loops
+    c.pair_only      True = a variant measured in figure 1 only (its pair
+                     cost next to its base's), not in the contended cells
     c.unavailable()  None if usable, else a human-readable reason
     c.create(cap)    create a fresh semaphore holding `cap` free units and
                      return its *spec*: a JSON-able dict that lets any process
@@ -40,6 +42,7 @@ import os
 import shutil
 import tempfile
 import threading
+from typing import ClassVar
 
 # ---------------------------------------------------------------------------
 # Unique names. Every object this run creates carries `bench-<harness pid>-`
@@ -87,7 +90,7 @@ def _version(dist: str) -> str | None:
 
 
 class Handle:
-    __slots__ = ("acquire", "release", "_close", "obj")
+    __slots__ = ("_close", "acquire", "obj", "release")
 
     def __init__(self, acquire, release, close=None, obj=None):
         self.acquire = acquire
@@ -107,6 +110,7 @@ class Contender:
     max_capacity: int | None = None
     inherit_only = False
     slow = False
+    pair_only = False
 
     def unavailable(self) -> str | None:
         return None
@@ -216,6 +220,61 @@ class Ipcsem(Contender):
         # Whatever the library names its shm segment / POSIX semaphores, the
         # semaphore's name is in it (POSIX sems appear as /dev/shm/sem.*).
         return sorted(glob.glob(f"/dev/shm/*{spec['name']}*"))
+
+
+class IpcsemUnfair(Ipcsem):
+    """ipcsem.Semaphore(name, capacity=N, fair=False): barging allowed (a
+    releasing or arriving process may take free units before a woken
+    waiter), bounded by the ledger's OVERTAKE_LIMIT per queued request."""
+
+    key = "ipcsem-unfair"
+    label = "ipcsem fair=False"
+    options: ClassVar[dict] = {"fair": False}
+
+    def create(self, capacity):
+        import ipcsem
+        name = unique_name()
+        self._creators[name] = ipcsem.Semaphore(name, capacity=capacity, **self.options)
+        return {"name": name, "capacity": capacity}
+
+    def open(self, spec):
+        import ipcsem
+        s = ipcsem.Semaphore(spec["name"], capacity=spec["capacity"], **self.options)
+        return Handle(s.acquire, s.release, s.close, s)
+
+
+class IpcsemSlots(IpcsemUnfair):
+    """ipcsem.Semaphore(name, capacity=N, slots=True): every grant also
+    picks unit numbers (lease.slots). Figure 1 only."""
+
+    key = "ipcsem-slots"
+    label = "ipcsem slots=True"
+    options: ClassVar[dict] = {"slots": True}
+    pair_only = True
+
+
+class IpcsemMutex(Ipcsem):
+    """ipcsem.Mutex(name): capacity 1, owned by the acquiring thread.
+    Figure 1 only."""
+
+    key = "ipcsem-mutex"
+    label = "ipcsem Mutex"
+    max_capacity = 1
+    pair_only = True
+
+    def create(self, capacity):
+        import ipcsem
+        name = unique_name()
+        self._creators[name] = ipcsem.Mutex(name)
+        return {"name": name, "capacity": capacity}
+
+    def open(self, spec):
+        import ipcsem
+        m = ipcsem.Mutex(spec["name"])
+        return Handle(m.acquire, m.release, m.close, m)
+
+    def units_free(self, handle):
+        return 0 if handle.obj.locked() else 1
 
 
 class PosixRaw(Contender):
@@ -431,8 +490,8 @@ class Filelock(Contender):
 
 
 # Order = column/row order in reports. sysv first: it is the reference.
-ALL = [SysvUndo(), Ipcsem(), PosixRaw(), Multiprocessing(), Flock(),
-       Portalocker(), Filelock()]
+ALL = [SysvUndo(), Ipcsem(), IpcsemUnfair(), IpcsemSlots(), IpcsemMutex(), PosixRaw(),
+       Multiprocessing(), Flock(), Portalocker(), Filelock()]
 BY_KEY = {c.key: c for c in ALL}
 REFERENCE = "sysv"
 

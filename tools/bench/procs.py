@@ -142,7 +142,7 @@ class SubprocWorker(_Base):
     def __init__(self, role, contender_key, spec, params=None, *,
                  new_session=False):
         self.desc = f"worker[{role} {contender_key}]"
-        self._err = tempfile.TemporaryFile()
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 (open until finish())
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
@@ -198,6 +198,7 @@ class SubprocWorker(_Base):
 class ForkWorker(_Base):
     def __init__(self, role, contender_key, spec, params=None):
         import multiprocessing
+
         from . import worker
         self.desc = f"worker[{role} {contender_key} fork]"
         c2p_r, c2p_w = os.pipe()

@@ -11,7 +11,8 @@ Roles:
     holder  figure 3: acquire one unit, report, then sleep until SIGKILLed
     waiter  figure 3: on "go", block in acquire; report a CLOCK_MONOTONIC
             timestamp (system-wide on Linux) the moment it returns
-    forker  figure 4: fork K children that each open the semaphore themselves,
+    forker  figures 4 and 7: fork K children that each open the semaphore
+            themselves (child i the i % n-th of params["specs"] when given),
             acquire one unit and pause; report how many got ready
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -85,6 +87,7 @@ def _loop_job(c, spec, job, ch):
     t_end = t0 + duration_ns
     gc.disable()
     _sleep_until(t0)
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     # Two clock reads + one array append per op: ~100 ns of instrumentation,
     # visible only for the very fastest contenders (see figure 1 for the
     # uninstrumented cost).
@@ -109,11 +112,12 @@ def _loop_job(c, spec, job, ch):
             app(now() - t)
             rel()
     t_last = now()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
     gc.enable()
     h.close()
     n = len(waits)
     ch.send({"n": n, "max_wait_ns": max(waits) if n else 0,
-             "sum_wait_ns": sum(waits), "t_last": t_last})
+             "sum_wait_ns": sum(waits), "t_last": t_last, "rusage": _rusage_delta(ru0, ru1)})
     # The harness picks one stride for all workers once it knows every
     # count, so each kept sample stands for the same number of ops and the
     # merged percentiles need no weighting.
@@ -122,9 +126,40 @@ def _loop_job(c, spec, job, ch):
     del waits
 
 
+def _rusage_delta(a, b):
+    """What the loop cost this process (every thread of it: a library's
+    helper threads count): CPU seconds and context switches."""
+    return {"utime_s": b.ru_utime - a.ru_utime, "stime_s": b.ru_stime - a.ru_stime,
+            "nvcsw": b.ru_nvcsw - a.ru_nvcsw, "nivcsw": b.ru_nivcsw - a.ru_nivcsw}
+
+
+# Every holder imports every contender's library before it acquires, so that
+# all holders cost the kernel the same to tear down: a process's death takes
+# longer the more it has mapped (a Python process that imported asyncio or
+# hashlib's OpenSSL takes ~4 ms more to die than a bare one, and kernel undo
+# waits for that too: it runs after the address space is gone). Figure 3
+# compares recovery mechanisms, not the weight of their imports.
+HOLDER_PRELOAD = ("ipcsem", "sysv_ipc", "posix_ipc", "portalocker", "filelock", "asyncio")
+
+
+def _preload():
+    import importlib
+    for mod in HOLDER_PRELOAD:
+        try:
+            importlib.import_module(mod)
+        except Exception:
+            pass
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
 def role_holder(c, spec, params, ch):
+    maps = _preload()
     h = c.open(spec)
-    ch.send({"ready": True, "pid": os.getpid()})
+    ch.send({"ready": True, "pid": os.getpid(), "maps": maps})
     ch.recv()  # go: started ahead of time, acquires only when told
     r = h.acquire()
     ch.send({"held": True, "ok": r is not False})
@@ -149,6 +184,7 @@ def role_waiter(c, spec, params, ch):
 
 def role_forker(c, spec, params, ch):
     k = int(params["k"])
+    specs = params.get("specs") or [spec]
     reason = c.unavailable()  # also imports the library before forking
     if reason:
         raise RuntimeError(reason)
@@ -158,10 +194,10 @@ def role_forker(c, spec, params, ch):
     r, w = os.pipe()
     pids = []
     t_fork = time.monotonic()
-    for _ in range(k):
+    for i in range(k):
         pid = os.fork()
         if pid == 0:
-            _forked_holder(c, spec, r, w, die_with_parent)  # never returns
+            _forked_holder(c, specs[i % len(specs)], r, w, die_with_parent)  # never returns
         pids.append(pid)
     os.close(w)
     t_forked = time.monotonic()
@@ -255,6 +291,9 @@ def run_forked(role, key, spec, params, rfd, wfd, parent_fds):
 
 def main(argv):
     role, key, spec, params = argv[1], argv[2], json.loads(argv[3]), json.loads(argv[4])
+    if os.environ.get("IPCSEM_BENCH_EXPERIMENT"):  # docs/perf.md's what-ifs, never make bench
+        from . import experiments
+        experiments.apply_from_env()
     # Keep the protocol channel private: whatever a library prints to stdout
     # goes to stderr instead of corrupting our JSON lines.
     out_fd = os.dup(1)

@@ -5,7 +5,10 @@
     3  recovery     recovery.py     SIGKILL of the holder -> waiter holds it
     4  holders      holders.py      figure 1 with K registered holders
     5  memory       memory.py       /dev/shm per semaphore
-    6  status       status.py       looking at every semaphore
+    6  status       status.py       ipcsem-status (and the read path) over N semaphores
+    7  asyncio      asyncio.py      the async pair and handoff next to the sync ones
+    8  inversion    inversion.py    priority inversion with and without inheritance
+    9  idle         idle.py         an idle supervisor over 1,000 registered holders
 
 common.py holds what they share (Config, guarded(), create()/semaphore(),
 the pair loop, log()). Each figure module says in its docstring what it
@@ -38,8 +41,8 @@ common.Config, and a table or plot in report.py (_md_*/_plot_*).
 
 from __future__ import annotations
 
-from . import contended, holders, memory, recovery, status, uncontended
 from . import asyncio as asyncio_fig
+from . import contended, holders, idle, memory, recovery, status, uncontended
 from .common import Config, destroy_all, log
 from .recovery import stop_supervisors
 
@@ -55,4 +58,5 @@ FIGURES = [
 
 # What the harness (__main__.py) uses besides FIGURES.
 __all__ = ["FIGURES", "Config", "destroy_all", "log", "stop_supervisors"]
-from .inversion import fig_inversion; FIGURES.append(("inversion", fig_inversion))  # noqa: E402,E702 (figure 7; one line so the figure list merges)
+from .inversion import fig_inversion; FIGURES.append(("inversion", fig_inversion))  # noqa: E402,E702,I001 (figure 7; one line so the figure list merges)
+FIGURES.append(("idle", idle.fig_idle))  # figure 9 (issue #12); one line so the figure list merges

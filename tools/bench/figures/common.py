@@ -37,39 +37,48 @@ class Config:
     reps: int = 5
     pairs: int = 100_000
     pairs_slow: int = 2_000        # portalocker / filelock: ~50-100 us a pair
-    # fig 2, contended.py
+    # fig 2, contended.py: every cell of procs_list x caps x holds_us (issue #12)
     procs_list: list = field(default_factory=lambda: [2, 4, 8])
     caps: list = field(default_factory=lambda: [1, 2])
-    holds_us: list = field(default_factory=lambda: [0])
-    # extra (P, cap, hold) cells run even if not in the product above:
-    # a 50 us critical section, capacity 1 (where fairness matters most)
-    extra_cells: list = field(default_factory=lambda: [(2, 1, 50), (4, 1, 50), (8, 1, 50)])
+    holds_us: list = field(default_factory=lambda: [0, 50])
+    # extra (P, cap, hold) cells run even if not in the product above
+    extra_cells: list = field(default_factory=list)
     duration_s: float = 2.0
     sample_cap: int = 200_000      # wait-time samples kept per cell (all workers together)
-    # fig 3, recovery.py
-    trials: int = 30
+    # fig 3, recovery.py: the targeted variants (kernel undo, ipcsem) get
+    # `trials` so a p99 means something (nearest rank: the 99th of 100);
+    # the others, which only show "polls" or "never", get trials_other.
+    trials: int = 100
+    trials_other: int = 30
+    recovery_rounds: int = 4       # the targeted variants interleave in this many rounds
     recovery_timeout_s: float = 2.0
-    abort_after: int = 5           # stop a variant after this many timeouts in a row with no success
+    abort_after: int = 5           # stop a variant after this many timeouts with no success
     # fig 4, holders.py
     ks: list = field(default_factory=lambda: [1, 10, 100, 1000])
     holders_capacity: int = 2000
     # fig 6, status.py (fig 5, memory.py, has no knobs)
-    status_ns: list = field(default_factory=lambda: [1, 10, 100, 1000])
+    status_ns: list = field(default_factory=lambda: [100, 1000, 10_000])
+    status_held: float = 0.1       # share of them with a live holder
+    # fig 9, idle.py: an idle supervisor over registered holders
+    idle_sems: int = 100
+    idle_holders: int = 1000
+    idle_s: float = 30.0
 
     @classmethod
-    def make(cls, quick: bool) -> "Config":
+    def make(cls, quick: bool) -> Config:
         global WATCHDOG_S
         WATCHDOG_S = 90 if quick else 300
         if not quick:
             return cls()
-        # Budget: < 60 s on 2 cores, dominated by fig 2 cells (~0.5 s run +
-        # process start-up each) and fig 3 timeouts.
+        # Budget: ~2 min on 2 cores, dominated by fig 2 cells (~0.5 s run +
+        # process start-up each), fig 3's trials and fig 9's idle window.
         return cls(quick=True, pairs=20_000, pairs_slow=300,
-                   procs_list=[2, 4], caps=[1], holds_us=[0],
-                   extra_cells=[(4, 2, 0), (4, 1, 50)], duration_s=0.5,
+                   procs_list=[2, 8], caps=[1], holds_us=[0],
+                   extra_cells=[(8, 2, 0), (8, 1, 50)], duration_s=0.5,
                    sample_cap=50_000,
-                   trials=10, abort_after=1,
-                   ks=[1, 10, 100], status_ns=[1, 10, 100])
+                   trials=20, trials_other=5, abort_after=1, recovery_rounds=2,
+                   ks=[1, 10, 100], status_ns=[100, 1000],
+                   idle_sems=10, idle_holders=100, idle_s=5.0)
 
 
 # ---------------------------------------------------------------------------
@@ -170,6 +179,17 @@ def time_pairs(acquire, release, n) -> int:
         acquire()
         release()
     return time.perf_counter_ns() - t
+
+
+def timed_run(h, n) -> int:
+    """ns for n pairs with gc off (one of best_pair_ns's runs)."""
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        return time_pairs(h.acquire, h.release, n)
+    finally:
+        if gc_was:
+            gc.enable()
 
 
 def best_pair_ns(h, reps, n) -> dict:

@@ -3,19 +3,22 @@
 Measures throughput, fairness and time spent waiting when P processes loop
 acquire -> hold (busy, hold_us) -> release on one semaphore of capacity cap.
 
-How: the cells are procs_list x caps x holds_us plus extra_cells (a 50 us
-hold at capacity 1, where fairness matters most). Each cell runs P "loop"
+How: the cells are procs_list x caps x holds_us (plus any extra_cells).
+Each cell runs P "loop"
 workers (tools.bench.worker: unrelated processes opening the semaphore by
 name; forked children for multiprocessing, which cannot be opened by name).
 Name-opening workers are pooled across one contender's cells, so Python
 start-up is paid once. All start at one CLOCK_MONOTONIC instant, run for
 cfg.duration_s and time every acquire. ops/s = total ops / (last op - start);
 Jain's index over the per-process op counts; wait percentiles from at most
-cfg.sample_cap samples, decimated with one stride for every worker.
+cfg.sample_cap samples, decimated with one stride for every worker. Each
+worker also reports its loop's getrusage (every thread of it): CPU time and
+context switches per op.
 
-Target (issue #2): FIFO handoff, 2 processes, capacity 1: ipcsem >= 1x
-sysv_ipc SEM_UNDO's throughput. The other cells are reported, not targets
-(README, "Where ipcsem is slower").
+Targets (issue #12, CONTENDED_TARGETS; report.py checks every cell): fair
+ipcsem >= 1.0x sysv_ipc SEM_UNDO's throughput with Jain >= 0.99;
+fair=False ipcsem >= 0.5x raw posix_ipc's.  Where the time goes in the
+P > cores cells: python -m tools.bench.profile_handoff (docs/perf.md).
 
 Returns {"duration_s", "cells": [{"procs", "capacity", "hold_us",
 "contenders": {key: {"ops_per_s", "jain", "wait_p50_ns", ...}}}]};
@@ -30,6 +33,12 @@ from .. import procs
 from ..stats import jain, percentile
 from .common import fmt_status, guarded, log, semaphore
 
+# (contender, reference, min throughput ratio, min Jain or None, what)
+CONTENDED_TARGETS = [
+    ("ipcsem", "sysv", 1.0, 0.99, "fair (strict FIFO) handoff vs SysV SEM_UNDO, Jain >= 0.99"),
+    ("ipcsem-unfair", "posix", 0.5, None, "fair=False handoff vs raw posix_ipc"),
+]
+
 
 def fig_contended(cfg, cs):
     cells = [(p, cap, h) for h in cfg.holds_us for p in cfg.procs_list for cap in cfg.caps]
@@ -38,11 +47,13 @@ def fig_contended(cfg, cs):
            "cells": [{"procs": p, "capacity": cap, "hold_us": hold, "contenders": {}}
                      for p, cap, hold in cells]}
     for c in cs:
+        if c.pair_only:
+            continue
         pool = []  # subprocess workers reused across this contender's cells
         try:
             for cell in out["cells"]:
                 p, cap, hold = cell["procs"], cell["capacity"], cell["hold_us"]
-                r = guarded(c, lambda c=c: run_contended(
+                r = guarded(c, lambda c=c, p=p, cap=cap, hold=hold, pool=pool: run_contended(
                     c, p, cap, hold, cfg.duration_s, cfg.sample_cap, pool), capacity=cap)
                 cell["contenders"][c.key] = r
                 log(f"  fig2 P={p} cap={cap} hold={hold}us {c.key:12s} "
@@ -64,7 +75,24 @@ def _drain_pool(pool):
     pool.clear()
 
 
-def run_contended(c, nprocs, cap, hold_us, duration_s, sample_cap=200_000, pool=None):
+def per_op_costs(res, total):
+    """CPU time and context switches per op, summed over the P workers
+    (each measured its own loop with getrusage: every thread counts)."""
+    rus = [r.get("rusage") for r in res]
+    if not total or not all(rus):
+        return {}
+    cpu = sum(r["utime_s"] + r["stime_s"] for r in rus)
+    return {"cpu_us_per_op": cpu / total * 1e6,
+            "sys_share": sum(r["stime_s"] for r in rus) / cpu if cpu else None,
+            "vcsw_per_op": sum(r["nvcsw"] for r in rus) / total,
+            "ivcsw_per_op": sum(r["nivcsw"] for r in rus) / total}
+
+
+def run_contended(c, nprocs, cap, hold_us, duration_s, sample_cap=200_000, pool=None,
+                  observe=None):
+    """One cell.  observe(pids) -> finish, if given, is called just before
+    the start instant is sent (finish() after every result is in; what it
+    returns lands under "observed"): profile_handoff's perf session."""
     job = {"duration_s": duration_s, "hold_us": hold_us}
     pool = [] if pool is None else pool
     with semaphore(c, cap) as spec:
@@ -78,6 +106,7 @@ def run_contended(c, nprocs, cap, hold_us, duration_s, sample_cap=200_000, pool=
             ws = pool[:nprocs]
             owned = []
             job["spec"] = spec
+        finish = None
         try:
             for w in ws:
                 if w in owned or not getattr(w, "started", False):
@@ -89,10 +118,12 @@ def run_contended(c, nprocs, cap, hold_us, duration_s, sample_cap=200_000, pool=
                 w.recv(30, "opened")
             # Barrier: everyone starts at the same CLOCK_MONOTONIC instant,
             # far enough ahead that all "go" lines are delivered first.
+            finish = observe([w.pid for w in ws]) if observe else None
             t0 = time.monotonic_ns() + 20_000_000 + 5_000_000 * nprocs
             for w in ws:
                 w.send({"t0": t0})
             res = [w.recv(duration_s + 60, "result") for w in ws]
+            observed, finish = (finish() if finish else None), None
             total = sum(r["n"] for r in res)
             # Same decimation stride for every worker (see worker._loop_job).
             stride = max(1, -(-total // sample_cap))
@@ -101,6 +132,8 @@ def run_contended(c, nprocs, cap, hold_us, duration_s, sample_cap=200_000, pool=
                 w.send({"stride": stride})
                 waits += w.recv(30, "samples")["waits"]
         except BaseException:
+            if finish:
+                finish()  # stop the observer (perf) too
             for w in pool:  # may be mid-job: start afresh next cell
                 w.kill()
                 w.finish(1.0)
@@ -117,7 +150,8 @@ def run_contended(c, nprocs, cap, hold_us, duration_s, sample_cap=200_000, pool=
     counts = [r["n"] for r in res]
     elapsed = (max(r["t_last"] for r in res) - t0) / 1e9
     p50, p99 = percentile(waits, 50), percentile(waits, 99)
-    return {
+    extra = {"observed": observed} if observed is not None else {}
+    return {**per_op_costs(res, total), **extra,
         "ops_per_s": total / elapsed if elapsed > 0 else None,
         "total_ops": total, "elapsed_s": elapsed, "per_process": counts,
         "jain": jain(counts),

@@ -50,7 +50,7 @@ def run_holders(cfg, c):
     for _round in range(HOLDER_ROUNDS):
         for row in _holders_pass(cfg, c):
             best = by_k.get(row["k"])
-            rounds = (best or {}).get("rounds_ns", []) + [row["ns"]]
+            rounds = [*(best or {}).get("rounds_ns", []), row["ns"]]
             if best is None or row["ns"] < best["ns"]:
                 best = row
             best["rounds_ns"] = rounds
