@@ -41,16 +41,15 @@ from ipcsem._zk import server as zkserver  # noqa: E402
 # ------------------------------------------------------------------ contenders
 def _ipcsem_open(url: str, name: str, capacity: int):
     from ipcsem._backend import resolve
-    from ipcsem._records import Params, Request
+    from ipcsem._records import Params
     import ipcsem._zk  # noqa: F401
     h = resolve(url).open(name, Params(capacity=capacity, initial=capacity))
     tid = threading.get_native_id()
-    r = Request(1, 0, tid, tid)
 
     def acquire():
         # A blocking acquire: wait() tries the last known state first and
         # queues at once if busy (a take() first would add a read).
-        lease = h.wait(r, time.monotonic() + 60)
+        lease = h.wait(1, 0, tid, tid, time.monotonic() + 60)
         assert lease is not None
         return lease
 
