@@ -91,7 +91,7 @@ class ZkBackend(Backend):
         for _ in range(50):
             try:
                 data, _stat = client.get(path)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - kazoo's errors, told apart by name
                 if error_name(e) != "NoNodeError":
                     raise Unavailable(f"reading {path}: {e!r}", name=name, url=self.url) from None
                 if params is None:
@@ -130,7 +130,7 @@ class ZkBackend(Backend):
         client, _ = self.conn.current()
         try:
             children = client.get_children(f"{self.conn.root}/names")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - kazoo's errors, told apart by name
             raise Unavailable(f"listing names: {e!r}", url=self.url) from None
         return sorted(n for n in children if _codec.NAME_RE.fullmatch(n))
 
@@ -144,7 +144,7 @@ class ZkBackend(Backend):
         for _ in range(50):
             try:
                 data, stat = client.get(path)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - kazoo's errors, told apart by name
                 if error_name(e) == "NoNodeError":
                     raise NotFound(name, hint=f"on {self.url}") from None
                 raise Unavailable(f"reading {path}: {e!r}", name=name, url=self.url) from None
@@ -179,7 +179,7 @@ class ZkBackend(Backend):
     def _sweep(client: Client, base: str) -> None:
         try:
             client.delete(base, recursive=True)
-        except Exception as e:  # a waiter re-queued meanwhile: its node goes with it
+        except Exception as e:  # noqa: BLE001 - a waiter re-queued meanwhile: its node goes with it
             log.debug("sweeping %s: %s", base, e)
 
     # ------------------------------------------------------------ loss
@@ -239,7 +239,7 @@ class ZkBackend(Backend):
                                         recoveries=g.recoveries + 1)
                 client.set(gate_path, _codec.encode_gate(g), version=stat.version)
                 return
-            except Exception as e:  # counters only: a grant raced us (BadVersion), or unlinked
+            except Exception as e:  # noqa: BLE001 - counters only: a grant raced us, or unlinked
                 if error_name(e) != "BadVersionError":
                     log.debug("counting a recovery: %r", e)
                     return

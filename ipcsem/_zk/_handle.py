@@ -275,7 +275,7 @@ class ZkHandle(Handle):
         t.set_data(self._gate, _codec.encode_gate(gate), version=view.version)
         try:
             results = t.commit_async().get(timeout=self._timeout)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever kazoo raised, the outcome is unknown
             # The outcome is unknown: the hold may exist or appear later.
             # Abandon the session (its nodes die with it) rather than guess.
             self._conn.lose(session, f"a grant's outcome is unknown ({error_name(e)})")
@@ -476,7 +476,8 @@ class ZkHandle(Handle):
     def _heal(self, client: Client, view: View) -> int:
         """Delete the nodes of dead processes of this machine; units freed."""
         dead: dict[tuple[int, int], list[str]] = {}
-        for n in [*view.held, *view.reqs]:
+        nodes: list[HeldNode | ReqNode] = [*view.held, *view.reqs]
+        for n in nodes:
             if n.mkey != MACHINE_KEY or n.pid == ME.pid or not is_dead(n.pid, n.start):
                 continue
             dead.setdefault((n.pid, n.start), []).append(f"{self._q}/{n.name}")
@@ -673,7 +674,7 @@ class ZkHandle(Handle):
                         results = [e]
                 else:
                     results = t.commit_async().get(timeout=self._timeout)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - whatever kazoo raised, the outcome is unknown
                 self._conn.lose(session, f"a release's outcome is unknown ({error_name(e)})")
                 for h, _ in chosen:
                     self._book.drop(h)
@@ -750,7 +751,7 @@ class ZkHandle(Handle):
                 t.set_data(self._gate, _codec.encode_gate(g), version=stat.version)
                 try:
                     results = t.commit_async().get(timeout=self._timeout)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - whatever kazoo raised: unknown outcome
                     self._conn.lose(session, f"a release's outcome is unknown ({error_name(e)})")
                     self._book.drop(h)
                     raise LeaseLost("the release's outcome is unknown", name=self.name) from None
@@ -1158,7 +1159,8 @@ class _Queued:
         if reaper is None:
             return
         ahead = order[:next(i for i, r in enumerate(order) if r is me)]
-        now = {f"{self.h._q}/{n.name}": n for n in [*view.held, *ahead]
+        before: list[HeldNode | ReqNode] = [*view.held, *ahead]
+        now = {f"{self.h._q}/{n.name}": n for n in before
                if n.mkey == MACHINE_KEY and n.pid != ME.pid}
         for path in self.local_watched - now.keys():
             reaper.forget(path, self)
@@ -1226,7 +1228,7 @@ class _Queued:
         except _Retry:
             self.schedule(RETRY_AFTER)
             return
-        except BaseException as e:  # every outcome goes to the task that waits
+        except BaseException as e:  # noqa: BLE001 - every outcome goes to the task that waits
             self.abandon()
             self.done()
             with self.lock:
@@ -1309,7 +1311,7 @@ class _Queued:
         for p in paths:
             try:
                 client.delete(p)
-            except Exception as e:  # whatever kazoo raises: the node goes with the session
+            except Exception as e:  # noqa: BLE001 - any kazoo error: the node dies with the session
                 if error_name(e) != "NoNodeError":
                     self.h._conn.doom(p)
         # a grant that raced in: never seen by the caller, so not ours

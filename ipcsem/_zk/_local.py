@@ -221,8 +221,8 @@ class Reaper:
             if gone:
                 with self._lock:
                     for ident in gone:
-                        fd = self._fds.pop(ident, None)
-                        if fd is not None:
+                        fd = self._fds.pop(ident, -1)
+                        if fd >= 0:
                             self._to_close.append(fd)
                         for p, i in self._paths.items():
                             if i == ident:

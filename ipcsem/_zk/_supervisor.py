@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from .. import _proc
 from .._errors import IpcsemError
 from . import _codec
+from ._codec import HeldNode, ReqNode
 from ._local import HAVE_PIDFD, MACHINE_KEY, ME, Reaper
 from ._session import error_name
 
@@ -126,7 +127,8 @@ class LocalSupervisor:
             except IpcsemError as e:
                 log.warning("skipping %s: %s", name, e)
                 continue
-            for n in [*held, *reqs]:
+            nodes: list[HeldNode | ReqNode] = [*held, *reqs]
+            for n in nodes:
                 if n.mkey == MACHINE_KEY and n.pid != ME.pid:
                     p = f"{q}/{n.name}"
                     seen.add(p)

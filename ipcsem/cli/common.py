@@ -239,6 +239,11 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str], cmd: list[str] | 
     except (ValueError, TypeError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ImportError as e:
+        # an optional dependency (kazoo for zookeeper://): its message says
+        # what to install
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

@@ -26,9 +26,9 @@ import traceback
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from ipcsem._backend import resolve  # noqa: E402
-from ipcsem._records import Params  # noqa: E402
-import ipcsem._zk  # noqa: E402,F401
+import ipcsem._zk  # noqa: F401
+from ipcsem._backend import resolve
+from ipcsem._records import Params
 
 leases: dict[int, object] = {}
 lost: list[str] = []

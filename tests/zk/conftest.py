@@ -84,8 +84,8 @@ def url(zk, request):
 
 @pytest.fixture
 def backend(url):
-    from ipcsem._backend import resolve
     import ipcsem._zk  # noqa: F401
+    from ipcsem._backend import resolve
     return resolve(url)
 
 

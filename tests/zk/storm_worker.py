@@ -16,8 +16,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from ipcsem._backend import resolve  # noqa: E402
-import ipcsem._zk  # noqa: E402,F401
+import ipcsem._zk  # noqa: F401
+from ipcsem._backend import resolve
 
 
 def violation(d: str, what: str) -> None:

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 
 from ipcsem._errors import (
     CapacityMismatch,
@@ -17,8 +18,6 @@ from ipcsem._errors import (
     Unlinked,
 )
 from ipcsem._records import Params
-
-from conftest import wait_until  # noqa: E402  (tests/zk/conftest.py)
 
 
 def req(units=1, priority=0, owner=None):
@@ -70,7 +69,8 @@ def test_priorities_then_fifo(backend, agents, url):
         a = agents(url, "prio")
         a.send({"op": "wait", "priority": prio, "timeout": 30})
         ags.append((prio, a))
-        wait_until(lambda n=len(ags): len(h.waiters()) == n)
+        n = len(ags)
+        wait_until(lambda n=n: len(h.waiters()) == n)
     ws = h.waiters()
     assert [w.priority for w in ws] == [5, 5, 0, 0]
     assert [w.pid for w in ws] == [ags[1][1].pid, ags[3][1].pid, ags[0][1].pid, ags[2][1].pid]
@@ -314,7 +314,7 @@ def test_fork_child_holds_nothing(backend):
                 os._exit(1)
             except ValueError:
                 os._exit(0)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the child's every outcome is its exit status
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0

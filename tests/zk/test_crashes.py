@@ -5,12 +5,11 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 
 from ipcsem._errors import LeaseLost
 from ipcsem._records import Params
 from ipcsem._zk import LocalSupervisor
-
-from conftest import wait_until  # noqa: E402
 
 
 def req(units=1, priority=0):
