@@ -123,3 +123,21 @@ def test_supervise_reaps_a_sigkilled_local_holder_long_before_its_session_ends(z
         out, err = sup.communicate(timeout=20)
     assert sup.returncode == 0, err
     assert out.strip().endswith("supervisor stopped")
+
+
+def test_recover_returns_a_sigkilled_local_holders_unit_and_status_p_shows_a_pid(zk, agents):
+    url = zk.url(f"/t{uuid.uuid4().hex[:10]}", session_timeout=20)
+    assert cli("--backend", url, "create", "db", "--capacity", "2").returncode == 0
+    a = agents(url, "db")
+    assert a.call({"op": "take"})["lease"] is not None
+    doc = json.loads(cli("--backend", url, "status", "--json", "-p", str(a.pid)).stdout)
+    assert [(o["name"], [h["pid"] for h in o["holders"]]) for o in doc["semaphores"]] \
+        == [("db", [a.pid])]
+    a.kill()
+    [o] = status(url, "db")["semaphores"]
+    assert [h["state"] for h in o["holders"]] == ["dead"] and o["dead_holders"] == 1
+    r = cli("--backend", url, "recover")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "recovered name=db units=1"
+    [o] = status(url, "db")["semaphores"]
+    assert o["holders"] == [] and o["available"] == 2 and o["recovered_units"] == 1
