@@ -80,10 +80,22 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ._aio import AsyncMutex, AsyncSemaphore
+    from ._base import Opened as _Observable  # any open semaphore or mutex, sync or async
+    from ._records import Waiter
+    from ._semaphore import Mutex, Semaphore
+
+_T = TypeVar("_T")
 
 __all__ = [
     "Agent", "AgentError", "AgentLease", "HolderError", "HolderProcess", "SupervisorProcess",
@@ -128,13 +140,20 @@ def unique_name(prefix: str = "t") -> str:
 
 
 def _unlink_quietly(name: str, backend: str | None = None) -> None:
-    from ._errors import IpcsemError
     from ._base import unlink
+    from ._errors import IpcsemError
 
     try:
         unlink(name, backend=backend)
     except IpcsemError:
         pass
+
+
+def _pipe(f: IO[Any] | None) -> IO[Any]:
+    """A child's pipe that we asked for (subprocess types them Optional)."""
+    if f is None:
+        raise ValueError("the pipe was not requested")
+    return f
 
 
 def _child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -150,9 +169,9 @@ class _LineReader:
     """Lines from a child's stdout with a timeout (select() cannot see a
     text wrapper's buffer, so we keep our own)."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self._proc = proc
-        self._fd = proc.stdout.fileno()
+        self._fd = _pipe(proc.stdout).fileno()
         self._buffer = b""
 
     def line(self, timeout: float) -> str | None:
@@ -174,7 +193,7 @@ class _LineReader:
         return line.decode(errors="replace")
 
 
-def _stderr_tail(proc: subprocess.Popen) -> str:
+def _stderr_tail(proc: subprocess.Popen[bytes]) -> str:
     """The last line of an exited child's piped stderr, or ''."""
     if proc.poll() is None or proc.stderr is None:
         return ""
@@ -185,7 +204,7 @@ def _stderr_tail(proc: subprocess.Popen) -> str:
     return err.splitlines()[-1] if err else ""
 
 
-def _close_pipes(proc: subprocess.Popen) -> None:
+def _close_pipes(proc: subprocess.Popen[Any]) -> None:
     for f in (proc.stdin, proc.stdout, proc.stderr):
         if f is None:
             continue
@@ -195,7 +214,7 @@ def _close_pipes(proc: subprocess.Popen) -> None:
             pass
 
 
-def _reap(proc: subprocess.Popen) -> None:
+def _reap(proc: subprocess.Popen[Any]) -> None:
     """SIGKILL (after a SIGCONT: it may be stopped) if running, and reap."""
     if proc.poll() is None:
         try:
@@ -311,8 +330,8 @@ class HolderProcess:
         if not self.holding:
             self.wait_holding(timeout)
         try:
-            self.proc.stdin.write(b"release\n")
-            self.proc.stdin.flush()
+            _pipe(self.proc.stdin).write(b"release\n")
+            _pipe(self.proc.stdin).flush()
         except (BrokenPipeError, OSError):
             raise self._failure("cannot release: it closed its stdin") from None
         try:
@@ -336,7 +355,7 @@ class HolderProcess:
     def __enter__(self) -> HolderProcess:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -461,8 +480,8 @@ class Agent:
 
     def send(self, line: str) -> None:
         """Send one command line without waiting for the answer."""
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
+        _pipe(self.proc.stdin).write(line.encode() + b"\n")
+        _pipe(self.proc.stdin).flush()
 
     def read(self, timeout: float = 10) -> str:
         """The next line it says.  TimeoutError if nothing came within
@@ -496,11 +515,11 @@ class Agent:
             return False
         return True
 
-    def result(self, timeout: float = 10):
+    def result(self, timeout: float = 10) -> Any:
         """The answer of the command in flight (after ``start_acquire``)."""
         return _parse_answer(self.read(timeout))
 
-    def cmd(self, line: str, timeout: float = 10):
+    def cmd(self, line: str, timeout: float = 10) -> Any:
         """Run a command and return its result; AgentError if it raised."""
         self.send(line)
         answer = self.read(timeout)
@@ -509,28 +528,28 @@ class Agent:
         return _parse_answer(answer)
 
     # ------------------------------------------------------ the commands
-    def open(self, name: str, capacity: int | None = None, **options) -> int:
+    def open(self, name: str, capacity: int | None = None, **options: object) -> int:
         """Open (or, with ``capacity``, create) ``name``; options as
         ``ipcsem.Semaphore``'s (initial, slots, fair, mode, max_holders,
         max_waiters).  Returns its capacity."""
-        return self.cmd(" ".join(["open", name]
-                                 + ([str(capacity)] if capacity is not None else [])
-                                 + _options(options)))
+        return int(self.cmd(" ".join(["open", name]
+                                     + ([str(capacity)] if capacity is not None else [])
+                                     + _options(options))))
 
-    def open_mutex(self, name: str, **options) -> int:
+    def open_mutex(self, name: str, **options: object) -> int:
         """Open (or create) the mutex ``name``; options as ``ipcsem.Mutex``'s."""
-        return self.cmd(" ".join(["mutex", name] + _options(options)))
+        return int(self.cmd(" ".join(["mutex", name, *_options(options)])))
 
     def try_acquire(self, units: int = 1) -> bool:
-        return self.cmd(f"try {units}")
+        return bool(self.cmd(f"try {units}"))
 
     def acquire(self, units: int = 1, timeout: float | None = None, priority: int = 0,
                 *, answer_within: float = 30) -> bool:
         """A blocking acquire; its result (answered within ``answer_within``)."""
-        return self.cmd(_wait_command("acquire", units, timeout, priority), answer_within)
+        return bool(self.cmd(_wait_command("acquire", units, timeout, priority), answer_within))
 
     def start_acquire(self, units: int = 1, timeout: float | None = None, priority: int = 0,
-                      *, on=None) -> None:
+                      *, on: _Observable | None = None) -> None:
         """Begin a blocking acquire and return once the agent is about to
         wait; with ``on=sem``, once ``sem.waiters()`` shows it queued (an
         AssertionError if it never does, e.g. it got the units at once).
@@ -538,10 +557,10 @@ class Agent:
         self._start(_wait_command("acquire", units, timeout, priority), on)
 
     def release(self, units: int = 1) -> None:
-        return self.cmd(f"release {units}")
+        self.cmd(f"release {units}")
 
     def disown(self, units: int = 1) -> None:
-        return self.cmd(f"disown {units}")
+        self.cmd(f"disown {units}")
 
     def hold(self, units: int = 1, timeout: float | None = None, priority: int = 0,
              *, answer_within: float = 30) -> AgentLease:
@@ -550,7 +569,7 @@ class Agent:
         return _lease(self.cmd(_wait_command("hold", units, timeout, priority), answer_within))
 
     def start_hold(self, units: int = 1, timeout: float | None = None, priority: int = 0,
-                   *, on=None) -> None:
+                   *, on: _Observable | None = None) -> None:
         """As ``start_acquire``, for ``hold``; then ``lease_result()``."""
         self._start(_wait_command("hold", units, timeout, priority), on)
 
@@ -558,12 +577,12 @@ class Agent:
         return _lease(self.result(timeout))
 
     def unhold(self) -> None:
-        return self.cmd("unhold")
+        self.cmd("unhold")
 
     def recover(self) -> int:
-        return self.cmd("recover")
+        return int(self.cmd("recover"))
 
-    def _start(self, line: str, on) -> None:
+    def _start(self, line: str, on: _Observable | None) -> None:
         self.send(line)
         said = self.read()
         if said != "queued":
@@ -598,7 +617,7 @@ class Agent:
     def __enter__(self) -> Agent:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -619,7 +638,7 @@ def _wait_command(verb: str, units: int, timeout: float | None, priority: int) -
     return f"{verb} {units} {'-' if timeout is None else repr(float(timeout))} {priority}"
 
 
-def _parse_answer(answer: str):
+def _parse_answer(answer: str) -> Any:
     kind, _, rest = answer.partition(" ")
     if kind == "ok":
         return json.loads(rest)
@@ -629,7 +648,7 @@ def _parse_answer(answer: str):
     raise AgentError("AgentError", f"unexpected answer {answer!r}")
 
 
-def _lease(d: dict) -> AgentLease:
+def _lease(d: Mapping[str, Any]) -> AgentLease:
     return AgentLease(d["units"], tuple(d["slots"]), d["token"], d["previous_owner_died"])
 
 
@@ -645,7 +664,7 @@ def can_take_all(name: str, units: int, timeout: float = 5.0, *,
     if backend is not None:
         argv += ["--backend", backend]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30,
-                         env=_child_env())
+                         env=_child_env(), check=False)   # its exit status is read below
     if out.returncode not in (0, EXIT_TIMEOUT):
         raise AssertionError(f"oracle process for {name!r} failed with exit status "
                              f"{out.returncode}: {out.stderr.strip()}")
@@ -656,7 +675,7 @@ class SupervisorProcess:
     """A running ``ipcsem supervise`` (see start_supervisor).  ``stop()``
     ends it with SIGTERM and returns everything it logged."""
 
-    def __init__(self, proc: subprocess.Popen, first_line: str) -> None:
+    def __init__(self, proc: subprocess.Popen[str], first_line: str) -> None:
         self.proc = proc
         self.pid = proc.pid
         self.first_line = first_line
@@ -689,7 +708,7 @@ class SupervisorProcess:
     def __enter__(self) -> SupervisorProcess:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -704,8 +723,9 @@ def start_supervisor(*names: str, extra: tuple[str, ...] = (),
 
     proc = _proc.launch_supervisor(list(names), extra=list(extra), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    first = proc.stdout.readline() if ready else ""
+    out = _pipe(proc.stdout)
+    ready, _, _ = select.select([out], [], [], timeout)
+    first = out.readline() if ready else ""
     if not first.startswith("supervising"):
         _reap(proc)
         raise AssertionError(f"ipcsem supervise did not start: {first!r}")
@@ -713,8 +733,8 @@ def start_supervisor(*names: str, extra: tuple[str, ...] = (),
 
 
 # =================================================== asserting on a ledger
-def wait_until(predicate, timeout: float = 5.0, *, interval: float = 0.005,
-               what: str | None = None):
+def wait_until(predicate: Callable[[], _T], timeout: float = 5.0, *, interval: float = 0.005,
+               what: str | None = None) -> _T:
     """Call ``predicate()`` until it returns something true, and return that;
     AssertionError after ``timeout`` seconds, naming ``what`` is awaited.
     ``wait_until(lambda: len(sem.waiters()) == 1, what="a queued waiter")``"""
@@ -729,19 +749,19 @@ def wait_until(predicate, timeout: float = 5.0, *, interval: float = 0.005,
         time.sleep(interval)
 
 
-def held_by(sem) -> dict[int, int]:
+def held_by(sem: _Observable) -> dict[int, int]:
     """``{pid: units}`` of every process holding units of ``sem`` now."""
     return {h.pid: h.units for h in sem.holders()}
 
 
-def queued_pids(sem) -> list[int]:
+def queued_pids(sem: _Observable) -> list[int]:
     """The pids of ``sem``'s waiters, in the order they will be served."""
     return [w.pid for w in sem.waiters()]
 
 
-def _presence(sem, pid: int, start: int | None) -> tuple[int, int]:
+def _presence(sem: _Observable, pid: int, start: int | None) -> tuple[int, int]:
     """(units held, queue entries) of the identity per the ledger now."""
-    def me(p, s):
+    def me(p: int, s: int) -> bool:
         return p == pid and (start is None or s == start)
 
     units = sum(h.units for h in sem.holders() if me(h.pid, h.start))
@@ -749,7 +769,7 @@ def _presence(sem, pid: int, start: int | None) -> tuple[int, int]:
     return units, queued
 
 
-def _describe_ledger(sem) -> str:
+def _describe_ledger(sem: _Observable) -> str:
     try:
         holders = ", ".join(f"pid {h.pid}: {h.units}" for h in sem.holders()) or "none"
         waiters = ", ".join(f"pid {w.pid}: {w.units}" for w in sem.waiters()) or "none"
@@ -759,7 +779,16 @@ def _describe_ledger(sem) -> str:
         return f"ledger of {sem.name!r} unreadable: {e}"
 
 
-def kill_and_wait_recovered(sem, holder, *, timeout: float = 5.0, recover: bool = True,
+class _Signallable(Protocol):
+    """What kill_and_wait_recovered needs of a process: its pid, a signal."""
+
+    @property
+    def pid(self) -> int: ...
+    def send_signal(self, sig: int, /) -> None: ...
+
+
+def kill_and_wait_recovered(sem: _Observable, holder: _Signallable, *, timeout: float = 5.0,
+                            recover: bool = True,
                             sig: int = signal.SIGKILL) -> float:
     """SIGKILL ``holder`` and wait until ``sem``'s ledger no longer shows it
     (no units, no queue entry): its units are back in the pool, or already
@@ -780,7 +809,8 @@ def kill_and_wait_recovered(sem, holder, *, timeout: float = 5.0, recover: bool 
     """
     from . import _identity
 
-    pid, start = holder.pid, getattr(holder, "start", None)
+    pid: int = holder.pid
+    start: int | None = getattr(holder, "start", None)
     if start is None:
         start = _identity.start_of(pid)
     units, queued = _presence(sem, pid, start)
@@ -800,7 +830,7 @@ def kill_and_wait_recovered(sem, holder, *, timeout: float = 5.0, recover: bool 
             taken = now - t0
             break
         if now >= deadline:
-            state = _identity.status(pid, start)
+            state = _identity.status(pid, start or 0)
             why = {
                 _identity.STOPPED: "it is stopped, i.e. alive: a stopped process keeps its units",
                 _identity.ALIVE: "it is alive (the signal did not end it)",
@@ -814,19 +844,21 @@ def kill_and_wait_recovered(sem, holder, *, timeout: float = 5.0, recover: bool 
                 f"{signame}; {why}. {_describe_ledger(sem)}")
         time.sleep(0.002)
     if sig == signal.SIGKILL:  # reap our own child: no zombie left behind
-        proc = holder if isinstance(holder, subprocess.Popen) else getattr(holder, "proc", None)
+        proc: object = holder if isinstance(holder, subprocess.Popen) \
+            else getattr(holder, "proc", None)
         if isinstance(proc, subprocess.Popen):
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:  # pragma: no cover
                 pass
-    if hasattr(holder, "holding"):
+    if isinstance(holder, HolderProcess):
         holder.holding = False
     return taken
 
 
-def assert_consistent(sem, *, available: int | None = None, held: int | None = None,
-                      holders=None, waiting: int | None = None,
+def assert_consistent(sem: _Observable, *, available: int | None = None,
+                      held: int | None = None,
+                      holders: int | Mapping[Any, int] | None = None, waiting: int | None = None,
                       unowned: int | None = None) -> None:
     """Run ``sem.check()`` (the ledger invariant) and compare exact counts.
 
@@ -851,7 +883,7 @@ def assert_consistent(sem, *, available: int | None = None, held: int | None = N
              for k in expected if expected[k] is not None and expected[k] != actual[k]]
     if holders is not None:
         if isinstance(holders, Mapping):
-            want = {getattr(k, "pid", k): v for k, v in holders.items()}
+            want = {k if isinstance(k, int) else int(k.pid): v for k, v in holders.items()}
             got = held_by(sem)
             if want != got:
                 wrong.append(f"holders: expected {_pids(want)}, actual {_pids(got)}")
@@ -861,28 +893,29 @@ def assert_consistent(sem, *, available: int | None = None, held: int | None = N
         raise AssertionError(f"{sem.name!r}: " + "; ".join(wrong) + f". {_describe_ledger(sem)}")
 
 
-def _pids(d: dict) -> str:
+def _pids(d: Mapping[int, int]) -> str:
     return "{" + ", ".join(f"pid {p}: {u}" for p, u in sorted(d.items())) + "}"
 
 
 # ============================================================== fixtures
-def _define_fixtures(pytest) -> None:
+def _define_fixtures() -> None:
     global ipcsem_name, holder_factory, agent_factory
+    import pytest
 
     @pytest.fixture
-    def ipcsem_name():
+    def ipcsem_name() -> Iterator[str]:
         """A fresh semaphore name (nothing created); unlinked after the test."""
         name = unique_name("t")
         yield name
         _unlink_quietly(name)
 
     @pytest.fixture
-    def holder_factory():
+    def holder_factory() -> Iterator[Callable[..., HolderProcess]]:
         """``spawn_holder`` that remembers its processes: each still running
         at teardown is SIGKILLed and reaped."""
         made: list[HolderProcess] = []
 
-        def factory(name: str, units: int = 1, **kw) -> HolderProcess:
+        def factory(name: str, units: int = 1, **kw: Any) -> HolderProcess:
             holder = spawn_holder(name, units, **kw)
             made.append(holder)
             return holder
@@ -892,12 +925,12 @@ def _define_fixtures(pytest) -> None:
             holder.close()
 
     @pytest.fixture
-    def agent_factory():
+    def agent_factory() -> Iterator[Callable[..., Agent]]:
         """``Agent(...)`` that remembers its processes: each still running at
         teardown is SIGKILLed (after a SIGCONT) and reaped."""
         made: list[Agent] = []
 
-        def factory(**kw) -> Agent:
+        def factory(**kw: Any) -> Agent:
             agent = Agent(**kw)
             made.append(agent)
             return agent
@@ -911,11 +944,10 @@ def _define_fixtures(pytest) -> None:
 # helper processes (`python -m ipcsem.testing ...`), which must start fast.
 if __name__ != "__main__":
     try:
-        import pytest as _pytest
+        _define_fixtures()
     except ImportError:  # the helpers work without pytest; the fixtures need it
-        _pytest = None
-    if _pytest is not None:
-        _define_fixtures(_pytest)
+        pass
+    else:
         __all__ += ["agent_factory", "holder_factory", "ipcsem_name"]
 
 
@@ -927,7 +959,7 @@ USAGE = ("usage: python -m ipcsem.testing hold NAME UNITS [--capacity N] [--time
          "       python -m ipcsem.testing aio-agent [--loop asyncio|uvloop] [--backend URL]")
 
 
-def _argparser(prog: str, description: str):
+def _argparser(prog: str, description: str) -> argparse.ArgumentParser:
     import argparse
 
     p = argparse.ArgumentParser(prog=f"python -m ipcsem.testing {prog}",
@@ -1016,8 +1048,8 @@ class _AgentLoop:
 
     def __init__(self, backend: str | None) -> None:
         self.backend = backend
-        self.prim = None                     # the open Semaphore or Mutex
-        self.holds: list = []                # entered hold() contexts, newest last
+        self.prim: Semaphore | Mutex | None = None     # the open Semaphore or Mutex
+        self.holds: list[Any] = []           # entered hold() contexts, newest last
 
     @staticmethod
     def say(text: str) -> None:
@@ -1039,125 +1071,152 @@ class _AgentLoop:
                 text = " ".join(str(e).split())
                 self.say(f"err {type(e).__name__} {text}")
 
-    def run(self, cmd: str, args: list[str]):
+    def run(self, cmd: str, args: list[str]) -> object:
         handler = getattr(self, "do_" + cmd.replace("-", "_"), None)
         if handler is None:
             raise ValueError(f"unknown command {cmd!r}")
-        return handler(*args)
+        result: object = handler(*args)     # a do_* method, found by name
+        return result
+
+    def _open(self) -> Semaphore | Mutex:
+        if self.prim is None:
+            raise ValueError("nothing is open (open or mutex first)")
+        return self.prim
 
     # ----------------------------------------------------------- opening
-    def do_open(self, name: str, *rest: str):
+    def do_open(self, name: str, *rest: str) -> int:
         from ._semaphore import Semaphore
 
-        capacity = None
+        capacity: int | None = None
         if rest and "=" not in rest[0]:
             capacity, rest = int(rest[0]), rest[1:]
-        self.prim = Semaphore(name, capacity, backend=self.backend, **_parse_options(rest))
+        sem = self.prim = Semaphore(name, capacity, backend=self.backend,
+                                    **_parse_options(rest))
         self.holds = []
-        return self.prim.capacity
+        return sem.capacity
 
-    def do_mutex(self, name: str, *rest: str):
+    def do_mutex(self, name: str, *rest: str) -> int:
         from ._semaphore import Mutex
 
         self.prim = Mutex(name, backend=self.backend, **_parse_options(rest))
         self.holds = []
         return 1
 
-    def _is_mutex(self) -> bool:
+    # --------------------------------------------------------- acquiring
+    def do_acquire(self, units: str, timeout: str = "-", priority: str = "0") -> bool:
         from ._semaphore import Mutex
 
-        return isinstance(self.prim, Mutex)
-
-    # --------------------------------------------------------- acquiring
-    def do_acquire(self, units: str, timeout: str = "-", priority: str = "0"):
+        p = self._open()
         t = None if timeout == "-" else float(timeout)
         self.say("queued")       # the test may now watch the ledger for our entry
-        if self._is_mutex():
+        if isinstance(p, Mutex):
             _one(units)
-            return self.prim.acquire(timeout=t, priority=int(priority))
-        return self.prim.acquire(int(units), timeout=t, priority=int(priority))
+            return p.acquire(timeout=t, priority=int(priority))
+        return p.acquire(int(units), timeout=t, priority=int(priority))
 
-    def do_try(self, units: str):
-        if self._is_mutex():
+    def do_try(self, units: str) -> bool:
+        from ._semaphore import Mutex
+
+        p = self._open()
+        if isinstance(p, Mutex):
             _one(units)
-            return self.prim.acquire(False)
-        return self.prim.try_acquire(int(units))
+            return p.acquire(False)
+        return p.try_acquire(int(units))
 
-    def do_hold(self, units: str, timeout: str = "-", priority: str = "0"):
+    def do_hold(self, units: str, timeout: str = "-", priority: str = "0") -> dict[str, object]:
+        from ._semaphore import Mutex
+
+        p = self._open()
         t = None if timeout == "-" else float(timeout)
-        if self._is_mutex():
+        ctx: Any
+        if isinstance(p, Mutex):
             _one(units)
-            ctx = self.prim.hold(timeout=t, priority=int(priority))
+            ctx = p.hold(timeout=t, priority=int(priority))
         else:
-            ctx = self.prim.hold(int(units), timeout=t, priority=int(priority))
+            ctx = p.hold(int(units), timeout=t, priority=int(priority))
         self.say("queued")
         lease = ctx.__enter__()
         self.holds.append(ctx)
         return {"units": lease.units, "slots": list(lease.slots), "token": lease.token,
                 "previous_owner_died": bool(lease.previous_owner_died)}
 
-    def do_unhold(self):
+    def do_unhold(self) -> None:
         if not self.holds:
             raise ValueError("no hold() to leave")
         self.holds.pop().__exit__(None, None, None)
 
-    def do_release(self, units: str = "1"):
-        if self._is_mutex():
+    def do_release(self, units: str = "1") -> None:
+        from ._semaphore import Mutex
+
+        p = self._open()
+        if isinstance(p, Mutex):
             _one(units)
-            return self.prim.release()
-        return self.prim.release(int(units))
+            p.release()
+        else:
+            p.release(int(units))
 
-    def do_disown(self, units: str):
-        return self.prim.disown(int(units))
+    def do_disown(self, units: str) -> None:
+        from ._semaphore import Mutex
 
-    def do_recover(self):
-        return self.prim.recover()
+        p = self._open()
+        if isinstance(p, Mutex):
+            raise ValueError("a mutex cannot be disowned")
+        p.disown(int(units))
 
-    def do_close(self):
-        self.prim.close()
+    def do_recover(self) -> int:
+        return self._open().recover()
+
+    def do_close(self) -> None:
+        self._open().close()
 
     # ----------------------------------------------------------- process
-    def do_pid(self):
+    def do_pid(self) -> int:
         return os.getpid()
 
-    def do_ident(self):
+    def do_ident(self) -> list[int]:
         from ._identity import ME
 
         return [ME.pid, ME.start]
 
-    def do_crashpoint(self, n: str):
+    def do_crashpoint(self, n: str) -> int:
         from ._shm import _ledger
 
         _ledger.set_crash_point(int(n))
         return int(n)
 
-    def do_handler(self, sig: str):
+    def do_handler(self, sig: str) -> int:
         # a handler that returns: a blocked acquire must go on waiting (EINTR)
-        signal.signal(int(sig), lambda *a: None)
+        signal.signal(int(sig), lambda signum, frame: None)
         return int(sig)
 
-    def do_handler_exit(self, sig: str):
+    def do_handler_exit(self, sig: str) -> int:
         # a handler that raises, like most SIGTERM handlers (sys.exit)
-        def leave(signum, frame):
+        def leave(signum: int, frame: object) -> None:
             raise SystemExit(f"signal {signum}")
 
         signal.signal(int(sig), leave)
         return int(sig)
 
-    def do_fork_child_release(self):
+    def do_fork_child_release(self) -> int:
         # hazard 13: the child of a holder is another process and holds nothing
+        from ._semaphore import Mutex
+
+        p = self._open()
         pid = os.fork()
         if pid == 0:
             try:
-                self.prim.release(1)
+                if isinstance(p, Mutex):
+                    p.release()
+                else:
+                    p.release(1)
                 os._exit(3)  # must not happen: the child owns nothing
             except ValueError:
                 os._exit(0)
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - a forked child: any failure is exit status 4
                 os._exit(4)
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
-    def do_fork_zombie(self, units: str):
+    def do_fork_zombie(self, units: str) -> int:
         # hazard 6: a child that takes units and exits; we never reap it
         from . import _proc
         from ._semaphore import Semaphore
@@ -1165,7 +1224,7 @@ class _AgentLoop:
         pid = os.fork()
         if pid == 0:
             try:
-                Semaphore(self.prim.name, backend=self.backend).acquire(int(units))
+                Semaphore(self._open().name, backend=self.backend).acquire(int(units))
             finally:
                 os._exit(0)
         deadline = time.monotonic() + 10
@@ -1176,15 +1235,16 @@ class _AgentLoop:
             time.sleep(0.005)
         raise RuntimeError(f"child {pid} did not become a zombie in 10 s")
 
-    def do_threads(self, n: str, rounds: str):
+    def do_threads(self, n: str, rounds: str) -> list[str]:
         import threading
 
         errors: list[str] = []
+        p = self._open()
 
-        def work():
+        def work() -> None:
             try:
                 for _ in range(int(rounds)):
-                    with self.prim:
+                    with p:
                         pass
             except BaseException as e:  # noqa: BLE001 - reported to the test
                 errors.append(repr(e))
@@ -1196,7 +1256,7 @@ class _AgentLoop:
             t.join()
         return errors
 
-    def do_admitted(self, directory: str, rounds: str, threads: str = "1"):
+    def do_admitted(self, directory: str, rounds: str, threads: str = "1") -> int:
         """THREADS threads each take one unit ROUNDS times; while holding,
         each must get one of CAPACITY flocks on DIRECTORY/0..CAPACITY-1
         (the kernel's count, not ipcsem's).  -> how often none was free:
@@ -1204,16 +1264,17 @@ class _AgentLoop:
         import fcntl
         import threading
 
-        paths = [os.path.join(directory, str(i)) for i in range(self.prim.capacity)]
+        p = self._open()
+        paths = [os.path.join(directory, str(i)) for i in range(p.capacity)]
         over: list[int] = []
         errors: list[str] = []
 
-        def work():
+        def work() -> None:
             # Each thread opens its own descriptions: flocks of two threads conflict.
             fds = [os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) for p in paths]
             try:
                 for _ in range(int(rounds)):
-                    with self.prim:
+                    with p:
                         for fd in fds:
                             try:
                                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1238,10 +1299,10 @@ class _AgentLoop:
             raise RuntimeError("; ".join(errors))
         return len(over)
 
-    def do_sleep(self, seconds: str):
+    def do_sleep(self, seconds: str) -> None:
         time.sleep(float(seconds))
 
-    def do_exit(self):
+    def do_exit(self) -> None:
         self.say("ok null")
         os._exit(0)
 
@@ -1251,9 +1312,9 @@ def _one(units: str) -> None:
         raise ValueError(f"a mutex has 1 unit, not {units}")
 
 
-def _parse_options(words) -> dict:
+def _parse_options(words: Iterable[str]) -> dict[str, Any]:
     """``key=value`` words of ``open``/``mutex``: ints (0o660 too), booleans."""
-    out = {}
+    out: dict[str, Any] = {}
     for word in words:
         key, sep, value = word.partition("=")
         if not sep:
@@ -1296,7 +1357,8 @@ def agent_main(argv: list[str]) -> int:
 # ``AsyncAgent``, the ``aio_agent_factory`` fixture
 #     a separate process whose *event loop* is driven task by task.
 
-import asyncio as _asyncio          # noqa: E402 - the async section of the kit
+import asyncio as _asyncio  # noqa: E402 - the async section of the kit
+import gc as _gc  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -1333,8 +1395,8 @@ def resources(pid: int | None = None) -> Resources:
     return Resources(tuple(names), len(fds) - (1 if pid is None else 0))
 
 
-async def wait_until_async(predicate, timeout: float = 5.0, *, interval: float = 0.002,
-                           what: str | None = None):
+async def wait_until_async(predicate: Callable[[], Any], timeout: float = 5.0, *,
+                           interval: float = 0.002, what: str | None = None) -> Any:
     """``wait_until`` for coroutines: call ``predicate()`` (a plain call, or
     one returning an awaitable) every ``interval`` seconds, sleeping on the
     loop in between, until it gives something true, and return that.
@@ -1353,16 +1415,16 @@ async def wait_until_async(predicate, timeout: float = 5.0, *, interval: float =
         await _asyncio.sleep(interval)
 
 
-async def wait_for_waiters(sem, n: int, timeout: float = 5.0, *, pid: int | None = None,
-                           interval: float = 0.002) -> list:
+async def wait_for_waiters(sem: _Observable, n: int, timeout: float = 5.0, *,
+                           pid: int | None = None, interval: float = 0.002) -> list[Waiter]:
     """Wait, without blocking the loop, until ``sem.waiters()`` shows exactly
     ``n`` queued requests (of ``pid`` only, if given), and return them in
     serving order.  For tests that must know a task is *queued* before
     they release, cancel or kill something.  AssertionError on timeout,
     saying how many there were."""
-    seen: list = []
+    seen: list[Waiter] = []
 
-    def queued():
+    def queued() -> bool:
         nonlocal seen
         seen = [w for w in sem.waiters() if pid is None or w.pid == pid]
         return len(seen) == n
@@ -1388,14 +1450,19 @@ def _runqueue_ns() -> int | None:
 
 class LoopGaps:
     """What a ticker task saw (``watch_loop_gaps``): the gap between each
-    of its ticks, and how much of each gap the kernel kept the loop's
-    thread runnable but off a CPU (run-queue delay: the machine was busy,
-    not the loop).  Seconds throughout."""
+    of its ticks, how much of each gap the kernel kept the loop's thread
+    runnable but off a CPU (run-queue delay: the machine was busy, not the
+    loop), and how much of it the interpreter's garbage collector ran (a
+    collection stops every thread of the process, whatever code allocated
+    last).  Seconds throughout."""
 
     def __init__(self, tick: float) -> None:
         self.tick = tick
         self.samples: list[float] = []      # wall time between ticks
         self.queued: list[float] = []       # run-queue delay within each gap (0 if unknown)
+        self.collected: list[float] = []    # garbage-collector time within each gap
+        self.queued_others: list[float] = []  # the process's other threads' run-queue delay
+        self.cpu: list[float] = []          # CPU time the loop's thread used within each gap
         self.schedstat = _runqueue_ns() is not None
 
     @property
@@ -1406,12 +1473,28 @@ class LoopGaps:
     def blocked(self) -> list[float]:
         """Each gap less its run-queue delay: the time the loop's thread was
         running something else, or sleeping, instead of the loop (a call
-        that blocks, a lock, the GIL held by another thread)."""
-        return [max(g - q, 0.0) for g, q in zip(self.samples, self.queued)]
+        that blocks, a lock, the GIL held by another thread, a collection)."""
+        return [max(g - q, 0.0) for g, q in zip(self.samples, self.queued, strict=True)]
 
     @property
     def max_blocked(self) -> float:
         return max(self.blocked, default=0.0)
+
+    @property
+    def held(self) -> list[float]:
+        """Each gap less what the machine and the interpreter took: the
+        run-queue delay of the loop's thread and of the process's other
+        threads (one of them waiting for a CPU while it holds the GIL keeps
+        the loop waiting too) and the garbage collector's runs.  What is
+        left is code keeping the loop from running: a call that blocks or
+        burns CPU, a lock, the GIL held by a thread that is running."""
+        return [max(g - q - o - c, 0.0)
+                for g, q, o, c in zip(self.samples, self.queued, self.queued_others,
+                                      self.collected, strict=True)]
+
+    @property
+    def max_held(self) -> float:
+        return max(self.held, default=0.0)
 
     def quantile(self, q: float) -> float:
         if not self.samples:
@@ -1423,59 +1506,179 @@ class LoopGaps:
         """Forget what was seen so far (e.g. a set-up phase)."""
         self.samples.clear()
         self.queued.clear()
+        self.collected.clear()
+        self.queued_others.clear()
+        self.cpu.clear()
 
     def over(self, limit: float) -> list[tuple[float, float]]:
         """(gap, run-queue delay) of every gap above ``limit``."""
-        return [(g, q) for g, q in zip(self.samples, self.queued) if g > limit]
+        return [(g, q) for g, q in zip(self.samples, self.queued, strict=True) if g > limit]
 
     def summary(self) -> str:
         ms = 1e3
-        worst = sorted(self.over(0.0), reverse=True)[:5]
+        worst = sorted(zip(self.samples, self.queued, self.queued_others, self.collected,
+                           strict=True), reverse=True)[:5]
+        rows = zip(self.held, self.samples, self.cpu, strict=True)
+        most_held = sorted(rows, reverse=True)[:3]
         return (f"{len(self.samples)} ticks of {self.tick * ms:g} ms: p50 "
                 f"{self.quantile(0.5) * ms:.2f} ms, p99 {self.quantile(0.99) * ms:.2f} ms, "
                 f"p99.9 {self.quantile(0.999) * ms:.2f} ms, max {self.max * ms:.2f} ms "
-                f"(max less run-queue delay {self.max_blocked * ms:.2f} ms"
-                f"{'' if self.schedstat else ': no schedstat here'}); worst (gap, queued): "
-                + ", ".join(f"({g * ms:.1f}, {q * ms:.1f})" for g, q in worst))
+                f"(less run-queue delay {self.max_blocked * ms:.2f} ms"
+                f"{'' if self.schedstat else ': no schedstat here'}; also less the other threads' "
+                f"and garbage collection {self.max_held * ms:.2f} ms); worst (gap, queued, "
+                "others queued, collecting): "
+                + ", ".join(f"({g * ms:.1f}, {q * ms:.1f}, {o * ms:.1f}, {c * ms:.1f})"
+                            for g, q, o, c in worst)
+                + "; most held (held, gap, the loop thread's CPU): "
+                + ", ".join(f"({h * ms:.1f}, {g * ms:.1f}, {c * ms:.1f})"
+                            for h, g, c in most_held))
 
-    def check(self, limit: float, *, allow_runqueue: bool = False) -> None:
+    def check(self, limit: float, *, allow_runqueue: bool = False,
+              allow_machine: bool = False) -> None:
         """AssertionError (with the distribution) if a gap exceeded
         ``limit`` seconds.  ``allow_runqueue=True`` forgives the part of a
-        gap the kernel says the thread spent waiting for a CPU (use it on a
-        loaded machine: it still fails whenever the loop itself was held)."""
-        worst = self.max_blocked if allow_runqueue else self.max
+        gap the kernel says the loop's thread spent waiting for a CPU (use
+        it on a loaded machine: it still fails whenever the loop itself was
+        held); ``allow_machine=True`` forgives all of ``held``'s exclusions
+        (the other threads' run-queue delay, garbage collection) too."""
+        worst = self.max_held if allow_machine else \
+            self.max_blocked if allow_runqueue else self.max
         if worst > limit:
             raise AssertionError(f"the event loop was held {worst * 1e3:.2f} ms > "
                                  f"{limit * 1e3:g} ms: {self.summary()}")
 
-    def to_dict(self) -> dict:
-        return {"ticks": len(self.samples), "p50_ms": self.quantile(0.5) * 1e3,
-                "p99_ms": self.quantile(0.99) * 1e3, "max_ms": self.max * 1e3,
-                "max_blocked_ms": self.max_blocked * 1e3,
-                "over_10ms": [(g * 1e3, q * 1e3) for g, q in self.over(0.010)]}
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        """A summary that JSON can carry; with ``samples``, every gap too
+        (``LoopGaps.from_dict`` rebuilds the whole)."""
+        d: dict[str, Any] = {
+            "ticks": len(self.samples), "p50_ms": self.quantile(0.5) * 1e3,
+            "p99_ms": self.quantile(0.99) * 1e3, "max_ms": self.max * 1e3,
+            "max_blocked_ms": self.max_blocked * 1e3, "max_held_ms": self.max_held * 1e3,
+            "over_10ms": [(g * 1e3, q * 1e3) for g, q in self.over(0.010)]}
+        if samples:
+            d.update(tick=self.tick, schedstat=self.schedstat, samples=self.samples,
+                     queued=self.queued, queued_others=self.queued_others,
+                     collected=self.collected, cpu=self.cpu)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LoopGaps:
+        """The LoopGaps another process measured (``to_dict(samples=True)``)."""
+        gaps = cls(float(d["tick"]))
+        gaps.schedstat = bool(d["schedstat"])
+        for field in ("samples", "queued", "queued_others", "collected", "cpu"):
+            getattr(gaps, field).extend(float(x) for x in d[field])
+        return gaps
 
 
 class _Ticker:
     def __init__(self, tick: float) -> None:
         self.gaps = LoopGaps(tick)
-        self._task: _asyncio.Task | None = None
+        self._task: _asyncio.Task[None] | None = None
         self._paused = False
+        self._gc_runs: list[tuple[float, float]] = []    # (start, end), monotonic
+        self._gc_start = 0.0
+        self._others: dict[str, int] = {}                 # tid -> its run-queue ns so far
+        self._fds: dict[str, int] = {}                    # tid -> its schedstat, open
+        self._calls = 0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        # Called by the collector in whichever thread it runs, GIL held.
+        if phase == "start":
+            self._gc_start = time.monotonic()
+        else:
+            self._gc_runs.append((self._gc_start, time.monotonic()))
+
+    def _collecting(self, start: float, end: float) -> float:
+        """Garbage-collector time within [start, end]; forgets runs before."""
+        runs = self._gc_runs
+        total = sum(min(e, end) - max(s, start) for s, e in runs if e > start and s < end)
+        runs[:] = [r for r in runs if r[1] > end]
+        return total
+
+    def _others_queued(self) -> float:
+        """Run-queue delay of this process's other threads since the last
+        call (seconds; a thread new since then counts from its start).
+        Descriptors stay open and the thread list is re-read every 64th
+        call: each system call lets go of the GIL, and taking it back can
+        cost the loop a switch interval while another thread computes."""
+        self._calls += 1
+        if self._calls % 64 == 1:
+            me = str(threading.get_native_id())
+            try:
+                tids = [t for t in os.listdir("/proc/self/task") if t != me]
+            except OSError:
+                tids = []
+            for tid in tids:
+                if tid not in self._fds:
+                    try:
+                        self._fds[tid] = os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY)
+                    except OSError:
+                        continue
+        total = 0
+        for tid, fd in list(self._fds.items()):
+            try:
+                ns = int(os.pread(fd, 64, 0).split()[1])
+            except (OSError, ValueError, IndexError):
+                ns = None              # it ended
+            if ns is None:
+                os.close(fd)
+                del self._fds[tid]
+                self._others.pop(tid, None)
+                continue
+            total += ns - self._others.get(tid, 0)
+            self._others[tid] = ns
+        return total / 1e9
+
+    def _close_fds(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     async def _run(self) -> None:
         loop = _asyncio.get_running_loop()
-        last, last_q = loop.time(), _runqueue_ns() or 0
+        try:       # this thread's schedstat, kept open (see _others_queued)
+            own = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            own = -1
+
+        def queued() -> int:
+            try:
+                return int(os.pread(own, 64, 0).split()[1])
+            except (OSError, ValueError, IndexError):
+                return 0
+
+        try:
+            await self._tick(loop, queued)
+        finally:
+            if own >= 0:
+                os.close(own)
+
+    async def _tick(self, loop: _asyncio.AbstractEventLoop,
+                    queued: Callable[[], int]) -> None:
+        last, last_q = loop.time(), queued()
+        last_cpu = time.thread_time()
+        self._others_queued()
         while True:
             await _asyncio.sleep(self.gaps.tick)
-            now, q = loop.time(), _runqueue_ns() or 0
+            now, q, cpu = loop.time(), queued(), time.thread_time()
+            collecting = self._collecting(last, now)
+            others = self._others_queued()
             if not self._paused:
                 self.gaps.samples.append(now - last)
                 self.gaps.queued.append((q - last_q) / 1e9)
-            last, last_q = now, q
+                self.gaps.queued_others.append(others)
+                self.gaps.collected.append(collecting)
+                self.gaps.cpu.append(cpu - last_cpu)
+            last, last_q, last_cpu = now, q, cpu
 
     def start(self) -> None:
+        _gc.callbacks.append(self._on_gc)
         self._task = _asyncio.get_running_loop().create_task(self._run(), name="ipcsem-ticker")
 
     async def stop(self) -> LoopGaps:
+        if self._on_gc in _gc.callbacks:
+            _gc.callbacks.remove(self._on_gc)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -1483,6 +1686,7 @@ class _Ticker:
             except _asyncio.CancelledError:
                 pass
             self._task = None
+        self._close_fds()
         return self.gaps
 
 
@@ -1499,11 +1703,11 @@ class watch_loop_gaps:
         self._ticker.start()
         return self._ticker.gaps
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self._ticker.stop()
 
 
-def new_event_loop(loop: str = "asyncio"):
+def new_event_loop(loop: str = "asyncio") -> _asyncio.AbstractEventLoop:
     """A fresh event loop: ``"asyncio"`` (the default policy's) or
     ``"uvloop"`` (ImportError if uvloop is not installed)."""
     if loop == "asyncio":
@@ -1511,12 +1715,14 @@ def new_event_loop(loop: str = "asyncio"):
     if loop == "uvloop":
         import uvloop
 
-        return uvloop.new_event_loop()
+        ev: _asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return ev
     raise ValueError(f"unknown loop {loop!r}: 'asyncio' or 'uvloop'")
 
 
-def run_checked(coro, *, max_gap: float | None = None, loop: str = "asyncio",
-                tick: float = 0.001, allow_runqueue: bool = True):
+def run_checked(coro: Coroutine[Any, Any, _T], *, max_gap: float | None = None,
+                loop: str = "asyncio", tick: float = 0.001,
+                allow_runqueue: bool = True) -> tuple[_T, LoopGaps]:
     """Run ``coro`` to completion on a fresh ``loop`` under a ticker and
     return ``(result, gaps)``; with ``max_gap``, AssertionError if the loop
     was held longer than that (see ``LoopGaps.check``; on a loaded machine
@@ -1525,7 +1731,7 @@ def run_checked(coro, *, max_gap: float | None = None, loop: str = "asyncio",
     a task still waiting on a semaphore after the test is a leak."""
     ev = new_event_loop(loop)
 
-    async def main():
+    async def main() -> tuple[_T, LoopGaps]:
         async with watch_loop_gaps(tick) as gaps:
             result = await coro
         return result, gaps
@@ -1570,8 +1776,8 @@ class AsyncAgent:
         mutex NAME [k=v ...]                    -> 1 (AsyncMutex)
         acquire NAME UNITS [TIMEOUT|- [PRIORITY [wait|raise]]]  -> bool ("queued" first)
         hold NAME UNITS [TIMEOUT|- [PRIORITY [wait|raise]]]     -> lease dict ("queued")
-        unhold NAME | try NAME UNITS | release NAME [UNITS] | owner-died NAME
-        close NAME | sleep S
+        unhold NAME | try NAME UNITS | release NAME [UNITS] | disown NAME [UNITS]
+        owner-died NAME | close NAME | sleep S
 
     Process-wide commands (the methods below send them)::
 
@@ -1602,7 +1808,7 @@ class AsyncAgent:
             self.ready()
 
     @property
-    def start(self) -> int | None:       # noqa: D401 - the ipcsem identity's start
+    def start(self) -> int | None:       # the ipcsem identity's start
         """Its identity's start time (for kill_and_wait_recovered)."""
         return self.start_time
 
@@ -1641,8 +1847,8 @@ class AsyncAgent:
         return self._answers[task].pop(0)
 
     def send(self, task: str, line: str) -> None:
-        self.proc.stdin.write(f"{task} {line}\n".encode())
-        self.proc.stdin.flush()
+        _pipe(self.proc.stdin).write(f"{task} {line}\n".encode())
+        _pipe(self.proc.stdin).flush()
 
     def start_cmd(self, task: str, line: str, timeout: float = 10) -> None:
         """Send a blocking command (acquire, hold) and return once the task
@@ -1662,10 +1868,10 @@ class AsyncAgent:
         self._answers.setdefault(task, []).insert(0, said)
         return True
 
-    def result(self, task: str, timeout: float = 10):
+    def result(self, task: str, timeout: float = 10) -> Any:
         return _parse_async_answer(self._read(task, timeout))
 
-    def cmd(self, task: str, line: str, timeout: float = 10):
+    def cmd(self, task: str, line: str, timeout: float = 10) -> Any:
         """Run a command in ``task`` and return its result."""
         self.send(task, line)
         said = self._read(task, timeout)
@@ -1673,13 +1879,13 @@ class AsyncAgent:
             said = self._read(task, timeout)
         return _parse_async_answer(said)
 
-    def ctl(self, line: str, timeout: float = 30):
+    def ctl(self, line: str, timeout: float = 30) -> Any:
         """A process-wide command (cancel, swarm, ticker-..., resources)."""
         return self.cmd("-", line, timeout)
 
     # ------------------------------------------------------ conveniences
     def cancel(self, task: str) -> bool:
-        return self.ctl(f"cancel {task}")
+        return bool(self.ctl(f"cancel {task}"))
 
     def resources(self) -> Resources:
         d = self.ctl("resources")
@@ -1706,7 +1912,7 @@ class AsyncAgent:
     def __enter__(self) -> AsyncAgent:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -1714,7 +1920,7 @@ class AsyncAgent:
         return f"<AsyncAgent pid {self.pid} ({self.loop}) {state}>"
 
 
-def _parse_async_answer(answer: str):
+def _parse_async_answer(answer: str) -> Any:
     kind, _, rest = answer.partition(" ")
     if kind == "ok":
         return json.loads(rest)
@@ -1724,16 +1930,17 @@ def _parse_async_answer(answer: str):
     raise AsyncAgentError("AgentError", f"unexpected answer {answer!r}")
 
 
-def _define_async_fixtures(pytest) -> None:
+def _define_async_fixtures() -> None:
     global aio_agent_factory, ipcsem_loop
+    import pytest
 
     @pytest.fixture
-    def aio_agent_factory():
+    def aio_agent_factory() -> Iterator[Callable[..., AsyncAgent]]:
         """``AsyncAgent(...)`` that remembers its processes: each still
         running at teardown is SIGKILLed and reaped."""
         made: list[AsyncAgent] = []
 
-        def factory(**kw) -> AsyncAgent:
+        def factory(**kw: Any) -> AsyncAgent:
             agent = AsyncAgent(**kw)
             made.append(agent)
             return agent
@@ -1743,7 +1950,7 @@ def _define_async_fixtures(pytest) -> None:
             agent.close()
 
     @pytest.fixture
-    def ipcsem_loop():
+    def ipcsem_loop() -> Callable[[Coroutine[Any, Any, Any]], Any]:
         """Runs coroutines for a sync test: ``ipcsem_loop(coro)`` is
         ``run_checked(coro, max_gap=ipcsem_loop.max_gap)`` (default 0.1 s:
         set ``ipcsem_loop.max_gap`` or ``.loop = "uvloop"`` first) and
@@ -1755,7 +1962,7 @@ def _define_async_fixtures(pytest) -> None:
             loop = "asyncio"
             gaps: LoopGaps | None = None
 
-            def __call__(self, coro):
+            def __call__(self, coro: Coroutine[Any, Any, Any]) -> Any:
                 result, self.gaps = run_checked(coro, max_gap=self.max_gap, loop=self.loop)
                 return result
 
@@ -1764,11 +1971,10 @@ def _define_async_fixtures(pytest) -> None:
 
 if __name__ != "__main__":
     try:
-        import pytest as _pytest
+        _define_async_fixtures()
     except ImportError:
-        _pytest = None
-    if _pytest is not None:
-        _define_async_fixtures(_pytest)
+        pass
+    else:
         __all__ += ["aio_agent_factory", "ipcsem_loop"]
 __all__ += ["AsyncAgent", "AsyncAgentError", "LoopGaps", "Resources", "new_event_loop",
             "resources", "run_checked", "wait_for_waiters", "wait_until_async",
@@ -1780,15 +1986,17 @@ class _AioAgentLoop:
 
     def __init__(self, backend: str | None) -> None:
         self.backend = backend
-        self.prims: dict[str, object] = {}
-        self.holds: dict[tuple[str, str], list] = {}     # (task, name) -> entered holds
-        self.queues: dict[str, _asyncio.Queue] = {}
-        self.tasks: dict[str, _asyncio.Task] = {}
+        self.prims: dict[str, AsyncSemaphore | AsyncMutex] = {}
+        self.holds: dict[tuple[str, str], list[Any]] = {}     # (task, name) -> entered holds
+        self.queues: dict[str, _asyncio.Queue[tuple[str, list[str]]]] = {}
+        self.tasks: dict[str, _asyncio.Task[None]] = {}
         self.busy: set[str] = set()
-        self.swarm: list[_asyncio.Task] = []
-        self.swarm_counts = {"granted": 0, "timeouts": 0, "cancelled": 0, "errors": []}
+        self.swarm: list[_asyncio.Task[None]] = []
+        self.errors: list[str] = []
+        self.swarm_counts: dict[str, Any] = {"granted": 0, "timeouts": 0, "cancelled": 0,
+                                             "errors": self.errors}
         self.ticker: _Ticker | None = None
-        self.done: _asyncio.Future | None = None
+        self.done: _asyncio.Future[None] | None = None
         self._buffer = b""
 
     @staticmethod
@@ -1816,7 +2024,7 @@ class _AioAgentLoop:
         except BlockingIOError:
             return
         if not chunk:
-            if not self.done.done():
+            if self.done is not None and not self.done.done():
                 self.done.set_result(None)
             return
         self._buffer += chunk
@@ -1840,14 +2048,14 @@ class _AioAgentLoop:
                                                                        name=f"agent-{who}")
         q.put_nowait((cmd, args))
 
-    def _answer(self, who: str, result) -> None:
+    def _answer(self, who: str, result: object) -> None:
         self.say(who, "ok " + json.dumps(result))
 
     def _fail(self, who: str, e: BaseException) -> None:
         text = " ".join(str(e).split())
         self.say(who, f"err {type(e).__name__} {text}")
 
-    async def _serve_task(self, who: str, q) -> None:
+    async def _serve_task(self, who: str, q: _asyncio.Queue[tuple[str, list[str]]]) -> None:
         me = _asyncio.current_task()
         while True:
             cmd, args = await q.get()
@@ -1859,7 +2067,7 @@ class _AioAgentLoop:
                 self._answer(who, await handler(who, *args))
             except _asyncio.CancelledError as e:
                 self._fail(who, e)
-                if hasattr(me, "uncancel"):
+                if me is not None and hasattr(me, "uncancel"):   # 3.11+
                     while me.uncancel():
                         pass
             except BaseException as e:  # noqa: BLE001
@@ -1868,33 +2076,34 @@ class _AioAgentLoop:
                 self.busy.discard(who)
 
     # ----------------------------------------------------- task commands
-    async def t_open(self, who, name, *rest):
+    async def t_open(self, who: str, name: str, *rest: str) -> int:
         from ._aio import AsyncSemaphore
 
-        capacity = None
+        capacity: int | None = None
         if rest and "=" not in rest[0]:
             capacity, rest = int(rest[0]), rest[1:]
-        self.prims[name] = AsyncSemaphore(name, capacity, backend=self.backend,
-                                          **_parse_options(rest))
-        return self.prims[name].capacity
+        sem = self.prims[name] = AsyncSemaphore(name, capacity, backend=self.backend,
+                                                **_parse_options(rest))
+        return sem.capacity
 
-    async def t_mutex(self, who, name, *rest):
+    async def t_mutex(self, who: str, name: str, *rest: str) -> int:
         from ._aio import AsyncMutex
 
         self.prims[name] = AsyncMutex(name, backend=self.backend, **_parse_options(rest))
         return 1
 
-    def _prim(self, name):
+    def _prim(self, name: str) -> AsyncSemaphore | AsyncMutex:
         try:
             return self.prims[name]
         except KeyError:
             raise ValueError(f"{name!r} is not open (open or mutex it first)") from None
 
     @staticmethod
-    def _wait_args(timeout="-", priority="0", deadlock="wait"):
+    def _wait_args(timeout: str = "-", priority: str = "0",
+                   deadlock: str = "wait") -> tuple[float | None, int, str]:
         return (None if timeout == "-" else float(timeout)), int(priority), deadlock
 
-    async def t_acquire(self, who, name, units="1", *rest):
+    async def t_acquire(self, who: str, name: str, units: str = "1", *rest: str) -> bool:
         from ._aio import AsyncMutex
 
         p = self._prim(name)
@@ -1906,11 +2115,13 @@ class _AioAgentLoop:
         return await p.acquire(int(units), timeout=timeout, priority=priority,
                                deadlock=deadlock)
 
-    async def t_hold(self, who, name, units="1", *rest):
+    async def t_hold(self, who: str, name: str, units: str = "1",
+                     *rest: str) -> dict[str, object]:
         from ._aio import AsyncMutex
 
         p = self._prim(name)
         timeout, priority, deadlock = self._wait_args(*rest)
+        ctx: Any
         if isinstance(p, AsyncMutex):
             _one(units)
             ctx = p.hold(timeout=timeout, priority=priority, deadlock=deadlock)
@@ -1922,13 +2133,13 @@ class _AioAgentLoop:
         return {"units": lease.units, "slots": list(lease.slots), "token": lease.token,
                 "previous_owner_died": bool(lease.previous_owner_died)}
 
-    async def t_unhold(self, who, name):
+    async def t_unhold(self, who: str, name: str) -> None:
         held = self.holds.get((who, name))
         if not held:
             raise ValueError(f"task {who} holds no hold() of {name!r}")
         await held.pop().__aexit__(None, None, None)
 
-    async def t_try(self, who, name, units="1"):
+    async def t_try(self, who: str, name: str, units: str = "1") -> bool:
         from ._aio import AsyncMutex
 
         p = self._prim(name)
@@ -1937,52 +2148,71 @@ class _AioAgentLoop:
             return await p.acquire(timeout=0)
         return p.try_acquire(int(units))
 
-    async def t_release(self, who, name, units="1"):
+    async def t_release(self, who: str, name: str, units: str = "1") -> None:
         from ._aio import AsyncMutex
 
         p = self._prim(name)
         if isinstance(p, AsyncMutex):
             _one(units)
-            return p.release()
-        return p.release(int(units))
+            p.release()
+        else:
+            p.release(int(units))
 
-    async def t_owner_died(self, who, name):
-        return bool(self._prim(name).previous_owner_died)
+    async def t_disown(self, who: str, name: str, units: str = "1") -> None:
+        from ._aio import AsyncMutex
 
-    async def t_close(self, who, name):
+        p = self._prim(name)
+        if isinstance(p, AsyncMutex):
+            raise ValueError("a mutex cannot be disowned")
+        p.disown(int(units))
+
+    async def t_owner_died(self, who: str, name: str) -> bool:
+        from ._aio import AsyncMutex
+
+        p = self._prim(name)
+        if not isinstance(p, AsyncMutex):
+            raise ValueError(f"{name!r} is not a mutex")
+        return bool(p.previous_owner_died)
+
+    async def t_close(self, who: str, name: str) -> None:
         self.prims.pop(name).close()
 
-    async def t_sleep(self, who, seconds):
+    async def t_sleep(self, who: str, seconds: str) -> None:
         await _asyncio.sleep(float(seconds))
 
     # -------------------------------------------------- process commands
-    def _control(self, cmd: str, args: list[str]):
+    def _control(self, cmd: str, args: list[str]) -> object:
         handler = getattr(self, "c_" + cmd.replace("-", "_"), None)
         if handler is None:
             raise ValueError(f"unknown command {cmd!r}")
-        return handler(*args)
+        result: object = handler(*args)     # a c_* method, found by name
+        return result
 
-    def c_cancel(self, who):
+    def c_cancel(self, who: str) -> bool:
         task = self.tasks.get(who)
         if task is None or who not in self.busy:
             raise ValueError(f"task {who} runs no command")
         return task.cancel()
 
-    def c_ident(self):
+    def c_ident(self) -> list[int]:
         from ._identity import ME
 
         return [ME.pid, ME.start]
 
-    def c_resources(self):
+    def c_resources(self) -> dict[str, object]:
         r = resources()
         return {"threads": list(r.threads), "fds": r.fds}
 
-    def c_swarm(self, name, n, timeout="-", deadlock="wait"):
-        p = self._prim(name)
-        t = None if timeout == "-" else float(timeout)
-        counts = self.swarm_counts
+    def c_swarm(self, name: str, n: str, timeout: str = "-", deadlock: str = "wait") -> int:
+        from ._aio import AsyncMutex
 
-        async def one():
+        p = self._prim(name)
+        if isinstance(p, AsyncMutex):
+            raise ValueError("swarm takes a semaphore")
+        t = None if timeout == "-" else float(timeout)
+        counts, errors = self.swarm_counts, self.errors
+
+        async def one() -> None:
             try:
                 if await p.acquire(1, timeout=t, deadlock=deadlock):
                     p.release(1)
@@ -1993,27 +2223,27 @@ class _AioAgentLoop:
                 counts["cancelled"] += 1
                 raise
             except Exception as e:  # noqa: BLE001 - reported by swarm-state
-                counts["errors"].append(f"{type(e).__name__} {e}")
+                errors.append(f"{type(e).__name__} {e}")
 
         loop = _asyncio.get_running_loop()
         self.swarm += [loop.create_task(one()) for _ in range(int(n))]
         return int(n)
 
-    def c_swarm_state(self):
+    def c_swarm_state(self) -> dict[str, object]:
         return {**self.swarm_counts, "running": sum(not t.done() for t in self.swarm)}
 
-    def c_swarm_cancel(self):
+    def c_swarm_cancel(self) -> int:
         live = [t for t in self.swarm if not t.done()]
         for t in live:
             t.cancel()
         return len(live)
 
-    def c_ticker_start(self, tick="0.001"):
+    def c_ticker_start(self, tick: str = "0.001") -> bool:
         self.ticker = _Ticker(float(tick))
         self.ticker.start()
         return True
 
-    def c_ticker_stop(self):
+    def c_ticker_stop(self) -> dict[str, Any]:
         if self.ticker is None:
             raise ValueError("no ticker running")
         ticker, self.ticker = self.ticker, None
@@ -2021,7 +2251,7 @@ class _AioAgentLoop:
         _asyncio.get_running_loop().create_task(ticker.stop())
         return ticker.gaps.to_dict()
 
-    def c_exit(self):
+    def c_exit(self) -> None:
         self.say("-", "ok null")
         os._exit(0)
 

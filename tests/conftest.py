@@ -9,7 +9,9 @@ import pytest
 import ipcsem
 from ipcsem.testing import (  # noqa: F401 - fixtures, registered by importing them
     agent_factory,
+    aio_agent_factory,
     holder_factory,
+    ipcsem_loop,
     ipcsem_name,
     unique_name,
 )

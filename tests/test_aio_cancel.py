@@ -18,8 +18,7 @@ import sys
 import pytest
 
 import ipcsem
-from ipcsem.testing import (  # noqa: F401 - aio_agent_factory is a fixture
-    aio_agent_factory,
+from ipcsem.testing import (
     assert_consistent,
     can_take_all,
     held_by,

@@ -9,9 +9,7 @@ import time
 import pytest
 
 import ipcsem
-from ipcsem.testing import (  # noqa: F401 - fixtures
-    aio_agent_factory,
-    ipcsem_loop,
+from ipcsem.testing import (
     resources,
     run_checked,
     wait_for_waiters,
@@ -83,8 +81,10 @@ def test_reset_forgets_the_set_up():
 
 
 def test_run_checked_reports_tasks_left_running():
+    left: list[asyncio.Future[None]] = []
+
     async def leaks():
-        asyncio.ensure_future(asyncio.sleep(10))
+        left.append(asyncio.ensure_future(asyncio.sleep(10)))   # and never awaited
 
     with pytest.raises(AssertionError, match="still running"):
         run_checked(leaks())
@@ -96,7 +96,7 @@ def test_run_checked_on_uvloop():
     async def which():
         return type(asyncio.get_running_loop()).__module__
 
-    result, gaps = run_checked(which(), loop="uvloop")
+    result, _gaps = run_checked(which(), loop="uvloop")
     assert result.startswith("uvloop")
 
 
@@ -105,7 +105,7 @@ def test_wait_for_waiters_times_out_saying_how_many(ipcsem_name):
     async def main():
         sem = ipcsem.AsyncSemaphore(ipcsem_name, capacity=1)
         try:
-            with pytest.raises(AssertionError, match="expected 1 waiter.*saw 0"):
+            with pytest.raises(AssertionError, match=r"expected 1 waiter.*saw 0"):
                 await wait_for_waiters(sem, 1, timeout=0.1)
         finally:
             sem.close()

@@ -13,9 +13,8 @@ import threading
 import pytest
 
 import ipcsem
-from ipcsem.testing import (  # noqa: F401 - aio_agent_factory is a fixture
+from ipcsem.testing import (
     AsyncAgentError,
-    aio_agent_factory,
     assert_consistent,
     can_take_all,
     held_by,
@@ -134,9 +133,11 @@ def test_async_mutex_is_owned_by_the_task(name, aio_agent_factory):
         with pytest.raises(ipcsem.NotOwner):
             m.release()                                  # another task
         sync = ipcsem.Mutex(name)
-        err = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: pytest.raises(ipcsem.NotOwner, sync.release))
-        assert err.type is ipcsem.NotOwner                # another thread
+        def from_a_thread() -> None:
+            with pytest.raises(ipcsem.NotOwner):
+                sync.release()
+
+        await asyncio.get_running_loop().run_in_executor(None, from_a_thread)  # another thread
         assert m.locked()
         let_go.set()
         await t
@@ -261,6 +262,45 @@ def test_slots_and_tokens_across_an_async_and_a_sync_process(name, aio_agent_fac
     asyncio.run(main())
 
 
+def test_disown_hands_units_off_as_the_sync_class_does(name, aio_agent_factory):
+    """Semaphore.disown's contract: disowned units stay taken, owned by
+    nobody; the disowner's death returns only what it still owned; an
+    unowned post (a release beyond what one owns) returns them; disowning
+    more than one owns is ValueError and changes nothing."""
+    sem = ipcsem.Semaphore(name, capacity=3)
+    agent = aio_agent_factory()
+    agent.cmd("o", f"open {name}")
+    assert agent.cmd("p", f"acquire {name} 2") is True
+    with pytest.raises(AsyncAgentError) as e:
+        agent.cmd("p", f"disown {name} 3")              # owns only 2
+    assert e.value.type == "ValueError"
+    assert_consistent(sem, available=1, held=2, unowned=0)
+    agent.cmd("q", f"disown {name} 1")                  # another task: the process's units
+    assert_consistent(sem, available=1, held=1, unowned=1)
+    kill_and_wait_recovered(sem, agent, timeout=10)
+    # only the owned unit came back: the disowned one is out without an owner
+    assert_consistent(sem, available=2, held=0, unowned=1)
+    sem.release(1)                                      # an unowned post brings it back
+    assert_consistent(sem, available=3, held=0, unowned=0)
+    assert can_take_all(name, 3)
+
+    async def in_a_task():
+        a = ipcsem.AsyncSemaphore(name)
+        assert await a.acquire(2)
+        a.disown(2)
+        with pytest.raises(ValueError):
+            a.disown(1)                                 # owns none now
+        with pytest.raises(ValueError):
+            a.disown(4)                                 # beyond the capacity
+        assert_consistent(a, available=1, held=0, unowned=2)
+        a.release(2)                                    # unowned posts
+        assert_consistent(a, available=3, held=0, unowned=0)
+        a.close()
+
+    asyncio.run(in_a_task())
+    sem.close()
+
+
 def test_policy_is_shared_with_the_sync_class(name):
     sync = ipcsem.Semaphore(name, capacity=2, fair=False)
     with pytest.raises(ipcsem.PolicyMismatch):
@@ -375,10 +415,6 @@ def test_deadlock_with_a_sync_process_as_for_the_sync_classes(two, procs):
     assert sorted(out) == ["DeadlockDetected", "granted"], out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG B4: an async waiter with deadlock='wait' never "
-                   "marks its entry parked, so its process always counts as live: a sync "
-                   "deadlock='raise' waiter in a cycle with it waits forever, where with a "
-                   "sync 'wait' waiter it raises")
 def test_an_async_wait_mode_waiter_closes_a_cycle_like_a_sync_one(two, procs):
     ps = _pair(procs, *two, ("sync", "raise"), ("async", "wait"))
     out = _outcomes(ps)

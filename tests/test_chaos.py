@@ -403,6 +403,18 @@ def test_owner_died_check(tmp_path):
     assert (unknown.failures, unknown.checked) == (0, 1)
     final = Grant(0, 0, 3, False, 9)                  # the verification's grant, last
     assert run(["G 1 0", "R 1", "G 2 0"], died_holding={2}, final=final).failures == 1
+    # Tokens start at the ledger's creation time (ns), not at 1: the same
+    # story 1.8e18 higher is judged the same (and at once).
+    base = 1_796_122_527_809_879_109
+    shifted = run([f"{k} {int(t) + base} {d}" if k == "G" else f"R {int(t) + base}"
+                   for k, t, *rest in (ln.split() for ln in
+                                       ["G 1 0", "R 1", "G 2 0", "G 3 1", "G 4 1", "R 4",
+                                        "G 6 1", "R 6", "G 7 0"])
+                   for d in (rest or ["0"])],
+                  died_holding={2 + base, 3 + base, 5 + base})
+    assert (shifted.failures, shifted.seen, shifted.checked) == (0, 3, 6), shifted.problems
+    wrong = run([f"G {base} 1"])                      # a fresh mutex's first owner told "died"
+    assert wrong.failures == 1 and "fresh" in wrong.problems[0]
 
 
 # ------------------------------------------------------------ interruption

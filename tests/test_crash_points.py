@@ -16,9 +16,14 @@ import sys
 import time
 import uuid
 
+import pytest
 from procs import Agent, queued_pids, wait_until
 
 import ipcsem
+
+# Minutes of kills at every crash point: run on every interpreter by
+# `make test-all`, left to `make test` (one interpreter) by CI's other ones.
+pytestmark = pytest.mark.slow
 
 BATCH = 8
 

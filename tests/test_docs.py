@@ -22,14 +22,16 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def blocks() -> list[tuple[str, int, str]]:
     """(file, first line, code) of every python block not marked "not run"
     (the marker applies to the next python block of the file)."""
     found = []
-    for path in ["README.md", *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]:
-        if path.endswith("-bugs.md"):
+    for name in ["README.md", *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]:
+        if name.endswith("-bugs.md"):
             continue      # records of fixed bugs: their code is how it was before the fix
-        path = os.path.join(ROOT, path)
+        path = os.path.join(ROOT, name)
         with open(path) as f:
             lines = f.read().splitlines()
         skip_next = False

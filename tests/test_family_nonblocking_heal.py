@@ -217,6 +217,7 @@ def _points_that_tear(names, made, first_only=False):
         point += 1
 
 
+@pytest.mark.slow
 def test_recover_after_a_recoverer_died_mid_recovery_returns_the_units(names):
     made = []
     try:
@@ -239,6 +240,7 @@ def test_recover_after_a_recoverer_died_mid_recovery_returns_the_units(names):
             c.close()
 
 
+@pytest.mark.slow
 def test_blocked_waiter_gets_the_units_when_a_recoverer_died_mid_recovery(names):
     """The user-visible symptom of H2: nobody takes the ledger lock while
     everyone waits, so the dead transaction's torn state stays, and every

@@ -362,6 +362,7 @@ def _all_numbers_back(sem, point):
         assert lease.slots == tuple(range(sem.capacity)), point
 
 
+@pytest.mark.slow
 def test_kill_at_every_crash_point_of_a_slotted_take():
     from family_procs import sweep_crash_points
 
@@ -377,6 +378,7 @@ def test_kill_at_every_crash_point_of_a_slotted_take():
                               verify) > 10
 
 
+@pytest.mark.slow
 def test_kill_at_every_crash_point_of_a_slotted_release():
     from family_procs import sweep_crash_points
 
@@ -392,6 +394,7 @@ def test_kill_at_every_crash_point_of_a_slotted_release():
                               "s.release()", verify) > 5
 
 
+@pytest.mark.slow
 def test_kill_at_every_crash_point_of_a_slotted_disown():
     from family_procs import sweep_crash_points
 
@@ -407,6 +410,7 @@ def test_kill_at_every_crash_point_of_a_slotted_disown():
                               verify) > 5
 
 
+@pytest.mark.slow
 def test_kill_at_every_crash_point_of_a_release_that_grants_a_queued_waiter():
     from family_procs import Child
 
@@ -483,6 +487,7 @@ def _sweep_with_waiter(create, setup, verify, queue_waiter, batch=6, max_points=
     raise AssertionError("the release never completed")
 
 
+@pytest.mark.slow
 def test_kill_at_every_crash_point_of_recovering_a_dead_slotted_holder():
     from family_procs import Child, sweep_crash_points
 

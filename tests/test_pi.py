@@ -13,11 +13,9 @@ the same machine in the same minute.  Without inheritance a nice-19 owner
 gets about 1/70 of a core next to a nice-0 hog; with it, nice -10 gets about
 9/10: the tests ask for a factor of 4.
 
-Where a test checks the owner's priority after its release, no waiter of
-that mutex is left alive by then (it timed out, or was killed): a waiter's
-slice between the owner's restore and its release boosts it again (P1 in
-docs/pi-bugs.md, its own xfail tests), and those checks must not depend on
-losing that race.
+The races between a waiter's boost and the owner's release (P1 in
+docs/pi-bugs.md) have their own tests: the scenario three times next to the
+hog, and an owner held between deciding to release and releasing.
 
 Needs root (nice -10, SCHED_FIFO, dropping to another uid): skipped
 otherwise.  CI runs as root.
@@ -29,12 +27,14 @@ import os
 import subprocess
 import time
 
-import pytest
-
 import cli
-import ipcsem
+import pytest
 from cli import STATUS
 from family_procs import ChildError, children, ledger_view, wait_queued, wait_until  # noqa: F401
+
+import ipcsem
+import ipcsem._identity as _identity
+from ipcsem._shm import _ledger
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (nice -10, SCHED_FIFO)")
 
@@ -47,7 +47,7 @@ FACTOR = 4         # share with inheritance / share without, at least (about 60 
 # What every child process runs first: pinned to CORE, with helpers to read
 # and set its own thread's priority and to burn a fixed amount of CPU.
 SETUP = f"""
-import ctypes, os, resource, sys, time      # ctypes: a thread of ipcsem imports it late
+import os, resource, sys, time
 import ipcsem, ipcsem._proc
 from ipcsem._shm import _ledger
 os.sched_setaffinity(0, {{{CORE}}})
@@ -118,7 +118,7 @@ def inversion(children, name: str, pi: bool, waiter_prio: tuple[int, int, int]) 
                      "m.release(); result = (t0, got)")
         wait_queued(m, waiter)
         hog = start_hog(children)
-        owner.begin("r = work(%r); m.release(); result = r + (prio(),)" % WORK_S)
+        owner.begin(f"r = work({WORK_S!r}); m.release(); result = r + (prio(),)")
         cpu, elapsed, work_start, during, after = owner.result(300)
         _queued_at, granted_at = waiter.result(60)
         later = kernel_prio(tid)
@@ -147,8 +147,6 @@ def test_inheritance_ends_the_inversion(names, children, waiter_prio):
     assert without["after"] == without["later"] == (OTHER, 0, 19)
 
 
-@pytest.mark.xfail(strict=True, reason="P1 in docs/pi-bugs.md: a waiter re-boosts the owner "
-                                       "between its restore and its release")
 def test_fifo_boosted_owner_is_restored_after_its_release_next_to_a_hog(names, children):
     """The issue's scenario with a SCHED_FIFO waiter, three times: each time
     the owner must be back at nice 19, SCHED_OTHER, after it released.  (The
@@ -164,24 +162,30 @@ def test_fifo_boosted_owner_is_restored_after_its_release_next_to_a_hog(names, c
     ((OTHER, 0, 7), (FIFO, 20, 0), (FIFO, 20, 7)),
     ((RR, 3, 5), (FIFO, 20, 0), (FIFO, 20, 5)),
     ((BATCH, 0, 12), (OTHER, 0, -10), (BATCH, 0, -10)),
-    pytest.param((IDLE, 0, 0), (FIFO, 20, 0), (FIFO, 20, 0), marks=pytest.mark.xfail(
-        strict=True, reason="P6 in docs/pi-bugs.md: a SCHED_IDLE owner boosted to real time "
-                            "comes back SCHED_OTHER")),
-    pytest.param((IDLE, 0, 0), (OTHER, 0, -10), (OTHER, 0, -10), marks=pytest.mark.xfail(
-        strict=True, reason="P7 in docs/pi-bugs.md: a SCHED_IDLE owner 'boosted' by a normal "
-                            "waiter stays SCHED_IDLE (its nice value means nothing there)")),
-], ids=["nice19-by-nice-10", "nice7-by-fifo", "rr3-by-fifo", "batch-by-nice-10", "idle-by-fifo",
-        "idle-by-nice-10"])
+    ((BATCH, 0, 12), (FIFO, 20, 0), (FIFO, 20, 12)),
+    ((OTHER, 0, 19), (BATCH, 0, -10), (OTHER, 0, -10)),
+    ((IDLE, 0, 0), (FIFO, 20, 0), (FIFO, 20, 0)),
+    ((IDLE, 0, 0), (OTHER, 0, -10), (OTHER, 0, -10)),
+    ((IDLE, 0, 5), (BATCH, 0, 3), (BATCH, 0, 3)),
+], ids=["nice19-by-nice-10", "nice7-by-fifo", "rr3-by-fifo", "batch-by-nice-10", "batch-by-fifo",
+        "nice19-by-batch", "idle-by-fifo", "idle-by-nice-10", "idle-by-batch"])
 def test_owner_priority_restored_exactly_and_recorded(name, children, own, waiter, boosted):
+    """The boost keeps what the owner's policy means (SCHED_BATCH stays
+    batch, with the better nice value; SCHED_IDLE, where nice means
+    nothing, takes the waiter's policy: P6, P7), and the release gives back
+    exactly the policy, real-time priority and nice value it had."""
     m = ipcsem.Mutex(name, priority_inheritance=True)
     a, b = children(SETUP), children(SETUP)
-    assert a.run(f"set_prio{own!r}; m = ipcsem.Mutex({name!r}); m.acquire(); result = prio()") == own
+    got = a.run(f"set_prio{own!r}; m = ipcsem.Mutex({name!r}); m.acquire(); result = prio()")
+    assert got == own
     tid = a.run("_ledger.tid()")
     b.run(f"set_prio{waiter!r}; m = ipcsem.Mutex({name!r})")
     b.begin("result = (m.acquire(timeout=1.0), prio())")
     wait_until(lambda: kernel_prio(tid) == boosted, 5, what=f"owner boosted to {boosted}")
     rec = pi_record(name)
-    assert (rec["pi_state"], rec["pi_tid"], rec["pi_booster"], rec["pi_reason"]) == (1, tid, b.pid, 0)
+    # (pi_reason while boosted: the hops the priority came through, 1 = the waiter's own)
+    assert (rec["pi_state"], rec["pi_tid"], rec["pi_booster"]) == (1, tid, b.pid)
+    assert rec["pi_reason"] == 1
     assert (rec["pi_base_policy"], rec["pi_base_rtprio"], rec["pi_base_nice"]) == own
     # the waiter gives up (its own priority never touched); the owner stays
     # boosted until it releases (nobody is left to lower it), then is itself
@@ -197,7 +201,7 @@ def test_no_boost_without_inheritance_or_from_a_worse_waiter(names, children):
     plain, pi = names(), names()
     ipcsem.Mutex(plain).close()
     ipcsem.Mutex(pi, priority_inheritance=True).close()
-    a, b, c = children(SETUP), children(SETUP), children(SETUP)
+    a, b, c, d = children(SETUP), children(SETUP), children(SETUP), children(SETUP)
     a.run(f"set_prio(os.SCHED_OTHER, 0, 19); p = ipcsem.Mutex({plain!r}); p.acquire()")
     tid = a.run("_ledger.tid()")
     b.run(f"set_prio(os.SCHED_OTHER, 0, -10); p = ipcsem.Mutex({plain!r})")
@@ -207,6 +211,10 @@ def test_no_boost_without_inheritance_or_from_a_worse_waiter(names, children):
     ctid = c.run("_ledger.tid()")
     a.run(f"q = ipcsem.Mutex({pi!r})")
     a.begin("q.acquire(); q.release()")
+    # a SCHED_IDLE waiter (nice -20 means nothing there) is worse than any nice value
+    d.run(f"set_prio(os.SCHED_IDLE, 0, -20); q = ipcsem.Mutex({pi!r})")
+    d.begin("q.acquire(); q.release()")
+    wait_queued(ipcsem.Mutex(pi), d)
     time.sleep(0.3)                        # 15 slices of the waiters
     assert kernel_prio(tid) == (OTHER, 0, 19)
     assert kernel_prio(ctid) == (OTHER, 0, 5)
@@ -214,6 +222,7 @@ def test_no_boost_without_inheritance_or_from_a_worse_waiter(names, children):
     assert pi_record(plain)["pi_state"] == 0
     c.run("q.release()")
     a.result(10)
+    d.result(10)
     a.run("p.release()")
     b.result(10)
 
@@ -246,11 +255,12 @@ def test_sigkill_of_a_boosted_owner_recovery_clears_the_record(name, children):
     wait_until(lambda: kernel_prio(low_tid) == (OTHER, 0, -10), what="next owner boosted")
     rec = pi_record(name)
     assert (rec["pi_state"], rec["pi_tid"], rec["pi_base_nice"]) == (1, low_tid, 10)
-    high.kill()                             # (no waiter left to race the release: P1)
+    # the next owner releases with the high waiter still queued (and boosting):
+    # it is back at exactly its own priority, the waiter gets the mutex
     assert low.run("m.release(); result = prio()") == (OTHER, 0, 10)
+    high.result(10)
+    assert kernel_prio(low_tid) == (OTHER, 0, 10)
     assert pi_record(name) == dict.fromkeys(pi_record(name), 0)
-    assert m.acquire(timeout=5)             # (granted to the dead waiter, then recovered)
-    m.release()
 
 
 def test_sigkill_without_a_next_owner_then_recover(name, children):
@@ -310,12 +320,11 @@ def test_when_the_best_waiter_leaves_the_owner_drops_to_the_next_best(name, chil
     wait_until(lambda: kernel_prio(tid) == (OTHER, 0, 5), what="owner back to the next best")
     rec = pi_record(name)
     assert (rec["pi_state"], rec["pi_base_nice"], rec["pi_boost_nice"]) == (1, 19, 5)
-    low.kill()                              # (no waiter left to race the release: P1)
-    assert owner.run("m.release(); result = prio()") == (OTHER, 0, 19)
+    assert owner.run("m.release(); result = prio()") == (OTHER, 0, 19)   # low still waits
+    low.result(10)
     m.close()
 
 
-@pytest.mark.xfail(strict=True, reason="P9 in docs/pi-bugs.md: an AsyncMutex waiter never boosts")
 def test_an_async_waiter_boosts_the_owner_too(name, children):
     m = ipcsem.Mutex(name, priority_inheritance=True)
     owner, waiter = children(SETUP), children(SETUP)
@@ -326,9 +335,10 @@ def test_an_async_waiter_boosts_the_owner_too(name, children):
     waiter.begin("result = asyncio.run(am.acquire(timeout=1.0))")
     try:
         wait_until(lambda: kernel_prio(tid) == (OTHER, 0, -10), 0.9, what="owner boosted")
+        assert pi_record(name)["pi_booster"] == waiter.pid
     finally:
         waiter.result(10)
-        owner.run("m.release()")
+        assert owner.run("m.release(); result = prio()") == (OTHER, 0, 19)
         m.close()
 
 
@@ -357,19 +367,109 @@ def test_chain_boosts_the_owner_of_the_next_mutex(names, children):
     r1, r2 = pi_record(m1n), pi_record(m2n)
     assert (r1["pi_tid"], r1["pi_booster"], r1["pi_base_nice"]) == (tid2, t1.pid, 19)
     assert (r2["pi_tid"], r2["pi_booster"], r2["pi_base_nice"]) == (tid3, t2.pid, 19)
-    # the chain's head and middle die (no waiter left to race T3's release: P1)
-    t1.kill()
-    t2.kill()
+    assert (r1["pi_reason"], r2["pi_reason"]) == (1, 2)     # hops: T1's own, then via T2
+    # T3 releases with the chain still waiting: T3 is itself again, T2 gets M2
+    # (and stays boosted by T1 while it owns M1), then releases both
     assert t3.run("m2.release(); result = prio()") == (OTHER, 0, 19)
-    assert m1.acquire(timeout=5)            # T2's M1 recovered, its record with it
-    assert pi_record(m1n) == dict.fromkeys(pi_record(m1n), 0)
-    m1.release()
+    assert t2.result(10) == (OTHER, 0, -10)
+    assert t2.run("m2.release(); m1.release(); result = prio()") == (OTHER, 0, 19)
+    t1.result(10)
+    assert kernel_prio(tid3) == kernel_prio(tid2) == (OTHER, 0, 19)
     m1.close()
     m2.close()
 
 
-@pytest.mark.xfail(strict=True, reason="P3 in docs/pi-bugs.md: a thread owning two PI mutexes "
-                                       "is restored to the other mutex's boost")
+def test_a_chain_stops_after_max_chain_hops(names, children):
+    """The chain T1 -> M1 (T2) -> M2 (T3), with every process lending at most
+    one hop (``_pi.MAX_CHAIN = 1``): T2 is boosted by T1's own priority, but
+    T2 does not lend what it was given, so T3 keeps its own."""
+    m1n, m2n = names(), names()
+    m1 = ipcsem.Mutex(m1n, priority_inheritance=True)
+    m2 = ipcsem.Mutex(m2n, priority_inheritance=True)
+    cap = SETUP + "\nimport ipcsem._pi; ipcsem._pi.MAX_CHAIN = 1\n"
+    t1, t2, t3 = children(cap), children(cap), children(cap)
+    t3.run(f"set_prio(os.SCHED_OTHER, 0, 19); m2 = ipcsem.Mutex({m2n!r}); m2.acquire()")
+    tid3 = t3.run("_ledger.tid()")
+    t2.run(f"set_prio(os.SCHED_OTHER, 0, 19); m1 = ipcsem.Mutex({m1n!r}); m1.acquire(); "
+           f"m2 = ipcsem.Mutex({m2n!r})")
+    tid2 = t2.run("_ledger.tid()")
+    t2.begin("result = m2.acquire(timeout=1.0)")
+    wait_queued(m2, t2)
+    t1.run(f"set_prio(os.SCHED_OTHER, 0, -10); m1 = ipcsem.Mutex({m1n!r})")
+    t1.begin("result = m1.acquire(timeout=1.5)")
+    wait_until(lambda: kernel_prio(tid2) == (OTHER, 0, -10), 5, what="T2 boosted")
+    time.sleep(0.3)                         # 15 slices of T2's wait
+    assert kernel_prio(tid3) == (OTHER, 0, 19)
+    assert pi_record(m2n)["pi_state"] == 0
+    assert t2.result(10) is False
+    assert t1.result(10) is False
+    assert t2.run("m1.release(); result = prio()") == (OTHER, 0, 19)
+    t3.run("m2.release()")
+    m1.close()
+    m2.close()
+
+
+def test_a_cycle_of_pi_mutexes_lends_nothing_better_than_its_best_thread(names, children):
+    """A deadlock: T1 owns M1 and waits on M2, T2 owns M2 and waits on M1,
+    and W (nice -10) waits on M1.  The boosts go round the cycle and stop:
+    nobody runs better than W's nice -10 (nor goes real-time), the hops
+    recorded stay bounded, and when the waits time out each owner releases
+    back to exactly its own priority."""
+    m1n, m2n = names(), names()
+    m1 = ipcsem.Mutex(m1n, priority_inheritance=True)
+    m2 = ipcsem.Mutex(m2n, priority_inheritance=True)
+    t1, t2, w = children(SETUP), children(SETUP), children(SETUP)
+    t1.run(f"set_prio(os.SCHED_OTHER, 0, 19); m1 = ipcsem.Mutex({m1n!r}); m1.acquire(); "
+           f"m2 = ipcsem.Mutex({m2n!r})")
+    t2.run(f"set_prio(os.SCHED_OTHER, 0, 15); m2 = ipcsem.Mutex({m2n!r}); m2.acquire(); "
+           f"m1 = ipcsem.Mutex({m1n!r})")
+    tid1, tid2 = t1.run("_ledger.tid()"), t2.run("_ledger.tid()")
+    t1.begin("result = m2.acquire(timeout=1.5)")
+    t2.begin("result = m1.acquire(timeout=1.5)")
+    wait_queued(m2, t1)
+    wait_queued(m1, t2)
+    w.run(f"set_prio(os.SCHED_OTHER, 0, -10); m1 = ipcsem.Mutex({m1n!r})")
+    w.begin("result = m1.acquire(timeout=0.5)")
+    wait_until(lambda: kernel_prio(tid1) == kernel_prio(tid2) == (OTHER, 0, -10), 5,
+               what="both owners of the cycle boosted to W's priority")
+    seen = set()
+    end = time.monotonic() + 0.4
+    while time.monotonic() < end:
+        seen |= {kernel_prio(tid1), kernel_prio(tid2)}
+        for n in (m1n, m2n):
+            assert pi_record(n)["pi_reason"] <= 3        # hops: W's own, then round once
+        time.sleep(0.01)
+    assert seen == {(OTHER, 0, -10)}
+    assert w.result(10) is False
+    assert t1.result(10) is False and t2.result(10) is False
+    assert t1.run("m1.release(); result = prio()") == (OTHER, 0, 19)
+    assert t2.run("m2.release(); result = prio()") == (OTHER, 0, 15)
+    m1.close()
+    m2.close()
+
+
+def test_the_watcher_thread_lives_in_a_process_that_dropped_privileges(user_name, children):
+    """Q1 (fixed in ``_proc.start_named_thread``): a waiter that dropped to
+    another uid, after which ``import ctypes`` fails (as for an interpreter
+    under a private home, /root/.pyenv: simulated by blocking the module),
+    starts its ledger watcher, and the watcher keeps running."""
+    uid, _gid = _nobody()
+    owner, waiter = children(SETUP), children(SETUP)
+    _drop(owner, uid)
+    _drop(waiter, uid)
+    waiter.run("sys.modules.pop('ctypes', None); sys.modules['ctypes'] = None")
+    with pytest.raises(ChildError):
+        waiter.run("import ctypes")
+    owner.run(f"m = ipcsem.Mutex({user_name!r}, priority_inheritance=True); m.acquire()")
+    waiter.run(f"import threading; m = ipcsem.Mutex({user_name!r})")
+    waiter.begin("result = (m.acquire(timeout=0.3), "
+                 "sorted(t.name for t in threading.enumerate() if t.name.startswith('ipcsem')))")
+    got, threads = waiter.result(10)
+    assert got is False
+    assert "ipcsem-watch" in threads
+    owner.run("m.release()")
+
+
 def test_owner_of_two_mutexes_is_restored_to_its_own_priority(names, children):
     """T (nice 19) owns M1 and M2; W2 (nice -5) waits on M2, then W1 (nice
     -10) on M1.  Whatever the order T releases them in, it ends at nice 19."""
@@ -400,8 +500,6 @@ def test_owner_of_two_mutexes_is_restored_to_its_own_priority(names, children):
 
 
 # ----------------------------------------------------------------- the races
-@pytest.mark.xfail(strict=True, reason="P1 in docs/pi-bugs.md: a waiter re-boosts the owner "
-                                       "between its restore and its release")
 def test_released_owner_is_not_reboosted(name, children):
     """The owner is preempted between restoring its priority and releasing
     (held here for 100 ms, 5 slices of the waiter, as a nice-19 thread next
@@ -492,6 +590,10 @@ def test_without_privilege_inheritance_is_unavailable_and_the_mutex_works(
     doc = json.loads(_status("--json", user_name).stdout)["semaphores"][0]["priority_inheritance"]
     assert doc["state"] == "unavailable" and doc["owner_tid"] == tid
     assert doc["because_of"] == waiter.pid and "not permitted" in doc["reason"]
+    # what the owner should have run at (P8 in docs/pi-bugs.md: was null)
+    wanted = "nice -10" if waiter_prio[0] == OTHER else "SCHED_FIFO 10"
+    assert (doc["from"], doc["to"]) == ("nice 19", wanted)
+    assert f"could not be raised to {wanted}" in " ".join(shown.stdout.split())
     assert owner.run("m.release(); result = prio()") == (OTHER, 0, 19)
     assert waiter.result(10) == waiter_prio            # it got the mutex
     assert pi_record(user_name)["pi_state"] == 0
@@ -512,7 +614,7 @@ def test_an_owner_rlimit_nice_lets_an_unprivileged_waiter_boost(user_name, child
     waiter.begin("result = m.acquire(timeout=1.0)")
     wait_until(lambda: kernel_prio(tid) == (OTHER, 0, -10), what="owner boosted")
     assert pi_record(user_name)["pi_state"] == 1
-    assert waiter.result(10) is False       # (no waiter left to race the release: P1)
+    assert waiter.result(10) is False
     assert owner.run("m.release(); result = prio()") == (OTHER, 0, 19)
 
 
@@ -538,39 +640,54 @@ def test_an_unprivileged_waiter_cannot_boost_another_users_owner(name, children)
     m.close()
 
 
-def test_a_record_for_a_thread_that_does_not_own_the_mutex_is_ignored(name, children):
-    """``pi_record`` is a no-op unless the tid still owns the mutex: a waiter
-    (or anyone) cannot make the ledger name another thread as boosted."""
+def test_a_boost_of_a_thread_that_does_not_own_the_mutex_does_nothing(name, children):
+    """``pi_boost`` (the one call that changes a priority, under the ledger
+    lock) does nothing unless the thread owns the mutex at that moment and
+    is a thread of the process holding it: neither the thread's priority
+    nor the ledger's record changes."""
     m = ipcsem.Mutex(name, priority_inheritance=True)
     ledger = ipcsem.Mutex(name)._handle.ledger      # the ledger call the waiters use
     owner = children(SETUP)
-    assert ledger.pi_record(os.getpid(), 1, FIFO, 50, 0, FIFO, 50, 0, os.getpid(), 0) is False
-    assert pi_record(name)["pi_state"] == 0         # unlocked: nothing recorded
+    me, start = os.getpid(), _identity.ME.start
+    forever = _ledger.LOCK_FOREVER
+
+    def boost(pid, start, tid):
+        return ledger.pi_boost(pid, start, tid, 1, OTHER, 0, 19, FIFO, 50, 0, me, forever)
+
+    assert boost(me, start, me) is None             # unlocked
+    assert kernel_prio(me)[0] == OTHER and pi_record(name)["pi_state"] == 0
     owner.run(f"m = ipcsem.Mutex({name!r}); m.acquire()")
     tid = owner.run("_ledger.tid()")
-    for other in (os.getpid(), tid + 1, 0, -1):
-        assert ledger.pi_record(other, 1, FIFO, 50, 0, FIFO, 50, 0, os.getpid(), 0) is False
+    ostart = owner.run("ipcsem._identity.ME.start")
+    for pid, st, t in [(me, start, me), (owner.pid, ostart, tid + 1), (owner.pid, ostart, 0),
+                       (owner.pid, ostart, -1), (me, start, tid), (owner.pid, ostart + 1, tid),
+                       (owner.pid, ostart, me)]:
+        assert boost(pid, st, t) is None, (pid, st, t)
         assert pi_record(name)["pi_state"] == 0
+    assert kernel_prio(tid)[0] == OTHER and kernel_prio(me)[0] == OTHER
     owner.run("m.release()")
-    assert ledger.pi_record(tid, 1, FIFO, 50, 0, FIFO, 50, 0, os.getpid(), 0) is False
-    assert pi_record(name)["pi_state"] == 0
+    assert boost(owner.pid, ostart, tid) is None
+    assert pi_record(name)["pi_state"] == 0 and kernel_prio(tid)[0] == OTHER
     m.close()
 
 
-@pytest.mark.xfail(strict=True, reason="P2 in docs/pi-bugs.md: a privileged waiter applies the "
-                                       "priority the ledger claims as the owner's own")
 def test_forged_base_does_not_make_a_privileged_waiter_raise_the_owner(name, children):
     """An unprivileged owner (RLIMIT_RTPRIO 0) of a root-owned group-shared PI
     mutex writes "my own priority is SCHED_FIFO 50" into the ledger; root
-    waits at nice 0.  Nothing justifies more than nice 0 for the owner."""
+    waits at nice 0.  Nothing justifies more than nice 0 for the owner,
+    neither while root waits nor after the release (the owner's restore is
+    its own knowledge, not the ledger's)."""
     uid, gid = _nobody()
     m = ipcsem.Mutex(name, priority_inheritance=True, mode=0o660, group=gid)
     owner, waiter = children(SETUP), children(SETUP)
     _drop(owner, uid)
     owner.run(f"m = ipcsem.Mutex({name!r}, create=False); m.acquire()")
     tid = owner.run("_ledger.tid()")
-    assert owner.run("m._handle.ledger.pi_record(_ledger.tid(), 1, os.SCHED_FIFO, 50, 0, "
-                     "os.SCHED_FIFO, 50, 0, os.getpid(), 0)") is True
+    # a public call forges the record: "my own priority is SCHED_FIFO 50"
+    assert owner.run("m._handle.ledger.pi_boost(os.getpid(), ipcsem._identity.ME.start, "
+                     "_ledger.tid(), 1, os.SCHED_FIFO, 50, 0, os.SCHED_OTHER, 0, 0, "
+                     "os.getpid(), _ledger.LOCK_FOREVER)") == 0
+    assert (pi_record(name)["pi_state"], pi_record(name)["pi_base_policy"]) == (1, FIFO)
     waiter.run(f"m = ipcsem.Mutex({name!r})")
     waiter.begin("m.acquire(); m.release()")
     wait_queued(m, waiter)
@@ -585,8 +702,6 @@ def test_forged_base_does_not_make_a_privileged_waiter_raise_the_owner(name, chi
         m.close()
 
 
-@pytest.mark.xfail(strict=True, reason="P2 in docs/pi-bugs.md: a privileged waiter boosts "
-                                       "whatever thread the ledger names as the owner")
 def test_forged_owner_tid_does_not_make_a_privileged_waiter_boost_a_bystander(name, children):
     """A peer rewrites the ledger's owner thread to a bystander's (here a
     `sleep` of another process); root's waiter must not touch it."""
@@ -644,7 +759,7 @@ def test_status_shows_a_boosted_owner_from_which_priority_to_which_because_of_wh
             f"because of pid {waiter.pid} (thread {wtid})") in " ".join(shown.stdout.split())
     owner.run("m.release()")
     waiter.result(10)
-    os.sched_setscheduler(tid, OTHER, os.sched_param(0))     # whatever P1 left
+    assert kernel_prio(tid) == (OTHER, 0, 19)
     assert cli.sem_json(name)["priority_inheritance"]["state"] is None
     assert "priority inheritance:" not in _status(name).stdout
     m.close()

@@ -155,6 +155,7 @@ def test_identity_mismatch_on_a_live_pid(name):
     sem.check()
 
 
+@pytest.mark.slow
 def test_recovery_killed_midway_is_still_exactly_once(name, agents):
     """Hazard 8: a recoverer SIGKILLed inside recovery, at every point; the
     next one finishes the job; units are posted once."""

@@ -66,6 +66,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <linux/futex.h>
 
@@ -321,6 +323,7 @@ static void call_init(Call *c)
 {
     /* No memset of the whole struct: it is ~1 KiB and this is the hot path. */
     memset(c->r, 0, sizeof c->r);
+    c->a[8] = 0; /* release: no priority to restore unless the caller gives one */
     c->err = E_OK;
     c->msg[0] = 0;
     c->undo_n = 0;
@@ -1654,32 +1657,112 @@ error:
     return NULL;
 }
 
-/* args: owner_tid, state, base policy/rtprio/nice, boost policy/rtprio/nice,
- * booster, reason: record priority inheritance for the current owner (no-op
- * if `owner_tid` no longer owns the mutex). */
-static void body_pi(Ledger *L, Call *c)
+/* ------------------------------------------------- priority inheritance
+ *
+ * The owner thread of a PI mutex is boosted by its waiters and restored by
+ * itself; both are serialized with ownership by the ledger lock: a waiter
+ * changes the owner's priority only inside a locked call that finds it still
+ * the owner (pi_boost), and the owner restores its own priority in the same
+ * release call that clears it as the owner, after the unlock (a side effect
+ * after commit, like ringing a doorbell), so no boost can land after the
+ * restore.  Which priority is right is decided in Python (ipcsem/_pi.py:
+ * the kernel's view of the threads, never the ledger's record); this file
+ * only applies it, at the one moment it is still true. */
+
+#define PI_NONE 0
+#define PI_BOOSTED 1
+#define PI_UNAVAILABLE 2
+
+/* Give thread `tid` policy/rtprio/nice: only what differs is changed.
+ * 0, or the errno of the kernel's refusal (EINVAL for a priority that is
+ * not one).  No GIL needed: system calls only. */
+static int apply_prio(pid_t tid, int64_t policy, int64_t rtprio, int64_t nice)
 {
-    View *V = &L->v;
-    if (!is_mutex(V) || ld(HDR(V, H_MX_OWNER_KEY)) == 0 || ld(HDR(V, H_MX_OWNER_TID)) != c->a[0])
-        return;
-    tx_store(V, c, HDR(V, H_PI_TID), c->a[0]);
-    for (int i = 0; i < 9; i++)
-        tx_store(V, c, HDR(V, H_PI_STATE + (i == 0 ? 0 : i + 1)), c->a[1 + i]);
-    tx_commit(V, c);
-    c->r[0] = 1;
+    int rt = policy == SCHED_FIFO || policy == SCHED_RR;
+    if (tid <= 0 || !(rt || policy == SCHED_OTHER || policy == SCHED_BATCH || policy == SCHED_IDLE) ||
+        (rt ? rtprio < 1 || rtprio > 99 : rtprio != 0) || nice < -20 || nice > 19)
+        return EINVAL;
+    int cur = sched_getscheduler(tid);
+    struct sched_param sp;
+    if (cur < 0 || sched_getparam(tid, &sp) != 0)
+        return errno;
+    int keep = cur & SCHED_RESET_ON_FORK; /* the thread's own flag stays as it is */
+    cur &= ~SCHED_RESET_ON_FORK;
+    if (cur == SCHED_DEADLINE)
+        return EINVAL; /* a reservation, not a priority: never touched */
+    if (cur != policy || sp.sched_priority != rtprio) {
+        struct sched_param want = {.sched_priority = (int)rtprio};
+        if (sched_setscheduler(tid, (int)policy | keep, &want) != 0)
+            return errno;
+    }
+    errno = 0;
+    int now = getpriority(PRIO_PROCESS, (id_t)tid);
+    if (now == -1 && errno)
+        return errno;
+    if (now != nice && setpriority(PRIO_PROCESS, (id_t)tid, (int)nice) != 0)
+        return errno;
+    return 0;
 }
 
-static PyObject *Ledger_pi_record(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
+/* args: pid, start, tid, hops, base policy/rtprio/nice, policy/rtprio/nice,
+ * booster.  If `tid` owns the mutex, is a thread of process `pid`, and
+ * (pid, start) is the holder of the mutex: give it policy/rtprio/nice and
+ * record it: PI_BOOSTED with `hops` (1..64: how many PI mutexes the lent
+ * priority came through, 1 for the booster's own; a chain adds one per
+ * owner that lends on what it was given, which bounds chains, _pi.py) in
+ * the reason word; PI_NONE for hops 0 (a thread back at its own priority);
+ * PI_UNAVAILABLE with the reason when the kernel refuses.
+ * r[0]: -1 not the owner (nothing done), else the errno of the change (0). */
+static void body_pi_boost(Ledger *L, Call *c)
+{
+    View *V = &L->v;
+    int64_t pid = c->a[0], start = c->a[1], tid = c->a[2];
+    c->r[0] = -1;
+    if (!is_mutex(V) || !(V->policy & P_PI) || pid <= 0 || pid > INT_MAX || tid <= 0 ||
+        tid > INT_MAX || ld(HDR(V, H_MX_OWNER_KEY)) == 0 || ld(HDR(V, H_MX_OWNER_TID)) != tid)
+        return;
+    int64_t h = find_holder(L, pid, start);
+    if (h < 0 || ld(HOLDER(V, h, HO_UNITS)) < 1)
+        return;
+    /* signal 0: does `tid` belong to thread group `pid` (EPERM: it does, and
+     * we may not signal it, which is no reason not to ask the kernel) */
+    if (syscall(SYS_tgkill, (pid_t)pid, (pid_t)tid, 0) != 0 && errno == ESRCH)
+        return;
+    int err = apply_prio((pid_t)tid, c->a[7], c->a[8], c->a[9]);
+    int64_t hops = c->a[3] < 0 ? 0 : c->a[3] > 64 ? 64 : c->a[3];
+    int64_t state = hops ? PI_BOOSTED : PI_NONE, reason = hops;
+    if (err) {
+        state = PI_UNAVAILABLE;
+        reason = err == EPERM || err == EACCES ? 1 : err == ESRCH ? 2 : 3;
+    }
+    /* the kernel has the new priority from here on: a crash now leaves no
+     * record of it (rolled back), which nothing relies on (the owner
+     * restores its own priority at release, whatever the record says) */
+    crash_point();
+    tx_store(V, c, HDR(V, H_PI_STATE), state);
+    tx_store(V, c, HDR(V, H_PI_TID), tid);
+    for (int i = 0; i < 6; i++)
+        tx_store(V, c, HDR(V, H_PI_BASE_POLICY + i), c->a[4 + i]);
+    tx_store(V, c, HDR(V, H_PI_BOOSTER), c->a[10]);
+    tx_store(V, c, HDR(V, H_PI_REASON), reason);
+    tx_commit(V, c);
+    c->r[0] = err;
+}
+
+static PyObject *Ledger_pi_boost(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
 {
     Call c;
-    if (parse_args(&c, args, nargs, 10, "pi_record") < 0 || check_open(L) < 0)
+    if (parse_args(&c, args, nargs, 12, "pi_boost") < 0 || check_open(L) < 0 ||
+        lock_mode_arg(c.a[11]) < 0)
         goto error;
-    if (run_locked(L, body_pi, &c, mono_ns() + 100000000LL) < 0) {
+    if (run_locked(L, body_pi_boost, &c, c.a[11]) < 0) {
         raise_call_error(&c);
         goto error;
     }
     call_done(&c);
-    return PyBool_FromLong((long)c.r[0]);
+    if (c.r[0] < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(c.r[0]);
 error:
     call_done(&c);
     return NULL;
@@ -1977,11 +2060,15 @@ static PyObject *Ledger_ring(Ledger *L, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* release(pid, start, owner, units, token_hint) -> None
+/* release(pid, start, owner, units, token_hint[, policy, rtprio, nice]) -> None
  * Owned units first (a slotted semaphore frees grant token_hint's unit
  * numbers first); the rest is an unowned post, allowed only while it does
  * not push the total over capacity.  A mutex: only its owner; nested
- * acquires unwind first.  All or nothing. */
+ * acquires unwind first.  All or nothing.
+ * A PI mutex's owner thread passes its own priority: when this release ends
+ * its ownership, the calling thread gets that priority back right after the
+ * unlock (r[1] says so) — no waiter can boost it any more by then, since
+ * pi_boost finds it no longer the owner. */
 static void body_release(Ledger *L, Call *c)
 {
     View *V = &L->v;
@@ -2004,6 +2091,8 @@ static void body_release(Ledger *L, Call *c)
             tx_commit(V, c);
             return;
         }
+        if (c->a[8] && (V->policy & P_PI) && ld(HDR(V, H_MX_OWNER_TID)) == my_tid())
+            c->r[1] = 1; /* our own priority back once the lock is let go */
         mutex_clear_owner(V, c);
         tx_store(V, c, HDR(V, H_MX_OWNER_DIED), 0); /* a normal release: state repaired */
         tx_store(V, c, HOLDER(V, h, HO_UNITS), ld(HOLDER(V, h, HO_UNITS)) - 1);
@@ -2043,15 +2132,25 @@ static void body_release(Ledger *L, Call *c)
 static PyObject *Ledger_release(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
 {
     Call c;
-    if (parse_args(&c, args, nargs, 5, "release") < 0 || check_open(L) < 0 ||
+    if (parse_args(&c, args, nargs, nargs == 8 ? 8 : 5, "release") < 0 || check_open(L) < 0 ||
         check_units(L, c.a[3]) < 0)
         goto error;
+    c.a[8] = nargs == 8; /* a priority to restore was given (a[5..7]) */
     default_thread(NULL, &c.a[2]);
     if (run_locked(L, body_release, &c, LOCK_FOREVER) < 0) {
         raise_call_error(&c);
         goto error;
     }
     call_done(&c);
+    if (c.r[1]) {
+        /* Unlocked and committed: the mutex is gone from us, the waiter it
+         * went to was rung while we still ran at the boosted priority.  A
+         * refusal changes nothing of the release (lowering one's own
+         * priority is always allowed; anything else was not ours to have). */
+        Py_BEGIN_ALLOW_THREADS
+        (void)apply_prio((pid_t)my_tid(), c.a[5], c.a[6], c.a[7]);
+        Py_END_ALLOW_THREADS
+    }
     Py_RETURN_NONE;
 error:
     call_done(&c);
@@ -3014,7 +3113,7 @@ static PyMethodDef Ledger_methods[] = {
     {"cancel", (PyCFunction)(void (*)(void))Ledger_cancel, METH_FASTCALL, NULL},
     {"ring", (PyCFunction)Ledger_ring, METH_O, NULL},
     {"set_flags", (PyCFunction)(void (*)(void))Ledger_set_flags, METH_FASTCALL, NULL},
-    {"pi_record", (PyCFunction)(void (*)(void))Ledger_pi_record, METH_FASTCALL, NULL},
+    {"pi_boost", (PyCFunction)(void (*)(void))Ledger_pi_boost, METH_FASTCALL, NULL},
     {"recover_orphan", (PyCFunction)(void (*)(void))Ledger_recover_orphan, METH_FASTCALL, NULL},
     {"touch", (PyCFunction)Ledger_touch, METH_O, NULL},
     {"process_bell", (PyCFunction)(void (*)(void))Ledger_process_bell, METH_FASTCALL, NULL},

@@ -10,7 +10,7 @@ process identity (start in clock ticks); ``tid``/``owner`` of 0 mean the
 calling thread.
 """
 from collections.abc import Callable
-from typing import Any, Final, TypedDict, final
+from typing import Any, Final, TypedDict, final, overload
 
 from _typeshed import ReadableBuffer, WriteableBuffer, structseq
 from typing_extensions import disjoint_base
@@ -297,15 +297,28 @@ class Ledger:
     def ring(self, entry: int, /) -> None: ...
     def set_flags(self, entry: int, pid: int, start: int, set: int, clear: int, lock: int,
                   /) -> None: ...
-    def pi_record(self, owner_tid: int, state: int, base_policy: int, base_rtprio: int,
-                  base_nice: int, boost_policy: int, boost_rtprio: int, boost_nice: int,
-                  booster: int, reason: int, /) -> bool: ...
+    def pi_boost(self, pid: int, start: int, tid: int, hops: int, base_policy: int,
+                 base_rtprio: int, base_nice: int, policy: int, rtprio: int, nice: int,
+                 booster: int, lock: int, /) -> int | None:
+        """Under the lock, if ``tid`` owns the mutex, is a thread of ``pid``
+        and (pid, start) holds it: give ``tid`` policy/rtprio/nice and record
+        it: boosted (state 1) with ``hops`` (1..64, how many PI mutexes the
+        lent priority came through) in ``pi_reason``; hops 0: back at its
+        own priority (state 0); unavailable (2, with the reason) when the
+        kernel refuses.  None if ``tid`` is not the owner (nothing done),
+        else the kernel's errno (0: applied)."""
     def recover_orphan(self, pid: int, start: int, owner_key: int, lock: int, /) -> bool: ...
     def touch(self, lock: int, /) -> None: ...
     def process_bell(self, pid: int, start: int, /) -> tuple[int, int] | None:
         """(holder slot, bell value), or None if the process holds no slot."""
+    @overload
     def release(self, pid: int, start: int, owner: int, units: int, token_hint: int,
                 /) -> None: ...
+    @overload
+    def release(self, pid: int, start: int, owner: int, units: int, token_hint: int,
+                policy: int, rtprio: int, nice: int, /) -> None:
+        """A PI mutex's owner thread: when this ends its ownership, the
+        calling thread gets policy/rtprio/nice back, after the unlock."""
     def disown(self, pid: int, start: int, units: int, token_hint: int, key: int,
                /) -> None: ...
     def recover(self, pid: int, start: int, lock: int, /) -> tuple[int, int]:

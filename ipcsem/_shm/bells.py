@@ -8,7 +8,9 @@ sleeps on every process bell of the ledgers with async entries at once
 (futex_waitv, no descriptors), then looks at each watched entry without the
 lock and calls ``notify()`` for those that may have been granted (or whose
 semaphore was unlinked or closed).  ``notify`` hands over to the loop
-thread-safely; the task settles its entry itself.
+thread-safely; the task settles its entry itself.  Every SLICE it looks at
+every entry (a missed ring costs at most that) and heals the watched ledgers
+if it is this process's turn (so waiting tasks never do).
 
 Threads: this one, plus the pidfd watcher (watch.py) — two, whatever the
 number of waiting tasks.  File descriptors: none here.
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
 SLICE = 0.5     # the notifier looks at every entry at least this often anyway
+# A full look at 1,000 entries is ~1-3 ms of Python: let go of the GIL between
+# chunks, or a loop thread waiting for it waits the whole switch interval.
+YIELD_EVERY = 32
 
 
 class _Group:
@@ -70,6 +75,14 @@ def watch(handle: ShmHandle, pending: ShmPending, notify: Callable[[], None]) ->
         _start()
     if new:          # a bell the notifier does not sleep on yet
         _ledger.poke_bells()
+    # A grant between queueing and here rang a bell before we watched the
+    # entry: look once now (lock-free), so the waiter need not settle first.
+    try:
+        granted = handle.ledger.state(pending.entry) != _ledger.WAITING
+    except (ValueError, OSError):
+        granted = True   # closed or gone: let the waiter find out
+    if granted:
+        notify()
 
 
 def unwatch(handle: ShmHandle, pending: ShmPending) -> bool:
@@ -130,7 +143,9 @@ def _look(g: _Group, prefix: bool, key_rang: bool = False) -> None:
     with _lock:
         ordered = list(g.ordered)
     ledger = g.ledger
-    for _order, key in ordered:
+    for i, (_order, key) in enumerate(ordered):
+        if i % YIELD_EVERY == YIELD_EVERY - 1:
+            time.sleep(0)        # hand the GIL to an event loop that wants it
         item = g.entries.get(key)
         if item is None:
             continue
@@ -147,6 +162,21 @@ def _look(g: _Group, prefix: bool, key_rang: bool = False) -> None:
                 unwatch(handle, pending)
         if waiting and prefix:
             break
+
+
+def _heal(groups: list[tuple[int, _Group]]) -> None:
+    """Recover the dead holders of the watched ledgers if it is our turn
+    (rate-limited across processes): here rather than in each waiting task,
+    so a loop with 1,000 waiting tasks does none of it."""
+    for _key, g in groups:
+        with _lock:
+            first = next(iter(g.entries.values()), None)
+        if first is None:
+            continue
+        try:
+            first[0].recover_if_due()
+        except Exception:  # noqa: BLE001 - closed or corrupt: the waiters' own calls say so
+            pass
 
 
 def _run() -> None:
@@ -183,6 +213,8 @@ def _run() -> None:
                 look.append((g, False, False))     # no bell to sleep on: look at all, each slice
         for g, prefix, rang in look:
             _look(g, prefix, rang)
+        if full:
+            _heal(groups)
         live = {k for k, _g in groups}
         for k in list(last):
             if k not in live:

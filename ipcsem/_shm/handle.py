@@ -107,6 +107,9 @@ class ShmHandle(Handle):
     # ----------------------------------------------------------- acquiring
     def take(self, units: int, priority: int, owner: int, tid: int) -> Lease | None:
         ledger = self._ledger
+        pi = self.params.priority_inheritance
+        if pi:
+            _pi.about_to_acquire(tid)     # its own priority, before anything of ours raises it
         try:
             try:
                 g = ledger.take(ME.pid, ME.start, tid, owner, units, priority,
@@ -123,6 +126,8 @@ class ShmHandle(Handle):
                                 time.monotonic_ns() + TRY_LOCK_NS)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
+        if pi and g is not None:
+            _pi.acquired(self, owner, tid)
         return g
 
     def _enqueue(self, units: int, priority: int, owner: int, tid: int, flags: int,
@@ -162,10 +167,13 @@ class ShmHandle(Handle):
         watch.watching(self.segment)
         try:
             try:
-                return ledger.wait(*args)
+                g = ledger.wait(*args)
             except LedgerFull:
                 self._heal(deadline_ns or LOCK_FOREVER)   # a full table may be full of the dead
-                return ledger.wait(*args)
+                g = ledger.wait(*args)
+            if pi and g is not None:
+                _pi.acquired(self, owner, tid)
+            return g
         except IpcsemError as e:
             raise e.with_name(self.name) from None
         finally:
@@ -182,8 +190,12 @@ class ShmHandle(Handle):
         except IpcsemError as e:
             raise e.with_name(self.name) from None
         if got is None or not isinstance(got, int):
+            if got is not None and self.params.priority_inheritance:
+                _pi.acquired(self, owner, tid)
             return got
         pending = ShmPending(got, units, priority)
+        if self.params.priority_inheritance:
+            _pi.queued(self, pending, owner, tid)     # granted from now on, at any moment
         bells.watch(self, pending, notify)
         watch.watching(self.segment)
         return pending
@@ -201,6 +213,8 @@ class ShmHandle(Handle):
             self._forget(pending)
             raise e.with_name(self.name) from None
         if g is not None:
+            if self.params.priority_inheritance:
+                _pi.settled(pending)
             self._forget(pending)
         return g
 
@@ -232,14 +246,18 @@ class ShmHandle(Handle):
         # caller's cancel() then forgets it again.
         if bells.unwatch(self, pending):
             watch.done(self.segment)
+        if self.params.priority_inheritance:
+            _pi.unqueued(pending)
 
     # ----------------------------------------------------------- returning
     def release(self, units: int, owner: int, lease: Lease | None = None) -> None:
-        if self.params.priority_inheritance:
-            _pi.restore_self(self)    # our own priority back before the mutex goes
+        token = 0 if lease is None else lease.token
         try:
-            self._ledger.release(ME.pid, ME.start, owner, units,
-                                 0 if lease is None else lease.token)
+            if self.params.priority_inheritance:
+                # our own priority back in the call that ends our ownership
+                _pi.release(self, ME.pid, ME.start, owner, units, token)
+            else:
+                self._ledger.release(ME.pid, ME.start, owner, units, token)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
 
@@ -258,6 +276,8 @@ class ShmHandle(Handle):
             return 0
 
     def recover_if_due(self) -> None:
+        if self.params.priority_inheritance:
+            _pi.update(self, ME.pid)     # an event-loop waiter boosts the owner as a thread does
         if self._ledger.claim_heal(time.time_ns(), SLICE_NS):
             try:
                 self._heal(time.monotonic_ns() + TRY_LOCK_NS)

@@ -154,11 +154,17 @@ def check_owner_died(log: GrantLog, died_holding: set[int], final: Grant | None 
         known.append(final)
     expect: bool | None = False          # a fresh mutex: nobody died yet
     why = "a fresh mutex"
-    prev = 0
+    # Tokens start at the ledger's creation time, not at 1: the first grant
+    # anyone saw (logged, or found dead holding it) is the mutex's first.
+    # (A first grant whose owner died before logging it and was not found
+    # holding it cannot exist: the log line is written while holding.)
+    seen = [g.token for g in known] + list(died_holding)
+    prev = min(seen) - 1 if seen else 0
     for g in known:
         if g.token <= prev:
             continue                      # a repeat: check_tokens reports it
-        for t in range(prev + 1, g.token):            # grants nobody logged
+        if g.token - 1 > prev:            # grants nobody logged: the last of them decides
+            t = g.token - 1
             expect, why = (True, f"token {t} died holding it") if t in died_holding \
                 else (None, "")
         if g.died:

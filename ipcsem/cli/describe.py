@@ -13,14 +13,18 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from .. import _identity, _names, _pi, _proc
 from .._errors import Corrupt, IpcsemError, NotFound, PermissionDenied
+from .._records import Deadlock
 from .._shm import _ledger
 from .._shm.segment import params_of, read_view
 from .procinfo import Procs, stopped
 
 JSON_VERSION = 1
+Obj = dict[str, Any]     # one SEMAPHORE object of the --json schema (docs/cli.md)
 WAITING = _ledger.WAITING
 _DEADISH = (_identity.DEAD, _identity.ZOMBIE)
 
@@ -37,7 +41,7 @@ def user_name(uid: int) -> str:
 _policies: dict[tuple[int, int], tuple[str, bool, bool, bool, bool]] = {}
 
 
-def _policy(header, mode: int) -> tuple[str, bool, bool, bool, bool]:
+def _policy(header: _ledger.Header, mode: int) -> tuple[str, bool, bool, bool, bool]:
     """(kind, slots, fair, reentrant, priority_inheritance) of a ledger
     header: ``params_of``, asked once per distinct policy word (there are a
     handful)."""
@@ -52,12 +56,12 @@ def _policy(header, mode: int) -> tuple[str, bool, bool, bool, bool]:
 _PI_STATES = {_pi.PI_NONE: None, _pi.PI_BOOSTED: "boosted", _pi.PI_UNAVAILABLE: "unavailable"}
 
 
-def _inheritance(h, waiters) -> dict:
+def _inheritance(h: _ledger.Header, waiters: Sequence[_ledger.WaiterRow]) -> Obj:
     """The ``priority_inheritance`` object of a PI mutex, from its ledger
     header's record (written by other processes: every value is checked
     before it is described)."""
     state = h.pi_state
-    out = {"state": _PI_STATES.get(state), "owner_tid": None, "from": None, "to": None,
+    out: Obj = {"state": _PI_STATES.get(state), "owner_tid": None, "from": None, "to": None,
            "because_of": None, "because_of_tid": None, "reason": None}
     if state == _pi.PI_NONE:
         return out
@@ -80,7 +84,7 @@ def _inheritance(h, waiters) -> dict:
     return out
 
 
-def blank(name: str) -> dict:
+def blank(name: str) -> Obj:
     """A SEMAPHORE object of the --json schema with nothing known yet."""
     return {
         # version 1 as first published
@@ -99,7 +103,7 @@ def blank(name: str) -> dict:
 
 
 def describe(name: str, procs: Procs, detail: bool = True, only_pid: int | None = None,
-             now: float | None = None) -> dict:
+             now: float | None = None) -> Obj:
     """Everything status shows about one semaphore, as a --json object.
     Raises NotFound if the name is gone; every other failure is put in
     ``error`` (a status tool shows a semaphore it cannot read, never crashes
@@ -158,7 +162,7 @@ def describe(name: str, procs: Procs, detail: bool = True, only_pid: int | None 
         if inherits:
             obj["priority_inheritance"] = _inheritance(h, snap.waiters)
     held = dead = dead_units = 0
-    out_h = []
+    out_h: list[Obj] = []
     for x in snap.holders:
         units = x.units
         if units <= 0:
@@ -183,7 +187,9 @@ def describe(name: str, procs: Procs, detail: bool = True, only_pid: int | None 
             "slots": list(x.slots), "tid": (h.mx_owner_tid or None) if mutex else None,
         })
     out_h.sort(key=lambda d: d["since"])
-    out_w, longest, head_reason = [], None, None
+    out_w: list[Obj] = []
+    longest: float | None = None
+    head_reason: str | None = None
     best_ahead: tuple[int, int] | None = None     # (priority, pid) of the best entry ahead
     available = h.available
     for w in snap.waiters:
@@ -211,7 +217,8 @@ def describe(name: str, procs: Procs, detail: bool = True, only_pid: int | None 
     return obj
 
 
-def _why(w, best_ahead, available: int, dead_units: int, obj: dict, lock_owner, lock_state):
+def _why(w: _ledger.WaiterRow, best_ahead: tuple[int, int] | None, available: int,
+         dead_units: int, obj: Obj, lock_owner: int | None, lock_state: str | None) -> str:
     """Why this queued request is not granted yet, in a few words."""
     if lock_state == "stopped":
         return f"lock held by stopped pid {lock_owner}"
@@ -231,7 +238,7 @@ def _why(w, best_ahead, available: int, dead_units: int, obj: dict, lock_owner, 
     return "being granted (the units are free)"
 
 
-def _file_facts(obj: dict) -> None:
+def _file_facts(obj: Obj) -> None:
     """Owner and mode of the object under the name, for an unreadable one."""
     try:
         st = os.lstat(_names.shm_path(obj["name"]))
@@ -242,14 +249,15 @@ def _file_facts(obj: dict) -> None:
 
 
 def gather(names: list[str] | None, procs: Procs, detail: bool,
-           only_pid: int | None = None) -> tuple[list[dict], list[str]]:
+           only_pid: int | None = None) -> tuple[list[Obj], list[str]]:
     """Semaphore objects for NAMEs (every name when None), and the NAMEs not
     found.  A name that vanishes while listing them all was removed: it is
     simply not there any more."""
     explicit = names is not None
-    objs, missing = [], []
+    objs: list[Obj] = []
+    missing: list[str] = []
     now = time.time()
-    for name in (names if explicit else _names.names()):
+    for name in (names if names is not None else _names.names()):
         try:
             objs.append(describe(name, procs, detail, only_pid, now))
         except NotFound:
@@ -258,7 +266,7 @@ def gather(names: list[str] | None, procs: Procs, detail: bool,
     return objs, missing
 
 
-def mark_deadlocks(objs: list[dict]) -> list:
+def mark_deadlocks(objs: list[Obj]) -> list[Deadlock]:
     """Set ``deadlocked`` on the objects of semaphores in a deadlock; the
     deadlocks (``ipcsem.Deadlock``).  Only looked for when some request
     waits (no waiter, no deadlock): the common list stays one read per

@@ -9,10 +9,15 @@ import shutil
 import sys
 import textwrap
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from .. import _names, _proc
 from .procinfo import Procs, short_command
+
+if TYPE_CHECKING:       # (types only: rendering needs no ledger module)
+    from .._records import Deadlock
+    from .describe import Obj
 
 
 # ------------------------------------------------------------ small parts
@@ -57,7 +62,7 @@ def plural(n: int, word: str, words: str | None = None) -> str:
     return f"{n} {word if n == 1 else (words or word + 's')}"
 
 
-def slot_list(slots) -> str:
+def slot_list(slots: Iterable[int] | None) -> str:
     """Unit numbers as ipcsem run exports them: 0,3 (no spaces)."""
     return ",".join(str(s) for s in slots) if slots else "-"
 
@@ -71,19 +76,19 @@ def table(rows: list[list[str]], heads: list[str], right: set[int], flex: int,
     fixed = len(indent) + sum(widths[i] + 2 for i in range(n) if i != flex)
     widths[flex] = max(min(widths[flex], width - fixed), len(heads[flex]))
 
-    def line(cells):
+    def line(cells: list[str]) -> str:
         out = []
-        for i, c in enumerate(cells):
-            c = clip(c, widths[i]) if i == flex else c
+        for i, cell in enumerate(cells):
+            c = clip(cell, widths[i]) if i == flex else cell
             out.append(c.rjust(widths[i]) if i in right else c.ljust(widths[i]))
         return (indent + "  ".join(out)).rstrip()
 
-    return [line(heads)] + [line(r) for r in rows]
+    return [line(heads), *(line(r) for r in rows)]
 
 
-def short_error(o: dict) -> str:
+def short_error(o: Obj) -> str:
     """The gist of a read error for one table row: no path, no remedy."""
-    msg = o["error"].split("; ")[0]
+    msg: str = o["error"].split("; ")[0]
     path = _names.shm_path(o["name"])
     if msg.startswith(path):
         msg = msg[len(path):].lstrip(": ")
@@ -93,7 +98,7 @@ def short_error(o: dict) -> str:
     return msg
 
 
-def policy(o: dict) -> str:
+def policy(o: Obj) -> str:
     """What kind of semaphore it is, in a few words."""
     if o["kind"] == "mutex":
         text = "mutex" + (", reentrant" if o["reentrant"] else "")
@@ -115,11 +120,11 @@ def policy(o: dict) -> str:
     return text
 
 
-def inheritance_text(o: dict) -> str | None:
+def inheritance_text(o: Obj) -> str | None:
     """A PI mutex's boosted (or not boostable) owner, in one line; None when
     there is nothing to say."""
     pi = o.get("priority_inheritance")
-    if not pi or pi["state"] is None and pi["reason"] is None:
+    if not pi or (pi["state"] is None and pi["reason"] is None):
         return None
     who = f"thread {pi['owner_tid']}" if pi["owner_tid"] else "the owner"
     by = ""
@@ -136,7 +141,7 @@ def inheritance_text(o: dict) -> str | None:
     return f"priority inheritance: {pi['reason']}"
 
 
-def wedge_text(o: dict) -> str | None:
+def wedge_text(o: Obj) -> str | None:
     if o["lock_owner_state"] == "stopped":
         return f"ledger lock held by stopped pid {o['lock_owner']}"
     if not o["consistent"]:
@@ -147,12 +152,12 @@ def wedge_text(o: dict) -> str | None:
 
 
 # ------------------------------------------------------------- the list
-def render_list(objs: list[dict], width: int) -> list[str]:
+def render_list(objs: list[Obj], width: int) -> list[str]:
     if not objs:
         return ["no ipcsem semaphores"]
     heads = ["NAME", "CAPACITY", "AVAIL", "HOLDERS", "WAITERS", "DEAD", "LONGEST WAIT"]
 
-    def num(v):
+    def num(v: int | None) -> str:
         return "-" if v is None else str(v)
 
     rows = [[o["name"], num(o["capacity"]), num(o["available"]), str(len(o["holders"])),
@@ -161,7 +166,7 @@ def render_list(objs: list[dict], width: int) -> list[str]:
     widths = [max([len(heads[i])] + [len(r[i]) for r in rows]) for i in range(1, len(heads))]
     room = width - sum(w + 2 for w in widths) - 4   # what NAME may use; 4 for " * D"
     name_w = max(4, min(max(len(o["name"]) for o in objs), room))
-    widths = [name_w] + widths
+    widths = [name_w, *widths]
     out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w)
                      for i, (h, w) in enumerate(zip(heads, widths, strict=True))).rstrip()]
     it = iter(rows)
@@ -209,12 +214,12 @@ def pid_text(proc: dict[str, Any]) -> str:
     return str(proc["pid"]) if not host or host == _HOST else f"{proc['pid']}@{host}"
 
 
-def render_detail(o: dict, width: int) -> list[str]:
+def render_detail(o: Obj, width: int) -> list[str]:
     name = o["name"]
     if o["error"] is not None:
-        return [f"{name}: cannot be read"] + textwrap.wrap(
+        return [f"{name}: cannot be read", *textwrap.wrap(
             o["error"], width - 2, initial_indent="  ", subsequent_indent="  ",
-            break_on_hyphens=False)
+            break_on_hyphens=False)]
     waiting = len(o["waiters"])
     out = [clip(f"{name}: {o['available']} of {o['capacity']} available, {o['held']} held"
                 + (f", {o['unowned']} unowned" if o["unowned"] else "")
@@ -262,9 +267,9 @@ def render_detail(o: dict, width: int) -> list[str]:
                    h["state"]]
             if slotted:
                 row.append(slot_list(h["slots"]))
-            rows.append(row + [short_command(h["argv"])])
-        heads = ["PID", "USER", "UNITS", "HELD FOR", "STATE"] + (["SLOTS"] if slotted else [])
-        out += table(rows, heads + ["COMMAND"], {0, 2, 3}, len(heads), width, "  ")
+            rows.append([*row, short_command(h["argv"])])
+        heads = ["PID", "USER", "UNITS", "HELD FOR", "STATE", *(["SLOTS"] if slotted else [])]
+        out += table(rows, [*heads, "COMMAND"], {0, 2, 3}, len(heads), width, "  ")
     else:
         out.append("HOLDERS: none")
     if o["waiters"]:
@@ -280,7 +285,7 @@ def render_detail(o: dict, width: int) -> list[str]:
 
 
 # ---------------------------------------------------------- one process
-def render_pid(pid: int, objs: list[dict], width: int) -> list[str]:
+def render_pid(pid: int, objs: list[Obj], width: int) -> list[str]:
     start = _proc.start_of(pid)
     if start is None:
         head = f"pid {pid}: no such process (entries below, if any, are of a dead process)"
@@ -315,12 +320,12 @@ def render_pid(pid: int, objs: list[dict], width: int) -> list[str]:
 
 
 # ------------------------------------------------------------- deadlocks
-def render_deadlocks(found: list, width: int) -> list[str]:
+def render_deadlocks(found: list[Deadlock], width: int) -> list[str]:
     """Each deadlock: who holds what, who waits for what, and what they run."""
     if not found:
         return ["no deadlocks"]
     procs = Procs()
-    out = []
+    out: list[str] = []
     for i, dl in enumerate(found, 1):
         if out:
             out.append("")
