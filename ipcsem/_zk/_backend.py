@@ -203,10 +203,61 @@ class ZkBackend(Backend):
     def reap(self, paths: list[str]) -> Reaped:
         """Delete the nodes of one dead local process (others may race: a
         waiter, a supervisor; a node already gone is skipped): which this
-        call deleted, and the units of those holds.  The recovery is counted
-        on the gate (best effort: counters only), once per call that deleted
-        anything."""
+        call deleted, and the units of those holds.  Per semaphore, the
+        nodes go in one transaction with the count of the recovery on its
+        gate, so whoever sees the units back sees the recovery counted."""
         client, _ = self.conn.current()
+        by_gate: dict[str, list[str]] = {}
+        for path in paths:
+            by_gate.setdefault(path.rsplit("/", 2)[0] + "/gate", []).append(path)
+        deleted: list[str] = []
+        for gate_path, group in by_gate.items():
+            deleted += self._reap_counted(client, gate_path, group)
+        return Reaped(deleted, sum(_hold_units(p) for p in deleted))
+
+    def _reap_counted(self, client: Client, gate_path: str, paths: list[str]) -> list[str]:
+        """Delete ``paths`` (of one queue) and count one recovery on the gate
+        in the same transaction; the paths this call deleted.  A node gone
+        meanwhile (another reaper) is left out and the rest retried; after
+        COUNTER_RACES lost races on the gate, or without a readable gate
+        (unlinked, corrupt), the nodes are deleted uncounted: units must come
+        back, counters are only counters."""
+        left = list(paths)
+        for _ in range(COUNTER_RACES):
+            if not left:
+                return []
+            try:
+                data, stat = client.get(gate_path)
+                g = _codec.decode_gate(data, _codec.MAX_CAPACITY, gate_path)
+            except IpcsemError as e:
+                log.debug("counting a recovery: %s", e)
+                break
+            except Exception as e:
+                if error_name(e) != "NoNodeError":
+                    raise
+                break
+            g = dataclasses.replace(g, recoveries=g.recoveries + 1,
+                                    recovered_units=g.recovered_units
+                                    + sum(_hold_units(p) for p in left))
+            t = client.transaction()
+            for path in left:
+                t.delete(path)
+            t.set_data(gate_path, _codec.encode_gate(g), version=stat.version)
+            results = t.commit()
+            failed = [(op, r) for op, r in zip([*left, gate_path], results, strict=False)
+                      if isinstance(r, Exception)
+                      and error_name(r) not in ("RolledBackError", "RuntimeInconsistency")]
+            if not failed:
+                return left
+            op, err = failed[0]
+            if error_name(err) == "NoNodeError" and op != gate_path:
+                left.remove(op)          # reaped by someone else meanwhile
+            elif error_name(err) not in ("BadVersionError", "NoNodeError"):
+                raise err
+        return self._delete_each(client, left)
+
+    @staticmethod
+    def _delete_each(client: Client, paths: list[str]) -> list[str]:
         deleted: list[str] = []
         for path in paths:
             try:
@@ -216,33 +267,7 @@ class ZkBackend(Backend):
                     continue
                 raise
             deleted.append(path)
-        if not deleted:
-            return Reaped([], 0)
-        units = 0
-        for path in deleted:
-            node = path.rsplit("/", 1)[1]
-            if node.startswith("h_"):
-                try:
-                    units += int(node.split("_", 2)[1])
-                except ValueError:     # not one of ours: nothing to count
-                    pass
-        self._count_recovery(client, deleted[0].rsplit("/", 2)[0] + "/gate", units)
-        return Reaped(deleted, units)
-
-    @staticmethod
-    def _count_recovery(client: Client, gate_path: str, units: int) -> None:
-        for _ in range(COUNTER_RACES):
-            try:
-                data, stat = client.get(gate_path)
-                g = _codec.decode_gate(data, _codec.MAX_CAPACITY, gate_path)
-                g = dataclasses.replace(g, recovered_units=g.recovered_units + units,
-                                        recoveries=g.recoveries + 1)
-                client.set(gate_path, _codec.encode_gate(g), version=stat.version)
-                return
-            except Exception as e:  # noqa: BLE001 - counters only: a grant raced us, or unlinked
-                if error_name(e) != "BadVersionError":
-                    log.debug("counting a recovery: %r", e)
-                    return
+        return deleted
 
     def close(self) -> None:
         if self._reaper is not None:
@@ -275,3 +300,14 @@ def _compare(name: str, existing: Params, asked: Params) -> None:
         a, b = getattr(existing, field), getattr(asked, field)
         if a != b:
             raise PolicyMismatch(name, field, a, b)
+
+
+def _hold_units(path: str) -> int:
+    """The units of a hold node (``h_<units>_...``); 0 for a request."""
+    node = path.rsplit("/", 1)[1]
+    if not node.startswith("h_"):
+        return 0
+    try:
+        return int(node.split("_", 2)[1])
+    except ValueError:      # not one of ours: nothing to count
+        return 0
