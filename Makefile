@@ -56,9 +56,17 @@ build: $(STAMP)
 	rm -rf ipcsem.egg-info
 	$(PY) -m build
 
+# Then the ZooKeeper backend beside kazoo's Semaphore (ratios ipcsem/kazoo,
+# standalone and a 3-node ensemble; BENCH_ZK_ARGS: e.g. --quick): it needs
+# java and Debian's zookeeper package, and says so when they are absent.
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m tools.bench $(BENCH_ARGS)
+	@if $(PY) -c 'import sys; from ipcsem._zk import server; sys.exit(server.missing() is not None)'; then \
+	    echo "$(PY) -m tools.bench.zk $(BENCH_ZK_ARGS)"; $(PY) -m tools.bench.zk $(BENCH_ZK_ARGS); \
+	else \
+	    echo "bench: ZooKeeper figures skipped: no server here (apt-get install -y zookeeper)"; \
+	fi
 
 chaos: $(STAMP)
 	$(VENV)/bin/ipcsem chaos --kills 10000 --spawn fork

@@ -11,6 +11,7 @@ transactions under a lock that survives its owner's death.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .. import _backend, _identity, _names
@@ -29,7 +30,12 @@ class ShmBackend(_backend.Backend):
     url = "shm"
 
     def open(self, name: str, params: Params | None, *, group: int | None = None,
+             on_lost: Callable[[Lease, str], None] | None = None,
              **options: Any) -> ShmHandle:
+        # on_lost is accepted and never called: a lease here ends only with
+        # its process (the seam's contract, ipcsem/_backend.py).
+        if on_lost is not None and not callable(on_lost):
+            raise TypeError(f"on_lost must be callable(lease, reason), not {on_lost!r}")
         if options:
             raise TypeError(f"the shm backend takes no option {sorted(options)[0]!r}")
         return ShmHandle(open_segment(name, params, group=group))

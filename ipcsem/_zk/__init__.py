@@ -10,17 +10,19 @@ recipe, the fencing-token argument and the lease-loss guarantee.
 
 Modules: ``_codec`` (what is stored, and its validation), ``_admission``
 (the pure admission rule), ``_session`` (one session per URL, heartbeat and
-lease deadline), ``_handle`` (the recipe), ``_backend`` (names, create,
-unlink, reaping), ``_local`` (machine identity, pidfd reaper),
-``_supervisor`` (a host's watcher of local holders), ``server`` (real
-ZooKeeper servers for tests and benchmarks).
+lease deadline), ``_lease`` (leases, holds, the book of a process's holds),
+``_handle`` (the recipe), ``_backend`` (names, create, unlink, reaping),
+``_local`` (machine identity, pidfd reaper), ``_supervisor`` (a host's
+watcher of local holders), ``server`` (real ZooKeeper servers for tests and
+benchmarks).
 """
 from __future__ import annotations
 
 from .._backend import register
 from ._backend import ZkBackend
-from ._supervisor import LocalSupervisor, watch_local_holders
+from ._lease import ZkLease
+from ._supervisor import LocalSupervisor, Recovery, watch_local_holders
 
 register("zookeeper", ZkBackend)
 
-__all__ = ["LocalSupervisor", "ZkBackend", "watch_local_holders"]
+__all__ = ["LocalSupervisor", "Recovery", "ZkBackend", "ZkLease", "watch_local_holders"]

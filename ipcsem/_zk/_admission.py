@@ -15,20 +15,28 @@ read *before* the listing (see docs/zookeeper.md).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ._codec import HeldNode, ReqNode, serial_key
 
-# take() is a request that arrives after everyone of its priority
-TAKE = object()
+
+class _Take:
+    """The virtual request of a take(): it arrives after everyone of its priority."""
+
+    def __repr__(self) -> str:
+        return "TAKE"
+
+
+TAKE = _Take()
+Admissible = ReqNode | _Take
 
 
 @dataclass(frozen=True)
 class Decision:
     free: int                     # units free before any of the admissible are granted
     order: list[ReqNode]          # serving order of the queued requests
-    admissible: list              # prefix (fair) or subset of order (+TAKE) that fits
+    admissible: list[Admissible]  # prefix (fair) or subset of order (+TAKE) that fits
     free_slots: list[int]         # unit numbers not held, lowest first (slotted)
 
 
@@ -47,20 +55,19 @@ def decide(capacity: int, unowned: int, held: Sequence[HeldNode], reqs: Sequence
     it appears as ``TAKE`` in ``admissible`` when it fits."""
     free = capacity - unowned - sum(h.units for h in held)
     order = serving_order(reqs)
-    seq: list = list(order)
+    seq: list[tuple[Admissible, int]] = [(r, r.units) for r in order]
     if take is not None:
         units, prio = take
         pos = next((i for i, r in enumerate(order) if r.priority < prio), len(order))
         seq.insert(pos, (TAKE, units))
-    admissible: list = []
+    admissible: list[Admissible] = []
     used = 0
-    for item in seq:
-        units = item[1] if isinstance(item, tuple) else item.units
+    for item, units in seq:
         if used + units > free:
             if fair:
                 break
             continue
-        admissible.append(TAKE if isinstance(item, tuple) else item)
+        admissible.append(item)
         used += units
     free_slots: list[int] = []
     if slotted:
@@ -69,7 +76,7 @@ def decide(capacity: int, unowned: int, held: Sequence[HeldNode], reqs: Sequence
     return Decision(free, order, admissible, free_slots)
 
 
-def head_of(order: list[ReqNode], admissible: list) -> ReqNode | None:
+def head_of(order: list[ReqNode], admissible: list[Admissible]) -> ReqNode | None:
     """The first queued request not admissible now (the one that waits for
     units rather than for the ones ahead of it)."""
     ok = {id(a) for a in admissible}

@@ -6,25 +6,38 @@ import logging
 import threading
 import time
 import uuid
-from typing import Callable
+from typing import Any, NamedTuple
 
 from .._backend import Backend
 from .._errors import CapacityMismatch, IpcsemError, NotFound, PolicyMismatch, Unavailable
-from .._records import Lease, Params
+from .._records import Params
 from . import _codec
-from ._handle import Book, ZkHandle
+from ._handle import Client, Stepper, ZkHandle, unsupported
+from ._lease import Book, OnLost
 from ._local import HAVE_PIDFD, HOSTNAME, ME, Reaper
 from ._session import Connection, Options, Session, error_name
 
 log = logging.getLogger("ipcsem.zk")
 
 # Settings fixed at creation and compared on re-open.  ``initial`` applies
-# only when creating (like O_CREAT), ``mode``/``max_*`` are sizes of the
-# shared-memory ledger with no meaning here.
+# only when creating (like O_CREAT), ``mode``/``max_*`` are sizes and
+# permissions of the shared-memory ledger with no meaning here.
 COMPARED = ("kind", "slots", "fair", "reentrant", "priority_inheritance")
+#: BadVersion retries of a best-effort counter update on the gate
+COUNTER_RACES = 20
+
+
+class Reaped(NamedTuple):
+    """What one reap did: the nodes it deleted, the units of those holds."""
+
+    deleted: list[str]
+    units: int
 
 
 class ZkBackend(Backend):
+    """Semaphores in a ZooKeeper ensemble (``zookeeper://host:port,.../chroot``),
+    shared by processes on any machine that reaches it."""
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.options = Options(url)
@@ -33,6 +46,7 @@ class ZkBackend(Backend):
         self._books: dict[str, Book] = {}
         self._lock = threading.Lock()
         self._reaper: Reaper | None = None
+        self._stepper: Stepper | None = None
 
     # ------------------------------------------------------------ paths
     def _meta_path(self, name: str) -> str:
@@ -45,23 +59,39 @@ class ZkBackend(Backend):
                 b = self._books[gen] = Book()
             return b
 
+    def stepper(self) -> Stepper:
+        """The thread that steps event-loop waiters' requests (made on first use)."""
+        with self._lock:
+            if self._stepper is None:
+                self._stepper = Stepper()
+            return self._stepper
+
     # ------------------------------------------------------------ open
-    def open(self, name: str, params: Params | None, *,
-             on_lost: Callable[[Lease, str], None] | None = None) -> ZkHandle:
+    def open(self, name: str, params: Params | None, *, on_lost: OnLost | None = None,
+             group: int | None = None, **options: Any) -> ZkHandle:
         """Open ``name``; with ``params`` create it if absent.  Raises
-        NotFound, CapacityMismatch/PolicyMismatch, Corrupt, Unavailable.
+        NotFound, CapacityMismatch/PolicyMismatch, Corrupt, Unavailable;
+        IpcsemError for what this backend cannot honour (``group=``,
+        ``priority_inheritance=True``); TypeError for an unknown option.
         ``on_lost(lease, reason)`` runs (on a background thread) for each
         lease of this handle whose session is lost."""
+        if options:
+            raise TypeError(f"the zookeeper backend takes no option {sorted(options)[0]!r}")
+        if on_lost is not None and not callable(on_lost):
+            raise TypeError(f"on_lost must be callable(lease, reason), not {on_lost!r}")
         _codec.check_name(name)
+        if group is not None:
+            raise unsupported("group= (who may use a semaphore is whoever may reach the "
+                              "ensemble and its chroot: ZooKeeper's ACLs, not file modes)", name)
         if params is not None:
-            _check_params(params)
+            _check_params(params, name)
         client, _ = self.conn.current()
         path = self._meta_path(name)
         created = False
         for _ in range(50):
             try:
                 data, _stat = client.get(path)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - kazoo's errors, told apart by name
                 if error_name(e) != "NoNodeError":
                     raise Unavailable(f"reading {path}: {e!r}", name=name, url=self.url) from None
                 if params is None:
@@ -75,7 +105,7 @@ class ZkBackend(Backend):
             return ZkHandle(self.conn, self, name, meta, created, on_lost)
         raise Unavailable(f"{name!r} keeps appearing and vanishing", name=name, url=self.url)
 
-    def _create(self, client, name: str, params: Params) -> bool:
+    def _create(self, client: Client, name: str, params: Params) -> bool:
         """Create the whole semaphore in one transaction (no one ever sees
         half of it); False if another creator won."""
         gen = uuid.uuid4().hex
@@ -100,7 +130,7 @@ class ZkBackend(Backend):
         client, _ = self.conn.current()
         try:
             children = client.get_children(f"{self.conn.root}/names")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - kazoo's errors, told apart by name
             raise Unavailable(f"listing names: {e!r}", url=self.url) from None
         return sorted(n for n in children if _codec.NAME_RE.fullmatch(n))
 
@@ -114,7 +144,7 @@ class ZkBackend(Backend):
         for _ in range(50):
             try:
                 data, stat = client.get(path)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - kazoo's errors, told apart by name
                 if error_name(e) == "NoNodeError":
                     raise NotFound(name, hint=f"on {self.url}") from None
                 raise Unavailable(f"reading {path}: {e!r}", name=name, url=self.url) from None
@@ -145,10 +175,11 @@ class ZkBackend(Backend):
             raise Unavailable(f"unlinking {name!r}: {errors}", name=name, url=self.url)
         raise Unavailable(f"unlinking {name!r}: too many concurrent changes", url=self.url)
 
-    def _sweep(self, client, base: str) -> None:
+    @staticmethod
+    def _sweep(client: Client, base: str) -> None:
         try:
             client.delete(base, recursive=True)
-        except Exception as e:  # noqa: BLE001 - a waiter re-queued meanwhile; harmless
+        except Exception as e:  # noqa: BLE001 - a waiter re-queued meanwhile: its node goes with it
             log.debug("sweeping %s: %s", base, e)
 
     # ------------------------------------------------------------ loss
@@ -156,9 +187,7 @@ class ZkBackend(Backend):
         with self._lock:
             books = list(self._books.values())
         for b in books:
-            with b.lock:
-                lost = [h for h in b.holds if h.session is session]
-            for h in lost:
+            for h in b.of_session(session):
                 h.tell_lost(reason)
 
     # ------------------------------------------------------------ reaping
@@ -168,34 +197,77 @@ class ZkBackend(Backend):
             return None
         with self._lock:
             if self._reaper is None:
-                self._reaper = Reaper(lambda path, pid, start: self.reap(path))
+                self._reaper = Reaper(lambda paths, pid, start: self.reap(paths))
             return self._reaper
 
-    def reap(self, path: str) -> bool:
-        """Delete the node of a dead local process; True if this call did it
-        (others may race: a waiter, a supervisor).  Counts the recovery on
-        the gate, best effort."""
+    def reap(self, paths: list[str]) -> Reaped:
+        """Delete the nodes of one dead local process (others may race: a
+        waiter, a supervisor; a node already gone is skipped): which this
+        call deleted, and the units of those holds.  Per semaphore, the
+        nodes go in one transaction with the count of the recovery on its
+        gate, so whoever sees the units back sees the recovery counted."""
         client, _ = self.conn.current()
-        try:
-            client.delete(path)
-        except Exception as e:
-            if error_name(e) == "NoNodeError":
-                return False
-            raise
-        node = path.rsplit("/", 1)[1]
-        if node.startswith("h_"):
+        by_gate: dict[str, list[str]] = {}
+        for path in paths:
+            by_gate.setdefault(path.rsplit("/", 2)[0] + "/gate", []).append(path)
+        deleted: list[str] = []
+        for gate_path, group in by_gate.items():
+            deleted += self._reap_counted(client, gate_path, group)
+        return Reaped(deleted, sum(_hold_units(p) for p in deleted))
+
+    def _reap_counted(self, client: Client, gate_path: str, paths: list[str]) -> list[str]:
+        """Delete ``paths`` (of one queue) and count one recovery on the gate
+        in the same transaction; the paths this call deleted.  A node gone
+        meanwhile (another reaper) is left out and the rest retried; after
+        COUNTER_RACES lost races on the gate, or without a readable gate
+        (unlinked, corrupt), the nodes are deleted uncounted: units must come
+        back, counters are only counters."""
+        left = list(paths)
+        for _ in range(COUNTER_RACES):
+            if not left:
+                return []
             try:
-                units = int(node.split("_", 2)[1])
-                gate_path = path.rsplit("/", 2)[0] + "/gate"
                 data, stat = client.get(gate_path)
-                meta_cap = _codec.MAX_CAPACITY
-                g = _codec.decode_gate(data, meta_cap, gate_path)
-                g = dataclasses.replace(g, recovered_units=g.recovered_units + units,
-                                        recoveries=g.recoveries + 1)
-                client.set(gate_path, _codec.encode_gate(g), version=stat.version)
-            except Exception as e:  # noqa: BLE001 - counters only
-                log.debug("counting a recovery: %r", e)
-        return True
+                g = _codec.decode_gate(data, _codec.MAX_CAPACITY, gate_path)
+            except IpcsemError as e:
+                log.debug("counting a recovery: %s", e)
+                break
+            except Exception as e:
+                if error_name(e) != "NoNodeError":
+                    raise
+                break
+            g = dataclasses.replace(g, recoveries=g.recoveries + 1,
+                                    recovered_units=g.recovered_units
+                                    + sum(_hold_units(p) for p in left))
+            t = client.transaction()
+            for path in left:
+                t.delete(path)
+            t.set_data(gate_path, _codec.encode_gate(g), version=stat.version)
+            results = t.commit()
+            failed = [(op, r) for op, r in zip([*left, gate_path], results, strict=False)
+                      if isinstance(r, Exception)
+                      and error_name(r) not in ("RolledBackError", "RuntimeInconsistency")]
+            if not failed:
+                return left
+            op, err = failed[0]
+            if error_name(err) == "NoNodeError" and op != gate_path:
+                left.remove(op)          # reaped by someone else meanwhile
+            elif error_name(err) not in ("BadVersionError", "NoNodeError"):
+                raise err
+        return self._delete_each(client, left)
+
+    @staticmethod
+    def _delete_each(client: Client, paths: list[str]) -> list[str]:
+        deleted: list[str] = []
+        for path in paths:
+            try:
+                client.delete(path)
+            except Exception as e:
+                if error_name(e) == "NoNodeError":
+                    continue
+                raise
+            deleted.append(path)
+        return deleted
 
     def close(self) -> None:
         if self._reaper is not None:
@@ -204,10 +276,11 @@ class ZkBackend(Backend):
         self.conn.close()
 
 
-def _check_params(p: Params) -> None:
+def _check_params(p: Params, name: str) -> None:
     cap = p.capacity
     if cap.__class__ is not int or not 1 <= cap <= _codec.MAX_CAPACITY:
-        raise ValueError(f"capacity must be in 1..{_codec.MAX_CAPACITY}, got {cap!r}")
+        raise ValueError(f"capacity must be in 1..{_codec.MAX_CAPACITY} on ZooKeeper, "
+                         f"got {cap!r}")
     if p.slots and cap > _codec.MAX_SLOTTED_CAPACITY:
         raise ValueError(f"a slotted semaphore on ZooKeeper has at most "
                          f"{_codec.MAX_SLOTTED_CAPACITY} units")
@@ -215,6 +288,9 @@ def _check_params(p: Params) -> None:
         raise ValueError(f"initial must be in 0..{cap}, got {p.initial!r}")
     if p.kind == "mutex" and cap != 1:
         raise ValueError("a mutex has capacity 1")
+    if p.priority_inheritance:
+        raise unsupported("priority_inheritance=True (a holder on another machine cannot "
+                          "be boosted)", name)
 
 
 def _compare(name: str, existing: Params, asked: Params) -> None:
@@ -224,3 +300,14 @@ def _compare(name: str, existing: Params, asked: Params) -> None:
         a, b = getattr(existing, field), getattr(asked, field)
         if a != b:
             raise PolicyMismatch(name, field, a, b)
+
+
+def _hold_units(path: str) -> int:
+    """The units of a hold node (``h_<units>_...``); 0 for a request."""
+    node = path.rsplit("/", 1)[1]
+    if not node.startswith("h_"):
+        return 0
+    try:
+        return int(node.split("_", 2)[1])
+    except ValueError:      # not one of ours: nothing to count
+        return 0

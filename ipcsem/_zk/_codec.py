@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .._errors import Corrupt
 from .._records import KINDS, Params
@@ -134,7 +135,7 @@ def serial_key(seq: int, ref: int) -> int:
 
 
 # ------------------------------------------------------------------ JSON
-def _load(data: bytes | None, where: str) -> dict:
+def _load(data: bytes | None, where: str) -> dict[str, Any]:
     if data is None or len(data) > MAX_DATA:
         raise Corrupt("missing or oversized node data", path=where)
     try:
@@ -146,21 +147,22 @@ def _load(data: bytes | None, where: str) -> dict:
     return obj
 
 
-def _int(obj: dict, key: str, low: int, high: int, where: str) -> int:
+def _int(obj: dict[str, Any], key: str, low: int, high: int, where: str) -> int:
     v = obj.get(key)
     if v.__class__ is not int or not low <= v <= high:
         raise Corrupt(f"field {key!r} missing or out of range {low}..{high}", path=where)
     return v
 
 
-def _bool(obj: dict, key: str, where: str) -> bool:
+def _bool(obj: dict[str, Any], key: str, where: str) -> bool:
     v = obj.get(key, False)
     if v.__class__ is not bool:
         raise Corrupt(f"field {key!r} is not a boolean", path=where)
     return v
 
 
-def _str(obj: dict, key: str, limit: int, where: str, optional: bool = False) -> str | None:
+def _str(obj: dict[str, Any], key: str, limit: int, where: str,
+         optional: bool = False) -> str | None:
     v = obj.get(key)
     if v is None and optional:
         return None
@@ -169,14 +171,14 @@ def _str(obj: dict, key: str, limit: int, where: str, optional: bool = False) ->
     return v
 
 
-def _num(obj: dict, key: str, where: str) -> float:
+def _num(obj: dict[str, Any], key: str, where: str) -> float:
     v = obj.get(key, 0.0)
     if v.__class__ not in (int, float) or not 0 <= v < 1e11:
         raise Corrupt(f"field {key!r} is not a time", path=where)
     return float(v)
 
 
-def dump(obj: dict) -> bytes:
+def dump(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 

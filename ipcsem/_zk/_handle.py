@@ -19,32 +19,45 @@ token: transactions are totally ordered, so tokens increase in grant order.
 refused when it would overtake anyone queued ahead of it).  ``wait`` queues a
 node and watches only what can change its admission: the queue and the gate
 when it is the head, the node just ahead of it otherwise (no herd).
+Event-loop callers (``enqueue``/``settle``/``cancel``) never do network I/O
+on the loop's thread: their requests are stepped by one thread per backend
+(:class:`Stepper`), woken by the same watches.
 """
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import logging
 import os
 import secrets
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from .. import _proc
 from .._backend import Handle, Pending
 from .._errors import (
+    Closed,
     Corrupt,
+    DeadlockDetected,
     IpcsemError,
     LeaseLost,
     NotOwner,
     Unavailable,
     Unlinked,
 )
-from .._records import Holder, Lease, Params, Request, Stats, Waiter
+from .._records import Holder, Lease, Params, Stats, Waiter
 from . import _codec
-from ._admission import TAKE, decide, head_of
+from ._admission import TAKE, Decision, decide, head_of
 from ._codec import Gate, HeldNode, Meta, ReqNode
-from ._local import HOSTNAME, MACHINE_KEY, ME, open_watch, DEAD
+from ._lease import Book, Hold, OnLost, ZkLease
+from ._local import HOSTNAME, MACHINE_KEY, ME, is_dead
 from ._session import Connection, Session, error_name
+
+if TYPE_CHECKING:
+    from ._backend import ZkBackend
 
 log = logging.getLogger("ipcsem.zk")
 
@@ -52,82 +65,36 @@ SLICE = 0.5            # wait(): on_slice cadence and the re-read safety net
 MAX_RACES = 200        # BadVersion retries of one take() before it gives up (never waits)
 HEAL_EVERY = 0.25      # take(): at most this often, look for dead local holders
 CONTENDED_FOR = 0.5    # wait(): so long after queueing, skip the optimistic take
+RETRY_AFTER = 0.05     # the server is busy or failing over: try again after this long
+
+# kazoo's objects (the client, its async results, watch events): kazoo is
+# imported lazily and ships no type information.
+Client = Any
+Future = Any
+Watch = Callable[..., None]
+T = TypeVar("T")
+
+# kazoo errors that mean "no answer now" (the server may yet answer or fail over)
+_TRANSIENT = ("ConnectionLoss", "ConnectionClosedError", "SessionExpiredError",
+              "KazooTimeoutError", "TimeoutError", "OperationTimeoutError", "SessionMovedError")
 
 
-class Hold:
-    """A grant this process holds (one h_ node)."""
+class Req(NamedTuple):
+    """One acquire call, as the seam passes it (plain arguments)."""
 
-    __slots__ = ("path", "name", "units", "slots", "owner", "token", "session", "lease",
-                 "depth", "released", "on_lost", "deadline_at_loss", "_told")
-
-    def __init__(self, path: str, name: str, units: int, slots: tuple[int, ...], owner: int,
-                 token: int, session: Session, on_lost) -> None:
-        self.path, self.name, self.units, self.slots = path, name, units, slots
-        self.owner, self.token, self.session = owner, token, session
-        self.lease: Lease | None = None
-        self.depth = 1
-        self.released = False
-        self.on_lost = on_lost
-        self.deadline_at_loss: float | None = None
-        self._told = threading.Lock()
-
-    def tell_lost(self, reason: str) -> None:
-        """Run the on_lost callback, once, whoever notices first (the
-        connection's loss hook, or a release that found the lease lost)."""
-        if self.on_lost is None or self.lease is None or not self._told.acquire(False):
-            return
-        try:
-            self.on_lost(self.lease, reason)
-        except Exception:  # noqa: BLE001
-            log.exception("ipcsem: on_lost callback failed")
-
-    def valid(self) -> bool:
-        # Released or not, a lease is valid while its session is proven alive:
-        # valid == False means "lost", never "given back".
-        return self.session.valid()
-
-    def deadline(self) -> float | None:
-        d = self.session.deadline()
-        if d == float("-inf"):
-            lost = self.session.lost_at or time.monotonic()
-            return min(lost, self.deadline_at_loss or lost)
-        self.deadline_at_loss = d
-        return d
+    units: int
+    priority: int
+    owner: int
+    tid: int
 
 
-class Book:
-    """The holds of one semaphore generation in this process (shared by
-    every handle of it: units belong to the process)."""
-
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        self.pid = os.getpid()
-        self.lock = threading.RLock()
-        self.holds: list[Hold] = []
-        self.by_lease: dict[int, Hold] = {}
-
-    def fresh(self) -> Book:
-        """Self, emptied first in a forked child: the child holds nothing
-        (hazard 13), its parent's holds are its parent's."""
-        if self.pid != os.getpid():
-            self._reset()
-        return self
-
-    def add(self, h: Hold) -> None:
-        with self.lock:
-            self.holds.append(h)
-            if h.lease is not None:
-                self.by_lease[id(h.lease)] = h
-
-    def drop(self, h: Hold) -> None:
-        with self.lock:
-            h.released = True
-            if h in self.holds:
-                self.holds.remove(h)
-            if h.lease is not None:
-                self.by_lease.pop(id(h.lease), None)
+def unsupported(what: str, name: str) -> IpcsemError:
+    """What the ZooKeeper backend cannot honour (docs/zookeeper.md, "Same and
+    different"): a plain IpcsemError naming the feature and why."""
+    # SEAM REQUEST: a dedicated ipcsem._errors.Unsupported(IpcsemError,
+    # ValueError) with .feature and .backend would let callers catch exactly
+    # this; until then the base class, with a message that says it all.
+    return IpcsemError(f"the zookeeper backend cannot honour {what}", name=name)
 
 
 @dataclasses.dataclass
@@ -149,9 +116,18 @@ class _Retry(Exception):
     """Internal: the backend could not answer now; try again if time allows."""
 
 
+class _Vanished(Exception):
+    """Internal: our request node is gone."""
+
+
+Reads = tuple[Future, Future, Future | None]
+
+
 class ZkHandle(Handle):
-    def __init__(self, conn: Connection, backend, name: str, meta: Meta, created: bool,
-                 on_lost: Callable[[Lease, str], None] | None) -> None:
+    """A Handle on a semaphore kept in ZooKeeper (see the module docstring)."""
+
+    def __init__(self, conn: Connection, backend: ZkBackend, name: str, meta: Meta,
+                 created: bool, on_lost: OnLost | None) -> None:
         self.name = name
         self.params: Params = meta.params
         self.created = created
@@ -167,7 +143,7 @@ class ZkHandle(Handle):
         # every read, nor once per waiter).
         self._posts_lock = threading.Lock()
         self._posts_session: Session | None = None
-        self._posts_waiters: set[Callable] = set()
+        self._posts_waiters: set[Watch] = set()
         self._posts_fire = self._on_posts
         # The last state this process saw (and what its own grants and
         # releases did to it since): take() tries it first, conditional on
@@ -176,18 +152,23 @@ class ZkHandle(Handle):
         self._book: Book = backend.book(meta.gen)
         self._on_lost = on_lost
         self._closed = False
+        self._waits: set[_Queued] = set()      # close() wakes them (they raise Closed)
         self._last_heal = 0.0
         self._queued_at = float("-inf")
         self._timeout = conn.options.connect_timeout
 
+    @property
+    def queue_path(self) -> str:
+        """The znode under which requests and holds live (tools, tests)."""
+        return self._q
+
     # ================================================================ I/O
-    def _client(self):
+    def _client(self) -> tuple[Client, Session]:
         if self._closed:
-            from .._errors import Closed
             raise Closed(name=self.name)
         return self._conn.current()
 
-    def _get(self, result, what: str):
+    def _get(self, result: Future, what: str) -> Any:
         """The value of a kazoo async result; kazoo errors mapped."""
         try:
             return result.get(timeout=self._timeout)
@@ -195,16 +176,16 @@ class ZkHandle(Handle):
             n = error_name(e)
             if n == "NoNodeError":
                 raise
-            if n in ("ConnectionLoss", "ConnectionClosedError", "SessionExpiredError",
-                     "KazooTimeoutError", "TimeoutError", "OperationTimeoutError",
-                     "SessionMovedError"):
+            if n in _TRANSIENT:
                 raise _Retry(f"{what}: {n}") from None
             raise
 
-    def _read(self, client, watch=None, children_watch=None) -> View:
+    def _read(self, client: Client, watch: Watch | None = None,
+              children_watch: Watch | None = None) -> View:
         return self._read_finish(self._read_start(client, watch, children_watch))
 
-    def _read_start(self, client, watch=None, children_watch=None):
+    def _read_start(self, client: Client, watch: Watch | None = None,
+                    children_watch: Watch | None = None) -> Reads:
         """Send the reads of one decision: gate first, then the listing (on
         one connection, so the listing is at least as new as the gate
         version we will condition on).  ``watch`` goes on the posts node
@@ -216,14 +197,14 @@ class ZkHandle(Handle):
                 client.get_children_async(self._q, watch=children_watch, include_data=True),
                 posts)
 
-    def _on_posts(self, event=None) -> None:
+    def _on_posts(self, event: object = None) -> None:
         with self._posts_lock:
             self._posts_session = None
             waiters = list(self._posts_waiters)
         for w in waiters:
             w(event)
 
-    def posts_watch(self, session: Session):
+    def posts_watch(self, session: Session) -> Watch | None:
         """The watch to pass to the next read, or None if one is registered
         for this session already."""
         with self._posts_lock:
@@ -232,7 +213,7 @@ class ZkHandle(Handle):
             self._posts_session = session
             return self._posts_fire
 
-    def _read_finish(self, futures) -> View:
+    def _read_finish(self, futures: Reads) -> View:
         g, c, p = futures
         if p is not None:
             try:
@@ -257,18 +238,19 @@ class ZkHandle(Handle):
         self._cache = view
         return view
 
-    def _decide(self, view: View, take=None):
+    def _decide(self, view: View, take: tuple[int, int] | None = None) -> Decision:
         return decide(self.params.capacity, view.gate.unowned, view.held, view.reqs,
                       fair=self.params.fair, take=take, slotted=self.params.slots)
 
-    def _who(self, req: Request) -> bytes:
+    @staticmethod
+    def _who(req: Req) -> bytes:
         return _codec.encode_who(_codec.Who(HOSTNAME, MACHINE_KEY, ME.pid, ME.start, req.tid,
                                             req.owner, time.time()))
 
     # ============================================================ grants
-    def _grant(self, client, session: Session, view: View, req: Request, free_slots: list[int],
-               rnode: ReqNode | None, ident: str, track: list | None = None,
-               check_arrivals: bool = False) -> Lease | None:
+    def _grant(self, client: Client, session: Session, view: View, req: Req,
+               free_slots: list[int], rnode: ReqNode | None, ident: str,
+               track: list[str] | None = None, check_arrivals: bool = False) -> ZkLease | None:
         """The conditional transaction; None when another grant won the race."""
         units = req.units
         slots = tuple(free_slots[:units]) if self.params.slots else ()
@@ -293,7 +275,7 @@ class ZkHandle(Handle):
         t.set_data(self._gate, _codec.encode_gate(gate), version=view.version)
         try:
             results = t.commit_async().get(timeout=self._timeout)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever kazoo raised, the outcome is unknown
             # The outcome is unknown: the hold may exist or appear later.
             # Abandon the session (its nodes die with it) rather than guess.
             self._conn.lose(session, f"a grant's outcome is unknown ({error_name(e)})")
@@ -306,11 +288,9 @@ class ZkHandle(Handle):
                                [r for r in view.reqs if r is not rnode], [*view.held, mine])
             hold = Hold(path, hname, units, slots, req.owner, stat.mzxid, session,
                         self._on_lost)
-            lease = Lease(units, slots, stat.mzxid, previous_owner_died=died,
-                          validity=hold.valid, deadline=hold.deadline)
-            hold.lease = lease
+            hold.lease = ZkLease(units, slots, stat.mzxid, died, hold)
             self._book.add(hold)
-            return lease
+            return hold.lease
         names = [error_name(e) for e in results]
         self._cache = None
         if "BadVersionError" in names:
@@ -332,8 +312,11 @@ class ZkHandle(Handle):
     def available(self) -> int:
         return self._retrying(lambda: max(0, self._decide(self._read(self._client()[0])).free))
 
-    def _retrying(self, fn):
-        end = time.monotonic() + self._timeout
+    def _retrying(self, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """``fn()``, tried again while the server does not answer, for up to
+        ``timeout`` seconds (default: the URL's connect_timeout); then
+        Unavailable."""
+        end = time.monotonic() + (self._timeout if timeout is None else timeout)
         while True:
             try:
                 return fn()
@@ -341,9 +324,9 @@ class ZkHandle(Handle):
                 if time.monotonic() >= end:
                     raise Unavailable(str(e), name=self.name, url=self._conn.options.url) \
                         from None
-                time.sleep(0.05)
+                time.sleep(RETRY_AFTER)
 
-    def _datas(self, client, names: list[str]) -> dict[str, _codec.Who]:
+    def _datas(self, client: Client, names: list[str]) -> dict[str, _codec.Who]:
         futures = [(n, client.get_async(f"{self._q}/{n}")) for n in names]
         out = {}
         for n, f in futures:
@@ -359,31 +342,31 @@ class ZkHandle(Handle):
         return out
 
     def holders(self) -> list[Holder]:
-        def go():
+        def go() -> list[Holder]:
             client, _ = self._client()
             view = self._read(client)
             datas = self._datas(client, [h.name for h in view.held])
-            agg: dict[tuple, dict] = {}
+            agg: dict[tuple[str, str, int, int], _Agg] = {}
             for h in view.held:
                 who = datas.get(h.name)
                 if who is None:
                     continue
                 key = (who.host, who.mkey, h.pid, h.start)
-                a = agg.setdefault(key, {"units": 0, "since": who.since, "n": 0, "slots": [],
-                                         "tid": None})
-                a["units"] += h.units
-                a["since"] = min(a["since"], who.since)
-                a["n"] += 1
-                a["slots"].extend(h.slots)
+                a = agg.get(key)
+                if a is None:
+                    a = agg[key] = _Agg(since=who.since)
+                a.units += h.units
+                a.since = min(a.since, who.since)
+                a.n += 1
+                a.slots.extend(h.slots)
                 if self.params.kind == "mutex":
-                    a["tid"] = who.tid
-            return [Holder(pid, start, a["units"], a["since"], a["n"], tuple(sorted(a["slots"])),
-                           a["tid"], host)
+                    a.tid = who.tid
+            return [Holder(pid, start, a.units, a.since, a.n, tuple(sorted(a.slots)), a.tid, host)
                     for (host, _mk, pid, start), a in agg.items()]
         return self._retrying(go)
 
     def waiters(self) -> list[Waiter]:
-        def go():
+        def go() -> list[Waiter]:
             client, _ = self._client()
             view = self._read(client)
             order = self._decide(view).order
@@ -394,7 +377,7 @@ class ZkHandle(Handle):
         return self._retrying(go)
 
     def stats(self) -> Stats:
-        def go():
+        def go() -> Stats:
             client, _ = self._client()
             view = self._read(client)
             held = sum(h.units for h in view.held)
@@ -407,14 +390,21 @@ class ZkHandle(Handle):
         return self._retrying(go)
 
     # ========================================================= acquiring
-    def _check_req(self, req: Request) -> None:
+    def _check_req(self, req: Req) -> None:
         if req.units.__class__ is not int or not 1 <= req.units <= self.params.capacity:
             raise ValueError(f"units must be in 1..{self.params.capacity}, got {req.units!r}")
         if req.priority.__class__ is not int or not (
                 -_codec.MAX_PRIORITY - 1 <= req.priority <= _codec.MAX_PRIORITY):
             raise ValueError(f"priority must be a 32-bit int, got {req.priority!r}")
 
-    def _reenter(self, req: Request) -> Lease | None:
+    def _no_deadlock_detection(self, deadlock_raise: bool) -> None:
+        if deadlock_raise:
+            # Deadlock detection reduces a graph of every process's threads
+            # (/proc); holders on other machines are out of its sight.
+            raise unsupported("deadlock='raise' (no deadlock detection across machines)",
+                              self.name)
+
+    def _reenter(self, req: Req) -> ZkLease | None:
         """Mutex: the owner's nested acquire (reentrant) or its error."""
         if self.params.kind != "mutex":
             return None
@@ -423,19 +413,22 @@ class ZkHandle(Handle):
             for h in self._book.holds:
                 if h.owner == req.owner and h.session.valid():
                     if not self.params.reentrant:
-                        raise NotOwner(f"mutex {self.name!r} is already held by this owner "
-                                       "(not reentrant)", name=self.name)
+                        # a deadlock of one thread (the facade describes it)
+                        raise DeadlockDetected(
+                            f"mutex {self.name!r} is already owned by this owner and is not "
+                            "reentrant", name=self.name)
                     h.depth += 1
                     return h.lease
         return None
 
-    def take(self, req: Request) -> Lease | None:
+    def take(self, units: int, priority: int, owner: int, tid: int) -> Lease | None:
+        req = Req(units, priority, owner, tid)
         self._check_req(req)
         again = self._reenter(req)
         if again is not None:
             return again
 
-        def go():
+        def go() -> ZkLease | None:
             healed = False
             for _ in range(MAX_RACES):
                 client, session = self._client()
@@ -459,7 +452,7 @@ class ZkHandle(Handle):
             return None  # lost every race: "not now" (take never waits)
         return self._retrying(go)
 
-    def _take_cached(self, req: Request) -> Lease | None:
+    def _take_cached(self, req: Req) -> ZkLease | None:
         """take() from the cached view only (no read): the lease, or None
         when the cache is absent, says busy, or is stale (BadVersion)."""
         view = self._cache if not self.params.slots else None
@@ -480,26 +473,22 @@ class ZkHandle(Handle):
         self._last_heal = now
         return True
 
-    def _heal(self, client, view: View) -> int:
+    def _heal(self, client: Client, view: View) -> int:
         """Delete the nodes of dead processes of this machine; units freed."""
-        freed = 0
-        for n in [*view.held, *view.reqs]:
-            if n.mkey != MACHINE_KEY or n.pid == ME.pid:
+        dead: dict[tuple[int, int], list[str]] = {}
+        nodes: list[HeldNode | ReqNode] = [*view.held, *view.reqs]
+        for n in nodes:
+            if n.mkey != MACHINE_KEY or n.pid == ME.pid or not is_dead(n.pid, n.start):
                 continue
-            try:
-                fd = open_watch(n.pid, n.start)
-            except (PermissionError, OSError):
-                continue
-            if fd != DEAD:
-                os.close(fd)
-                continue
-            if self._backend.reap(f"{self._q}/{n.name}") and isinstance(n, HeldNode):
-                freed += n.units
-        return freed
+            dead.setdefault((n.pid, n.start), []).append(f"{self._q}/{n.name}")
+        return sum(self._backend.reap(paths).units for paths in dead.values())
 
-    def wait(self, req: Request, deadline: float | None,
+    def wait(self, units: int, priority: int, owner: int, tid: int, deadline: float | None,
+             deadlock_raise: bool = False,
              on_slice: Callable[[], None] | None = None) -> Lease | None:
+        req = Req(units, priority, owner, tid)
         self._check_req(req)
+        self._no_deadlock_detection(deadlock_raise)
         again = self._reenter(req)
         if again is not None:
             return again
@@ -526,75 +515,101 @@ class ZkHandle(Handle):
         finally:
             w.done()
 
-    def enqueue(self, req: Request, notify: Callable[[], None]) -> Lease | Pending:
-        lease = self.take(req)
-        if lease is not None:
-            return lease
-        w = _Queued(self, req, notify)
-        try:
-            got = self._retrying(w.step)
-        except BaseException:
-            w.abandon()
-            w.done()
-            raise
-        if got is not None:
-            w.done()
-            return got
+    def enqueue(self, units: int, priority: int, owner: int, tid: int, deadlock_raise: bool,
+                notify: Callable[[], None]) -> Lease | Pending | None:
+        """A Pending at once: queueing, deciding and granting happen on the
+        backend's stepper thread (the event loop never waits for a server),
+        which calls ``notify()`` once the entry is granted or failed."""
+        req = Req(units, priority, owner, tid)
+        self._check_req(req)
+        self._no_deadlock_detection(deadlock_raise)
+        if self._closed:
+            raise Closed(name=self.name)
+        if self.params.kind == "mutex":
+            again = self._reenter(req)     # no I/O: the book of this process
+            if again is not None:
+                return again
+        w = _Queued(self, req, notify, self._backend.stepper())
+        w.schedule()
         return ZkPending(w)
 
     def settle(self, pending: Pending) -> Lease | None:
         assert isinstance(pending, ZkPending)
-        w = pending.queued
-        if w.finished:
-            return None
-        try:
-            got = self._retrying(w.step)
-        except BaseException:
-            w.abandon()
-            w.done()
-            raise
-        if got is not None:
-            w.done()
-        return got
+        return pending.queued.settle()
 
     def cancel(self, pending: Pending) -> None:
         assert isinstance(pending, ZkPending)
-        pending.queued.abandon()
-        pending.queued.done()
+        pending.queued.cancel()
 
-    # ========================================================= returning
-    def _mine(self, lease: Lease | None) -> list[Hold]:
+    def owner_died(self, owner: int) -> bool:
+        if self.params.kind != "mutex":
+            return False
         self._book.fresh()
         with self._book.lock:
-            holds = list(self._book.holds)
+            for h in self._book.holds:
+                if h.owner == owner and h.lease is not None:
+                    return h.lease.previous_owner_died
+        return False
+
+    # ========================================================= returning
+    def _mine(self, lease: Lease | None, owner: int | None = None) -> list[Hold]:
+        """This process's holds in the order a release returns them: the
+        lease's, then the owner's (the calling thread's or task's) latest
+        grant first, then the others, latest first (as on shm: a bare
+        release on a slotted semaphore gives back the caller's latest
+        unit numbers)."""
+        self._book.fresh()
+        with self._book.lock:
+            holds = list(reversed(self._book.holds))
             first = self._book.by_lease.get(id(lease)) if lease is not None else None
-        if first is not None:
-            holds.remove(first)
-            holds.insert(0, first)
+        holds.sort(key=lambda h: (h is not first, h.owner != owner))    # stable: latest first
         return holds
+
+    def _claim(self, units: int, lease: Lease | None, owner: int | None = None
+               ) -> list[tuple[Hold, int]]:
+        """Choose the holds that return ``units`` (the lease's first) and mark
+        them as being released, so that a concurrent release by another
+        thread of this process picks others (units are the process's: any
+        will do, but never the same one twice)."""
+        with self._book.lock:
+            chosen: list[tuple[Hold, int]] = []
+            need = units
+            for h in self._mine(lease, owner):
+                if need == 0:
+                    break
+                if h.releasing:
+                    continue
+                k = min(h.units, need)
+                chosen.append((h, k))
+                need -= k
+            for h, _ in chosen:
+                h.releasing = True
+            return chosen
+
+    @staticmethod
+    def _unclaim(chosen: list[tuple[Hold, int]]) -> None:
+        for h, _ in chosen:
+            h.releasing = False
 
     def release(self, units: int, owner: int, lease: Lease | None = None) -> None:
         if units.__class__ is not int or units < 1:
             raise ValueError(f"units must be a positive int, got {units!r}")
         if self.params.kind == "mutex":
             return self._release_mutex(owner, lease)
-        holds = self._mine(lease)
-        if lease is not None and not lease.valid and (not holds or holds[0].lease is not lease):
+        if lease is not None and not lease.valid and self._book.by_lease.get(id(lease)) is None:
             raise LeaseLost("the lease is no longer valid", name=self.name)
-        chosen: list[tuple[Hold, int]] = []
-        need = units
-        for h in holds:
-            if need == 0:
-                break
-            k = min(h.units, need)
-            chosen.append((h, k))
-            need -= k
-        lost = [h for h, _ in chosen if not h.session.valid()]
-        if lost:
-            for h in lost:
-                self._forget_lost(h)
-            raise LeaseLost(lost[0].session.lost_reason or "session lost", name=self.name)
-        self._retrying(lambda: self._give_back(chosen, post=need, disown=0))
+        chosen = self._claim(units, lease, owner)
+        try:
+            lost = [h for h, _ in chosen if not h.session.valid()]
+            if lost:
+                for h in lost:
+                    self._forget_lost(h)
+                raise LeaseLost(lost[0].session.lost_reason or "session lost", name=self.name)
+            post = units - sum(k for _, k in chosen)
+            self._retrying(lambda: self._give_back(chosen, post=post, disown=0))
+        finally:
+            self._unclaim(chosen)
+        return None
 
     def _forget_lost(self, h: Hold) -> None:
         h.tell_lost(h.session.lost_reason or "session lost")
@@ -647,6 +662,7 @@ class ZkHandle(Handle):
             if not chosen and gate is None:
                 return
             single = gate is None and not shrunk and len(chosen) == 1
+            results: list[Any]
             try:
                 if single:   # the common release: one plain delete
                     try:
@@ -658,7 +674,7 @@ class ZkHandle(Handle):
                         results = [e]
                 else:
                     results = t.commit_async().get(timeout=self._timeout)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - whatever kazoo raised, the outcome is unknown
                 self._conn.lose(session, f"a release's outcome is unknown ({error_name(e)})")
                 for h, _ in chosen:
                     self._book.drop(h)
@@ -683,11 +699,12 @@ class ZkHandle(Handle):
             if "BadVersionError" in names:
                 continue
             if "NoNodeError" in names:
-                return self._vanished(client, session, chosen, post, disown)
+                return self._vanished(client, session, chosen, post)
             raise IpcsemError(f"unexpected reply to a release: {names}", name=self.name)
         raise Unavailable("too many concurrent changes to the gate", name=self.name)
 
-    def _vanished(self, client, session, chosen, post, disown) -> None:
+    def _vanished(self, client: Client, session: Session, chosen: list[tuple[Hold, int]],
+                  post: int) -> None:
         """A hold we meant to return is gone: unlinked, or lost with its session."""
         if client.exists(self._gate) is None:
             for h, _ in chosen:
@@ -716,7 +733,7 @@ class ZkHandle(Handle):
             h.depth -= 1
             return
 
-        def go():
+        def go() -> None:
             client, session = self._client()
             for _ in range(MAX_RACES):
                 try:
@@ -734,65 +751,55 @@ class ZkHandle(Handle):
                 t.set_data(self._gate, _codec.encode_gate(g), version=stat.version)
                 try:
                     results = t.commit_async().get(timeout=self._timeout)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - whatever kazoo raised: unknown outcome
                     self._conn.lose(session, f"a release's outcome is unknown ({error_name(e)})")
                     self._book.drop(h)
                     raise LeaseLost("the release's outcome is unknown", name=self.name) from None
                 names = [error_name(r) for r in results if isinstance(r, Exception)]
                 if not names:
                     self._book.drop(h)
+                    self._cache = None
                     return
                 if "BadVersionError" in names:
                     continue
                 if "NoNodeError" in names:
-                    return self._vanished(client, session, [(h, 1)], 0, 0)
+                    return self._vanished(client, session, [(h, 1)], 0)
                 raise IpcsemError(f"unexpected reply to a release: {names}", name=self.name)
         self._retrying(go)
 
     def disown(self, units: int) -> None:
         if units.__class__ is not int or units < 1:
             raise ValueError(f"units must be a positive int, got {units!r}")
-        holds = self._mine(None)
-        if sum(h.units for h in holds) < units:
-            raise ValueError(f"cannot disown {units} unit(s) of {self.name!r}: this process "
-                             f"holds {sum(h.units for h in holds)}")
-        chosen, need = [], units
-        for h in holds:
-            if need == 0:
-                break
-            k = min(h.units, need)
-            chosen.append((h, k))
-            need -= k
-        lost = [h for h, _ in chosen if not h.session.valid()]
-        if lost:
-            for h in lost:
-                self._forget_lost(h)
-            raise LeaseLost(lost[0].session.lost_reason or "session lost", name=self.name)
-        self._retrying(lambda: self._give_back(chosen, post=0, disown=units))
+        chosen = self._claim(units, None)
+        try:
+            have = sum(k for _, k in chosen)
+            if have < units:
+                raise ValueError(f"cannot disown {units} unit(s) of {self.name!r}: this process "
+                                 f"holds {have}")
+            lost = [h for h, _ in chosen if not h.session.valid()]
+            if lost:
+                for h in lost:
+                    self._forget_lost(h)
+                raise LeaseLost(lost[0].session.lost_reason or "session lost", name=self.name)
+            self._retrying(lambda: self._give_back(chosen, post=0, disown=units))
+        finally:
+            self._unclaim(chosen)
 
     # ============================================================ upkeep
-    def recover(self) -> int:
-        def go():
-            client, _ = self._client()
-            view = self._read(client)
-            freed = 0
-            for n in [*view.held, *view.reqs]:
-                if n.mkey != MACHINE_KEY or n.pid == ME.pid:
-                    continue
-                try:
-                    fd = open_watch(n.pid, n.start)
-                except (PermissionError, OSError):
-                    continue
-                if fd != DEAD:
-                    os.close(fd)
-                    continue
-                if self._backend.reap(f"{self._q}/{n.name}") and isinstance(n, HeldNode):
-                    freed += n.units
-            return freed
-        return self._retrying(go)
+    def recover(self, timeout: float | None = None) -> int:
+        """Delete the nodes of this machine's dead processes now; the units
+        that freed.  (Other machines' dead go when their sessions expire,
+        or sooner with ``ipcsem supervise --backend URL`` running there.)
+        ``timeout``: how long to retry an unreachable server (default: the
+        URL's connect_timeout), then Unavailable.  There is no lock to
+        wedge on ZooKeeper."""
+        return self._retrying(lambda: self._heal(self._client()[0],
+                                                 self._read(self._client()[0])), timeout)
 
-    def check(self) -> None:
-        def go():
+    def check(self, timeout: float | None = None) -> None:
+        """Verify the invariant from one quiet snapshot (the gate's version
+        unchanged around the listing); Corrupt if broken."""
+        def go() -> None:
             client, _ = self._client()
             for _ in range(20):
                 view = self._read(client)
@@ -816,33 +823,106 @@ class ZkHandle(Handle):
             elif any(h.slots for h in view.held):
                 raise Corrupt("slot numbers on a semaphore without slots", name=self.name,
                               path=self._q)
-        self._retrying(go)
+        self._retrying(go, timeout)
 
     def close(self) -> None:
+        """Stop using this handle: blocked waits on it end with Closed (their
+        queue entries removed).  Units this process holds stay held."""
+        if self._closed:
+            return
         self._closed = True
+        for w in list(self._waits):
+            w.wake()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
 
-class _Vanished(Exception):
-    """Internal: our request node is gone."""
+@dataclasses.dataclass
+class _Agg:
+    """holders(): one process's holds added up."""
+
+    since: float
+    units: int = 0
+    n: int = 0
+    slots: list[int] = dataclasses.field(default_factory=list)
+    tid: int | None = None
 
 
 class ZkPending(Pending):
-    def __init__(self, queued: "_Queued") -> None:
+    __slots__ = ("queued",)
+
+    def __init__(self, queued: _Queued) -> None:
         self.queued = queued
 
 
-class _Queued:
-    """One queued request: its node, its watches, its admission."""
+class Stepper:
+    """One thread per backend that steps event-loop waiters' requests: it
+    queues, decides and grants for them (network I/O) so the loop's thread
+    never waits for a server.  Steps are coalesced (a request scheduled
+    twice runs once) and retried later when the server does not answer."""
 
-    def __init__(self, handle: ZkHandle, req: Request, notify: Callable[[], None] | None) -> None:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._ready: list[_Queued] = []
+        self._scheduled: set[_Queued] = set()
+        self._later: list[tuple[float, int, _Queued]] = []
+        self._seq = itertools.count()
+        self._pid = os.getpid()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, w: _Queued, after: float = 0.0) -> None:
+        with self._cond:
+            if after > 0:
+                heapq.heappush(self._later, (time.monotonic() + after, next(self._seq), w))
+            elif w not in self._scheduled:
+                self._scheduled.add(w)
+                self._ready.append(w)
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = _proc.start_named_thread("ipcsem-zk-steps", self._run)
+            self._cond.notify()
+
+    def _next(self) -> _Queued:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._later and self._later[0][0] <= now:
+                    _, _, w = heapq.heappop(self._later)
+                    if w not in self._scheduled:
+                        self._scheduled.add(w)
+                        self._ready.append(w)
+                if self._ready:
+                    w = self._ready.pop(0)
+                    self._scheduled.discard(w)
+                    return w
+                self._cond.wait(None if not self._later else max(0.0, self._later[0][0] - now))
+
+    def _run(self) -> None:
+        while True:
+            w = self._next()
+            try:
+                w.work()
+            except BaseException:  # a bug of ours: never let the thread die with it
+                log.exception("ipcsem: stepping a queued request failed")
+
+
+class _Queued:
+    """One queued request: its node, its watches, its admission.  A blocking
+    caller runs it in its own thread (``run``); an event-loop caller's is
+    stepped by the backend's :class:`Stepper` (``work``)."""
+
+    def __init__(self, handle: ZkHandle, req: Req, notify: Callable[[], None] | None,
+                 stepper: Stepper | None = None) -> None:
         self.h = handle
         self.req = req
         self.notify = notify
+        self.stepper = stepper
         self.path: str | None = None          # our r_ node
         self.rname: str | None = None
         self.session: Session | None = None
         self.event = threading.Event()
-        self.watch_all = False
         self.finished = False
         self.granting: list[str] | None = None  # hold path of a grant in flight
         # Watches (one-shot exists-watches, by path): requests ahead of us
@@ -858,12 +938,23 @@ class _Queued:
         self.stale = True
         self.watch_posts = False             # the head also waits for posts (and unlink)
         self.local_watched: set[str] = set()  # nodes of local processes the reaper watches for us
+        # event-loop callers: the outcome, handed over under the lock
+        self.lock = threading.Lock()
+        self.result: ZkLease | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.last_step = 0.0
         self._kick = self._fire               # one bound method: kazoo keeps a set
         handle._conn.add_waker(self._kick)
         with handle._posts_lock:
             handle._posts_waiters.add(self._kick)
+        handle._waits.add(self)
 
-    def _fire(self, event=None) -> None:
+    def wake(self) -> None:
+        """Make the waiter look again now (close(), session loss)."""
+        self._fire(None)
+
+    def _fire(self, event: object = None) -> None:
         # kazoo's thread (or the connection's, on session loss): note what
         # changed, wake the waiter.
         path = getattr(event, "path", None)
@@ -877,11 +968,8 @@ class _Queued:
                 self.left.append(node)
                 self.watch_posts = True      # one ahead left: we may be the head now
         self.event.set()
-        if self.notify is not None:
-            try:
-                self.notify()
-            except Exception:  # noqa: BLE001
-                log.exception("ipcsem: notify() failed")
+        if self.stepper is not None:
+            self.schedule()
 
     def _hold_path(self, r: ReqNode) -> str | None:
         """The name a request's hold will have (None on slotted semaphores:
@@ -891,7 +979,8 @@ class _Queued:
         return f"{self.h._q}/" + _codec.held_name(
             r.units, (), r.mkey, r.pid, r.start, "q" + format(r.seq & 0xFFFFFFFF, "x"))
 
-    def _arm(self, client, paths: dict[str, ReqNode | None]) -> list:
+    def _arm(self, client: Client, paths: dict[str, ReqNode | None]
+             ) -> list[tuple[str, ReqNode | None, Future]]:
         """Send exists-watches for paths not watched yet; (path, node, future)."""
         out = []
         for p, node in paths.items():
@@ -900,7 +989,7 @@ class _Queued:
                 out.append((p, node, client.exists_async(p, watch=self._kick)))
         return out
 
-    def _armed(self, sent: list) -> bool:
+    def _armed(self, sent: list[tuple[str, ReqNode | None, Future]]) -> bool:
         """Wait for the exists replies; False if some node was gone already
         (its watch then waits for a creation that never comes: names are
         unique)."""
@@ -911,7 +1000,7 @@ class _Queued:
                 all_there = False
         return all_there
 
-    def _enqueue(self, client, session: Session):
+    def _enqueue(self, client: Client, session: Session) -> Reads:
         """Queue a request node; returns the reads sent right behind it (one
         round trip for both: the listing is processed after the create)."""
         h = self.h
@@ -951,7 +1040,7 @@ class _Queued:
                 h._read_finish(reads)
                 return self._enqueue(client, session)
             raise _Retry(f"queueing: {names}")
-        path = results[0]
+        path: str = results[0]
         self.path, self.rname, self.session = path, path.rsplit("/", 1)[1], session
         self._armed(sent)    # processed before the listing: what they found is what it shows
         return reads
@@ -973,7 +1062,7 @@ class _Queued:
         pred = ahead[-1]
         return {f"{h._q}/{pred.name}": pred}
 
-    def step(self) -> Lease | None:
+    def step(self) -> ZkLease | None:
         """Queue if needed, decide, grant if admissible, else arm the watches."""
         h = self.h
         while True:
@@ -997,7 +1086,8 @@ class _Queued:
                     # before the read: a hold it finds is in the listing, one
                     # it misses is not (one connection: requests in order)
                     left, self.left = self.left, []
-                    holds = {hp: None for hp in map(self._hold_path, left) if hp is not None}
+                    holds: dict[str, ReqNode | None] = {
+                        hp: None for hp in map(self._hold_path, left) if hp is not None}
                     sent = self._arm(client, holds)
                     w = h.posts_watch(session) if self.watch_posts else None
                     many = self.last is not None and len(self.last.held) > 32
@@ -1069,7 +1159,8 @@ class _Queued:
         if reaper is None:
             return
         ahead = order[:next(i for i, r in enumerate(order) if r is me)]
-        now = {f"{self.h._q}/{n.name}": n for n in [*view.held, *ahead]
+        before: list[HeldNode | ReqNode] = [*view.held, *ahead]
+        now = {f"{self.h._q}/{n.name}": n for n in before
                if n.mkey == MACHINE_KEY and n.pid != ME.pid}
         for path in self.local_watched - now.keys():
             reaper.forget(path, self)
@@ -1080,11 +1171,14 @@ class _Queued:
     def _unwatch_local(self) -> None:
         if self.local_watched:
             reaper = self.h._backend.reaper()
-            for path in self.local_watched:
-                reaper.forget(path, self)
+            if reaper is not None:
+                for path in self.local_watched:
+                    reaper.forget(path, self)
             self.local_watched = set()
 
-    def run(self, deadline: float | None, on_slice) -> Lease | None:
+    # ------------------------------------------------------------ blocking
+    def run(self, deadline: float | None, on_slice: Callable[[], None] | None
+            ) -> ZkLease | None:
         next_slice = time.monotonic() + SLICE
         while True:
             try:
@@ -1094,7 +1188,7 @@ class _Queued:
                 if deadline is not None and time.monotonic() >= deadline:
                     self.abandon()
                     return None
-                time.sleep(0.05)      # the server is busy or failing over
+                time.sleep(RETRY_AFTER)      # the server is busy or failing over
                 continue
             if got is not None:
                 return got
@@ -1112,6 +1206,95 @@ class _Queued:
                         on_slice()
                     break  # re-read: a safety net for a lost watch
 
+    # ---------------------------------------------------------- event loop
+    def schedule(self, after: float = 0.0) -> None:
+        assert self.stepper is not None
+        self.stepper.schedule(self, after)
+
+    def work(self) -> None:
+        """One step on the stepper's thread: grant, fail, or arm watches;
+        a cancelled entry leaves the queue (and gives back a grant that
+        raced in)."""
+        with self.lock:
+            cancelled, outcome = self.cancelled, self.result is not None or self.error is not None
+        if cancelled:
+            self._give_up()
+            return
+        if outcome or self.finished:
+            return
+        self.last_step = time.monotonic()
+        try:
+            got = self.step()
+        except _Retry:
+            self.schedule(RETRY_AFTER)
+            return
+        except BaseException as e:  # noqa: BLE001 - every outcome goes to the task that waits
+            self.abandon()
+            self.done()
+            with self.lock:
+                self.error = e
+            self._tell()
+            return
+        if got is None:
+            return
+        self.done()
+        with self.lock:
+            if not self.cancelled:
+                self.result = got
+                got = None
+        if got is not None:
+            self._give_back(got)     # cancelled while we granted: not the caller's
+        else:
+            self._tell()
+
+    def _tell(self) -> None:
+        if self.notify is not None:
+            try:
+                self.notify()
+            except Exception:  # the caller's callback: log, never break the stepper
+                log.exception("ipcsem: notify() failed")
+
+    def _give_back(self, lease: ZkLease) -> None:
+        try:
+            self.h.release(lease.units, self.req.owner, lease)
+        except IpcsemError as e:     # lost meanwhile, or unlinked: nothing left to give
+            log.debug("ipcsem: giving back a cancelled grant: %s", e)
+
+    def _give_up(self) -> None:
+        self.abandon()
+        self.done()
+        with self.lock:
+            lease, self.result = self.result, None
+        if lease is not None:
+            self._give_back(lease)
+
+    def settle(self) -> ZkLease | None:
+        """The lease once granted (the entry is gone then), else None; the
+        error the request ended with, raised.  Never does network I/O: a
+        settle long after the last step asks the stepper to look again (the
+        safety net for a lost watch)."""
+        with self.lock:
+            if self.result is not None:
+                lease, self.result = self.result, None
+                self.finished = True
+                return lease
+            if self.error is not None:
+                raise self.error
+        if not self.finished and time.monotonic() - self.last_step > SLICE:
+            self.stale = True
+            self.schedule()
+        return None
+
+    def cancel(self) -> None:
+        """Leave the queue (on the stepper's thread, a moment later); a
+        grant not yet settled is given back."""
+        with self.lock:
+            if self.cancelled:
+                return
+            self.cancelled = True
+        self.schedule()
+
+    # ------------------------------------------------------------- leaving
     def abandon(self) -> None:
         """Leave the queue (and drop a grant whose reply we did not wait for)."""
         self.finished = True
@@ -1120,7 +1303,7 @@ class _Queued:
         if not paths:
             return
         try:
-            client, session = self.h._conn.current()
+            client, _session = self.h._conn.current()
         except IpcsemError:
             for p in paths:
                 self.h._conn.doom(p)
@@ -1128,7 +1311,7 @@ class _Queued:
         for p in paths:
             try:
                 client.delete(p)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - any kazoo error: the node dies with the session
                 if error_name(e) != "NoNodeError":
                     self.h._conn.doom(p)
         # a grant that raced in: never seen by the caller, so not ours
@@ -1142,4 +1325,8 @@ class _Queued:
         self.h._conn.remove_waker(self._kick)
         with self.h._posts_lock:
             self.h._posts_waiters.discard(self._kick)
+        self.h._waits.discard(self)
         self._unwatch_local()
+
+
+__all__ = ["Req", "Stepper", "ZkHandle", "ZkPending", "unsupported"]

@@ -22,8 +22,9 @@ import os
 import select
 import socket
 import threading
-from typing import Callable
+from collections.abc import Callable
 
+from .. import _proc
 from .._identity import start_of
 
 log = logging.getLogger("ipcsem.zk")
@@ -86,6 +87,23 @@ def open_watch(pid: int, start: int) -> int:
     return fd
 
 
+def is_dead(pid: int, start: int) -> bool:
+    """The local process (pid, start) has exited (a zombie has: its pidfd is
+    readable).  A process we may not see counts as alive."""
+    try:
+        fd = open_watch(pid, start)
+    except OSError:               # PermissionError included: hidden, so alive
+        return False
+    if fd == DEAD:
+        return True
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        return bool(p.poll(0))
+    finally:
+        os.close(fd)
+
+
 def _poll_fallback() -> int:
     raise PermissionError("no pidfd_open on this platform: local reaping is off")
 
@@ -96,19 +114,20 @@ def is_local(mkey: str) -> bool:
 
 class Reaper:
     """One thread that watches local processes owning nodes and, when one
-    dies, calls ``delete(path)`` for each of its nodes.
+    dies, calls ``delete(paths, pid, start)`` once with its nodes.
 
     ``watch(path, pid, start, owner)`` is idempotent per owner and cheap
     for a path already watched; ``forget(path, owner)`` drops that owner's
     interest, and the path is unwatched when no owner is left (several
     waiters of one process may watch the same holder).  ``delete`` may
-    raise: the path stays queued and is retried on the next event."""
+    raise: the paths stay queued and are retried on the next event."""
 
-    def __init__(self, delete: Callable[[str, int, int], bool], name: str = "ipcsem-zk-reaper"):
+    def __init__(self, delete: Callable[[list[str], int, int], object],
+                 name: str = "ipcsem-zk-reaper") -> None:
         self._delete = delete
         self._lock = threading.Lock()
         self._paths: dict[str, tuple[int, int]] = {}      # path -> (pid, start)
-        self._owners: dict[str, set] = {}                 # path -> who wants it watched
+        self._owners: dict[str, set[object]] = {}         # path -> who wants it watched
         self._fds: dict[tuple[int, int], int] = {}       # identity -> pidfd
         self._dead: set[str] = set()
         # fds no longer needed, closed by the reaper thread itself between two
@@ -119,8 +138,7 @@ class Reaper:
         os.set_blocking(self._w, False)
         self._closed = False
         self.reaped = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._thread = _proc.start_named_thread(name, self._run)
 
     def watch(self, path: str, pid: int, start: int, owner: object = None) -> None:
         ident = (pid, start)
@@ -203,34 +221,36 @@ class Reaper:
             if gone:
                 with self._lock:
                     for ident in gone:
-                        fd = self._fds.pop(ident, None)
-                        if fd is not None:
+                        fd = self._fds.pop(ident, -1)
+                        if fd >= 0:
                             self._to_close.append(fd)
                         for p, i in self._paths.items():
                             if i == ident:
                                 self._dead.add(p)
 
     def _reap(self, dead: set[str]) -> None:
+        by_ident: dict[tuple[int, int], list[str]] = {}
         for path in dead:
             with self._lock:
                 ident = self._paths.get(path)
-            if ident is None:
-                with self._lock:
+                if ident is None:
                     self._dead.discard(path)
                     self._owners.pop(path, None)
-                continue
+                    continue
+            by_ident.setdefault(ident, []).append(path)
+        for (pid, start), paths in by_ident.items():
             try:
-                done = self._delete(path, *ident)
-            except Exception as e:  # noqa: BLE001 - retried on the next round
-                log.debug("reaping %s failed: %s", path, e)
+                self._delete(sorted(paths), pid, start)
+            except Exception as e:  # noqa: BLE001 - whatever the server said: retried next round
+                log.debug("reaping %s failed: %s", paths, e)
                 continue
             with self._lock:
-                self._dead.discard(path)
-                self._paths.pop(path, None)
-                self._owners.pop(path, None)
+                for path in paths:
+                    self._dead.discard(path)
+                    self._paths.pop(path, None)
+                    self._owners.pop(path, None)
                 self._gc()
-            if done:
-                self.reaped += 1
+            self.reaped += 1
 
     def close(self) -> None:
         with self._lock:

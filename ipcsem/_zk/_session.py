@@ -43,9 +43,11 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .. import _proc
 from .._errors import Unavailable
 from . import _codec
 from ._local import HOSTNAME, MACHINE_KEY, ME
@@ -68,11 +70,12 @@ else:  # pragma: no cover - not Linux
     lease_clock = time.monotonic
 
 
-def _kazoo():
+def _kazoo() -> Any:
     try:
-        import kazoo.client
-        import kazoo.exceptions
-        import kazoo.protocol.states
+        # kazoo ships no type information: it is Any here
+        import kazoo.client  # type: ignore[import-untyped]
+        import kazoo.exceptions  # type: ignore[import-untyped]
+        import kazoo.protocol.states  # type: ignore[import-untyped]
     except ImportError as e:
         raise ImportError(
             "the ZooKeeper backend needs kazoo: pip install 'ipcsem[zookeeper]' "
@@ -106,13 +109,13 @@ class Options:
         if parts.scheme != "zookeeper" or not parts.netloc:
             raise ValueError(f"not a zookeeper URL: {url!r} (zookeeper://host:port[,...][/chroot])")
         hosts = []
-        for h in unquote(parts.netloc).split(","):
-            h = h.strip()
-            if not h:
+        for given in unquote(parts.netloc).split(","):
+            host = given.strip()
+            if not host:
                 continue
-            if ":" not in h.rsplit("]", 1)[-1]:
-                h += ":2181"
-            hosts.append(h)
+            if ":" not in host.rsplit("]", 1)[-1]:
+                host += ":2181"
+            hosts.append(host)
         if not hosts:
             raise ValueError(f"no hosts in {url!r}")
         self.hosts = ",".join(hosts)
@@ -152,9 +155,13 @@ class _NegotiationLog(logging.Logger):
 
     def __init__(self) -> None:
         super().__init__("kazoo.ipcsem", BLATHER)
-        self.parent = logging.getLogger("kazoo.protocol.connection")
+        self._forward_to = logging.getLogger("kazoo.protocol.connection")
+        self.parent = self._forward_to
         self.negotiated_ms: int | None = None
         self.got = threading.Event()
+
+    def _parent_level(self) -> int:
+        return self._forward_to.getEffectiveLevel()
 
     def isEnabledFor(self, level: int) -> bool:
         # No cache: logging's per-logger cache is cleared only for loggers
@@ -170,10 +177,10 @@ class _NegotiationLog(logging.Logger):
                 self.negotiated_ms = record.args[2]
                 self.got.set()
                 # stop paying for kazoo's per-packet records
-                self.setLevel(max(logging.DEBUG, self.parent.getEffectiveLevel()))
+                self.setLevel(max(logging.DEBUG, self._parent_level()))
         # Handlers up the tree do not check their loggers' levels: do it here,
         # so the user's logging shows what it would have shown without us.
-        if record.levelno < self.parent.getEffectiveLevel():
+        if record.levelno < self._parent_level():
             return
         super().handle(record)
 
@@ -260,7 +267,7 @@ class Connection:
         self._doomed: list[str] = []       # paths of lost sessions to delete from the next one
 
     # ------------------------------------------------------------- access
-    def current(self) -> tuple[object, Session]:
+    def current(self) -> tuple[Any, Session]:
         """(kazoo client, Session) of a live session, connecting if needed;
         Unavailable if no server answers within connect_timeout."""
         if os.getpid() != self._pid:
@@ -296,7 +303,7 @@ class Connection:
         self._kick_monitor.set()
 
     # --------------------------------------------------------- connecting
-    def _connect_locked(self):
+    def _connect_locked(self) -> tuple[Any, Session]:
         kz = _kazoo()
         logger = _NegotiationLog()
         client = kz.client.KazooClient(
@@ -306,7 +313,7 @@ class Connection:
         sent = lease_clock()
         try:
             client.start(timeout=self.options.connect_timeout)
-        except Exception as e:  # kazoo's TimeoutError and socket errors
+        except Exception as e:  # noqa: BLE001 - kazoo's TimeoutError and socket errors
             try:
                 client.stop()
                 client.close()
@@ -330,15 +337,13 @@ class Connection:
                 client.ensure_path(f"{self.root}/{sub}")
             client.create(self._hb_path(sid), self._who(), ephemeral=True)
         except Exception as e:  # noqa: BLE001
-            threading.Thread(target=_close_quietly, args=(client,), daemon=True).start()
+            _proc.start_named_thread("ipcsem-zk-close", lambda: _close_quietly(client))
             raise Unavailable(f"could not set up the session: {e!r}", url=self.options.url) \
                 from None
         client.add_listener(lambda state, s=session: self._state(s, state))
         self._client, self._session = client, session
         if self._monitor is None or not self._monitor.is_alive():
-            self._monitor = threading.Thread(target=self._run_monitor, daemon=True,
-                                             name="ipcsem-zk-heartbeat")
-            self._monitor.start()
+            self._monitor = _proc.start_named_thread("ipcsem-zk-heart", self._run_monitor)
         self._kick_monitor.set()
         return client, session
 
@@ -350,7 +355,7 @@ class Connection:
     def _hb_path(self, sid: int) -> str:
         return f"{self.root}/sessions/{sid:016x}"
 
-    def _state(self, session: Session, state) -> None:
+    def _state(self, session: Session, state: object) -> None:
         # kazoo's thread: never block here.
         if str(state) == "LOST":
             self.lose(session, "the ZooKeeper session expired")
@@ -368,8 +373,7 @@ class Connection:
         # noticed (the heartbeat, kazoo's, a caller checking lease.valid):
         # do the work on a thread of our own, never inside kazoo's or a
         # caller's critical path.
-        threading.Thread(target=self._after_loss, args=(session, reason), daemon=True,
-                         name="ipcsem-zk-lost").start()
+        _proc.start_named_thread("ipcsem-zk-lost", lambda: self._after_loss(session, reason))
 
     def _after_loss(self, session: Session, reason: str) -> None:
         if self._closed:
@@ -383,12 +387,12 @@ class Connection:
         for hook in list(self._loss_hooks):
             try:
                 hook(session, reason)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("ipcsem: a lease-loss hook failed")
         for w in wakers:
             try:
                 w()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("ipcsem: waking a waiter failed")
         self._kick_monitor.set()
 
@@ -398,8 +402,7 @@ class Connection:
         if session is not None:
             session.lose("the session was abandoned")
         if client is not None:
-            threading.Thread(target=_close_quietly, args=(client,), daemon=True,
-                             name="ipcsem-zk-close").start()
+            _proc.start_named_thread("ipcsem-zk-close", lambda: _close_quietly(client))
 
     # ---------------------------------------------------------- heartbeat
     def _run_monitor(self) -> None:
@@ -408,7 +411,7 @@ class Connection:
                 if self._closed:
                     return
                 client, session = self._client, self._session
-                doomed = self._doomed if client is not None else []
+                doomed: list[str] = self._doomed if client is not None else []
                 if doomed:
                     self._doomed = []
             if client is None or session is None:
@@ -425,7 +428,7 @@ class Connection:
             done = threading.Event()
             try:
                 result = client.set_async(self._hb_path(session.sid), self._who())
-                result.rawlink(lambda _r: done.set())
+                result.rawlink(lambda _r, done=done: done.set())
             except Exception as e:  # noqa: BLE001 - closing client
                 log.debug("heartbeat not sent: %s", e)
                 self._kick_monitor.wait(0.05)
@@ -483,7 +486,7 @@ class Connection:
             _close_quietly(client)
 
 
-def _close_quietly(client) -> None:
+def _close_quietly(client: Any) -> None:
     try:
         client.stop()
     except Exception:  # noqa: BLE001

@@ -14,57 +14,84 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
+from .. import _proc
 from .._errors import IpcsemError
 from . import _codec
+from ._codec import HeldNode, ReqNode
 from ._local import HAVE_PIDFD, MACHINE_KEY, ME, Reaper
 from ._session import error_name
 
 log = logging.getLogger("ipcsem.zk")
 
 RESCAN = 5.0      # seconds between full rescans (a safety net for lost watches)
+RETRY = 0.5       # after a failed scan (the servers unreachable, failing over)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """One dead local process's nodes deleted by the supervisor."""
+
+    name: str | None      # the semaphore (None: its name was unlinked meanwhile)
+    pid: int
+    start: int
+    units: int            # units of the holds deleted
+    entries: int          # nodes deleted (holds and queued requests)
+    died_at: float        # time.monotonic() when its death was seen
+    recovered_at: float   # time.monotonic() when its nodes were gone
 
 
 class LocalSupervisor:
     """Watch the local holders and waiters of ``names`` (None: every
     semaphore under the URL) and reap the dead at once.
 
-    ``on_recovered(path)`` runs after each node this supervisor deleted;
-    ``on_watching()`` once the first scan armed every watch.  ``start()``
-    runs it in a daemon thread, ``run()`` in the caller's, ``stop()`` ends it.
-    Raises ``Unavailable`` from ``run`` if the servers cannot be reached."""
+    Hooks: ``on_recovered(Recovery)`` after each dead process whose nodes
+    this supervisor deleted; ``on_watching()`` once the first scan armed
+    every watch; ``on_error(message)`` when a scan fails (the servers
+    unreachable: it retries every half second).  ``start()`` runs it in a
+    daemon thread, ``run()`` in the caller's, ``stop()`` ends it.  Raises
+    OSError without pidfds (Linux < 5.3), ValueError for a bad URL or name."""
 
     def __init__(self, url: str, names: Iterable[str] | None = None, *,
-                 on_recovered: Callable[[str], None] | None = None,
-                 on_watching: Callable[[], None] | None = None) -> None:
+                 on_recovered: Callable[[Recovery], None] | None = None,
+                 on_watching: Callable[[], None] | None = None,
+                 on_error: Callable[[str], None] | None = None) -> None:
         if not HAVE_PIDFD:
             raise OSError("the local supervisor needs os.pidfd_open (Linux >= 5.3)")
         from ._backend import ZkBackend
-        self.backend = ZkBackend(url)      # its own session: independent of the user's
         self.names = None if names is None else {_codec.check_name(n) for n in names}
+        self.backend = ZkBackend(url)      # its own session: independent of the user's
         self.on_recovered = on_recovered
         self.on_watching = on_watching
-        self.reaper = Reaper(self._delete, name="ipcsem-zk-supervisor")
+        self.on_error = on_error
+        self.reaper = Reaper(self._delete, name="ipcsem-zk-super")
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._gens: dict[str, str] = {}    # name -> gen
+        self._gens: dict[str, str] = {}    # gen -> name
 
     @property
     def reaped(self) -> int:
+        """Dead processes handled so far."""
         return self.reaper.reaped
 
-    def _delete(self, path: str, pid: int, start: int) -> bool:
-        done = self.backend.reap(path)
-        if done and self.on_recovered is not None:
+    def _delete(self, paths: list[str], pid: int, start: int) -> object:
+        died_at = time.monotonic()
+        reaped = self.backend.reap(paths)
+        if reaped.deleted and self.on_recovered is not None:
+            gen = paths[0].rsplit("/", 3)[-3]
+            rec = Recovery(self._gens.get(gen), pid, start, reaped.units, len(reaped.deleted),
+                           died_at, time.monotonic())
             try:
-                self.on_recovered(path)
-            except Exception:  # noqa: BLE001
+                self.on_recovered(rec)
+            except Exception:  # the caller's hook: log it, keep supervising
                 log.exception("on_recovered failed")
-        return done
+        return reaped
 
-    def _kick(self, *_a) -> None:
+    def _kick(self, *_a: object) -> None:
         self._wake.set()
 
     def scan(self) -> None:
@@ -77,23 +104,21 @@ class LocalSupervisor:
                   and (self.names is None or n in self.names)]
         seen: set[str] = set()
         for name in wanted:
-            gen = self._gens.get(name)
             try:
                 data, _ = client.get(f"{root}/names/{name}")
                 meta = _codec.decode_meta(data, f"{root}/names/{name}")
             except IpcsemError as e:
                 log.warning("skipping %s: %s", name, e)
                 continue
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 if error_name(e) == "NoNodeError":
                     continue
                 raise
-            gen = meta.gen
-            self._gens[name] = gen
-            q = f"{root}/gens/{gen}/q"
+            self._gens[meta.gen] = name
+            q = f"{root}/gens/{meta.gen}/q"
             try:
                 children = client.get_children(q, watch=self._kick)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 if error_name(e) == "NoNodeError":
                     continue
                 raise
@@ -102,7 +127,8 @@ class LocalSupervisor:
             except IpcsemError as e:
                 log.warning("skipping %s: %s", name, e)
                 continue
-            for n in [*held, *reqs]:
+            nodes: list[HeldNode | ReqNode] = [*held, *reqs]
+            for n in nodes:
                 if n.mkey == MACHINE_KEY and n.pid != ME.pid:
                     p = f"{q}/{n.name}"
                     seen.add(p)
@@ -116,13 +142,12 @@ class LocalSupervisor:
             self._wake.clear()
             try:
                 self.scan()
-            except IpcsemError as e:
-                log.warning("supervisor scan: %s", e)
-                self._stop.wait(0.5)
-                continue
-            except Exception as e:  # noqa: BLE001 - connection trouble: retry
-                log.warning("supervisor scan: %r", e)
-                self._stop.wait(0.5)
+            except Exception as e:  # noqa: BLE001 - unreachable or failing over: told, retried
+                msg = str(e) if isinstance(e, IpcsemError) else f"{type(e).__name__}: {e}"
+                log.warning("supervisor scan: %s", msg)
+                if self.on_error is not None:
+                    self.on_error(msg)
+                self._stop.wait(RETRY)
                 continue
             if first:
                 first = False
@@ -131,8 +156,7 @@ class LocalSupervisor:
             self._wake.wait(RESCAN)
 
     def start(self) -> LocalSupervisor:
-        self._thread = threading.Thread(target=self.run, name="ipcsem-zk-supervise", daemon=True)
-        self._thread.start()
+        self._thread = _proc.start_named_thread("ipcsem-zk-scan", self.run)
         return self
 
     def stop(self) -> None:
@@ -146,11 +170,14 @@ class LocalSupervisor:
     def __enter__(self) -> LocalSupervisor:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def watch_local_holders(url: str, names: Iterable[str] | None = None,
-                        **hooks) -> LocalSupervisor:
+def watch_local_holders(url: str, names: Iterable[str] | None = None, *,
+                        on_recovered: Callable[[Recovery], None] | None = None,
+                        on_watching: Callable[[], None] | None = None,
+                        on_error: Callable[[str], None] | None = None) -> LocalSupervisor:
     """Start a :class:`LocalSupervisor` in a background thread and return it."""
-    return LocalSupervisor(url, names, **hooks).start()
+    return LocalSupervisor(url, names, on_recovered=on_recovered, on_watching=on_watching,
+                           on_error=on_error).start()

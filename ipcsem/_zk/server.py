@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import TypeVar
 
 JARS = ("/usr/share/java/zookeeper.jar", "/usr/share/java/slf4j-simple.jar")
 HEAP = "-Xmx256m"
@@ -124,7 +125,7 @@ class Server:
         self.config = workdir / "zoo.cfg"
         self.config.write_text("\n".join(lines) + "\n")
         self.log = workdir / "server.log"
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         java, cp = find_java(), find_classpath()
@@ -180,6 +181,9 @@ class Server:
         self.start()
 
 
+_G = TypeVar("_G", bound="_Group")
+
+
 class _Group:
     servers: list[Server]
 
@@ -190,7 +194,7 @@ class _Group:
     def hosts(self) -> str:
         return ",".join(f"127.0.0.1:{s.client_port}" for s in self.servers)
 
-    def url(self, chroot: str = "/ipcsem", **query) -> str:
+    def url(self, chroot: str = "/ipcsem", **query: object) -> str:
         q = "&".join(f"{k}={v}" for k, v in query.items())
         return f"zookeeper://{self.hosts}{chroot}" + (f"?{q}" if q else "")
 
@@ -215,10 +219,10 @@ class _Group:
             s.kill()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self):
+    def __enter__(self: _G) -> _G:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -25,6 +25,7 @@ from .common import (
     CliError,
     Parser,
     UsageError,
+    add_backend_argument,
     dispatch,
 )
 
@@ -64,16 +65,20 @@ def build_parser(prog: str = "ipcsem") -> Parser:
                "  ipcsem rm gpu\n"
                "  ipcsem supervise                  recover dead holders' units at once\n"
                "  ipcsem chaos --duration 60s       SIGKILL storm: prove it on this machine\n"
+               "  ipcsem --backend zookeeper://zk1:2181/ipcsem status   across machines\n"
                "  source <(ipcsem completion bash)  tab completion; `ipcsem man`: the manual\n\n"
                "exit codes: 0 ok, 1 error (chaos: storm failed), 2 usage,\n"
                "75 not acquired in time (run);\n"
                "see each subcommand's --help and docs/cli.md",
     )
     p.add_argument("--version", action="version", version=f"ipcsem {__version__}")
+    add_backend_argument(p, top=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for mod in _families():
         mod.add_parser(sub)
+    for _name, _help, parser in p.commands:
+        add_backend_argument(parser)
     return p
 
 

@@ -19,6 +19,7 @@ from .common import (
     Subcommands,
     UsageError,
     name_arg,
+    shm_only,
 )
 
 if TYPE_CHECKING:
@@ -171,6 +172,9 @@ class _StopSignals:
 
 def _check(args: argparse.Namespace) -> None:
     """UsageError / CliError for what argparse cannot see."""
+    # The storm's oracle and its supervisor are this machine's (flocks,
+    # the shm supervisor): on another backend it would prove nothing yet.
+    shm_only(args, "ipcsem chaos")
     if args.chaos_name is not None and args.name is not None and args.chaos_name != args.name:
         raise UsageError(f"NAME {args.chaos_name!r} and --name {args.name!r} differ")
     args.name = args.chaos_name if args.chaos_name is not None else args.name

@@ -168,6 +168,57 @@ def mode_arg(text: str) -> int:
     return mode
 
 
+# --------------------------------------------------------------- backend
+BACKEND_HELP = ("where the semaphores live: shm (this machine, the default) or "
+                "zookeeper://host:port[,host:port...][/chroot]; default $IPCSEM_BACKEND")
+
+
+def backend_arg(text: str) -> str:
+    """A backend URL the library can open (checked, not connected)."""
+    from .. import _backend
+
+    try:
+        _backend.resolve(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_backend_argument(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """``--backend URL`` on the top-level parser (``top``) and again on each
+    subcommand, so it may come before or after the subcommand's name; the
+    subcommand's copy never overrides the top-level one with a default."""
+    parser.add_argument("--backend", metavar="URL", type=backend_arg,
+                        default=None if top else argparse.SUPPRESS, help=BACKEND_HELP)
+
+
+def backend_url(given: str | None) -> str:
+    """The backend a command works on: ``--backend``, else $IPCSEM_BACKEND,
+    else shm.  ValueError (a usage error) for a bad $IPCSEM_BACKEND."""
+    from .. import _backend
+
+    if given:
+        return given
+    url = os.environ.get(_backend.ENV) or _backend.DEFAULT_URL
+    try:
+        _backend.resolve(url)
+    except ValueError as e:
+        raise UsageError(f"${_backend.ENV}: {e}") from None
+    return url
+
+
+def is_shm(url: str) -> bool:
+    from .. import _backend
+
+    return _backend.scheme_of(url) == "shm"
+
+
+def shm_only(args: argparse.Namespace, what: str) -> None:
+    """UsageError unless the command works on shm: ``what`` exists there only."""
+    if not is_shm(args.backend):
+        raise UsageError(f"{what} works on the shm backend only (--backend {args.backend})")
+
+
 # -------------------------------------------------------------- dispatch
 def dispatch(parser: argparse.ArgumentParser, argv: list[str], cmd: list[str] | None) -> int:
     args = parser.parse_args(argv)
@@ -176,6 +227,7 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str], cmd: list[str] | 
     if cmd is not None:
         args.cmd = cmd
     try:
+        args.backend = backend_url(getattr(args, "backend", None))
         code: int = args.func(args)
         return code
     except UsageError as e:
@@ -187,6 +239,11 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str], cmd: list[str] | 
     except (ValueError, TypeError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ImportError as e:
+        # an optional dependency (kazoo for zookeeper://): its message says
+        # what to install
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

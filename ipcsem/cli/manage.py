@@ -25,6 +25,7 @@ from .common import (
     Subcommands,
     UsageError,
     exit_codes,
+    is_shm,
     mode_arg,
     name_arg,
     positive_int,
@@ -128,9 +129,13 @@ def run_create(args: argparse.Namespace) -> int:
         raise UsageError("--capacity N is required (or --mutex)")
     elif args.reentrant:
         raise UsageError("--reentrant applies to --mutex only")
+    if args.group is not None and not is_shm(args.backend):
+        raise UsageError("--group applies to the shm backend only (file ownership)")
     group = _group(args.group)
-    common: dict[str, Any] = dict(mode=args.mode, group=group, max_holders=args.max_holders,
-                                  max_waiters=args.max_waiters)
+    common: dict[str, Any] = dict(mode=args.mode, max_holders=args.max_holders,
+                                  max_waiters=args.max_waiters, backend=args.backend)
+    if group is not None:
+        common["group"] = group
     # Whether this call laid the ledger out is decided under the creation
     # flock, so of two racing `ipcsem create`s exactly one reports success.
     sem: Mutex | Semaphore
@@ -239,6 +244,8 @@ def _bound() -> int:
 
 # ==================================================================== rm
 def run_rm(args: argparse.Namespace) -> int:
+    if not is_shm(args.backend):
+        return _rm_remote(args)
     printer = Printer("ipcsem rm")
     for uid, names in _by_owner(args.names, printer, True).items():
         job = _rm_job(args.force)
@@ -303,8 +310,65 @@ def _rm_one(name: str, force: bool) -> None:
     unlink(name, lock_wait=lock_wait)
 
 
+def _rm_remote(args: argparse.Namespace) -> int:
+    """``rm`` on a backend other than shm: refused while in use (without
+    --force), as on shm; queued waiters fail with Unlinked."""
+    from .. import _backend
+
+    backend = _backend.resolve(args.backend)
+    rc = EXIT_OK
+    for name in args.names:
+        try:
+            if not args.force:
+                handle = backend.open(name, None)
+                try:
+                    held = sum(h.units for h in handle.holders())
+                    queued = len(handle.waiters())
+                finally:
+                    handle.close()
+                if held or queued:
+                    raise CliError(f"{name!r} is in use: {held} unit(s) held, "
+                                   f"{plural(queued, 'waiter')}; use --force to remove it anyway")
+            backend.unlink(name)
+        except (IpcsemError, CliError, ValueError, OSError) as e:
+            print(f"ipcsem rm: {e}", file=sys.stderr)
+            rc = EXIT_ERROR
+    return rc
+
+
+def _recover_remote(args: argparse.Namespace) -> int:
+    """``recover`` on a backend other than shm: each handle's recover()
+    (the dead processes of this machine; other machines' dead go with their
+    sessions)."""
+    from .. import _backend
+
+    backend = _backend.resolve(args.backend)
+    rc = EXIT_OK
+    for name in args.names or sorted(backend.names()):
+        try:
+            handle = backend.open(name, None)
+            try:
+                units = handle.recover(LOCK_BOUND)
+            finally:
+                handle.close()
+        except NotFound as e:
+            if args.names:
+                print(f"ipcsem recover: {e}", file=sys.stderr)
+                rc = EXIT_ERROR
+            continue
+        except (IpcsemError, ValueError, OSError) as e:
+            print(f"ipcsem recover: {e}", file=sys.stderr)
+            rc = EXIT_ERROR
+            continue
+        if units:
+            print(f"recovered name={name} units={units}")
+    return rc
+
+
 # =============================================================== recover
 def run_recover(args: argparse.Namespace) -> int:
+    if not is_shm(args.backend):
+        return _recover_remote(args)
     printer = Printer("ipcsem recover")
     explicit = bool(args.names)
     names = args.names or _names.names()

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import _names, _proc
 from .procinfo import Procs, short_command
@@ -204,6 +204,16 @@ def render_list(objs: list[Obj], width: int) -> list[str]:
 
 
 # ------------------------------------------------------ the detail view
+_HOST = os.uname().nodename
+
+
+def pid_text(proc: dict[str, Any]) -> str:
+    """A holder's or waiter's pid, with its host when that is another
+    machine (zookeeper://: a pid means nothing without its host)."""
+    host = proc.get("host")
+    return str(proc["pid"]) if not host or host == _HOST else f"{proc['pid']}@{host}"
+
+
 def render_detail(o: Obj, width: int) -> list[str]:
     name = o["name"]
     if o["error"] is not None:
@@ -215,8 +225,11 @@ def render_detail(o: Obj, width: int) -> list[str]:
                 + (f", {o['unowned']} unowned" if o["unowned"] else "")
                 + f", {plural(waiting, 'waiter')}", width)]
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(o["created"]))
-    out.append(clip(f"  owner {o['owner']}, mode {o['mode']}, created {created} "
-                    f"by pid {o['creator_pid']}", width))
+    # owner: None on a backend without file ownership (zookeeper://)
+    owner = f"owner {o['owner']}, " if o["owner"] is not None else ""
+    on = f" on {o['creator_host']}" if o.get("creator_host") else ""
+    out.append(clip(f"  {owner}mode {o['mode']}, created {created} "
+                    f"by pid {o['creator_pid']}{on}", width))
     out.append(clip(f"  {policy(o)}", width))
     inheritance = inheritance_text(o)
     if inheritance is not None:
@@ -250,7 +263,7 @@ def render_detail(o: Obj, width: int) -> list[str]:
         slotted = bool(o["slots"])
         rows = []
         for h in o["holders"]:
-            row = [str(h["pid"]), h["user"] or "-", str(h["units"]), duration(h["held_for"]),
+            row = [pid_text(h), h["user"] or "-", str(h["units"]), duration(h["held_for"]),
                    h["state"]]
             if slotted:
                 row.append(slot_list(h["slots"]))
@@ -261,7 +274,7 @@ def render_detail(o: Obj, width: int) -> list[str]:
         out.append("HOLDERS: none")
     if o["waiters"]:
         out.append("WAITERS (in queue order)")
-        rows = [[str(w["position"]), str(w["pid"]), w["user"] or "-", str(w["units"]),
+        rows = [[str(w["position"]), pid_text(w), w["user"] or "-", str(w["units"]),
                  str(w["priority"]), duration(w["waiting_for"]), short_command(w["argv"])]
                 for w in o["waiters"]]
         out += table(rows, ["POS", "PID", "USER", "UNITS", "PRIO", "WAITING", "COMMAND"],

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .._records import Lease
     from .._semaphore import Mutex, Semaphore
 
-_RUN_VALUE_OPTS = {"--capacity", "--units", "--timeout", "--priority", "--export"}
+_RUN_VALUE_OPTS = {"--capacity", "--units", "--timeout", "--priority", "--export", "--backend"}
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2)
@@ -151,15 +151,16 @@ def _open(args: argparse.Namespace) -> Semaphore | Mutex:
                          "at creation)")
     try:
         if args.capacity is not None:
-            return Semaphore(args.name, args.capacity, slots=args.slots, fair=args.fair)
-        return Semaphore(args.name)
+            return Semaphore(args.name, args.capacity, slots=args.slots, fair=args.fair,
+                             backend=args.backend)
+        return Semaphore(args.name, backend=args.backend)
     except NotFound:
         raise CliError(f"no ipcsem semaphore named {args.name!r} "
                        "(give --capacity N to create it)") from None
     except PolicyMismatch as e:
         if e.setting != "kind" or args.capacity is not None:
             raise
-    return Mutex(args.name, create=False)
+    return Mutex(args.name, create=False, backend=args.backend)
 
 
 def _my_units(sem: Semaphore | Mutex) -> int:

@@ -17,10 +17,13 @@ from .common import (
     Parser,
     Subcommands,
     UsageError,
+    add_backend_argument,
     exit_codes,
     interval,
+    is_shm,
     name_arg,
     positive_int,
+    shm_only,
 )
 from .describe import JSON_VERSION, gather, mark_deadlocks
 from .procinfo import Procs
@@ -89,23 +92,36 @@ def build_status_parser() -> Parser:
     p = Parser(prog="ipcsem-status", formatter_class=argparse.RawDescriptionHelpFormatter,
                description=HELP, epilog=EPILOG)
     _status_args(p)
+    add_backend_argument(p, top=True)
     return p
 
 
 # ------------------------------------------------------------- one look
+def _gather(args: argparse.Namespace, names: list[str] | None, procs: Procs, detail: bool,
+            only_pid: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """``describe.gather`` on shm, ``remote.gather`` on any other backend;
+    deadlocks marked (shm only: finding them reads every process's
+    threads, and holders on other machines are out of sight)."""
+    if is_shm(args.backend):
+        objs, missing = gather(names, procs, detail, only_pid)
+        mark_deadlocks(objs)
+        return objs, missing
+    from . import remote
+
+    return remote.gather(args.backend, names, procs, detail, only_pid)
+
+
 def frame(args: argparse.Namespace, width: int) -> tuple[list[str], dict[str, Any], int]:
     """(human lines, json document, exit code) for one look."""
     procs = Procs()
     names = args.names or None
     if args.pid is not None:
-        objs, missing = gather(names, procs, True, args.pid)
-        mark_deadlocks(objs)
+        objs, missing = _gather(args, names, procs, True, args.pid)
         objs = [o for o in objs if o["holders"] or o["waiters"] or o["error"]]
         doc = {"version": JSON_VERSION, "pid": args.pid, "semaphores": objs}
         lines = render_pid(args.pid, objs, width)
     elif names:
-        objs, missing = gather(names, procs, True)
-        mark_deadlocks(objs)
+        objs, missing = _gather(args, names, procs, True)
         doc = {"version": JSON_VERSION, "semaphores": objs}
         lines = []
         for o in objs:
@@ -113,8 +129,7 @@ def frame(args: argparse.Namespace, width: int) -> tuple[list[str], dict[str, An
                 lines.append("")
             lines += render_detail(o, width)
     else:
-        objs, missing = gather(None, procs, args.json)
-        mark_deadlocks(objs)
+        objs, missing = _gather(args, None, procs, args.json)
         doc = {"version": JSON_VERSION, "semaphores": objs}
         lines = render_list(objs, width)
     if missing:
@@ -163,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
 def deadlocks(args: argparse.Namespace) -> int:
     from .. import find_deadlocks
 
+    shm_only(args, "--deadlocks")
     names = args.names or None
     missing = [n for n in (names or ()) if not os.path.exists(_names.shm_path(n))]
     if missing:
@@ -181,8 +197,7 @@ def deadlocks(args: argparse.Namespace) -> int:
 def prometheus(args: argparse.Namespace) -> int:
     from .metrics import exposition
 
-    objs, missing = gather(args.names or None, Procs(), detail=False)
-    mark_deadlocks(objs)
+    objs, missing = _gather(args, args.names or None, Procs(), detail=False)
     sys.stdout.write(exposition(objs, missing))
     _say_missing(args, missing)
     return EXIT_ERROR if missing else EXIT_OK
@@ -225,8 +240,14 @@ def watch(args: argparse.Namespace) -> int:
 def run_ls(args: argparse.Namespace) -> int:
     if args.long:
         return run(argparse.Namespace(names=[], pid=None, json=args.json, watch=None,
-                                      deadlocks=False, prometheus=False, prog="ipcsem ls"))
-    names = _names.names()
+                                      deadlocks=False, prometheus=False, prog="ipcsem ls",
+                                      backend=args.backend))
+    if is_shm(args.backend):
+        names = _names.names()
+    else:
+        from . import remote
+
+        names = remote.names(args.backend)
     if args.json:
         print(json.dumps({"version": JSON_VERSION, "names": names}))
     elif names:

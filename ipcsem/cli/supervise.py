@@ -11,7 +11,16 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .. import _names, _proc
-from .common import EXIT_CODES, EXIT_OK, CliError, Subcommands, UsageError, interval, name_arg
+from .common import (
+    EXIT_CODES,
+    EXIT_OK,
+    CliError,
+    Subcommands,
+    UsageError,
+    interval,
+    is_shm,
+    name_arg,
+)
 
 if TYPE_CHECKING:
     from .._shm.supervisor import RootSupervisor, Supervisor
@@ -84,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_unit:
         sys.stdout.write(unit_text())
         return EXIT_OK
+    if not is_shm(args.backend):
+        return _run_remote(args)
     if args.metrics_address != "127.0.0.1" and args.metrics_port is None:
         raise UsageError("--metrics-address needs --metrics-port")
     if args.textfile is not None and not os.path.isdir(args.textfile):
@@ -117,6 +128,60 @@ def run(args: argparse.Namespace) -> int:
         sup.close()
         if exporter is not None:
             exporter.close()
+    print("supervisor stopped", flush=True)
+    return EXIT_OK
+
+
+def _run_remote(args: argparse.Namespace) -> int:
+    """``supervise --backend zookeeper://...``: this host's watcher of local
+    holders (``ipcsem._zk.LocalSupervisor``), deleting a dead local
+    process's nodes at once (other hosts' dead go with their sessions, or
+    with their own host's supervisor)."""
+    import threading
+
+    if args.metrics_port is not None or args.textfile is not None:
+        raise UsageError("--metrics-port and --textfile work on the shm backend only "
+                         f"(--backend {args.backend})")
+    from .. import _backend
+
+    if _backend.scheme_of(args.backend) != "zookeeper":
+        raise UsageError(f"no supervisor for the backend {args.backend!r}")
+    from .._zk import LocalSupervisor, Recovery
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    what = " ".join(args.names) if args.names else "every ipcsem semaphore"
+
+    def on_recovered(r: Recovery) -> None:
+        after = (r.recovered_at - r.died_at) * 1e3
+        print(_recovered_line(r.name or "?", r.pid, r.units, r.entries, after, None),
+              flush=True)
+
+    def on_watching() -> None:
+        print("watching every local holder", flush=True)
+
+    def on_error(message: str) -> None:
+        _warn("-", message)
+
+    try:
+        sup = LocalSupervisor(args.backend, args.names or None, on_recovered=on_recovered,
+                              on_watching=on_watching, on_error=on_error)
+    except OSError as e:
+        raise CliError(str(e)) from None
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"supervising {what} on {args.backend} (pid {os.getpid()}; this host's holders)",
+          flush=True)
+    sup.start()
+    try:
+        while not stopping.wait(1.0):
+            pass
+    finally:
+        sup.stop()
     print("supervisor stopped", flush=True)
     return EXIT_OK
 

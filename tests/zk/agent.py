@@ -26,9 +26,9 @@ import traceback
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from ipcsem._backend import resolve  # noqa: E402
-from ipcsem._records import Params, Request  # noqa: E402
-import ipcsem._zk  # noqa: E402,F401
+import ipcsem._zk  # noqa: F401
+from ipcsem._backend import resolve
+from ipcsem._records import Params
 
 leases: dict[int, object] = {}
 lost: list[str] = []
@@ -65,11 +65,11 @@ def run(cmd: dict):
                                           on_lost=on_lost)
         return {"created": handle.created}
     if op in ("take", "wait"):
-        req = Request(cmd.get("units", 1), cmd.get("priority", 0), cmd.get("owner", tid), tid)
+        args = (cmd.get("units", 1), cmd.get("priority", 0), cmd.get("owner", tid), tid)
         if op == "take":
-            return lease_reply(handle.take(req))
+            return lease_reply(handle.take(*args))
         t = cmd.get("timeout")
-        return lease_reply(handle.wait(req, None if t is None else time.monotonic() + t))
+        return lease_reply(handle.wait(*args, None if t is None else time.monotonic() + t))
     if op == "release":
         lease = leases.get(cmd.get("lease"))
         handle.release(cmd.get("units", 1), cmd.get("owner", tid), lease)

@@ -16,9 +16,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from ipcsem._backend import resolve  # noqa: E402
-from ipcsem._records import Request  # noqa: E402
-import ipcsem._zk  # noqa: E402,F401
+import ipcsem._zk  # noqa: F401
+from ipcsem._backend import resolve
 
 
 def violation(d: str, what: str) -> None:
@@ -45,7 +44,7 @@ def main() -> None:
     tid = threading.get_native_id()
     done = 0
     while True:
-        lease = h.wait(Request(1, 0, tid, tid), time.monotonic() + 30)
+        lease = h.wait(1, 0, tid, tid, time.monotonic() + 30)
         if lease is None:
             continue
         (slot,) = lease.slots

@@ -7,7 +7,8 @@ ZooKeeper's signed 32-bit sequence numbers, which here start near the wrap.
 """
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipcsem._zk._admission import TAKE, decide
 from ipcsem._zk._codec import HeldNode, ReqNode
@@ -42,7 +43,7 @@ def test_rule_matches_the_model(capacity, unowned, program, start):
     def model_grants() -> list[int]:
         free = capacity - unowned - sum(held.values())
         out = []
-        for prio, arr, units, rid in sorted(model_queue, key=lambda q: (-q[0], q[1])):
+        for _prio, _arr, units, rid in sorted(model_queue, key=lambda q: (-q[0], q[1])):
             if units > free:
                 break
             free -= units

@@ -6,23 +6,24 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 
 from ipcsem._errors import (
     CapacityMismatch,
     Corrupt,
+    DeadlockDetected,
     NotFound,
     NotOwner,
     PolicyMismatch,
     Unlinked,
 )
-from ipcsem._records import Params, Request
-
-from conftest import wait_until  # noqa: E402  (tests/zk/conftest.py)
+from ipcsem._records import Params
 
 
 def req(units=1, priority=0, owner=None):
+    """The seam's plain acquire arguments: (units, priority, owner, tid)."""
     tid = threading.get_native_id()
-    return Request(units, priority, tid if owner is None else owner, tid)
+    return (units, priority, tid if owner is None else owner, tid)
 
 
 def P(capacity, **kw):
@@ -33,10 +34,10 @@ def P(capacity, **kw):
 def test_counting_and_atomic_multi_unit(backend):
     h = backend.open("c", P(3))
     assert h.created and h.available == 3
-    a = h.take(req(2))
+    a = h.take(*req(2))
     assert a is not None and a.units == 2
-    assert h.take(req(2)) is None          # all or nothing: 1 free, 2 asked
-    b = h.take(req(1))
+    assert h.take(*req(2)) is None          # all or nothing: 1 free, 2 asked
+    b = h.take(*req(1))
     assert b is not None and h.available == 0
     h.release(2, 0, a)
     h.release(1, 0, b)
@@ -46,29 +47,30 @@ def test_counting_and_atomic_multi_unit(backend):
 
 def test_two_unit_head_is_never_overtaken(backend, agents, url):
     h = backend.open("fifo", P(2))
-    mine = h.take(req(1))
+    mine = h.take(*req(1))
     big = agents(url, "fifo")
     big.send({"op": "wait", "units": 2, "timeout": 20})
     wait_until(lambda: len(h.waiters()) == 1)
     # one unit is free, but taking it would overtake the 2-unit head
     for _ in range(20):
-        assert h.take(req(1)) is None
+        assert h.take(*req(1)) is None
     h.release(1, 0, mine)
     got = big.reply()
     assert got["lease"] is not None
-    assert h.take(req(1)) is None and h.available == 0
+    assert h.take(*req(1)) is None and h.available == 0
 
 
 def test_priorities_then_fifo(backend, agents, url):
     h = backend.open("prio", P(1))
-    lease = h.take(req())
+    lease = h.take(*req())
     order = []
     ags = []
     for prio in (0, 5, 0, 5):
         a = agents(url, "prio")
         a.send({"op": "wait", "priority": prio, "timeout": 30})
         ags.append((prio, a))
-        wait_until(lambda n=len(ags): len(h.waiters()) == n)
+        n = len(ags)
+        wait_until(lambda n=n: len(h.waiters()) == n)
     ws = h.waiters()
     assert [w.priority for w in ws] == [5, 5, 0, 0]
     assert [w.pid for w in ws] == [ags[1][1].pid, ags[3][1].pid, ags[0][1].pid, ags[2][1].pid]
@@ -93,7 +95,7 @@ def test_token_increases_in_grant_order_even_when_priority_reorders(backend, age
     """The low-priority request node is created first (smaller czxid) but
     granted last: the token comes from the grant, so it is still larger."""
     h = backend.open("tok", P(1))
-    first = h.take(req())
+    first = h.take(*req())
     low = agents(url, "tok")
     low.send({"op": "wait", "priority": 0, "timeout": 30})
     wait_until(lambda: len(h.waiters()) == 1)
@@ -110,9 +112,9 @@ def test_token_increases_in_grant_order_even_when_priority_reorders(backend, age
 
 def test_timeout_leaves_no_queue_entry(backend):
     h = backend.open("to", P(1))
-    lease = h.take(req())
+    lease = h.take(*req())
     t0 = time.monotonic()
-    assert h.wait(req(), time.monotonic() + 0.3) is None
+    assert h.wait(*req(), time.monotonic() + 0.3) is None
     assert 0.25 < time.monotonic() - t0 < 2
     assert h.waiters() == []
     h.release(1, 0, lease)
@@ -121,13 +123,13 @@ def test_timeout_leaves_no_queue_entry(backend):
 
 def test_wait_exception_leaves_nothing(backend):
     h = backend.open("exc", P(1))
-    lease = h.take(req())
+    lease = h.take(*req())
 
     def boom():
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        h.wait(req(), None, on_slice=boom)
+        h.wait(*req(), None, on_slice=boom)
     assert h.waiters() == []
     h.release(1, 0, lease)
 
@@ -139,7 +141,7 @@ def test_over_release_and_unowned_posts(backend):
     assert h.available == 2
     with pytest.raises(ValueError):
         h.release(1, 0)                          # beyond the capacity
-    a = h.take(req(2))
+    a = h.take(*req(2))
     h.disown(2)                                  # consumer keeps the items: no owner
     assert h.available == 0 and h.stats().unowned == 2
     h.release(1, 0)                              # an unowned post returns one
@@ -184,7 +186,7 @@ def test_holders_and_names_and_unlink(backend, agents, url):
     assert w.reply()["error"] == "Unlinked"
     assert "u" not in backend.names()
     with pytest.raises(Unlinked):
-        h.take(req())
+        h.take(*req())
     with pytest.raises(NotFound):
         backend.unlink("u")
     fresh = backend.open("u", P(1))            # a new semaphore under the old name
@@ -193,11 +195,11 @@ def test_holders_and_names_and_unlink(backend, agents, url):
 
 def test_slots_lowest_free_first(backend):
     h = backend.open("gpu", P(4, slots=True))
-    a = h.take(req(2))
-    b = h.take(req(1))
+    a = h.take(*req(2))
+    b = h.take(*req(1))
     assert a.slots == (0, 1) and b.slots == (2,)
     h.release(2, 0, a)
-    c = h.take(req(3))
+    c = h.take(*req(3))
     assert c.slots == (0, 1, 3)
     assert sorted(s for x in h.holders() for s in x.slots) == [0, 1, 2, 3]
     h.release(1, 0, b)
@@ -207,16 +209,16 @@ def test_slots_lowest_free_first(backend):
 
 def test_mutex_owner_and_reentrancy(backend):
     m = backend.open("mx", Params(capacity=1, initial=1, kind="mutex"))
-    lease = m.take(req(owner=1))
+    lease = m.take(*req(owner=1))
     assert lease is not None and not lease.previous_owner_died
     with pytest.raises(NotOwner):
         m.release(1, 2)                       # another owner
-    with pytest.raises(NotOwner):
-        m.take(req(owner=1))                  # not reentrant: a clear error
+    with pytest.raises(DeadlockDetected):
+        m.take(*req(owner=1))                  # not reentrant: a deadlock of one thread
     m.release(1, 1)
     r = backend.open("rmx", Params(capacity=1, initial=1, kind="mutex", reentrant=True))
-    a = r.take(req(owner=7))
-    b = r.take(req(owner=7))
+    a = r.take(*req(owner=7))
+    b = r.take(*req(owner=7))
     assert a is b
     r.release(1, 7)
     assert r.available == 0                   # still held at depth 1
@@ -235,15 +237,15 @@ def test_mutex_previous_owner_died(backend, agents, url):
     r = w.reply()
     assert r["died"] is True
     w.call({"op": "release", "lease": r["lease"], "owner": 6})   # repaired
-    lease = m.take(req(owner=1))
+    lease = m.take(*req(owner=1))
     assert not lease.previous_owner_died
 
 
 def test_enqueue_settle_cancel(backend):
     h = backend.open("ev", P(1))
-    first = h.take(req())
+    first = h.take(*req())
     rang = threading.Event()
-    pending = h.enqueue(req(), rang.set)
+    pending = h.enqueue(*req(), False, rang.set)
     assert not hasattr(pending, "token")       # a Pending, not a Lease
     assert h.settle(pending) is None
     h.release(1, 0, first)
@@ -251,10 +253,11 @@ def test_enqueue_settle_cancel(backend):
     got = wait_until(lambda: h.settle(pending), 5)
     assert got.units == 1
     h.release(1, 0, got)
-    other = h.take(req())
-    p2 = h.enqueue(req(), lambda: None)
-    h.cancel(p2)
-    assert h.waiters() == []
+    other = h.take(*req())
+    p2 = h.enqueue(*req(), False, lambda: None)
+    wait_until(lambda: len(h.waiters()) == 1)
+    h.cancel(p2)                               # never blocks: the stepper leaves the queue
+    wait_until(lambda: h.waiters() == [])
     h.release(1, 0, other)
 
 
@@ -264,7 +267,7 @@ def test_foreign_node_is_corrupt_not_a_crash(backend):
     q = f"{backend.conn.root}/gens/{h.meta.gen}/q"
     client.create(f"{q}/not-ours", b"junk")
     with pytest.raises(Corrupt):
-        h.take(req())
+        h.take(*req())
     client.delete(f"{q}/not-ours")
     client.create(f"{q}/h_999_-_0000000000000000_1_1_x", b"{}")
     with pytest.raises(Corrupt):
@@ -279,7 +282,7 @@ def test_threads_of_one_process_share_its_units(backend):
 
     def worker():
         for _ in range(15):
-            lease = h.wait(req(), time.monotonic() + 20)
+            lease = h.wait(*req(), time.monotonic() + 20)
             with lock:
                 inside.append(1)
                 peak[0] = max(peak[0], len(inside))
@@ -300,7 +303,7 @@ def test_threads_of_one_process_share_its_units(backend):
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_child_holds_nothing(backend):
     h = backend.open("fork", P(1))
-    lease = h.take(req())
+    lease = h.take(*req())
     pid = os.fork()
     if pid == 0:
         try:
@@ -311,7 +314,7 @@ def test_fork_child_holds_nothing(backend):
                 os._exit(1)
             except ValueError:
                 os._exit(0)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the child's every outcome is its exit status
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
@@ -336,6 +339,6 @@ def test_a_waiting_consumer_wakes_on_a_post(backend, agents, url):
         consumer.call({"op": "release", "lease": got["lease"]})
         # the consumer's release returns the unit to the pool: take it back
         # unowned so the next round waits again
-        lease = h.take(req())
+        lease = h.take(*req())
         h.disown(1)
         assert lease.valid and h.available == 0

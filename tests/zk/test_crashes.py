@@ -5,17 +5,17 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 
 from ipcsem._errors import LeaseLost
-from ipcsem._records import Params, Request
+from ipcsem._records import Params
 from ipcsem._zk import LocalSupervisor
-
-from conftest import wait_until  # noqa: E402
 
 
 def req(units=1, priority=0):
+    """The seam's plain acquire arguments: (units, priority, owner, tid)."""
     tid = threading.get_native_id()
-    return Request(units, priority, tid, tid)
+    return (units, priority, tid, tid)
 
 
 def P(capacity, **kw):
@@ -41,7 +41,7 @@ def test_sigkilled_holder_units_come_back_to_a_local_waiter_fast(backend, agents
 
 def test_sigkilled_waiter_does_not_block_the_queue(backend, agents, url):
     h = backend.open("kw", P(1))
-    first = h.take(req())
+    first = h.take(*req())
     dead = agents(url, "kw")
     dead.send({"op": "wait", "timeout": 30})
     wait_until(lambda: len(h.waiters()) == 1)
@@ -83,7 +83,7 @@ def test_nonblocking_take_heals_a_dead_local_holder(backend, agents, url):
     assert a.call({"op": "take"})["lease"] is not None
     a.kill()
     # no waiter, no supervisor: take() itself looks for dead local holders
-    lease = wait_until(lambda: h.take(req()), 2)
+    lease = wait_until(lambda: h.take(*req()), 2)
     assert lease is not None
 
 
@@ -95,7 +95,7 @@ def test_sigstopped_holder_loses_its_lease_and_is_told(backend, agents, url):
     a.call({"op": "guard", "lease": r["lease"]})
     a.stop()
     # the session expires at the server (3 s + up to a tick): another process gets the unit
-    got = h.wait(req(), time.monotonic() + 10)
+    got = h.wait(*req(), time.monotonic() + 10)
     assert got is not None and got.token > r["token"]
     granted_at = time.time()
     a.cont()
@@ -119,7 +119,7 @@ def test_sigstopped_holder_loses_its_lease_and_is_told(backend, agents, url):
 
 def test_lease_deadline_is_within_the_session_timeout(backend):
     h = backend.open("dl", P(1))
-    lease = h.take(req())
+    lease = h.take(*req())
     left = lease.deadline - time.monotonic()
     assert 0.5 < left < 3.0      # 3 s session timeout, minus the margins
     time.sleep(1.5)              # heartbeats keep extending it
@@ -129,14 +129,14 @@ def test_lease_deadline_is_within_the_session_timeout(backend):
 
 def test_release_of_a_lost_lease_raises(backend):
     h = backend.open("lost", P(1))
-    lease = h.take(req())
+    lease = h.take(*req())
     s = backend.conn.session()
     backend.conn.lose(s, "test: the session was declared lost")
     assert not lease.valid
     with pytest.raises(LeaseLost):
         h.release(1, 0, lease)
     # the process abandoned the session: the unit is free again
-    again = wait_until(lambda: h.take(req()), 5)
+    again = wait_until(lambda: h.take(*req()), 5)
     assert again.token > lease.token and again.valid
 
 
@@ -151,7 +151,7 @@ def test_recover_returns_a_dead_local_holders_units(backend, agents, url):
 
 def test_release_after_unlink_is_quiet(backend):
     h = backend.open("gone", P(1))
-    lease = h.take(req())
+    lease = h.take(*req())
     backend.unlink("gone")
     h.release(1, 0, lease)           # the units are moot: nothing to give back to
 

@@ -11,8 +11,6 @@ import pytest
 
 from ipcsem._zk import server as zkserver
 
-from conftest import wait_until  # noqa: E402
-
 pytestmark = pytest.mark.ensemble
 
 

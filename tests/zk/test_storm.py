@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 
-from ipcsem._records import Params
+from conftest import wait_until
 
-from conftest import wait_until  # noqa: E402
+from ipcsem._records import Params
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "storm_worker.py")
 

@@ -40,17 +40,16 @@ from ipcsem._zk import server as zkserver  # noqa: E402
 
 # ------------------------------------------------------------------ contenders
 def _ipcsem_open(url: str, name: str, capacity: int):
-    from ipcsem._backend import resolve
-    from ipcsem._records import Params, Request
     import ipcsem._zk  # noqa: F401
+    from ipcsem._backend import resolve
+    from ipcsem._records import Params
     h = resolve(url).open(name, Params(capacity=capacity, initial=capacity))
     tid = threading.get_native_id()
-    r = Request(1, 0, tid, tid)
 
     def acquire():
         # A blocking acquire: wait() tries the last known state first and
         # queues at once if busy (a take() first would add a read).
-        lease = h.wait(r, time.monotonic() + 60)
+        lease = h.wait(1, 0, tid, tid, time.monotonic() + 60)
         assert lease is not None
         return lease
 
@@ -101,7 +100,8 @@ def holder(argv: list[str]) -> None:
     SIGCONT-after-pause (a line on stdin) report what it believes."""
     kind, url, name, timeout = argv
     if kind == "ipcsem":
-        acquire, release, h = _ipcsem_open(url.replace("session_timeout=10", f"session_timeout={timeout}"), name, 1)
+        session_url = url.replace("session_timeout=10", f"session_timeout={timeout}")
+        acquire, release, _h = _ipcsem_open(session_url, name, 1)
         lease = acquire()
         print(json.dumps({"held": time.time(), "deadline_in": lease.deadline - time.monotonic()}),
               flush=True)
@@ -109,11 +109,11 @@ def holder(argv: list[str]) -> None:
         told, err = (not lease.valid), None
         try:
             release(lease)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             err = type(e).__name__
         print(json.dumps({"told": told, "release": err}), flush=True)
     else:
-        acquire, release, (c, s) = _kazoo_open(url, name, 1, float(timeout))
+        acquire, release, (_c, s) = _kazoo_open(url, name, 1, float(timeout))
         acquire()
         print(json.dumps({"held": time.time()}), flush=True)
         sys.stdin.readline()
@@ -132,11 +132,11 @@ def freezer(argv: list[str]) -> None:
     counts its requests as pings) the way a worker would."""
     kind, url, name = argv
     if kind == "ipcsem":
-        acquire, release, h = _ipcsem_open(url, name, 1)
+        acquire, _release, _h = _ipcsem_open(url, name, 1)
         lease = acquire()
         told = lambda: not lease.valid  # noqa: E731
     else:
-        acquire, release, (c, s) = _kazoo_open(url, name, 1, 4.0)
+        acquire, _release, (c, s) = _kazoo_open(url, name, 1, 4.0)
         acquire()
         told = lambda: (not s.is_acquired) or c.state != "CONNECTED"  # noqa: E731
         def busy():
@@ -161,9 +161,9 @@ def waiter(argv: list[str]) -> None:
     """--waiter KIND URL NAME TIMEOUT: block for the unit, print the grant time."""
     kind, url, name, timeout = argv
     if kind == "ipcsem":
-        acquire, release, _ = _ipcsem_open(url, name, 1)
+        acquire, _release, _ = _ipcsem_open(url, name, 1)
     else:
-        acquire, release, _ = _kazoo_open(url, name, 1, float(timeout))
+        acquire, _release, _ = _kazoo_open(url, name, 1, float(timeout))
     print(json.dumps({"ready": True}), flush=True)
     acquire()
     print(json.dumps({"granted": time.time()}), flush=True)
@@ -299,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         {"--worker": worker, "--holder": holder, "--waiter": waiter,
          "--freezer": freezer}[argv[0]](argv[1:])
         return 0
-    ap = argparse.ArgumentParser(prog="python -m tools.bench.zk", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer pairs, shorter runs (about 6 min instead of 14)")
+    ap = argparse.ArgumentParser(prog="python -m tools.bench.zk",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer pairs, shorter runs (about 6 min instead of 14)")
     ap.add_argument("--out", default=os.path.join(ROOT, "tools", "bench", "out", "zk.json"))
     ap.add_argument("--only", default="pair,contended,kill,pause,freeze")
     ap.add_argument("--rounds", type=int, default=None,
