@@ -46,6 +46,10 @@ class Binding:
     #: seconds within which a dead holder's units come back to a blocked
     #: waiter without anyone calling recover()
     recovery_timeout = 5.0
+    #: acquisitions per thread in the contention tests: enough for every
+    #: interleaving of a local ledger (microseconds each); a server round
+    #: trip per acquire (milliseconds) makes fewer prove the same
+    contention_rounds = 300
 
     def start(self) -> None:
         """Start what the backend needs (once per test session)."""
@@ -336,6 +340,7 @@ class ZooKeeperBinding(Binding):
 
     id = "zookeeper"
     recovery_timeout = 12.0
+    contention_rounds = 60
 
     def available(self) -> str | None:
         return _ZkServer.missing()
@@ -354,6 +359,7 @@ class AsyncZooKeeperBinding(AsyncShmBinding):
 
     id = "zookeeper-async"
     recovery_timeout = 12.0
+    contention_rounds = 60
 
     def available(self) -> str | None:
         return _ZkServer.missing()
@@ -395,6 +401,10 @@ class Backend:
     @property
     def recovery_timeout(self) -> float:
         return self.binding.recovery_timeout
+
+    @property
+    def contention_rounds(self) -> int:
+        return self.binding.contention_rounds
 
     def has(self, feature: str) -> bool:
         assert feature in FEATURES, f"unknown feature {feature!r}"

@@ -99,8 +99,9 @@ def test_threads_of_one_process_share_its_holdings(backend, sem_name):
     a, b = backend.agents(2)
     for x in (a, b):
         x.open(sem_name)
-    b.send("threads 4 300")               # another process, contending
-    assert a.cmd("threads 8 300", timeout=120) == []
+    n = backend.contention_rounds
+    b.send(f"threads 4 {n}")              # another process, contending
+    assert a.cmd(f"threads 8 {n}", timeout=120) == []
     assert b.result(120) == []
     assert_consistent(sem, available=2, held=0, holders=0, waiting=0)
 
