@@ -3,6 +3,7 @@ the parser class, argument converters, dispatch."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any, NoReturn
@@ -222,6 +223,10 @@ def shm_only(args: argparse.Namespace, what: str) -> None:
 # -------------------------------------------------------------- dispatch
 def dispatch(parser: argparse.ArgumentParser, argv: list[str], cmd: list[str] | None) -> int:
     args = parser.parse_args(argv)
+    # kazoo logs every connection drop and reconnect (routine, and retried)
+    # as warnings; a tool's stderr carries what the user must act on: the
+    # ipcsem.zk logger's session-lost line and the tool's own.
+    logging.getLogger("kazoo").setLevel(logging.ERROR)
     prog = parser.prog if parser.prog == "ipcsem-status" else f"ipcsem {args.command}"
     args.prog = prog
     if cmd is not None:

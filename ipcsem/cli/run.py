@@ -8,11 +8,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .. import _identity, _proc
-from .._errors import NotFound, PolicyMismatch, Timeout
+from .._errors import LeaseLost, NotFound, PolicyMismatch, Timeout
 from .common import (
     EXIT_CANNOT_EXEC,
     EXIT_NOT_FOUND,
@@ -142,8 +144,9 @@ class _Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def _open(args: argparse.Namespace) -> Semaphore | Mutex:
-    """The semaphore or mutex NAME (created as a semaphore with --capacity)."""
+def _open(args: argparse.Namespace, on_lost: Callable[[Lease, str], None]) -> Semaphore | Mutex:
+    """The semaphore or mutex NAME (created as a semaphore with --capacity);
+    ``on_lost`` runs if a lease of it may have been lost (ZooKeeper)."""
     from .._semaphore import Mutex, Semaphore
 
     if args.capacity is None and (args.slots or args.fair is not None):
@@ -152,15 +155,15 @@ def _open(args: argparse.Namespace) -> Semaphore | Mutex:
     try:
         if args.capacity is not None:
             return Semaphore(args.name, args.capacity, slots=args.slots, fair=args.fair,
-                             backend=args.backend)
-        return Semaphore(args.name, backend=args.backend)
+                             backend=args.backend, on_lost=on_lost)
+        return Semaphore(args.name, backend=args.backend, on_lost=on_lost)
     except NotFound:
         raise CliError(f"no ipcsem semaphore named {args.name!r} "
                        "(give --capacity N to create it)") from None
     except PolicyMismatch as e:
         if e.setting != "kind" or args.capacity is not None:
             raise
-    return Mutex(args.name, create=False, backend=args.backend)
+    return Mutex(args.name, create=False, backend=args.backend, on_lost=on_lost)
 
 
 def _my_units(sem: Semaphore | Mutex) -> int:
@@ -189,7 +192,8 @@ def _environment(args: argparse.Namespace, sem: Semaphore | Mutex,
 def run(args: argparse.Namespace) -> int:
     if not args.cmd:
         raise UsageError("no command given: ipcsem run NAME [OPTIONS] -- CMD [ARGS...]")
-    sem = _open(args)
+    lost = _LostLease(args.name)
+    sem = _open(args, lost.on_lost)
     try:
         mutex = sem.params.kind == "mutex"
         if args.units > sem.capacity:
@@ -198,12 +202,63 @@ def run(args: argparse.Namespace) -> int:
         if args.export and not sem.params.slots:
             raise UsageError(f"--export needs slots: {args.name!r} was created without "
                              "--slots")
-        return _hold_and_run(args, sem, mutex)
+        return _hold_and_run(args, sem, mutex, lost)
     finally:
         sem.close()     # frees our holder slot now rather than at the next heal
 
 
-def _hold_and_run(args: argparse.Namespace, sem: Semaphore | Mutex, mutex: bool) -> int:
+class _LostLease:
+    """CMD must never run without the units.  When the backend says a lease
+    may have been lost (a ZooKeeper session it cannot prove alive), CMD gets
+    SIGTERM at once -- from the backend's thread, before anyone else can be
+    admitted past the session timeout -- and ``ipcsem run`` says so on
+    stderr and exits EXIT_TEMPFAIL.  (A local ledger never loses a lease.)"""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.child: int | None = None     # CMD's pidfd: never a reused pid's process
+        self.reason: str | None = None
+        self.lock = threading.Lock()       # on_lost runs on the backend's thread
+
+    def on_lost(self, lease: Lease, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason or "the lease may have been lost"
+        self.stop_child()
+
+    def stop_child(self) -> None:
+        with self.lock:
+            if self.child is not None and self.reason is not None:
+                try:
+                    signal.pidfd_send_signal(self.child, signal.SIGTERM)
+                except OSError:
+                    pass          # it has exited
+
+    def watch(self, pid: int) -> None:
+        with self.lock:
+            try:
+                self.child = os.pidfd_open(pid)
+            except OSError:
+                self.child = None   # (before Linux 5.3: the 0.5 s check still stops CMD)
+
+    def forget(self) -> None:
+        with self.lock:
+            if self.child is not None:
+                fd, self.child = self.child, None
+                os.close(fd)
+
+    def check(self, lease: Lease) -> None:
+        """The backstop of the callback: a lease that says it is not valid."""
+        if self.reason is None and not lease.valid:
+            self.on_lost(lease, "the lease is no longer valid")
+
+    def report(self) -> int:
+        print(f"ipcsem run: lost the lease on {self.name!r} ({self.reason}): CMD was "
+              "stopped (SIGTERM)", file=sys.stderr)
+        return EXIT_TEMPFAIL
+
+
+def _hold_and_run(args: argparse.Namespace, sem: Semaphore | Mutex, mutex: bool,
+                  lost: _LostLease) -> int:
     from .._semaphore import Mutex
 
     # Phase 1: waiting.  A forwarded signal ends the wait (the library leaves
@@ -223,7 +278,15 @@ def _hold_and_run(args: argparse.Namespace, sem: Semaphore | Mutex, mutex: bool)
     try:
         with hold as lease:
             phase["waiting"] = False
-            return _run_child(args.cmd, phase["pending"], _environment(args, sem, lease))
+            rc = _run_child(args.cmd, phase["pending"], _environment(args, sem, lease),
+                            lost, lease)
+            if lost.reason is None:
+                return rc
+        return lost.report()       # (leaving the hold raised LeaseLost otherwise)
+    except LeaseLost as e:
+        if lost.reason is None:
+            lost.reason = str(e)
+        return lost.report()
     except _Interrupted as e:
         # Only if the signal landed between the grant and hold's return.
         phase["waiting"] = False
@@ -237,7 +300,8 @@ def _hold_and_run(args: argparse.Namespace, sem: Semaphore | Mutex, mutex: bool)
         return EXIT_TEMPFAIL
 
 
-def _run_child(cmd: list[str], pending: list[int], env: dict[str, str]) -> int:
+def _run_child(cmd: list[str], pending: list[int], env: dict[str, str], lost: _LostLease,
+               lease: Lease) -> int:
     waited = set(FORWARDED) | {signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     if pending:   # signalled between the grant and here: CMD never starts
@@ -259,8 +323,24 @@ def _run_child(cmd: list[str], pending: list[int], env: dict[str, str]) -> int:
     except OSError as e:
         print(f"ipcsem run: {cmd[0]}: {e.strerror or e}", file=sys.stderr)
         return EXIT_CANNOT_EXEC
+    lost.watch(child.pid)
+    lost.stop_child()          # lost between the grant and here
+    try:
+        return _wait_child(child, waited, lost, lease)
+    finally:
+        lost.forget()
+
+
+def _wait_child(child: subprocess.Popen[bytes], waited: set[signal.Signals], lost: _LostLease,
+                lease: Lease) -> int:
     while True:
+        lost.check(lease)
         info = signal.sigtimedwait(waited, 0.5)
+        # After a SIGSTOP/SIGCONT of this process, sigtimedwait can hand back
+        # a siginfo nobody filled in (si_signo -1933433248: seen on Linux 6.18,
+        # CPython 3.11): only a signal we wait for counts.
+        if info is not None and info.si_signo not in waited:
+            info = None
         if info is not None and info.si_signo != signal.SIGCHLD:
             # Signals the kernel sent to the whole foreground process group
             # (Ctrl-C, Ctrl-\, terminal hangup) reached CMD already.

@@ -141,3 +141,43 @@ def test_recover_returns_a_sigkilled_local_holders_unit_and_status_p_shows_a_pid
     assert r.stdout.strip() == "recovered name=db units=1"
     [o] = status(url, "db")["semaphores"]
     assert o["holders"] == [] and o["available"] == 2 and o["recovered_units"] == 1
+
+
+def test_run_stops_cmd_and_says_so_when_its_lease_is_lost(url, tmp_path):
+    """CMD must never run without the units: ``ipcsem run`` SIGSTOPped past
+    its session timeout (another process meanwhile gets the unit) stops CMD
+    as soon as it runs again, says why in one line and exits 75."""
+    assert cli("--backend", url, "create", "lost", "--capacity", "1").returncode == 0
+    marker = tmp_path / "cmd.pid"
+    run = subprocess.Popen([IPCSEM, "--backend", url, "run", "lost", "--", "sh", "-c",
+                            f"echo $$ > {marker}; exec sleep 60"],
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (marker.exists() and marker.read_text().strip()):
+            assert time.monotonic() < deadline and run.poll() is None, "CMD never started"
+            time.sleep(0.05)
+        cmd_pid = int(marker.read_text())
+        os.kill(run.pid, signal.SIGSTOP)
+        # the session expires at the server: another run gets the unit
+        other = cli("--backend", url, "run", "lost", "--timeout", "15", "--", "true", timeout=30)
+        assert other.returncode == 0, other.stderr
+        os.kill(run.pid, signal.SIGCONT)
+        assert run.wait(20) == 75
+        err = run.stderr.read() if run.stderr else ""
+        # the session's own warning, then run's line: no kazoo chatter, no traceback
+        lines = err.splitlines()
+        assert "lost the lease on 'lost'" in lines[-1] and "CMD was stopped" in lines[-1], err
+        assert len(lines) <= 2 and "Traceback" not in err and "Connection dropped" not in err, err
+        try:
+            with open(f"/proc/{cmd_pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "gone"
+        assert state == "gone", f"CMD still there ({state})"    # stopped, and reaped by run
+    finally:
+        if run.poll() is None:
+            os.kill(run.pid, signal.SIGCONT)
+            run.kill()
+            run.wait()
+    assert cli("--backend", url, "rm", "lost").returncode == 0
