@@ -333,7 +333,7 @@ class Primitive:
     def __enter__(self) -> Lease: ...
     def __exit__(self, *exc: object) -> None: ...
     def _fast_attach(self, ledger: Ledger | tuple[Ledger, Callable[[], object],
-                                                  Callable[[bool], object], str] | None,
+                                                  Callable[[bool | None], object], str] | None,
                      /) -> None:
         """The ledger for the fast path; with the handle's healing slice,
         watcher hook and name, a refused blocking acquire waits in C too."""

@@ -69,7 +69,8 @@ class ShmHandle(Handle):
         return self._ledger
 
     @property
-    def fast_ledger(self) -> tuple[_ledger.Ledger, Callable[[], None], Callable[[bool], None], str]:
+    def fast_ledger(self) -> tuple[_ledger.Ledger, Callable[[], None],
+                                   Callable[[bool | None], None], str]:
         """What the facade's C fast path may use (see _ledger.Primitive):
         the ledger, and the hooks its contended wait calls in C -- our
         healing slice, our pidfd-watcher switch -- and our name (for its
@@ -160,6 +161,7 @@ class ShmHandle(Handle):
         # pidfd watcher itself once it has lasted a moment (_watch).
         args = (ME.pid, ME.start, tid, owner, units, priority, flags, deadline_ns, slice_ns,
                 each_slice, self._watch)
+        watch.prepare()
         try:
             try:
                 return ledger.wait(*args)
@@ -178,10 +180,13 @@ class ShmHandle(Handle):
             bound = time.monotonic_ns() + SLICE_NS
             self._heal(min(bound, deadline_ns) if deadline_ns else bound)
 
-    def _watch(self, engaged: bool) -> None:
+    def _watch(self, engaged: bool | None) -> None:
         """A blocked wait of ours has lasted long enough to watch the
-        holders' pidfds (True), or that wait ended (False)."""
-        if engaged:
+        holders' pidfds (True), or that wait ended (False); None: this
+        process is about to wait for the first time (since a fork)."""
+        if engaged is None:
+            watch.prepare()
+        elif engaged:
             watch.watching(self.segment)
         else:
             watch.done(self.segment)

@@ -48,9 +48,33 @@ _wake_r = _wake_w = -1
 
 
 
+def prepare() -> None:
+    """A thread of ours is about to wait: have the watcher thread running
+    before it queues.  (A thread started later would show, for the moment
+    between its creation and its naming, as one of the user's threads that
+    is not waiting: a deadlock detector reading the process then would
+    count it as live.)"""
+    if not hasattr(os, "pidfd_open"):
+        return
+    if _thread is not None and _thread.is_alive():
+        return
+    with _lock:
+        _ensure_thread()
+
+
+def _ensure_thread() -> bool:
+    """With _lock: start the thread unless it runs; True if started."""
+    global _thread, _wake_r, _wake_w
+    if _thread is not None and _thread.is_alive():
+        return False
+    if _wake_r < 0:
+        _wake_r, _wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    _thread = _proc.start_named_thread("ipcsem-watch", _run)
+    return True
+
+
 def watching(segment: Segment) -> None:
     """A thread of ours starts waiting on ``segment``."""
-    global _thread, _wake_r, _wake_w
     if not hasattr(os, "pidfd_open"):
         return
     with _lock:
@@ -60,10 +84,7 @@ def watching(segment: Segment) -> None:
             _segments[id(segment)] = [segment, 1, None, set(), 0.0]
         else:
             entry[1] += 1
-        if _thread is None or not _thread.is_alive():
-            if _wake_r < 0:
-                _wake_r, _wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            _thread = _proc.start_named_thread("ipcsem-watch", _run)
+        if _ensure_thread():
             new = True
     # Only a newly watched segment needs the thread now: another waiter on
     # one it already watches (or still lingers on) changes nothing it looks
@@ -103,7 +124,10 @@ def _poke() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _thread, _wake_r, _wake_w
+    global _lock, _thread, _wake_r, _wake_w
+    # The watcher thread may have held the lock at the fork: it is not here
+    # to release it.
+    _lock = threading.Lock()
     _segments.clear()
     _thread = None
     for fd in (_wake_r, _wake_w):
