@@ -1829,7 +1829,7 @@ static int track_wait(Ledger *L, int64_t w)
 #define WATCH_AFTER_NS 2000000LL
 #define DEFAULT_SLICE_NS 500000000LL /* the shm handle's HEAL_INTERVAL */
 
-/* The wait itself (see wait() below), on arguments in q: queue, then
+/* The wait itself (see wait() below), on arguments parsed into q: queue, then
  * park on the entry's doorbell until granted.  on_watch (NULL: none) is
  * called with True once the wait has lasted WATCH_AFTER_NS and with False
  * when that wait ends, whatever ends it.  If on_watch(False) raises with a
@@ -1837,14 +1837,13 @@ static int track_wait(Ledger *L, int64_t w)
  * back.  not_queued (NULL: raise instead): set when the enqueue failed for
  * a reason other than a signal; nothing is queued, no error is set, and the
  * caller takes a path that heals, retries or raises with the name. */
-static PyObject *wait_entry(Ledger *L, Call *q, int enqueued, PyObject *on_slice,
-                            PyObject *on_watch, int *not_queued)
+static PyObject *wait_entry(Ledger *L, Call *q, PyObject *on_slice, PyObject *on_watch,
+                            int *not_queued)
 {
     int64_t pid = q->a[0], start = q->a[1], deadline = q->a[7], slice = q->a[8];
-    /* enqueue (unless the caller's own transaction did: `enqueued`, its
-     * results in q): the lock waits until the deadline (a signal may end
-     * it; nothing is queued then) */
-    if (!enqueued && run_locked(L, body_enqueue, q, deadline > 0 ? deadline : LOCK_FOREVER) < 0) {
+    /* enqueue: the lock waits until the deadline (a signal may end it;
+     * nothing is queued then) */
+    if (run_locked(L, body_enqueue, q, deadline > 0 ? deadline : LOCK_FOREVER) < 0) {
         if (q->err == E_LOCK_TIMEOUT)
             return Py_NewRef(Py_None);
         if (not_queued && q->err != E_SIGNAL)
@@ -2015,7 +2014,7 @@ static PyObject *Ledger_wait(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
     }
     default_thread(&q.a[2], &q.a[3]);
     PyObject *on_watch = nargs == 11 && args[10] != Py_None ? args[10] : NULL;
-    PyObject *r = wait_entry(L, &q, 0, args[9], on_watch, NULL);
+    PyObject *r = wait_entry(L, &q, args[9], on_watch, NULL);
     call_done(&q);
     return r;
 }
@@ -3248,15 +3247,24 @@ static int fast_call(Primitive *P, Body body, Call *c)
     return 1;
 }
 
-static int fast_take(Primitive *P, Call *c, int64_t units)
+/* 1: taken.  0: take the slow path; *refused then says whether the
+ * transaction ran and found the units not free for us (not a busy lock,
+ * not an error). */
+static int fast_take(Primitive *P, Call *c, int64_t units, int *refused)
 {
     call_init(c);
+    *refused = 0;
     if (P->fast && (units < 1 || units > P->fast->v.capacity))
         return 0;
     int64_t tid = my_tid();
     c->a[0] = self_pid, c->a[1] = self_start, c->a[2] = tid, c->a[3] = tid;
     c->a[4] = units, c->a[5] = 0;
-    return fast_call(P, body_take, c) && c->r[0] == 1;
+    if (!fast_call(P, body_take, c))
+        return 0;
+    if (c->r[0] == 1)
+        return 1;
+    *refused = 1;
+    return 0;
 }
 
 /* Fill in the semaphore's name on the ipcsem error being raised (the C
@@ -3276,31 +3284,19 @@ static void name_error(PyObject *name)
     PyErr_Restore(et, ev, tb);
 }
 
-/* Can a blocking acquire of `units` with no deadline wait in C here? */
-static int can_wait_in_c(Primitive *P, int64_t units)
+/* A blocking acquire with no deadline (acquire(), acquire(k), `with`) whose
+ * fast take was refused: queue and wait in C, with the handle's healing
+ * slice and its watcher hook (see wait_entry) -- the contended path without
+ * the slow path's Python frames and its futile second take.  Returns the
+ * Grant; NULL with an error set (named; a grant that raced in was given
+ * back); NULL without one: take the slow path (no hooks, or nothing was
+ * queued: a full queue, an unlinked name, a closed ledger -- the slow path
+ * heals and retries, or raises with the name). */
+static PyObject *fast_wait(Primitive *P, int64_t units)
 {
     Ledger *L = P->fast;
-    return L && P->on_slice && P->on_watch && L->v.base && self_start && units >= 1 &&
-           units <= L->v.capacity;
-}
-
-/* A blocking acquire with no deadline (acquire(), acquire(k), `with`): one
- * transaction that takes the units if they are free for us and otherwise
- * queues for them (body_enqueue, without waiting for a busy lock), then,
- * if queued, the wait in C with the handle's healing slice and watcher
- * hook (see wait_entry) -- the contended path without the slow path's
- * Python frames and without a futile take before queueing.  The
- * uncontended case costs what the fast take does (body_enqueue's granting
- * branch is body_take's work).  Returns the Grant; NULL with an error set
- * (named; a grant that raced in was given back); NULL without one: take
- * the slow path (nothing was queued: a busy lock, a full queue, an
- * unlinked name, the owner asking for its non-reentrant mutex again -- the
- * slow path waits, heals and retries, or raises with the name).  Without
- * `want_lease` an immediate take returns True instead of a Grant (acquire()
- * returns a bool: no object to build on the uncontended path). */
-static PyObject *fast_wait(Primitive *P, int64_t units, int want_lease)
-{
-    Ledger *L = P->fast;
+    if (!L || !P->on_slice || !P->on_watch || !L->v.base || !self_start)
+        return NULL;
     if (!watch_prepared) {
         /* Once per process: the watcher's thread starts before anything
          * of ours can queue (see watch.prepare). */
@@ -3310,31 +3306,22 @@ static PyObject *fast_wait(Primitive *P, int64_t units, int want_lease)
         Py_DECREF(r);
         watch_prepared = 1;
     }
+    /* Another thread may close the semaphore (detaching these) while we wait. */
+    Py_INCREF(L);
+    PyObject *on_slice = Py_NewRef(P->on_slice), *on_watch = Py_NewRef(P->on_watch);
+    PyObject *name = Py_XNewRef(P->name);
     Call q;
     call_init(&q);
     int64_t tid = my_tid();
     q.a[0] = self_pid, q.a[1] = self_start, q.a[2] = tid, q.a[3] = tid, q.a[4] = units;
     q.a[5] = 0, q.a[6] = 0, q.a[7] = 0, q.a[8] = 0; /* priority, flags, no deadline, slice */
-    if (!fast_call(P, body_enqueue, &q)) {
-        call_done(&q);
-        return NULL;
-    }
-    if (q.r[0]) { /* taken: the uncontended case */
-        PyObject *g = want_lease ? grant_result(&q, units) : Py_NewRef(Py_True);
-        call_done(&q);
-        return g;
-    }
-    /* Queued.  Another thread may close the semaphore (detaching these)
-     * while we wait. */
-    Py_INCREF(L);
-    PyObject *on_slice = Py_NewRef(P->on_slice), *on_watch = Py_NewRef(P->on_watch);
-    PyObject *name = Py_XNewRef(P->name);
+    int not_queued = 0;
     claim_clear();
-    PyObject *g = wait_entry(L, &q, 1, on_slice, on_watch, NULL);
+    PyObject *g = wait_entry(L, &q, on_slice, on_watch, &not_queued);
     call_done(&q);
     if (g == Py_None) /* a deadline passed: there is none; defensively, nothing is held */
         Py_CLEAR(g);
-    else if (!g) {
+    else if (!g && PyErr_Occurred()) {
         give_back_claim();
         name_error(name);
     }
@@ -3368,23 +3355,23 @@ static PyObject *Primitive_acquire(Primitive *P, PyObject *const *args, size_t n
             if (units == -1 && PyErr_Occurred())
                 PyErr_Clear();
         }
-        /* Take or queue and wait, in C (a mutex only for acquire(): its
+        Call c;
+        call_init(&c);
+        int refused = 0;
+        int ok = units >= 1 && fast_take(P, &c, units, &refused);
+        call_done(&c);
+        if (ok)
+            Py_RETURN_TRUE;
+        /* The units are taken: wait in C (a mutex only for acquire(): its
          * acquire(k) is the slow path's TypeError). */
-        if (can_wait_in_c(P, units) && (nargs == 0 || !is_mutex(&P->fast->v))) {
-            PyObject *g = fast_wait(P, units, 0);
+        if (refused && (nargs == 0 || !is_mutex(&P->fast->v))) {
+            PyObject *g = fast_wait(P, units);
             if (g) {
                 Py_DECREF(g);
                 Py_RETURN_TRUE;
             }
             if (PyErr_Occurred())
                 return NULL;
-        } else {
-            Call c;
-            call_init(&c);
-            int ok = units >= 1 && fast_take(P, &c, units);
-            call_done(&c);
-            if (ok)
-                Py_RETURN_TRUE;
         }
     }
     return slow_claimed((PyObject *)P, "_acquire_slow", args, nargsf, kwnames);
@@ -3414,18 +3401,18 @@ static PyObject *Primitive_release(Primitive *P, PyObject *const *args, size_t n
 static PyObject *Primitive_enter(Primitive *P, PyObject *const *args, size_t nargsf,
                                  PyObject *kwnames)
 {
-    if (can_wait_in_c(P, 1)) {
-        PyObject *g = fast_wait(P, 1, 1);
+    Call c;
+    int refused;
+    if (fast_take(P, &c, 1, &refused)) {
+        PyObject *g = grant_result(&c, 1);
+        call_done(&c);
+        return g;
+    }
+    call_done(&c);
+    if (refused) {
+        PyObject *g = fast_wait(P, 1);
         if (g || PyErr_Occurred())
             return g;
-    } else {
-        Call c;
-        if (fast_take(P, &c, 1)) {
-            PyObject *g = grant_result(&c, 1);
-            call_done(&c);
-            return g;
-        }
-        call_done(&c);
     }
     return slow_claimed((PyObject *)P, "_enter_slow", args, nargsf, kwnames);
 }
