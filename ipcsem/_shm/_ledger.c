@@ -199,7 +199,7 @@ typedef struct {
 
 static PyObject *set_corrupt(const char *reason);
 static PyObject *CorruptError, *FullError, *UnlinkedError, *NotOwnerError, *DeadlockError,
-    *WedgedError, *ClosedError;
+    *WedgedError, *ClosedError, *IpcsemError;
 /* This process's pid, kept current across fork() by an atfork handler
  * (glibc no longer caches getpid(): a system call per transaction would
  * cost more than the transaction).  Recorded as the lock owner for tools,
@@ -210,6 +210,8 @@ static long crash_countdown = -1; /* test hook: SIGKILL self at the Nth point */
 /* The calling thread's native id, cached: gettid() is a system call, and a
  * thread id is needed on every acquire (waiter entries and mutexes record it). */
 static __thread int64_t tls_tid = 0;
+/* The C wait asked the handle to start its watcher thread (on_watch(None)). */
+static int watch_prepared = 0;
 
 static inline int64_t my_tid(void)
 {
@@ -1913,59 +1915,53 @@ static int track_wait(Ledger *L, int64_t w)
     return -1;
 }
 
-/* wait(pid, start, tid, owner, units, priority, flags, deadline_ns, slice_ns,
- *      on_slice) -> Grant | None (the deadline passed: nothing is left queued).
- * Queue the request and park on its doorbell until it is granted — one C
- * call, so no Python code (where a signal handler could raise) runs between
- * queueing and waiting.  Every `slice_ns` (and after every wake-up) it looks
- * at the entry; `on_slice()` (healing, deadlock detection) runs between
- * slices.  Whatever a signal handler or on_slice raises cancels the entry
- * first, in C, uninterruptibly, giving back a grant that raced in: nothing is
- * left behind.  Raises Unlinked when the name was unlinked, Closed when
- * another thread closed the handle, LedgerFull when the queue is full. */
-static PyObject *Ledger_wait(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
+/* A wait still ungranted this long engages the pidfd watcher (on_watch(True)):
+ * a handoff on a contended semaphore (~0.1-1 ms) never touches it, a wait
+ * that lasts is watched as if from the start. */
+#define WATCH_AFTER_NS 2000000LL
+#define DEFAULT_SLICE_NS 500000000LL /* the shm handle's HEAL_INTERVAL */
+
+/* The wait itself (see wait() below), on arguments parsed into q: queue, then
+ * park on the entry's doorbell until granted.  on_watch (NULL: none) is
+ * called with True once the wait has lasted WATCH_AFTER_NS and with False
+ * when that wait ends, whatever ends it.  If on_watch(False) raises with a
+ * grant in hand, the grant is left in claim_ledger for the caller to give
+ * back.  not_queued (NULL: raise instead): set when the enqueue failed for
+ * a reason other than a signal; nothing is queued, no error is set, and the
+ * caller takes a path that heals, retries or raises with the name. */
+static PyObject *wait_entry(Ledger *L, Call *q, PyObject *on_slice, PyObject *on_watch,
+                            int *not_queued)
 {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "wait takes 10 arguments");
-        return NULL;
-    }
-    Call q;
-    if (parse_args(&q, args, 9, 9, "wait") < 0 || check_open(L) < 0 ||
-        check_units(L, q.a[4]) < 0 || check_priority(q.a[5]) < 0) {
-        call_done(&q);
-        return NULL;
-    }
-    default_thread(&q.a[2], &q.a[3]);
-    PyObject *on_slice = args[9];
-    int64_t pid = q.a[0], start = q.a[1], deadline = q.a[7], slice = q.a[8];
+    int64_t pid = q->a[0], start = q->a[1], deadline = q->a[7], slice = q->a[8];
     /* enqueue: the lock waits until the deadline (a signal may end it;
      * nothing is queued then) */
-    if (run_locked(L, body_enqueue, &q, deadline > 0 ? deadline : LOCK_FOREVER) < 0) {
-        PyObject *r = NULL;
-        if (q.err == E_LOCK_TIMEOUT)
-            r = Py_NewRef(Py_None);
+    if (run_locked(L, body_enqueue, q, deadline > 0 ? deadline : LOCK_FOREVER) < 0) {
+        if (q->err == E_LOCK_TIMEOUT)
+            return Py_NewRef(Py_None);
+        if (not_queued && q->err != E_SIGNAL)
+            *not_queued = 1;
         else
-            raise_call_error(&q);
-        call_done(&q);
-        return r;
+            raise_call_error(q);
+        return NULL;
     }
-    if (q.r[0]) { /* free after all */
-        PyObject *g = grant_result(&q, q.a[4]);
+    if (q->r[0]) { /* free after all */
+        PyObject *g = grant_result(q, q->a[4]);
         if (g)
-            claim_set((PyObject *)L, q.a[4], q.r[1], q.a[3]);
-        call_done(&q);
+            claim_set((PyObject *)L, q->a[4], q->r[1], q->a[3]);
         return g;
     }
-    int64_t owner = q.a[3];
-    int64_t w = q.r[3];
-    call_done(&q);
+    int64_t owner = q->a[3];
+    int64_t w = q->r[3];
     if (slice <= 0)
-        slice = 500000000LL;
+        slice = DEFAULT_SLICE_NS;
     View *V = &L->v;
     L->active++;
     int tracked = track_wait(L, w);
     PyObject *result = NULL;
-    int64_t next_slice = mono_ns() + slice;
+    int64_t began = mono_ns();
+    int64_t next_slice = began + slice;
+    int64_t watch_at = on_watch ? began + WATCH_AFTER_NS : INT64_MAX;
+    int watched = 0;
     Call c;
     for (;;) {
         uint32_t seen = bell_read(WAITER(V, w, WA_BELL));
@@ -2024,6 +2020,15 @@ static PyObject *Ledger_wait(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
             }
             call_done(&c); /* still waiting (unfair: an arrival was quicker) */
         }
+        if (now >= watch_at) {
+            watch_at = INT64_MAX;
+            PyObject *r = PyObject_CallOneArg(on_watch, Py_True);
+            if (!r)
+                goto cancel;
+            Py_DECREF(r);
+            watched = 1;
+            continue; /* that took time: look again */
+        }
         if (now >= next_slice) {
             next_slice = now + slice;
             if (on_slice != Py_None) {
@@ -2035,6 +2040,8 @@ static PyObject *Ledger_wait(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         int64_t until = next_slice;
+        if (watch_at < until)
+            until = watch_at;
         if (deadline > 0 && deadline < until)
             until = deadline;
         int rc;
@@ -2056,7 +2063,52 @@ done:
     if (tracked >= 0)
         L->waits[tracked] = -1;
     L->active--;
+    if (watched) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *r = PyObject_CallOneArg(on_watch, Py_False);
+        if (r) {
+            Py_DECREF(r);
+            PyErr_Restore(et, ev, tb);
+        } else if (et) {
+            PyErr_Clear(); /* the first error is the one to report */
+            PyErr_Restore(et, ev, tb);
+        } else
+            Py_CLEAR(result); /* raised holding a grant: claim_ledger gives it back */
+    }
     return result;
+}
+
+/* wait(pid, start, tid, owner, units, priority, flags, deadline_ns, slice_ns,
+ *      on_slice[, on_watch]) -> Grant | None (the deadline passed: nothing is
+ * left queued).
+ * Queue the request and park on its doorbell until it is granted — one C
+ * call, so no Python code (where a signal handler could raise) runs between
+ * queueing and waiting.  Every `slice_ns` (and after every wake-up) it looks
+ * at the entry; `on_slice()` (healing, deadlock detection) runs between
+ * slices; `on_watch(True)` once the wait has lasted WATCH_AFTER_NS, then
+ * `on_watch(False)` when it ends.  Whatever a signal handler or a hook raises
+ * cancels the entry first, in C, uninterruptibly, giving back a grant that
+ * raced in: nothing is left behind.  Raises Unlinked when the name was
+ * unlinked, Closed when another thread closed the handle, LedgerFull when
+ * the queue is full. */
+static PyObject *Ledger_wait(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10 && nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "wait takes 10 or 11 arguments");
+        return NULL;
+    }
+    Call q;
+    if (parse_args(&q, args, 9, 9, "wait") < 0 || check_open(L) < 0 ||
+        check_units(L, q.a[4]) < 0 || check_priority(q.a[5]) < 0) {
+        call_done(&q);
+        return NULL;
+    }
+    default_thread(&q.a[2], &q.a[3]);
+    PyObject *on_watch = nargs == 11 && args[10] != Py_None ? args[10] : NULL;
+    PyObject *r = wait_entry(L, &q, args[9], on_watch, NULL);
+    call_done(&q);
+    return r;
 }
 
 /* ring(w): wake entry w's waiter (shutdown, tests). */
@@ -3163,6 +3215,9 @@ static PyTypeObject LedgerType = {
 typedef struct {
     PyObject_HEAD
     Ledger *fast; /* the shm ledger when the fast path applies, else NULL */
+    /* The handle's hooks for a contended wait in C (NULL: the slow path
+     * waits): its healing slice, its pidfd-watcher switch, its name. */
+    PyObject *on_slice, *on_watch, *name;
 } Primitive;
 
 /* Python subclasses (Semaphore, Mutex) are heap types: their subtype_dealloc
@@ -3171,29 +3226,58 @@ static void Primitive_dealloc(Primitive *P)
 {
     PyObject_GC_UnTrack(P);
     Py_CLEAR(P->fast);
+    Py_CLEAR(P->on_slice);
+    Py_CLEAR(P->on_watch);
+    Py_CLEAR(P->name);
     Py_TYPE(P)->tp_free((PyObject *)P);
 }
 
 static int Primitive_traverse(Primitive *P, visitproc visit, void *arg)
 {
     Py_VISIT(P->fast);
+    Py_VISIT(P->on_slice);
+    Py_VISIT(P->on_watch);
     return 0;
 }
 
 static int Primitive_clear(Primitive *P)
 {
     Py_CLEAR(P->fast);
+    Py_CLEAR(P->on_slice);
+    Py_CLEAR(P->on_watch);
+    Py_CLEAR(P->name);
     return 0;
 }
 
-/* _fast_attach(ledger or None) */
+/* _fast_attach(None | ledger | (ledger, on_slice, on_watch, name)): the
+ * ledger for the uncontended fast path; with the handle's hooks, a refused
+ * blocking acquire waits in C too (fast_wait). */
 static PyObject *Primitive_attach(Primitive *P, PyObject *arg)
 {
-    if (arg != Py_None && !PyObject_TypeCheck(arg, &LedgerType)) {
+    PyObject *ledger = arg, *on_slice = NULL, *on_watch = NULL, *name = NULL;
+    if (PyTuple_Check(arg)) {
+        if (PyTuple_GET_SIZE(arg) != 4) {
+            PyErr_SetString(PyExc_TypeError, "(ledger, on_slice, on_watch, name)");
+            return NULL;
+        }
+        ledger = PyTuple_GET_ITEM(arg, 0);
+        on_slice = PyTuple_GET_ITEM(arg, 1);
+        on_watch = PyTuple_GET_ITEM(arg, 2);
+        name = PyTuple_GET_ITEM(arg, 3);
+        if (!PyCallable_Check(on_slice) || !PyCallable_Check(on_watch) ||
+            !PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "(ledger, on_slice, on_watch, name)");
+            return NULL;
+        }
+    }
+    if (ledger != Py_None && !PyObject_TypeCheck(ledger, &LedgerType)) {
         PyErr_SetString(PyExc_TypeError, "a Ledger or None");
         return NULL;
     }
-    Py_XSETREF(P->fast, arg == Py_None ? NULL : (Ledger *)Py_NewRef(arg));
+    Py_XSETREF(P->fast, ledger == Py_None ? NULL : (Ledger *)Py_NewRef(ledger));
+    Py_XSETREF(P->on_slice, Py_XNewRef(on_slice));
+    Py_XSETREF(P->on_watch, Py_XNewRef(on_watch));
+    Py_XSETREF(P->name, Py_XNewRef(name));
     Py_RETURN_NONE;
 }
 
@@ -3219,17 +3303,13 @@ static PyObject *slow(PyObject *self, const char *name, PyObject *const *args, s
     return r;
 }
 
-/* The slow path of an acquiring entry point, delivering its grant safely
- * (see claim_ledger): if the Python implementation raises after a grant
- * was handed to it, the grant is given back before the error propagates. */
-static PyObject *slow_claimed(PyObject *self, const char *name, PyObject *const *args,
-                              size_t nargsf, PyObject *kwnames)
+/* An acquiring call is raising: give back the grant handed out on this
+ * thread and not delivered (claim_ledger), keeping the error. */
+static void give_back_claim(void)
 {
-    claim_clear();
-    PyObject *r = slow(self, name, args, nargsf, kwnames);
-    if (r || !claim_ledger || !self_start) {
+    if (!claim_ledger || !self_start) {
         claim_clear();
-        return r;
+        return;
     }
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
@@ -3245,7 +3325,20 @@ static PyObject *slow_claimed(PyObject *self, const char *name, PyObject *const 
     call_done(&c);
     claim_clear();
     PyErr_Restore(et, ev, tb);
-    return NULL;
+}
+
+/* The slow path of an acquiring entry point, delivering its grant safely
+ * (see claim_ledger): if the Python implementation raises after a grant
+ * was handed to it, the grant is given back before the error propagates. */
+static PyObject *slow_claimed(PyObject *self, const char *name, PyObject *const *args,
+                              size_t nargsf, PyObject *kwnames)
+{
+    claim_clear();
+    PyObject *r = slow(self, name, args, nargsf, kwnames);
+    if (!r)
+        give_back_claim();
+    claim_clear();
+    return r;
 }
 
 /* One fast transaction: 1 on success (c->r filled), 0 to take the slow path. */
@@ -3262,15 +3355,90 @@ static int fast_call(Primitive *P, Body body, Call *c)
     return 1;
 }
 
-static int fast_take(Primitive *P, Call *c, int64_t units)
+/* 1: taken.  0: take the slow path; *refused then says whether the
+ * transaction ran and found the units not free for us (not a busy lock,
+ * not an error). */
+static int fast_take(Primitive *P, Call *c, int64_t units, int *refused)
 {
     call_init(c);
+    *refused = 0;
     if (P->fast && (units < 1 || units > P->fast->v.capacity))
         return 0;
     int64_t tid = my_tid();
     c->a[0] = self_pid, c->a[1] = self_start, c->a[2] = tid, c->a[3] = tid;
     c->a[4] = units, c->a[5] = 0;
-    return fast_call(P, body_take, c) && c->r[0] == 1;
+    if (!fast_call(P, body_take, c))
+        return 0;
+    if (c->r[0] == 1)
+        return 1;
+    *refused = 1;
+    return 0;
+}
+
+/* Fill in the semaphore's name on the ipcsem error being raised (the C
+ * layer does not know it; the handle's calls add it the same way). */
+static void name_error(PyObject *name)
+{
+    if (!name || !IpcsemError || !PyErr_Occurred())
+        return;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    if (ev && PyObject_IsInstance(ev, IpcsemError) == 1) {
+        PyObject *r = PyObject_CallMethod(ev, "with_name", "O", name);
+        Py_XDECREF(r);
+    }
+    PyErr_Clear(); /* a failure to name it is not the error to report */
+    PyErr_Restore(et, ev, tb);
+}
+
+/* A blocking acquire with no deadline (acquire(), acquire(k), `with`) whose
+ * fast take was refused: queue and wait in C, with the handle's healing
+ * slice and its watcher hook (see wait_entry) -- the contended path without
+ * the slow path's Python frames and its futile second take.  Returns the
+ * Grant; NULL with an error set (named; a grant that raced in was given
+ * back); NULL without one: take the slow path (no hooks, or nothing was
+ * queued: a full queue, an unlinked name, a closed ledger -- the slow path
+ * heals and retries, or raises with the name). */
+static PyObject *fast_wait(Primitive *P, int64_t units)
+{
+    Ledger *L = P->fast;
+    if (!L || !P->on_slice || !P->on_watch || !L->v.base || !self_start)
+        return NULL;
+    if (!watch_prepared) {
+        /* Once per process: the watcher's thread starts before anything
+         * of ours can queue (see watch.prepare). */
+        PyObject *r = PyObject_CallOneArg(P->on_watch, Py_None);
+        if (!r)
+            return NULL;
+        Py_DECREF(r);
+        watch_prepared = 1;
+    }
+    /* Another thread may close the semaphore (detaching these) while we wait. */
+    Py_INCREF(L);
+    PyObject *on_slice = Py_NewRef(P->on_slice), *on_watch = Py_NewRef(P->on_watch);
+    PyObject *name = Py_XNewRef(P->name);
+    Call q;
+    call_init(&q);
+    int64_t tid = my_tid();
+    q.a[0] = self_pid, q.a[1] = self_start, q.a[2] = tid, q.a[3] = tid, q.a[4] = units;
+    q.a[5] = 0, q.a[6] = 0, q.a[7] = 0, q.a[8] = 0; /* priority, flags, no deadline, slice */
+    int not_queued = 0;
+    claim_clear();
+    PyObject *g = wait_entry(L, &q, on_slice, on_watch, &not_queued);
+    call_done(&q);
+    if (g == Py_None) /* a deadline passed: there is none; defensively, nothing is held */
+        Py_CLEAR(g);
+    else if (!g && PyErr_Occurred()) {
+        give_back_claim();
+        name_error(name);
+    }
+    claim_clear();
+    Py_XDECREF(name);
+    Py_DECREF(on_watch);
+    Py_DECREF(on_slice);
+    Py_DECREF(L);
+    return g;
 }
 
 static int fast_release(Primitive *P, Call *c, int64_t units)
@@ -3297,10 +3465,22 @@ static PyObject *Primitive_acquire(Primitive *P, PyObject *const *args, size_t n
         }
         Call c;
         call_init(&c);
-        int ok = units >= 1 && fast_take(P, &c, units);
+        int refused = 0;
+        int ok = units >= 1 && fast_take(P, &c, units, &refused);
         call_done(&c);
         if (ok)
             Py_RETURN_TRUE;
+        /* The units are taken: wait in C (a mutex only for acquire(): its
+         * acquire(k) is the slow path's TypeError). */
+        if (refused && (nargs == 0 || !is_mutex(&P->fast->v))) {
+            PyObject *g = fast_wait(P, units);
+            if (g) {
+                Py_DECREF(g);
+                Py_RETURN_TRUE;
+            }
+            if (PyErr_Occurred())
+                return NULL;
+        }
     }
     return slow_claimed((PyObject *)P, "_acquire_slow", args, nargsf, kwnames);
 }
@@ -3330,12 +3510,18 @@ static PyObject *Primitive_enter(Primitive *P, PyObject *const *args, size_t nar
                                  PyObject *kwnames)
 {
     Call c;
-    if (fast_take(P, &c, 1)) {
+    int refused;
+    if (fast_take(P, &c, 1, &refused)) {
         PyObject *g = grant_result(&c, 1);
         call_done(&c);
         return g;
     }
     call_done(&c);
+    if (refused) {
+        PyObject *g = fast_wait(P, 1);
+        if (g || PyErr_Occurred())
+            return g;
+    }
     return slow_claimed((PyObject *)P, "_enter_slow", args, nargsf, kwnames);
 }
 
@@ -3771,6 +3957,7 @@ static void atfork_child(void)
     self_pid = getpid();
     self_start = 0; /* the facade's fast path waits for Python to set the child's identity */
     tls_tid = 0; /* the forking thread is the child's only thread, with a new id */
+    watch_prepared = 0; /* no watcher thread in the child */
 }
 
 PyMODINIT_FUNC PyInit__ledger(void)
@@ -3792,9 +3979,10 @@ PyMODINIT_FUNC PyInit__ledger(void)
     DeadlockError = PyObject_GetAttrString(errors, "DeadlockDetected");
     WedgedError = PyObject_GetAttrString(errors, "Wedged");
     ClosedError = PyObject_GetAttrString(errors, "Closed");
+    IpcsemError = PyObject_GetAttrString(errors, "IpcsemError");
     Py_DECREF(errors);
     if (!CorruptError || !FullError || !UnlinkedError || !NotOwnerError || !DeadlockError ||
-        !WedgedError || !ClosedError)
+        !WedgedError || !ClosedError || !IpcsemError)
         return NULL;
     empty_tuple = PyTuple_New(0);
     HolderRowType = PyStructSequence_NewType(&holder_desc);

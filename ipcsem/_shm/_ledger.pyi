@@ -288,8 +288,11 @@ class Ledger:
         """A Grant (free after all), the queued entry's index, or None (lock deadline)."""
     def wait(self, pid: int, start: int, tid: int, owner: int, units: int, priority: int,
              flags: int, deadline_ns: int, slice_ns: int,
-             on_slice: Callable[[], object] | None, /) -> Grant | None:
-        """Queue and wait; None when ``deadline_ns`` (0: never) passed."""
+             on_slice: Callable[[], object] | None,
+             on_watch: Callable[[bool], object] | None = None, /) -> Grant | None:
+        """Queue and wait; None when ``deadline_ns`` (0: never) passed.
+        ``on_watch(True)`` once the wait has lasted 2 ms, ``on_watch(False)``
+        when it ends."""
     def state(self, entry: int, /) -> int: ...
     def settle(self, entry: int, pid: int, start: int, lock: int, /) -> Grant | None: ...
     def cancel(self, entry: int, pid: int, start: int, lock: int, /) -> int:
@@ -342,7 +345,11 @@ class Primitive:
     def release(self, *args: Any, **kwargs: Any) -> None: ...
     def __enter__(self) -> Lease: ...
     def __exit__(self, *exc: object) -> None: ...
-    def _fast_attach(self, ledger: Ledger | None, /) -> None: ...
+    def _fast_attach(self, ledger: Ledger | tuple[Ledger, Callable[[], object],
+                                                  Callable[[bool | None], object], str] | None,
+                     /) -> None:
+        """The ledger for the fast path; with the handle's healing slice,
+        watcher hook and name, a refused blocking acquire waits in C too."""
 
 @final
 class Hold:

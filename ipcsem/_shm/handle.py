@@ -69,9 +69,13 @@ class ShmHandle(Handle):
         return self._ledger
 
     @property
-    def fast_ledger(self) -> _ledger.Ledger:
-        """The ledger the facade's C fast path may use (see _ledger.Primitive)."""
-        return self._ledger
+    def fast_ledger(self) -> tuple[_ledger.Ledger, Callable[[], None],
+                                   Callable[[bool | None], None], str]:
+        """What the facade's C fast path may use (see _ledger.Primitive):
+        the ledger, and the hooks its contended wait calls in C -- our
+        healing slice, our pidfd-watcher switch -- and our name (for its
+        errors)."""
+        return self._ledger, self._heal_slice, self._watch, self.name
 
     def owner_died(self, owner: int) -> bool:
         key, _tid, _depth, died = self._ledger.mutex
@@ -152,19 +156,17 @@ class ShmHandle(Handle):
         def each_slice() -> None:
             if pi:
                 _pi.update(self, ME.pid)     # our owner runs at least as well as we do
-            if ledger.claim_heal(time.time_ns(), SLICE_NS):
-                # never longer than a slice, never past our deadline
-                bound = time.monotonic_ns() + SLICE_NS
-                self._heal(min(bound, deadline_ns) if deadline_ns else bound)
+            self._heal_slice(deadline_ns)
             if on_slice is not None:
                 on_slice()
 
         slice_ns = int(_pi.SLICE * 1e9) if pi else SLICE_NS
-        args = (ME.pid, ME.start, tid, owner, units, priority, flags, deadline_ns, slice_ns,
-                each_slice)
         # Queueing and waiting are one C call: no Python code, where a signal
-        # handler could raise, runs between them.
-        watch.watching(self.segment)
+        # handler could raise, runs between them.  The C wait engages the
+        # pidfd watcher itself once it has lasted a moment (_watch).
+        args = (ME.pid, ME.start, tid, owner, units, priority, flags, deadline_ns, slice_ns,
+                each_slice, self._watch)
+        watch.prepare()
         try:
             try:
                 g = ledger.wait(*args)
@@ -176,7 +178,25 @@ class ShmHandle(Handle):
             return g
         except IpcsemError as e:
             raise e.with_name(self.name) from None
-        finally:
+
+    def _heal_slice(self, deadline_ns: int = 0) -> None:
+        """A blocked waiter's slice: if it is our turn (one waiter per
+        semaphore, elected through the ledger, every HEAL_INTERVAL), look
+        for dead holders -- never longer than a slice, never past our
+        deadline (monotonic ns, 0: none)."""
+        if self._ledger.claim_heal(time.time_ns(), SLICE_NS):
+            bound = time.monotonic_ns() + SLICE_NS
+            self._heal(min(bound, deadline_ns) if deadline_ns else bound)
+
+    def _watch(self, engaged: bool | None) -> None:
+        """A blocked wait of ours has lasted long enough to watch the
+        holders' pidfds (True), or that wait ended (False); None: this
+        process is about to wait for the first time (since a fork)."""
+        if engaged is None:
+            watch.prepare()
+        elif engaged:
+            watch.watching(self.segment)
+        else:
             watch.done(self.segment)
 
     def enqueue(self, units: int, priority: int, owner: int, tid: int, deadlock_raise: bool,

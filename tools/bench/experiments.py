@@ -2,7 +2,7 @@
 emulated inside the benchmark's worker processes only, so its effect can be
 measured before anyone changes the library.
 
-    IPCSEM_BENCH_EXPERIMENT=lazywatch .venv/bin/python -m tools.bench.profile_handoff ...
+    IPCSEM_BENCH_EXPERIMENT=nowatch .venv/bin/python -m tools.bench.profile_handoff ...
 
 The worker (tools/bench/worker.py) applies the named experiment (several:
 comma-separated) at start-up.  Each one replaces a private function of the
@@ -14,11 +14,8 @@ against the change itself then.  Never set in ``make bench``.
                nothing): the upper bound of what the watcher costs a
                handoff.  Recovery without a supervisor falls back to the
                half-second healing slices.
-    lazywatch  the proposed watcher: a segment stays watched (pidfds,
-               the identities seen) after its last waiter leaves, and a
-               new wait pokes the watcher thread only when it brings a
-               segment the thread does not watch yet.  (A real version
-               would drop a segment after a linger time; here it stays.)
+    (lazywatch, the watcher kept across waits, is the library's own
+    behaviour since watch.LINGER: no longer an experiment.)
 """
 from __future__ import annotations
 
@@ -32,43 +29,7 @@ def _nowatch():
     watch.done = lambda segment: None
 
 
-def _lazywatch():
-    import threading
-
-    from ipcsem._shm import watch
-
-    def watching(segment):
-        if not hasattr(os, "pidfd_open"):
-            return
-        new = False
-        with watch._lock:
-            entry = watch._segments.get(id(segment))
-            if entry is None:
-                watch._segments[id(segment)] = [segment, 1, None, set()]
-                new = True
-            else:
-                entry[1] += 1
-            if watch._thread is None or not watch._thread.is_alive():
-                if watch._wake_r < 0:
-                    watch._wake_r, watch._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-                watch._thread = threading.Thread(target=watch._run, name="ipcsem-watch",
-                                                 daemon=True)
-                watch._thread.start()
-                new = True
-        if new:
-            watch._poke()
-
-    def done(segment):
-        with watch._lock:
-            entry = watch._segments.get(id(segment))
-            if entry is not None:
-                entry[1] -= 1   # stays watched (the real change: until a linger time)
-
-    watch.watching = watching
-    watch.done = done
-
-
-EXPERIMENTS = {"nowatch": _nowatch, "lazywatch": _lazywatch}
+EXPERIMENTS = {"nowatch": _nowatch}
 
 
 def apply_from_env() -> list[str]:
