@@ -2272,6 +2272,12 @@ def aio_agent_main(argv: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    # A test's Ctrl-C (SIGINT) must reach a kit process even when the test
+    # run was started in the background: a shell starts background jobs with
+    # SIGINT ignored, and that disposition survives exec, so Python would
+    # never raise KeyboardInterrupt in it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     commands = {"hold": hold_main, "take": take_main, "agent": agent_main,
                 "aio-agent": aio_agent_main}
     if argv[:1] and argv[0] in commands:

@@ -17,6 +17,16 @@ from ipcsem.testing import (  # noqa: F401 - fixtures, registered by importing t
 )
 
 
+def pytest_configure(config):
+    """The suite sends real SIGINTs (Ctrl-C) to the programs it starts.  A
+    shell starts background jobs with SIGINT ignored, and children inherit
+    an ignored signal through exec: give the run a handler, which exec
+    resets to the default, so every program the tests start can be
+    interrupted whether the suite runs in the foreground or not."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture
 def name(ipcsem_name):
     """A semaphore name no other test uses; removed afterwards."""
