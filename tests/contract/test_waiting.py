@@ -108,9 +108,10 @@ def test_negative_timeouts_mean_what_the_standard_library_means(backend, sem_nam
     holder.release()
     assert s.acquire(timeout=-1) is True
     s.release()
-    m = backend.mutex(sem_name + "-m")
+    mutex_name = backend.name("m")          # (unlinked after the test, as sem_name is)
+    m = backend.mutex(mutex_name)
     owner = backend.agent()
-    owner.open_mutex(sem_name + "-m")
+    owner.open_mutex(mutex_name)
     assert owner.cmd("try 1") is True
     got = []
 
