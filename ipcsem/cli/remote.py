@@ -37,6 +37,12 @@ def _local(host: str | None) -> bool:
     return host is None or host == _HOST
 
 
+def _unreadable(name: str, e: BaseException) -> dict[str, Any]:
+    obj = blank(name)
+    obj.update(error=f"unreadable: {e}", error_kind="unreadable")
+    return obj
+
+
 def describe(url: str, name: str, procs: Procs, detail: bool = True,
              only_pid: int | None = None, now: float | None = None) -> dict[str, Any]:
     """The --json object of ``name`` on the backend at ``url``.  Raises
@@ -45,11 +51,9 @@ def describe(url: str, name: str, procs: Procs, detail: bool = True,
     try:
         handle = _backend.resolve(url).open(name, None)
     except NotFound:
-        raise
+        raise                   # (an IpcsemError too: the caller says "no such semaphore")
     except (IpcsemError, OSError, ValueError) as e:
-        obj = blank(name)
-        obj.update(error=f"unreadable: {e}", error_kind="unreadable")
-        return obj
+        return _unreadable(name, e)
     params = handle.params
     # The ZooKeeper handle's creation record says which host created it.
     meta = getattr(handle, "meta", None)
@@ -61,9 +65,7 @@ def describe(url: str, name: str, procs: Procs, detail: bool = True,
     except NotFound:
         raise
     except (IpcsemError, OSError, ValueError) as e:
-        obj = blank(name)
-        obj.update(error=f"unreadable: {e}", error_kind="unreadable")
-        return obj
+        return _unreadable(name, e)
     finally:
         handle.close()
     now = time.time() if now is None else now
