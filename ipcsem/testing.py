@@ -411,7 +411,41 @@ class AgentLease:
     previous_owner_died: bool
 
 
-class Agent:
+class _DrivenProcess:
+    """What a driven child process (Agent, AsyncAgent) offers besides its
+    commands: its state, signals, and being closed (also as a context)."""
+
+    proc: subprocess.Popen[bytes]
+    pid: int
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig``; for SIGKILL also wait for it to end and reap it."""
+        os.kill(self.pid, sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        """SIGKILL it if it still runs, reap it, close the pipes.  Idempotent."""
+        _reap(self.proc)
+
+    def __enter__(self: _D) -> _D:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_D = TypeVar("_D", bound=_DrivenProcess)
+
+
+class Agent(_DrivenProcess):
     """A separate process (``python -m ipcsem.testing agent``) that a test
     drives one command at a time, to act as an unrelated user of a
     semaphore: its own pid, start time and mapping; killed with real signals.
@@ -595,30 +629,6 @@ class Agent:
     @property
     def returncode(self) -> int | None:
         return self.proc.poll()
-
-    @property
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    # ------------------------------------------------------------ actions
-    def send_signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig``; for SIGKILL also wait for it to end and reap it."""
-        os.kill(self.pid, sig)
-        if sig == signal.SIGKILL:
-            self.proc.wait(10)
-
-    def close(self) -> None:
-        """SIGKILL it if it still runs, reap it, close the pipes.  Idempotent."""
-        _reap(self.proc)
-
-    def __enter__(self) -> Agent:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.proc.returncode}"
@@ -1758,7 +1768,7 @@ class AsyncAgentError(AgentError):
     ``message``), as AgentError."""
 
 
-class AsyncAgent:
+class AsyncAgent(_DrivenProcess):
     """A separate process (``python -m ipcsem.testing aio-agent``) running
     an event loop whose *tasks* a test drives, to act as an unrelated async
     user of semaphores: its own pid, start time and mapping; killed with
@@ -1890,30 +1900,6 @@ class AsyncAgent:
     def resources(self) -> Resources:
         d = self.ctl("resources")
         return Resources(tuple(d["threads"]), d["fds"])
-
-    # ------------------------------------------------------------- state
-    @property
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def send_signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig``; for SIGKILL also wait for it to end and reap it."""
-        os.kill(self.pid, sig)
-        if sig == signal.SIGKILL:
-            self.proc.wait(10)
-
-    def close(self) -> None:
-        """SIGKILL it if it still runs, reap it, close the pipes.  Idempotent."""
-        _reap(self.proc)
-
-    def __enter__(self) -> AsyncAgent:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.proc.returncode}"
