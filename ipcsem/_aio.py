@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import itertools
 import os
 import threading
@@ -45,6 +46,7 @@ CHUNK = 64           # ledger transactions per loop callback in the upkeep (othe
 # backend's bound (5 ms) in the same loop iteration -- the loop waits for at
 # most one lock per RETRY.
 BUSY = 0.001
+BUDGET = 0.002       # loop time in ledger calls per RETRY before the tasks back off
 
 _T = TypeVar("_T")
 _keys = itertools.count(1)
@@ -75,25 +77,62 @@ def owner_key() -> int:
 
 
 class _Wait:
-    """One task's queued entry, as its loop's upkeep and close() see it."""
+    """One task's wait: its queued entry as its loop's upkeep and close()
+    see it, and the task's wake-up.  Lean on purpose (one object and one
+    future per wake-up, no closures, no Event): 1,000 waiting tasks are
+    1,000 of these, and every garbage collection of the process walks them
+    (docs/asyncio.md, "What a wait costs")."""
 
-    __slots__ = ("entry_gone", "error", "flagged", "handle", "name", "owner", "pending",
-                 "raise_", "task", "woken")
+    __slots__ = ("entry_gone", "error", "flagged", "future", "handle", "name", "owner",
+                 "pending", "raise_", "rung", "task", "waits")
 
-    def __init__(self, handle: Handle, pending: Pending, name: str, owner: int, raise_: bool,
-                 task: asyncio.Task[Any], woken: asyncio.Event) -> None:
-        self.handle, self.pending, self.name, self.owner = handle, pending, name, owner
-        self.raise_, self.task, self.woken = raise_, task, woken
+    def __init__(self, waits: _LoopWaits, handle: Handle, name: str, owner: int, raise_: bool,
+                 task: asyncio.Task[Any]) -> None:
+        self.waits, self.handle, self.name, self.owner = waits, handle, name, owner
+        self.raise_, self.task = raise_, task
+        self.pending: Pending | None = None    # once queued
         self.flagged = False                   # the entry says "parked"
         self.error: BaseException | None = None
         self.entry_gone = False
+        self.rung = False                      # woken since the task last slept
+        self.future: asyncio.Future[None] | None = None   # what the task sleeps on
+
+    def notify(self) -> None:
+        """The backend's news (from its thread): wake the task on its loop."""
+        self.waits.post(self)
+
+    def wake(self) -> None:
+        """Wake the task (on the loop's thread): now if it sleeps, else its
+        next sleep returns at once."""
+        self.rung = True
+        f = self.future
+        if f is not None and not f.done():
+            f.set_result(None)
 
     def fail(self, exc: BaseException, entry_gone: bool) -> None:
         """End the wait with ``exc`` (on the loop's thread); ``entry_gone``:
         the entry has already left the queue."""
         if self.error is None:
             self.error, self.entry_gone = exc, entry_gone
-            self.woken.set()
+            self.wake()
+
+
+class _Booster:
+    """A PI mutex's waiter lends the owner its loop thread's priority each
+    of _pi's (short) slices, as a blocked thread does between its sleeps."""
+
+    __slots__ = ("handle", "loop", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, handle: Handle) -> None:
+        self.loop, self.handle = loop, handle
+        self.timer = loop.call_later(_pi.SLICE, self.boost)
+
+    def boost(self) -> None:
+        self.timer = self.loop.call_later(_pi.SLICE, self.boost)
+        self.handle.recover_if_due()      # the shm handle boosts there (_pi.update)
+
+    def stop(self) -> None:
+        self.timer.cancel()
 
 
 class _LoopWaits:
@@ -105,8 +144,8 @@ class _LoopWaits:
     its scans in a thread of their own, so 1,000 waiting tasks cost the loop
     no burst of 1,000 wake-ups every slice."""
 
-    __slots__ = ("__weakref__", "_loop", "_posted", "_posting", "busy_until", "parked", "tasks",
-                 "timer", "waits")
+    __slots__ = ("__weakref__", "_loop", "_posted", "_posting", "_spent", "_window",
+                 "busy_until", "context", "parked", "tasks", "timer", "waits")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # weakly: _loops maps the loop to us, and must not keep it alive
@@ -116,17 +155,24 @@ class _LoopWaits:
         self.timer: asyncio.TimerHandle | None = None
         self.parked = False
         self.busy_until = 0.0       # loop.time() until which tasks leave the ledgers alone
-        self._posted: collections.deque[asyncio.Event] = collections.deque()
+        self._window = 0.0          # monotonic start of the current BUDGET window
+        self._spent = 0.0           # time the loop spent in ledger calls in it
+        # Our timers and drains need no context variables: one context for
+        # them all, not a copy per call (a copy is an object per wait that
+        # every collection walks).  Per loop: a context is entered by one
+        # thread at a time.
+        self.context = contextvars.Context()
+        self._posted: collections.deque[_Wait] = collections.deque()
         self._posting = threading.Lock()   # _posted has a drain scheduled: held
 
-    def post(self, woken: asyncio.Event) -> None:
-        """Set ``woken`` on the loop's thread (called from the backend's
+    def post(self, w: _Wait) -> None:
+        """Wake ``w`` on the loop's thread (called from the backend's
         thread): one call_soon_threadsafe, one write to the loop's self-pipe
         and one loop wake-up per batch, however many grants a ring made."""
-        self._posted.append(woken)
+        self._posted.append(w)
         if self._posting.acquire(blocking=False):
             try:
-                self.loop.call_soon_threadsafe(self._drain)
+                self.loop.call_soon_threadsafe(self._drain, context=self.context)
             except BaseException:
                 self._posting.release()
                 raise
@@ -135,17 +181,25 @@ class _LoopWaits:
         self._posting.release()        # posts from now on schedule another drain
         posted = self._posted
         while posted:
-            posted.popleft().set()
+            posted.popleft().wake()
 
     def timed(self, call: Callable[..., _T], *args: Any) -> _T:
-        """``call(*args)`` on the loop's thread; if it took longer than BUSY
-        (it waited for a ledger lock), the loop's tasks back off."""
+        """``call(*args)`` on the loop's thread.  If it took longer than
+        BUSY (it waited for a ledger lock), or the loop's ledger calls of
+        the last RETRY took more than BUDGET together (a burst: many tasks'
+        deadlines or grants at once), the loop's tasks back off for RETRY:
+        the loop's other callbacks run in between."""
         t0 = time.monotonic()
         try:
             return call(*args)
         finally:
-            if time.monotonic() - t0 > BUSY:
+            now = time.monotonic()
+            if now - self._window > RETRY:
+                self._window, self._spent = t0, 0.0
+            self._spent += now - t0
+            if now - t0 > BUSY or self._spent > BUDGET:
                 self.busy_until = self.loop.time() + RETRY
+                self._window, self._spent = now + RETRY, 0.0
 
     def busy(self) -> bool:
         return self.loop.time() < self.busy_until
@@ -161,7 +215,7 @@ class _LoopWaits:
         self.waits[w] = None
         self.tasks[w.task] = self.tasks.get(w.task, 0) + 1
         if self.timer is None:
-            self.timer = self.loop.call_later(SLICE, self._tick)
+            self.timer = self.loop.call_later(SLICE, self._tick, context=self.context)
 
     def remove(self, w: _Wait) -> None:
         if self.waits.pop(w, False) is None:
@@ -177,7 +231,7 @@ class _LoopWaits:
         self.timer = None
         if not self.waits:
             return
-        self.timer = self.loop.call_later(SLICE, self._tick)
+        self.timer = self.loop.call_later(SLICE, self._tick, context=self.context)
         # Every task of the loop waits on ipcsem: the loop's thread can do
         # nothing but wait, and deadlock detectors may count it as parked.
         self.parked = all(t in self.tasks for t in asyncio.all_tasks(self.loop))
@@ -190,14 +244,16 @@ class _LoopWaits:
 
     def _flag(self, todo: list[_Wait], start: int) -> None:
         for w in todo[start:start + CHUNK]:
-            if w in self.waits and w.error is None and w.flagged != self.parked:
+            # (a wait is added once queued: its pending is set)
+            if w in self.waits and w.error is None and w.flagged != self.parked \
+                    and w.pending is not None:
                 try:
                     w.handle.park(w.pending, self.parked)
                 except Exception:  # noqa: BLE001 - closed or corrupt: the task's own calls say so
                     continue
                 w.flagged = self.parked
         if start + CHUNK < len(todo):
-            self.loop.call_soon(self._flag, todo, start + CHUNK)
+            self.loop.call_soon(self._flag, todo, start + CHUNK, context=self.context)
 
     def victim(self, w: _Wait, exc: BaseException) -> None:
         """A deadlock scan chose ``w`` to give up (on the loop's thread)."""
@@ -318,19 +374,17 @@ class _AsyncPrimitive(Opened):
         h, owner, tid = self._handle, task_key(), native_tid()
         if timeout == 0:
             return h.take(units, priority, owner, tid)
-        # enqueue() grants at once what take() would: one ledger transaction
         loop = asyncio.get_running_loop()
         waits = _loop_waits(loop)
         deadline = None if timeout is None else loop.time() + timeout
-        woken = asyncio.Event()
-
-        def notify() -> None:          # called from the backend's thread
-            waits.post(woken)
-
+        task = asyncio.current_task()
+        assert task is not None      # task_key() above raised otherwise
+        w = _Wait(waits, h, self._name, owner, deadlock_raise, task)
+        # enqueue() grants at once what take() would: one ledger transaction
         while True:
             if not waits.busy():
                 pending = waits.timed(h.enqueue, units, priority, owner, tid, deadlock_raise,
-                                      notify)
+                                      w.notify)
                 if pending is not None:
                     break
             if deadline is not None and loop.time() >= deadline:
@@ -338,23 +392,15 @@ class _AsyncPrimitive(Opened):
             await asyncio.sleep(RETRY)   # the backend was busy (e.g. a lock held)
         if isinstance(pending, Lease):
             return pending
-        task = asyncio.current_task()
-        assert task is not None      # task_key() above raised otherwise
-        w = _Wait(h, pending, self._name, owner, deadlock_raise, task, woken)
+        w.pending = pending
         self._pending[pending] = w
         waits.add(w)
         # Not asyncio.wait_for: before Python 3.12 it swallows a cancel that
         # arrives just after the event fired.  One timer for the deadline;
         # no slices (the backend re-notifies, the loop's upkeep does the rest).
-        timer = None if deadline is None else loop.call_at(deadline, woken.set)
-        # A PI mutex's waiter lends the owner its loop thread's priority each
-        # of _pi's (short) slices, as a blocked thread does between its sleeps.
-        boosting: list[asyncio.TimerHandle] = []
-        if h.params.priority_inheritance:
-            def boost() -> None:
-                boosting[:] = [loop.call_later(_pi.SLICE, boost)]
-                h.recover_if_due()      # the shm handle boosts there (_pi.update)
-            boosting.append(loop.call_later(_pi.SLICE, boost))
+        ctx = waits.context
+        timer = None if deadline is None else loop.call_at(deadline, w.wake, context=ctx)
+        booster = _Booster(loop, h) if h.params.priority_inheritance else None
         try:
             # enqueue() just said "not now": settle once the backend says
             # it may have been granted (it also checks right after queueing)
@@ -362,27 +408,34 @@ class _AsyncPrimitive(Opened):
             while True:
                 if w.error is not None:
                     raise w.error       # closed, or chosen as a deadlock's victim
-                if not settle:
-                    retry = None
-                elif waits.busy():
-                    # another task just waited for a ledger lock: look later
-                    retry = loop.call_at(waits.busy_until, woken.set)
-                else:
-                    retry = None
-                    g = waits.timed(h.settle, pending)
-                    if g is not None:
-                        return g
-                if deadline is not None and loop.time() >= deadline:
-                    if retry is not None:
-                        retry.cancel()
-                    h.cancel(pending)
-                    return None
+                retry = None
+                if not waits.busy():
+                    if settle:
+                        g = waits.timed(h.settle, pending)
+                        if g is not None:
+                            return g
+                    if deadline is not None and loop.time() >= deadline:
+                        w.entry_gone = True
+                        waits.timed(h.cancel, pending)   # never waits: finished later if busy
+                        return None
+                if waits.busy():
+                    # this or another task's call waited for a ledger lock or
+                    # used the loop's budget (a settle that met a busy lock
+                    # said None): look again once the back-off is over
+                    retry = loop.call_at(waits.busy_until, w.wake, context=ctx)
+                # Sleep until woken (a wake since the last sleep counts), on
+                # a bare future: no coroutine, no Event per wait.
                 try:
-                    await woken.wait()
+                    if not w.rung:
+                        w.future = loop.create_future()
+                        try:
+                            await w.future
+                        finally:
+                            w.future = None
                 finally:
                     if retry is not None:
                         retry.cancel()
-                woken.clear()
+                w.rung = False
                 settle = True
         except BaseException:
             # CancelledError, a deadlock victim, anything: leave nothing
@@ -393,20 +446,24 @@ class _AsyncPrimitive(Opened):
         finally:
             if timer is not None:
                 timer.cancel()
-            for t in boosting:
-                t.cancel()
+            if booster is not None:
+                booster.stop()
             self._pending.pop(pending, None)
             waits.remove(w)
 
     def release(self, units: int = 1) -> None:
         """Give ``units`` back (a plain call, like asyncio.Semaphore.release;
         from a task, a loop callback or any thread)."""
+        self._release(units, owner_key())
+
+    def _release(self, units: int, owner: int) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:       # a worker thread: nothing of a loop to spare
-            self._handle.release(units, owner_key())
+            self._handle.release(units, owner)
         else:
-            _loop_waits(loop).timed(self._handle.release, units, owner_key())
+            # never waits for a busy ledger lock (the backend finishes it then)
+            _loop_waits(loop).timed(self._handle.release_soon, units, owner)
 
 
 @final
@@ -514,7 +571,7 @@ class AsyncMutex(_AsyncPrimitive):
     # unlike the base class's release(units).
     def release(self) -> None:   # type: ignore[override]
         """Unlock it; NotOwner unless this task owns it."""
-        self._handle.release(1, task_key())
+        self._release(1, task_key())
 
     @property
     def previous_owner_died(self) -> bool:

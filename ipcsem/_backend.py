@@ -128,6 +128,13 @@ class Handle(ABC):
         units first, the rest an unowned post (ValueError beyond capacity);
         a mutex only by its owner (NotOwner)."""
 
+    def release_soon(self, units: int, owner: int) -> None:
+        """``release`` for an event loop's thread, which must not wait: a
+        backend that would wait (a busy lock) may finish it a moment later
+        itself, in order with this handle's later acquires and releases.
+        Raises as ``release`` does when done at once."""
+        self.release(units, owner)      # a backend whose release never waits long
+
     @abstractmethod
     def disown(self, units: int) -> None: ...
 

@@ -950,15 +950,16 @@ def _define_fixtures() -> None:
             agent.close()
 
 
-# pytest is imported only to define the fixtures, and not at all in the
-# helper processes (`python -m ipcsem.testing ...`), which must start fast.
-if __name__ != "__main__":
-    try:
-        _define_fixtures()
-    except ImportError:  # the helpers work without pytest; the fixtures need it
-        pass
-    else:
-        __all__ += ["agent_factory", "holder_factory", "ipcsem_name"]
+# The fixtures are defined here when pytest is already loaded (a conftest,
+# a plugin list: the only places fixtures are of use), else on first access
+# by name (module __getattr__ below).  A program that only uses the helpers
+# -- the helper processes (`python -m ipcsem.testing ...`), which must start
+# fast, or a measured program such as the loop-gap one, whose every garbage
+# collection would otherwise walk pytest's heap too -- never imports pytest.
+_FIXTURES = ("agent_factory", "holder_factory", "ipcsem_name")
+if __name__ != "__main__" and "pytest" in sys.modules:
+    _define_fixtures()
+    __all__ += list(_FIXTURES)
 
 
 # ================================================ the helper processes
@@ -1955,13 +1956,20 @@ def _define_async_fixtures() -> None:
         return Runner()
 
 
-if __name__ != "__main__":
-    try:
+_ASYNC_FIXTURES = ("aio_agent_factory", "ipcsem_loop")
+if __name__ != "__main__" and "pytest" in sys.modules:
+    _define_async_fixtures()
+    __all__ += list(_ASYNC_FIXTURES)
+
+
+def __getattr__(name: str) -> Any:
+    """The fixtures, for an import by name before pytest was loaded
+    (ImportError if pytest is not installed)."""
+    if name in _FIXTURES or name in _ASYNC_FIXTURES:
+        _define_fixtures()
         _define_async_fixtures()
-    except ImportError:
-        pass
-    else:
-        __all__ += ["aio_agent_factory", "ipcsem_loop"]
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 __all__ += ["AsyncAgent", "AsyncAgentError", "LoopGaps", "Resources", "new_event_loop",
             "resources", "run_checked", "wait_for_waiters", "wait_until_async",
             "watch_loop_gaps"]

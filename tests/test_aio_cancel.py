@@ -141,16 +141,16 @@ def test_cancel_as_the_grant_races_in_gives_the_units_back(name):
 
 
 def test_a_cancel_after_the_wakeup_is_not_lost(name):
-    """The deterministic race: the notifier has set the task's wake-up
-    event; the task is cancelled before it runs again.  cancel() returns
+    """The deterministic race: the notifier has woken the task (its wait's
+    ``rung``); the task is cancelled before it runs again.  cancel() returns
     True, so the task must see CancelledError (and the units go back)."""
 
-    def wake_event(task):
+    def the_wait(task):
         coro = task.get_coro()
-        while coro is not None:      # find _grant's frame and its local event
+        while hasattr(coro, "cr_frame"):  # find _grant's frame and its wait
             frame = coro.cr_frame
-            if frame is not None and "woken" in frame.f_locals:
-                return frame.f_locals["woken"]
+            if frame is not None and hasattr(frame.f_locals.get("w"), "rung"):
+                return frame.f_locals["w"]
             coro = coro.cr_await
         return None
 
@@ -162,11 +162,11 @@ def test_a_cancel_after_the_wakeup_is_not_lost(name):
             assert other.acquire(timeout=5)
             t = asyncio.ensure_future(sem.acquire(timeout=10))
             await wait_for_waiters(sem, 1)
-            while wake_event(t) is None:
+            while the_wait(t) is None:
                 await asyncio.sleep(0)
-            woken = wake_event(t)
+            w = the_wait(t)
             other.release()
-            while not woken.is_set():
+            while not w.rung:            # the notifier has woken it
                 await asyncio.sleep(0)
             for _ in range(delay):
                 await asyncio.sleep(0)

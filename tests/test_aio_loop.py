@@ -21,9 +21,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import warnings
 
 import pytest
+from cli import wedge
 
 import ipcsem
 from ipcsem.testing import (
@@ -173,6 +176,74 @@ def test_deadlock_raise_waiters_do_not_hold_the_loop(name, holder_factory):
     gaps = asyncio.run(main())
     print(gaps.summary())
     gaps.check(LIMIT, allow_runqueue=True)
+
+
+# ------------------------------------------------ a stopped ledger-lock holder
+def _stalled_lock(name, procs, seconds):
+    """A stopped process holding ``name``'s ledger lock (``cli.wedge``),
+    SIGKILLed ``seconds`` later from a timer thread: the next locker
+    repairs the lock, and a call that waits for it ends then instead of
+    hanging the test."""
+    p = wedge(procs, name, mid_update=False)
+    timer = threading.Timer(seconds, p.kill)
+    timer.start()
+    return timer
+
+
+def test_a_release_never_waits_for_a_stopped_lock_holder(name, procs):
+    """The ledger lock is held by a stopped process (for 2 s): the loop's
+    release() returns at once, this handle's next acquire waits behind it
+    (an earlier release comes first), and once the lock is free the
+    notifier thread has finished the release: the units are back."""
+    sem0 = ipcsem.Semaphore(name, capacity=2)
+
+    async def main():
+        sem = ipcsem.AsyncSemaphore(name)
+        assert await sem.acquire(2)
+        timer = _stalled_lock(name, procs, 2.0)
+        try:
+            t0 = time.monotonic()
+            sem.release(2)
+            took = time.monotonic() - t0
+            assert not sem.try_acquire()         # the release is not done: nothing to take
+            got = await sem.acquire(1, timeout=10)
+            waited = time.monotonic() - t0
+        finally:
+            timer.join()
+        return took, got, waited, sem
+
+    took, got, waited, sem = asyncio.run(main())
+    assert took < 0.5, f"release() waited {took:.3f} s for the stopped lock holder"
+    assert got and waited > 1.0           # granted only once the lock was free again
+    sem.release(1)
+    sem.close()
+    assert_consistent(sem0, available=2, held=0, waiting=0)
+
+
+def test_a_mutex_released_while_the_lock_is_stalled_is_the_tasks_again(name, procs):
+    """AsyncMutex: a release that had to be deferred is done before the
+    same task's next acquire (no DeadlockDetected, no lost unlock)."""
+    async def main():
+        m = ipcsem.AsyncMutex(name)
+        assert await m.acquire()
+        timer = _stalled_lock(name, procs, 1.5)
+        try:
+            t0 = time.monotonic()
+            m.release()
+            took = time.monotonic() - t0
+            again = await m.acquire(timeout=10)
+            assert m.locked()
+            m.release()
+        finally:
+            timer.join()
+        m.close()
+        return took, again
+
+    took, again = asyncio.run(main())
+    assert took < 0.5 and again is True
+    other = ipcsem.Mutex(name)
+    assert other.acquire(timeout=5)        # unlocked: nothing was lost or kept
+    other.release()
 
 
 # -------------------------------------------------------------- resources

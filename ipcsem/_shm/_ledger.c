@@ -2218,6 +2218,31 @@ error:
     return NULL;
 }
 
+/* release_within(pid, start, owner, units, token_hint, lock): release()
+ * with a bound on the wait for the ledger lock (Wedged when it passes:
+ * nothing done) -- an event loop's release must not wait for a lock whose
+ * holder is off a CPU.  Not for a PI mutex's owner (no priority restore). */
+static PyObject *Ledger_release_within(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
+{
+    Call c;
+    if (parse_args(&c, args, nargs, 6, "release_within") < 0 || check_open(L) < 0 ||
+        check_units(L, c.a[3]) < 0 || lock_mode_arg(c.a[5]) < 0)
+        goto error;
+    int64_t lock = c.a[5];
+    c.a[5] = c.a[6] = c.a[7] = 0;
+    c.a[8] = 0; /* no priority to restore */
+    default_thread(NULL, &c.a[2]);
+    if (run_locked(L, body_release, &c, lock) < 0) {
+        raise_call_error(&c);
+        goto error;
+    }
+    call_done(&c);
+    Py_RETURN_NONE;
+error:
+    call_done(&c);
+    return NULL;
+}
+
 /* disown(pid, start, units, token_hint, key): owned units become units out
  * without an owner (a hand-off: a consumer's item, a producer's filled
  * slot).  A slotted semaphore keeps their unit numbers taken, owned by
@@ -3179,6 +3204,7 @@ static PyMethodDef Ledger_methods[] = {
     {"touch", (PyCFunction)Ledger_touch, METH_O, NULL},
     {"process_bell", (PyCFunction)(void (*)(void))Ledger_process_bell, METH_FASTCALL, NULL},
     {"release", (PyCFunction)(void (*)(void))Ledger_release, METH_FASTCALL, NULL},
+    {"release_within", (PyCFunction)(void (*)(void))Ledger_release_within, METH_FASTCALL, NULL},
     {"disown", (PyCFunction)(void (*)(void))Ledger_disown, METH_FASTCALL, NULL},
     {"recover", (PyCFunction)(void (*)(void))Ledger_recover, METH_FASTCALL, NULL},
     {"unregister", (PyCFunction)(void (*)(void))Ledger_unregister, METH_FASTCALL, NULL},

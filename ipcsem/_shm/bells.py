@@ -34,8 +34,12 @@ _lock = threading.Lock()
 _thread: threading.Thread | None = None
 SLICE = 0.5     # the notifier looks at every entry at least this often anyway
 # A full look at 1,000 entries is ~1-3 ms of Python: let go of the GIL between
-# chunks, or a loop thread waiting for it waits the whole switch interval.
+# chunks, or a loop thread waiting for it waits the whole switch interval
+# (5 ms).  A real sleep, not sleep(0): releasing and at once re-taking the
+# GIL hands it to nobody (the waiting thread is still waking up, finds it
+# taken and waits out the interval again).
 YIELD_EVERY = 32
+YIELD_FOR = 20e-6
 
 
 class _Group:
@@ -101,34 +105,34 @@ def unwatch(handle: ShmHandle, pending: ShmPending) -> bool:
     return True
 
 
-_cancels: list[tuple[ShmHandle, ShmPending]] = []
+_later: list[Callable[[], None]] = []
 
 
-def cancel_later(handle: ShmHandle, pending: ShmPending) -> None:
-    """Cancel ``pending`` from the notifier thread (the ledger lock was busy:
-    an event loop cannot wait for it).  Uninterrupted, so it completes."""
+def later(job: Callable[[], None]) -> None:
+    """Run ``job()`` on the notifier thread soon: a ledger call an event
+    loop could not wait for (a cancel, a release: the lock was busy), which
+    there may wait for the lock as long as it takes, and so completes."""
     with _lock:
-        _cancels.append((handle, pending))
+        _later.append(job)
         _start()
     _ledger.poke_bells()
 
 
-def _finish_cancels() -> None:
+def _run_later() -> None:
     with _lock:
-        todo = list(_cancels)
-        _cancels.clear()
-    for handle, pending in todo:
+        todo = list(_later)
+        _later.clear()
+    for job in todo:
         try:
-            handle.ledger.cancel(pending.entry, _identity.ME.pid, _identity.ME.start,
-                                 _ledger.LOCK_UNINTERRUPTED)
-        except Exception:  # noqa: BLE001 - closed or corrupt: nothing left to give back
+            job()
+        except Exception:  # noqa: BLE001 - a job reports its own failures
             pass
 
 
 def _after_fork_in_child() -> None:
     global _thread
     _groups.clear()
-    _cancels.clear()
+    _later.clear()
     _thread = None
 
 
@@ -145,7 +149,7 @@ def _look(g: _Group, prefix: bool, key_rang: bool = False) -> None:
     ledger = g.ledger
     for i, (_order, key) in enumerate(ordered):
         if i % YIELD_EVERY == YIELD_EVERY - 1:
-            time.sleep(0)        # hand the GIL to an event loop that wants it
+            time.sleep(YIELD_FOR)   # hand the GIL to an event loop that wants it
         item = g.entries.get(key)
         if item is None:
             continue
@@ -184,8 +188,8 @@ def _run() -> None:
     last: dict[int, int] = {}        # id(ledger) -> its bell when we last looked
     next_full = 0.0
     while True:
-        if _cancels:
-            _finish_cancels()
+        if _later:
+            _run_later()
         seen_notifier = _ledger.notifier_word()
         with _lock:
             groups = list(_groups.items())

@@ -8,6 +8,8 @@ typed errors' names.
 from __future__ import annotations
 
 import itertools
+import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -32,8 +34,14 @@ SLICE_NS = int(HEAL_INTERVAL * 1e9)
 # ledger lock itself: transactions hold it for ~100 ns, so this only ever
 # runs out when the lock's holder is stopped or hung.
 TRY_LOCK_NS = 5_000_000
+# The same for the event-loop protocol (enqueue, settle, cancel, park): the
+# loop's thread runs every task, so it waits for a lock whose holder is off
+# a CPU at most 1 ms per call (the asyncio side then backs off, settles
+# again later and a cancel is finished by the notifier thread).
+LOOP_LOCK_NS = 1_000_000
 
 
+_log = logging.getLogger("ipcsem")
 _seq = itertools.count()        # enqueue order of this process's async entries
 
 
@@ -50,7 +58,8 @@ class ShmPending(Pending):
 class ShmHandle(Handle):
     """A Handle on a ledger in POSIX shared memory."""
 
-    __slots__ = ("_ledger", "created", "name", "params", "segment")
+    __slots__ = ("_deferred", "_deferring", "_flushing", "_ledger", "created", "name", "params",
+                 "segment")
 
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
@@ -58,6 +67,11 @@ class ShmHandle(Handle):
         self.params: Params = segment.params
         self.created = segment.created
         self._ledger = segment.ledger
+        # An event loop's releases the ledger lock did not allow at once
+        # (release_soon), oldest first: (units, owner).
+        self._deferred: list[tuple[int, int]] = []
+        self._deferring = threading.Lock()     # guards _deferred and _flushing
+        self._flushing = False                 # a thread is doing them now
 
     # ------------------------------------------------------------- reading
     @property
@@ -111,6 +125,8 @@ class ShmHandle(Handle):
     # ----------------------------------------------------------- acquiring
     def take(self, units: int, priority: int, owner: int, tid: int) -> Lease | None:
         ledger = self._ledger
+        if not self._releases_done(time.monotonic_ns() + TRY_LOCK_NS):
+            return None      # an earlier release of ours comes first: not now
         pi = self.params.priority_inheritance
         if pi:
             _pi.about_to_acquire(tid)     # its own priority, before anything of ours raises it
@@ -202,11 +218,13 @@ class ShmHandle(Handle):
     def enqueue(self, units: int, priority: int, owner: int, tid: int, deadlock_raise: bool,
                 notify: Callable[[], None]) -> Lease | ShmPending | None:
         """As the seam says; None when the ledger lock was busy for
-        TRY_LOCK_NS (an event loop must not wait for it): try again later."""
+        LOOP_LOCK_NS (an event loop must not wait for it): try again later."""
         flags = _ledger.WF_ASYNC | (_ledger.WF_DEADLOCK_RAISE if deadlock_raise else 0)
+        if not self._releases_done(time.monotonic_ns() + LOOP_LOCK_NS):
+            return None      # an earlier release of ours comes first: busy
         try:
             got = self._enqueue(units, priority, owner, tid, flags,
-                                time.monotonic_ns() + TRY_LOCK_NS)
+                                time.monotonic_ns() + LOOP_LOCK_NS)
         except IpcsemError as e:
             raise e.with_name(self.name) from None
         if got is None or not isinstance(got, int):
@@ -226,7 +244,7 @@ class ShmHandle(Handle):
         assert isinstance(pending, ShmPending)
         try:
             g = self._ledger.settle(pending.entry, ME.pid, ME.start,
-                                    time.monotonic_ns() + TRY_LOCK_NS)
+                                    time.monotonic_ns() + LOOP_LOCK_NS)
         except Wedged:
             return None
         except IpcsemError as e:
@@ -246,9 +264,16 @@ class ShmHandle(Handle):
         self._forget(pending)
         try:
             self._ledger.cancel(pending.entry, ME.pid, ME.start,
-                                time.monotonic_ns() + TRY_LOCK_NS)
+                                time.monotonic_ns() + LOOP_LOCK_NS)
         except Wedged:
-            bells.cancel_later(self, pending)
+            # uninterrupted, on the notifier thread: it completes
+            bells.later(lambda: self._cancel_uninterrupted(pending))
+
+    def _cancel_uninterrupted(self, pending: ShmPending) -> None:
+        try:
+            self._ledger.cancel(pending.entry, ME.pid, ME.start, _ledger.LOCK_UNINTERRUPTED)
+        except Exception:  # noqa: BLE001 - closed or corrupt: nothing left to give back
+            pass
 
     def park(self, pending: Pending, parked: bool) -> None:
         """Tell deadlock detectors whether this entry's event loop has
@@ -257,7 +282,7 @@ class ShmHandle(Handle):
         p = _ledger.WF_PARKED
         try:
             self._ledger.set_flags(pending.entry, ME.pid, ME.start, p if parked else 0,
-                                   0 if parked else p, time.monotonic_ns() + TRY_LOCK_NS)
+                                   0 if parked else p, time.monotonic_ns() + LOOP_LOCK_NS)
         except Wedged:
             pass
 
@@ -272,6 +297,7 @@ class ShmHandle(Handle):
     # ----------------------------------------------------------- returning
     def release(self, units: int, owner: int, lease: Lease | None = None) -> None:
         token = 0 if lease is None else lease.token
+        self._releases_done(LOCK_FOREVER)       # in order: an event loop's deferred ones first
         try:
             if self.params.priority_inheritance:
                 # our own priority back in the call that ends our ownership
@@ -281,7 +307,66 @@ class ShmHandle(Handle):
         except IpcsemError as e:
             raise e.with_name(self.name) from None
 
+    def release_soon(self, units: int, owner: int) -> None:
+        """As the seam says: now if the ledger lock is had within
+        LOOP_LOCK_NS, else the notifier thread does it as soon as the lock
+        is free, before any later acquire or release of this handle (which
+        report "busy" meanwhile).  The errors of a release done later (more
+        units than this process holds, a mutex it does not own) are logged
+        on the "ipcsem" logger: the call that made it has returned."""
+        if self.params.priority_inheritance:
+            # its owner's own priority comes back in the releasing call
+            self.release(units, owner)
+            return
+        if self._releases_done(time.monotonic_ns() + LOOP_LOCK_NS):
+            try:
+                self._ledger.release_within(ME.pid, ME.start, owner, units, 0,
+                                            time.monotonic_ns() + LOOP_LOCK_NS)
+                return
+            except Wedged:
+                pass
+            except IpcsemError as e:
+                raise e.with_name(self.name) from None
+        with self._deferring:
+            self._deferred.append((units, owner))
+        bells.later(self._finish_releases)
+
+    def _releases_done(self, lock: int) -> bool:
+        """True once no deferred release of this handle is left, doing them
+        in order, each waiting for the ledger lock until ``lock`` at most;
+        False if one is left (the lock stayed busy, or another thread is
+        doing them now)."""
+        if not self._deferred:          # the common case: no lock taken
+            return True
+        with self._deferring:
+            if self._flushing:
+                return False
+            self._flushing = True
+        try:
+            while True:
+                with self._deferring:
+                    if not self._deferred:
+                        return True
+                    units, owner = self._deferred[0]
+                try:
+                    self._ledger.release_within(ME.pid, ME.start, owner, units, 0, lock)
+                except Wedged:
+                    return False
+                except Exception as e:  # noqa: BLE001 - its caller has returned: log it
+                    _log.error("ipcsem: %r: a release of %d unit(s) that had to wait for "
+                               "the ledger lock failed: %s", self.name, units, e)
+                with self._deferring:
+                    del self._deferred[0]
+        finally:
+            with self._deferring:
+                self._flushing = False
+
+    def _finish_releases(self) -> None:
+        # the notifier thread: may wait for the lock as long as it takes
+        self._releases_done(_ledger.LOCK_UNINTERRUPTED)
+
     def disown(self, units: int) -> None:
+        self._releases_done(LOCK_FOREVER)
         try:
             self._ledger.disown(ME.pid, ME.start, units, 0, 0)
         except IpcsemError as e:
@@ -331,6 +416,9 @@ class ShmHandle(Handle):
         be stopped) and let go of the mapping once no call of ours uses it."""
         if self._ledger.closed:
             return
+        # An event loop's deferred releases: done before we let go (the
+        # mapping must outlive them), waiting for the lock if need be.
+        self._releases_done(LOCK_FOREVER)
         try:
             self._ledger.unregister(ME.pid, ME.start, time.monotonic_ns() + 100_000_000)
         except IpcsemError:
