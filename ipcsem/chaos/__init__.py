@@ -27,6 +27,13 @@ Shape of a storm
   grant order across every kill (``tokens.py``).
 * ``report.py`` says what happened (text or JSON).
 
+Backends: ``backend=`` a URL (default ``$IPCSEM_BACKEND``, else shm).  On
+``zookeeper://...`` the same workers and oracle run on this host against the
+server's semaphore; the supervisor is ``ipcsem supervise --backend URL NAME``;
+there are no self-killers (the crash hook is the shm ledger's) and no
+/dev/shm check; the end check also waits out the dead sessions' expiry.  What
+is proven does not change: it rests on the oracle and the grant log.
+
 Kinds of semaphore: a plain counting semaphore (default); ``slots=True``, a
 slotted one, where the oracle is per slot (a worker must get the lock files
 of exactly the unit numbers its lease names); ``mutex=True``, an
@@ -77,8 +84,8 @@ __all__ = ["Report", "Storm", "format_report", "run_storm"]
 
 def run_storm(name: str | None = None, capacity: int | None = None, workers: int = 8,
               kill_every: float = 0.01, duration: float | None = None, kills: int | None = None,
-              supervisor: bool = True, self_kill_fraction: float = 0.2, seed: int | None = None,
-              multi_unit: bool = True, **options: Any) -> Report:
+              supervisor: bool = True, self_kill_fraction: float | None = None,
+              seed: int | None = None, multi_unit: bool = True, **options: Any) -> Report:
     """Run one storm and return its Report.
 
     Stops after ``kills`` kills or ``duration`` seconds, whichever comes
@@ -88,7 +95,9 @@ def run_storm(name: str | None = None, capacity: int | None = None, workers: int
     capacity; fewer files than units must be reported: the oracle's
     self-test), ``progress(line)`` (called every 5 s), ``stall_timeout``,
     ``settle_timeout``, ``verify_timeout``, ``check_every`` (seconds between
-    mid-storm check() calls; a failure there fails the storm).  The
+    mid-storm check() calls; a failure there fails the storm), ``backend``
+    (a URL; default $IPCSEM_BACKEND, else shm).  ``self_kill_fraction``:
+    0.2 on shm, 0 elsewhere (ValueError for more off shm).  The
     semaphore NAME must not exist yet; it is unlinked at the end.
 
     Raises ValueError for bad arguments or an existing NAME; when SIGINT,

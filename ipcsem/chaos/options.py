@@ -7,9 +7,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 
-from .. import _args, _names
+from .. import _args, _backend, _names
 
 SPAWNS = ("exec", "fork")
+#: the share of self-killing workers on shm (on another backend there is no
+#: ledger transaction to die inside: none)
+SHM_SELF_KILL_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class Options:
     duration: float | None = None
     kills: int | None = None
     supervisor: bool = True
-    self_kill_fraction: float = 0.2
+    self_kill_fraction: float | None = None   # 0.2 on shm, 0 elsewhere (shm only)
     seed: int | None = None
     multi_unit: bool = True
     _: KW_ONLY
@@ -39,6 +42,7 @@ class Options:
     settle_timeout: float = 5.0
     verify_timeout: float = 5.0
     check_every: float = 0.05
+    backend: str | None = None            # a backend URL; None: $IPCSEM_BACKEND, else shm
 
     def __post_init__(self) -> None:
         if self.spawn not in SPAWNS:
@@ -48,6 +52,9 @@ class Options:
         self._resolve("capacity", 1 if self.mutex else 3)
         self._resolve("name", f"chaos-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self._resolve("seed", random.SystemRandom().randrange(2**32))
+        self._resolve("backend", os.environ.get(_backend.ENV) or _backend.DEFAULT_URL)
+        _backend.resolve(self.backend)    # ValueError for an unknown one (connects nothing)
+        self._resolve("self_kill_fraction", SHM_SELF_KILL_FRACTION if self.on_shm else 0.0)
         if self.kills is None and self.duration is None:
             self._resolve("kills", 1000)
         limit = _args.MAX_SLOTTED_CAPACITY if self.slots else _args.MAX_CAPACITY
@@ -62,13 +69,29 @@ class Options:
         for what in ("kill_every", "stall_timeout", "settle_timeout", "verify_timeout",
                      "check_every") + (("duration",) if self.duration is not None else ()):
             _args.check_interval(what, getattr(self, what))
-        if not 0.0 <= self.self_kill_fraction <= 1.0:
+        fraction = self.self_kill_fraction
+        assert fraction is not None       # resolved above
+        if not 0.0 <= fraction <= 1.0:
             raise ValueError("self_kill_fraction must be in 0..1")
+        if fraction and not self.on_shm:
+            # The crash hook fires at a store inside a shared-memory ledger
+            # transaction; another backend has none (its transactions run
+            # in the server, which the storm's kills cannot interrupt).
+            raise ValueError("self_kill_fraction: workers kill themselves inside a "
+                             "shared-memory ledger transaction, which only the shm "
+                             f"backend has (backend {self.backend})")
         _names.validate(self.name)
 
     def _resolve(self, setting: str, default: object) -> None:
         if getattr(self, setting) is None:
             object.__setattr__(self, setting, default)
+
+    @property
+    def on_shm(self) -> bool:
+        """The storm runs on this machine's shared memory (the ledger's
+        crash hook, /dev/shm, its supervisor)."""
+        assert self.backend is not None   # resolved in __post_init__
+        return _backend.scheme_of(self.backend) == "shm"
 
     @property
     def kind(self) -> str:

@@ -101,11 +101,13 @@ class WorkerProc:
 
 
 class SupervisorProc:
-    """``ipcsem supervise NAME`` (``_proc.launch_supervisor``), killable and
-    restartable; its log lines are counted afterwards."""
+    """``ipcsem supervise [--backend URL] NAME`` (``_proc.launch_supervisor``),
+    killable and restartable; its log lines are counted afterwards.  (Both
+    backends' supervisors log ``recovered ...`` per recovery.)"""
 
-    def __init__(self, name: str, tmp: str) -> None:
+    def __init__(self, name: str, tmp: str, backend: str = "shm") -> None:
         self.name = name
+        self.backend = backend
         self.out_path = os.path.join(tmp, "supervisor.log")
         self.err_path = os.path.join(tmp, "supervisor.err")
         self.proc: subprocess.Popen[Any] | None = None
@@ -117,8 +119,9 @@ class SupervisorProc:
     def start(self) -> None:
         with open(self.out_path, "ab") as out, open(self.err_path, "ab") as err, \
                 stop_signals_blocked():
-            self.proc = _proc.launch_supervisor([self.name], stdout=out, stderr=err,
-                                                new_session=True, preexec_fn=child_preexec())
+            self.proc = _proc.launch_supervisor([self.name], extra=["--backend", self.backend],
+                                                stdout=out, stderr=err, new_session=True,
+                                                preexec_fn=child_preexec())
         self.started = time.monotonic()
         self.starts += 1
         self._recoveries_before = self.recoveries()

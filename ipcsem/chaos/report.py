@@ -43,21 +43,33 @@ def _kind(d: dict[str, Any]) -> str:
     return notes.get(d.get("kind"), "")
 
 
+def _backend(d: dict[str, Any]) -> str:
+    url = d.get("backend") or "shm"
+    return "shm (this machine's shared memory)" if url == "shm" else str(url)
+
+
 def format_report(r: Report) -> str:
-    """The human report: one labelled line per finding, PASS or FAIL last."""
+    """The human report: one labelled line per finding, PASS or FAIL last.
+    (No self-kills or lock repairs off shm: only its ledger has them.)"""
     d = r.details
+    on_shm = (d.get("backend") or "shm") == "shm"
     by_state = ", ".join(f"{k} {v}" for k, v in sorted(d.get("kills_by_state", {}).items(),
                                                        key=lambda kv: -kv[1]))
     lines = [
         f"chaos storm on {d.get('name')!r}: capacity {d.get('capacity')}, "
         f"{d.get('workers')} workers ({d.get('spawn')}), supervisor "
         f"{'on' if d.get('supervisor') else 'off'}, seed {d.get('seed')}{_kind(d)}",
+        f"  backend          {_backend(d)}",
         f"  kills            {r.kills} in {d.get('storm_seconds', 0):.1f} s"
         + (f" ({by_state})" if by_state else ""),
-        f"  self-kills       {r.self_kills} (SIGKILL at a crash point inside a ledger "
-        "transaction)",
-        f"  lock repairs     {d.get('lock_repairs')} (ledger lock taken over from a dead owner)",
     ]
+    if on_shm:
+        lines += [
+            f"  self-kills       {r.self_kills} (SIGKILL at a crash point inside a ledger "
+            "transaction)",
+            f"  lock repairs     {d.get('lock_repairs')} (ledger lock taken over from a dead "
+            "owner)",
+        ]
     if d.get("supervisor"):
         lines.append(f"  supervisor       {r.supervisor_kills} kills, "
                      f"{d.get('supervisor_recoveries')} recoveries logged")
@@ -65,7 +77,8 @@ def format_report(r: Report) -> str:
         f"  cycles           {r.cycles} (acquire, oracle, release); {d.get('timeouts')} "
         f"timeouts, {d.get('busy')} busy try_acquire",
         f"  recovered        {d.get('recovered_units')} units in {d.get('recoveries')} "
-        "recoveries of dead processes",
+        "recoveries of dead processes" + ("" if on_shm else
+                                          " (by this host; session expiries not counted)"),
         f"  over-admissions  {r.over_admissions}",
     ]
     if d.get("kind") == "slots":

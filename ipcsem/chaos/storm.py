@@ -11,6 +11,17 @@ dropped ``subprocess.Popen``'s ``__del__`` runs on every supervisor restart)
 Python reports it as "Exception ignored" and goes on: the signal is lost and
 the storm runs to its end (the old storm's flaky SIGTERM test).  Elsewhere it
 could leave a just-forked worker unrecorded, or cut the clean-up short.
+
+Backends.  Everything the storm proves comes from the flock oracle and the
+grant log, which owe nothing to any backend; the semaphore itself lives on
+``backend`` (a URL), which the workers, the supervisor and the fresh
+process of the end check are all given explicitly.  What exists only on shm
+is skipped elsewhere: self-killers (the ledger's crash hook; Options refuses
+them), the /dev/shm check after unlink.  On ZooKeeper the supervisor is
+``ipcsem supervise --backend URL NAME`` (this host's LocalSupervisor), and the
+end check waits up to the session timeout on top of ``settle_timeout``: what
+recover() cannot reap on this machine the server drops when the session of
+its dead owner expires.
 """
 from __future__ import annotations
 
@@ -27,7 +38,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .. import _names
+from .. import _backend, _names
 from .counters import (
     HOLDING,
     RELEASING,
@@ -83,7 +94,9 @@ class Storm:
     def __init__(self, *args: Any, **options: Any) -> None:
         self.opt = opt = Options(*args, **options)
         assert opt.name is not None and opt.capacity is not None   # Options resolved them
-        if opt.name in _names.names():
+        assert opt.backend is not None
+        self.backend = opt.backend
+        if opt.name in _backend.resolve(self.backend).names():
             raise ValueError(f"semaphore {opt.name!r} already exists; a storm needs a fresh name")
         self.name, self.kind, self.capacity = opt.name, opt.kind, opt.capacity
         self.rng = random.Random(opt.seed)
@@ -168,9 +181,10 @@ class Storm:
         self.counters = Counters(self.path("counters"), self.opt.workers)
         sem: Semaphore | Mutex
         if self.kind == "mutex":
-            sem = ipcsem.Mutex(self.name)
+            sem = ipcsem.Mutex(self.name, backend=self.backend)
         else:
-            sem = ipcsem.Semaphore(self.name, capacity=self.capacity, slots=self.kind == "slots")
+            sem = ipcsem.Semaphore(self.name, capacity=self.capacity, slots=self.kind == "slots",
+                                   backend=self.backend)
         self.sem = sem
         if not sem.created:  # created by someone else between the check and now
             self.sem = None
@@ -183,7 +197,7 @@ class Storm:
         if self.interrupted:
             return
         if self.opt.supervisor:
-            self.sup = self.sup_record = SupervisorProc(self.name, self.tmp)
+            self.sup = self.sup_record = SupervisorProc(self.name, self.tmp, self.backend)
             self.sup.start()
         for i in range(self.opt.workers):
             if self.interrupted:
@@ -245,9 +259,11 @@ class Storm:
 
     def _verify(self) -> None:
         """Every worker dead: the semaphore must be whole (verify.py)."""
-        self.end = verify(self.opened, self.capacity, settle_timeout=self.opt.settle_timeout,
+        self.end = verify(self.opened, self.capacity,
+                          settle_timeout=self.opt.settle_timeout + session_timeout(self.backend),
                           verify_timeout=self.opt.verify_timeout, kind=self.kind,
-                          should_stop=lambda: self.interrupted is not None)
+                          should_stop=lambda: self.interrupted is not None,
+                          backend=self.backend)
 
     def _cleanup(self) -> None:
         """Whatever happened: no process of ours left, NAME removed, the
@@ -262,13 +278,13 @@ class Storm:
         if self.sem is not None:
             self._try(self.sem.close)
             try:
-                ipcsem.unlink(self.name)
+                ipcsem.unlink(self.name, backend=self.backend)
             except ipcsem.NotFound:
                 pass
             except Exception as e:  # noqa: BLE001 - report, keep cleaning
                 self.tally.errors.append(f"unlink({self.name!r}) failed: {e}")
             path = _names.shm_path(self.name)
-            if os.path.exists(path):
+            if self.opt.on_shm and os.path.exists(path):
                 self.tally.errors.append(f"left in /dev/shm after unlink: {path}")
                 self._try(os.unlink, path)
         if self.tmp and self.counters is not None:
@@ -298,9 +314,9 @@ class Storm:
             name=self.name, index=index, capacity=self.capacity, kind=self.kind,
             oracle=self.path("oracle"), files=self.opt.files, counters=self.path("counters"),
             violations=self.path("violations"), grants=self.path("grants"),
-            self_kill=int(self.rng.random() < self.opt.self_kill_fraction),
+            self_kill=int(self.rng.random() < (self.opt.self_kill_fraction or 0.0)),
             seed=self.rng.randrange(2**63), multi_unit=int(bool(self.opt.multi_unit)),
-            parent=os.getpid())
+            parent=os.getpid(), backend=self.backend)
         self.gens[index] = self.gens.get(index, 0) + 1
         if self.gens[index] > 1:
             self.tally.respawns += 1
@@ -430,7 +446,8 @@ class Storm:
                           "numbers (see violations)")
         details = dict(details, **self.grant_details)
         details.update(
-            name=self.name, kind=self.kind, capacity=self.capacity, workers=self.opt.workers,
+            name=self.name, backend=self.backend, kind=self.kind, capacity=self.capacity,
+            workers=self.opt.workers, self_kill_fraction=self.opt.self_kill_fraction,
             spawn=self.opt.spawn, seed=self.opt.seed, supervisor=self.opt.supervisor,
             oracle_slots=self.opt.files, kill_every=self.opt.kill_every,
             storm_seconds=round(self.storm_seconds, 3),
@@ -449,3 +466,14 @@ class Storm:
                       over_admissions=self.over, lost_units=lost,
                       check_error="; ".join(problems) or None, elapsed=round(elapsed, 3),
                       details=details)
+
+
+def session_timeout(url: str) -> float:
+    """The session timeout a ``zookeeper://`` URL asks for (what the server
+    needs to drop a SIGKILLed process's nodes by itself), 0 on shm."""
+    if _backend.scheme_of(url) != "zookeeper":
+        return 0.0
+    from .._zk import ZkBackend
+
+    b = _backend.resolve(url)
+    return b.options.session_timeout if isinstance(b, ZkBackend) else 0.0

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def verify(sem: Semaphore | Mutex, capacity: int, *, settle_timeout: float = 5.0,
            verify_timeout: float = 5.0, kind: str = "semaphore",
-           should_stop: Callable[[], bool] = lambda: False
+           should_stop: Callable[[], bool] = lambda: False, backend: str = "shm"
            ) -> tuple[int, str | None, dict[str, Any]]:
     """-> (lost_units, check_error, details).
 
@@ -34,6 +34,11 @@ def verify(sem: Semaphore | Mutex, capacity: int, *, settle_timeout: float = 5.0
        number;
     3. no holders, no waiters, and sem.check() passes.
 
+    ``backend``: the URL ``sem`` was opened on (the fresh process opens the
+    name there).  On ZooKeeper, recover() returns this machine's dead
+    processes' units at once and the server drops the rest when their
+    sessions expire: ``settle_timeout`` should cover the session timeout.
+
     ``details["final_grant"]`` is the fresh process's grant (a tokens.Grant
     as a dict) when it got one.  ``should_stop()`` True (the storm was
     interrupted) cuts the waits short.
@@ -41,7 +46,8 @@ def verify(sem: Semaphore | Mutex, capacity: int, *, settle_timeout: float = 5.0
     details: dict[str, Any] = {}
     problems: list[str] = []
     lost = _settle(sem, capacity, settle_timeout, should_stop, details, problems)
-    ok, said, grant = independent_acquire(sem.name, capacity, verify_timeout, kind, should_stop)
+    ok, said, grant = independent_acquire(sem.name, capacity, verify_timeout, kind, should_stop,
+                                          backend)
     details["independent_acquire"] = said
     if not ok:
         problems.append(f"a fresh process could not acquire all {capacity} units within "
@@ -94,7 +100,7 @@ def _nothing_left(sem: Semaphore | Mutex, problems: list[str]) -> None:
 
 
 def independent_acquire(name: str, capacity: int, timeout: float, kind: str,
-                        should_stop: Callable[[], bool]
+                        should_stop: Callable[[], bool], backend: str = "shm"
                         ) -> tuple[bool, str, dict[str, Any] | None]:
     """Run :func:`verify_main` in a fresh interpreter: (ok, what it said,
     its grant as a dict (asked_ns, token, died, slots, pid) or None)."""
@@ -103,7 +109,7 @@ def independent_acquire(name: str, capacity: int, timeout: float, kind: str,
 
     with open(os.devnull, "rb") as null, stop_signals_blocked():
         p = subprocess.Popen([sys.executable, "-m", "ipcsem.chaos", "verify", name,
-                              str(capacity), str(timeout), kind],
+                              str(capacity), str(timeout), kind, backend],
                              stdin=null, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env=_proc.package_env(), preexec_fn=child_preexec())
     end = time.monotonic() + timeout + 30
@@ -144,13 +150,16 @@ def _parse_grant(lines: list[str]) -> dict[str, Any] | None:
         return None
 
 
-def verify_main(name: str, capacity: int, timeout: float, kind: str) -> int:
-    """The independent check, in a fresh process: take every unit at once.
-    Prints ``ok WAITED`` then ``grant ASKED_NS TOKEN DIED SLOTS``, or
-    ``timeout WAITED``; exit 0 only when it got them."""
+def verify_main(name: str, capacity: int, timeout: float, kind: str,
+                backend: str = "shm") -> int:
+    """The independent check, in a fresh process: take every unit at once
+    (of ``name`` on the ``backend`` URL).  Prints ``ok WAITED`` then ``grant
+    ASKED_NS TOKEN DIED SLOTS``, or ``timeout WAITED``; exit 0 only when it
+    got them."""
     import ipcsem
 
-    sem = ipcsem.Mutex(name, create=False) if kind == "mutex" else ipcsem.Semaphore(name)
+    sem = ipcsem.Mutex(name, create=False, backend=backend) if kind == "mutex" \
+        else ipcsem.Semaphore(name, backend=backend)
     asked = time.monotonic_ns()
     t0 = time.monotonic()
     try:

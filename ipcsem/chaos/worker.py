@@ -3,7 +3,8 @@
 Started by the storm either as an unrelated interpreter (``python -m
 ipcsem.chaos worker KEY=VALUE ...``, :func:`main`) or forked from the storm
 process (:func:`run_forked`); either way it opens the semaphore by name
-itself, so to ipcsem it is just another process.
+itself, on the backend URL it is given (``backend=``, never inherited from
+the environment), so to ipcsem it is just another process.
 
 Every way the API grants units is used, with 1 or 2 units and sometimes a
 priority: ``try_acquire``, ``with sem.hold(k, timeout=...) as lease``, ``with
@@ -79,6 +80,7 @@ class WorkerConfig:
     seed: int
     multi_unit: int      # 1: acquire 1 or 2 units
     parent: int          # the storm's pid: die with it
+    backend: str         # the backend URL ("shm", "zookeeper://...")
 
     def argv(self) -> list[str]:
         return [f"{k}={v}" for k, v in asdict(self).items()]
@@ -132,6 +134,15 @@ def run_forked(cfg: WorkerConfig, err_path: str) -> None:
         os.dup2(err, 2)
         os.close(null)
         os.close(err)
+        if cfg.backend != "shm":
+            # SEAM REQUEST (ipcsem/_zk/_lease.py, Book.add): a forked child's
+            # first grant is recorded in the book inherited from the storm
+            # process, which the child's next look empties (Book.fresh), so
+            # its release says it holds nothing.  A backend of the child's
+            # own, made on first use, has books of its own.
+            from .. import _backend
+
+            _backend.forget(cfg.backend)
         main(cfg)
         code = 0
     except BaseException:  # noqa: BLE001 - a forked child reaches os._exit whatever it raised
@@ -203,12 +214,14 @@ class Worker:
             self.state(CLOSING)
             self.sem.close()          # unregisters: a transaction too
         self.state(OPENING)
-        self.sem = ipcsem.Mutex(self.cfg.name, create=False) if self.cfg.kind == "mutex" \
-            else ipcsem.Semaphore(self.cfg.name)
+        self.sem = ipcsem.Mutex(self.cfg.name, create=False, backend=self.cfg.backend) \
+            if self.cfg.kind == "mutex" else ipcsem.Semaphore(self.cfg.name,
+                                                              backend=self.cfg.backend)
         if os.getppid() != self.cfg.parent:
             os._exit(3)
 
     def arm(self) -> None:
+        # (only on shm: Options refuses self-killers on any other backend)
         from .._shm import _ledger  # SEAM REQUEST: the crash hook, public in ipcsem._shm
 
         self.counters.set(self.row, W_ARMED, 1)

@@ -9,7 +9,7 @@ import sys
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from .. import _args, _names
+from .. import _args, _backend, _names
 from ..chaos.report import format_report
 from .common import (
     EXIT_ERROR,
@@ -18,8 +18,8 @@ from .common import (
     CliError,
     Subcommands,
     UsageError,
+    is_shm,
     name_arg,
-    shm_only,
 )
 
 if TYPE_CHECKING:
@@ -50,8 +50,18 @@ lock files of exactly the unit numbers its lease names).  --mutex: an
 ipcsem.Mutex (capacity 1); after an owner dies holding it, each next owner
 must be told previous_owner_died until one releases it normally.
 
-The report (stdout; --json for the whole of it) gives kills, self-kills,
-lock repairs, cycles, recovered units, over-admissions and lost units.
+On ZooKeeper (--backend zookeeper://HOST:PORT/CHROOT, or $IPCSEM_BACKEND):
+the same storm, workers and oracle on this host, the semaphore on the
+server; the supervisor is `ipcsem supervise --backend URL NAME` (this
+host's watcher of local holders); no self-kills (no ledger transaction to
+die in: --self-kill-fraction is shm only).  It proves the same: no
+over-admission by the flock oracle, every unit back after the storm (this
+host's dead reaped by recover(), the rest when their sessions expire: give
+a short ?session_timeout=2 in the URL), tokens increasing across kills.
+
+The report (stdout; --json for the whole of it) gives the backend, kills,
+self-kills, lock repairs (shm), cycles, recovered units, over-admissions
+and lost units.
 Progress every 5 s on stderr unless -q.  Stops after --duration or
 --kills, whichever comes first (1000 kills if neither is given)."""
 
@@ -63,6 +73,8 @@ examples:
   ipcsem chaos --duration 10s --slots --spawn fork     slotted: per-slot oracle
   ipcsem chaos --duration 10s --mutex --spawn fork     a robust mutex
   ipcsem chaos --duration 5s --json | jq '.ok, .over_admissions, .lost_units'
+  ipcsem --backend 'zookeeper://zk1:2181/ipcsem?session_timeout=2' chaos \\
+      --duration 30s --kill-every 100ms --spawn fork     on ZooKeeper
 
 exit status:
   0   pass: no over-admission, no lost unit, every check passed
@@ -115,9 +127,9 @@ def add_parser(sub: Subcommands) -> None:
                    help="mean time between kills, jittered (10ms)")
     p.add_argument("--no-supervisor", dest="supervisor", action="store_false",
                    help="run without `ipcsem supervise` (waiters must heal by themselves)")
-    p.add_argument("--self-kill-fraction", type=float, default=0.2, metavar="F",
+    p.add_argument("--self-kill-fraction", type=float, default=None, metavar="F",
                    help="share of workers that SIGKILL themselves inside a ledger "
-                        "transaction (0.2)")
+                        "transaction (0.2; shm only)")
     p.add_argument("--single-unit", dest="multi_unit", action="store_false",
                    help="acquire 1 unit at a time (default: 1 or 2)")
     kind = p.add_mutually_exclusive_group()
@@ -172,9 +184,9 @@ class _StopSignals:
 
 def _check(args: argparse.Namespace) -> None:
     """UsageError / CliError for what argparse cannot see."""
-    # The storm's oracle and its supervisor are this machine's (flocks,
-    # the shm supervisor): on another backend it would prove nothing yet.
-    shm_only(args, "ipcsem chaos")
+    # The oracle (flocks) and the workers are this machine's on any
+    # backend; the semaphore is the backend's (args.backend, resolved by
+    # dispatch).
     if args.chaos_name is not None and args.name is not None and args.chaos_name != args.name:
         raise UsageError(f"NAME {args.chaos_name!r} and --name {args.name!r} differ")
     args.name = args.chaos_name if args.chaos_name is not None else args.name
@@ -187,13 +199,26 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--capacity must be in 1..{limit}, got {args.capacity}")
     if args.kills is not None and args.kills < 1:
         raise UsageError(f"--kills must be >= 1, got {args.kills}")
-    if not 0.0 <= args.self_kill_fraction <= 1.0:
-        raise UsageError(f"--self-kill-fraction must be in 0..1, got {args.self_kill_fraction}")
+    fraction = args.self_kill_fraction
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise UsageError(f"--self-kill-fraction must be in 0..1, got {fraction}")
+    if fraction and not is_shm(args.backend):
+        raise UsageError("--self-kill-fraction works on the shm backend only (workers kill "
+                         "themselves inside a ledger transaction; "
+                         f"--backend {args.backend} has none)")
     if args.oracle_slots is not None and args.oracle_slots < 1:
         raise UsageError(f"--oracle-slots must be >= 1, got {args.oracle_slots}")
-    if args.name is not None and os.path.exists(_names.shm_path(args.name)):
+    if args.name is not None and _exists(args.name, args.backend):
         raise CliError(f"semaphore {args.name!r} already exists: a storm creates its own and "
                        "removes it at the end (pick another NAME)")
+
+
+def _exists(name: str, backend: str) -> bool:
+    """NAME is there already (on shm: any file of that name, even one
+    ipcsem would refuse to open)."""
+    if is_shm(backend):
+        return os.path.exists(_names.shm_path(name))
+    return name in _backend.resolve(backend).names()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -233,6 +258,6 @@ def _storm(args: argparse.Namespace, stops: _StopSignals) -> Report:
     storm = Storm(args.name, args.capacity, args.workers, args.kill_every, args.duration,
                   args.kills, args.supervisor, args.self_kill_fraction, args.seed,
                   args.multi_unit, spawn=args.spawn, slots=args.slots, mutex=args.mutex,
-                  oracle_slots=args.oracle_slots, progress=progress)
+                  oracle_slots=args.oracle_slots, progress=progress, backend=args.backend)
     stops.attach(storm)
     return storm.run(handle_signals=False)
