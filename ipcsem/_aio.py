@@ -341,7 +341,7 @@ os.register_at_fork(after_in_child=_scans.after_fork_in_child)
 
 
 class _AsyncPrimitive(Opened):
-    __slots__ = ("__weakref__", "_capacity", "_handle", "_name", "_pending")
+    __slots__ = ("__weakref__", "_capacity", "_handle", "_name", "_opened_on", "_pending")
 
     def __init__(self, name: str, params: Params | None, backend: str | None,
                  group: str | int | None, policy: dict[str, object],

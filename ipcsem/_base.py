@@ -52,6 +52,7 @@ class Opened:
     if not TYPE_CHECKING:
         __slots__ = ()
     _name: str
+    _opened_on: _backend.Backend
     _handle: _backend.Handle
     _capacity: int
 
@@ -65,6 +66,7 @@ class Opened:
         if gid is not None:
             kw["group"] = gid
         self._name = name
+        self._opened_on = b
         self._handle = b.open(name, params, **kw)
         self._capacity = self._handle.params.capacity
         found = self._handle.params
@@ -129,8 +131,8 @@ class Opened:
         self._handle.close()
 
     def unlink(self) -> None:
-        """Remove the name (see ipcsem.unlink)."""
-        unlink(self._name)
+        """Remove the name on this semaphore's backend (see ipcsem.unlink)."""
+        self._opened_on.unlink(self._name)
 
     def __repr__(self) -> str:
         kind = type(self).__name__

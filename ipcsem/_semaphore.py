@@ -74,7 +74,7 @@ class _Primitive(Opened, _ledger.Primitive):
     the shared-memory backend without running any Python, and otherwise calls
     the ``_*_slow`` methods here, which are the implementation."""
 
-    __slots__ = ("__weakref__", "_capacity", "_handle", "_name")
+    __slots__ = ("__weakref__", "_capacity", "_handle", "_name", "_opened_on")
 
     def __init__(self, name: str, params: Params | None, backend: str | None,
                  group: str | int | None, policy: dict[str, object],

@@ -118,6 +118,10 @@ class Book:
         return self
 
     def add(self, h: Hold) -> None:
+        # A forked child's first grant goes into a book of its own, not
+        # into the one inherited from its parent (which its next look
+        # would empty, grant and all).
+        self.fresh()
         with self.lock:
             self.holds.append(h)
             if h.lease is not None:

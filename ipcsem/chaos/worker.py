@@ -134,15 +134,6 @@ def run_forked(cfg: WorkerConfig, err_path: str) -> None:
         os.dup2(err, 2)
         os.close(null)
         os.close(err)
-        if cfg.backend != "shm":
-            # SEAM REQUEST (ipcsem/_zk/_lease.py, Book.add): a forked child's
-            # first grant is recorded in the book inherited from the storm
-            # process, which the child's next look empties (Book.fresh), so
-            # its release says it holds nothing.  A backend of the child's
-            # own, made on first use, has books of its own.
-            from .. import _backend
-
-            _backend.forget(cfg.backend)
         main(cfg)
         code = 0
     except BaseException:  # noqa: BLE001 - a forked child reaches os._exit whatever it raised

@@ -166,3 +166,41 @@ def test_no_server_is_unavailable_within_the_connect_timeout():
         resolve(url).open("x", P(1))
     assert time.monotonic() - t0 < 5
     forget(url)
+
+
+def test_a_forked_child_holds_what_it_was_granted(url):
+    """The parent has the semaphore open (its backend, and its books, are
+    inherited by a fork); the child's first grant is the child's, and its
+    release finds it (it used to land in the inherited book, which the
+    child's next look emptied)."""
+    import os
+
+    import ipcsem
+
+    parent = ipcsem.Semaphore("forked", capacity=2, backend=url)
+    pid = os.fork()
+    if pid == 0:                      # the child: exit status says what happened
+        code = 1
+        try:
+            s = ipcsem.Semaphore("forked", backend=url)
+            if s.acquire(timeout=10):
+                s.release()
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert parent.available == 2
+    parent.close()
+
+
+def test_unlink_of_a_semaphore_uses_its_backend(url):
+    """Semaphore.unlink() removes the name where the semaphore lives (it
+    used to ask the shared-memory backend: NotFound, name left)."""
+    import ipcsem
+
+    s = ipcsem.Semaphore("unlinked-here", capacity=1, backend=url)
+    assert "unlinked-here" in ipcsem.names(url)
+    s.unlink()
+    assert "unlinked-here" not in ipcsem.names(url)
+    s.close()
