@@ -535,7 +535,18 @@ def _md_asyncio(f):
     return [*md, "ns per operation (pair: one acquire + release; handoff: one grant through "
                  "the queue), best of N runs. tools/bench/figures/asyncio.py says how.", "",
                  table(["row", "per op", "vs sync pair", "vs asyncio.Semaphore pair",
-                        "runs × n"], out), ""]
+                        "runs × n"], out), "",
+                 *_md_loop_gaps(f)]
+
+
+def _md_loop_gaps(f):
+    if f.get("loop_gaps_error"):
+        return ["Loop gaps with 1,000 waiting tasks: " + f["loop_gaps_error"], ""]
+    if not f.get("loop_gaps_table"):
+        return []
+    return ["Loop gaps with 1,000 waiting tasks (a 1 ms ticker; 4 semaphores of capacity 2, "
+            "8 churners; fresh processes; tools/bench/loopgaps.py says how):", "",
+            *f["loop_gaps_table"], ""]
 
 
 def _md_inversion(f):

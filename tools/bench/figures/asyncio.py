@@ -15,8 +15,11 @@ Rows (ns per operation, best of cfg.reps runs, gc off):
   ``asyncio.Semaphore``; and across processes: this process's task and a
   sync process (``ipcsem.Semaphore``) handing one unit back and forth.
 
-No target is pinned in the issue; the figure shows what an async waiter
-pays for cross-process safety over the in-process semaphore.
+No target is pinned in the issue for these rows; the figure shows what an
+async waiter pays for cross-process safety over the in-process semaphore.
+
+Then the loop gaps with 1,000 waiting tasks (issue 10's 10 ms bound),
+ipcsem.AsyncSemaphore next to asyncio.Semaphore: tools/bench/loopgaps.py.
 
 Returns {"rows": {key: {"ns", "runs_ns", "n", "reps", "status"}}}; only the
 ipcsem contender applies (the others have no event-loop API).
@@ -257,4 +260,15 @@ def fig_asyncio(cfg, cs):
         lambda x, y: _handoff_process(x, y, "async", "async"), handoffs, 2)
     row("handoff asyncio.Semaphore task-task", lambda *_: _handoff_tasks(
         lambda: (_asyncio.Semaphore(0), _asyncio.Semaphore(0))), handoffs)
+    # The loop gaps with 1,000 waiting tasks, next to asyncio.Semaphore's
+    # (tools/bench/loopgaps.py): fresh processes, interleaved runs.
+    from .. import loopgaps
+
+    try:
+        out["loop_gaps"] = loopgaps.measure(runs=1 if cfg.quick else 3)
+        out["loop_gaps_table"] = loopgaps.table(out["loop_gaps"])
+        log("  fig7 loop gaps:\n    " + "\n    ".join(out["loop_gaps_table"]))
+    except Exception as e:
+        out["loop_gaps_error"] = f"{type(e).__name__}: {e}"
+        log(f"  fig7 loop gaps: {out['loop_gaps_error']}")
     return out
