@@ -39,7 +39,7 @@ WHY_NOT = _why_not()
 # Without a server (or kazoo), the modules that need one are not collected
 # and ONE line says why; under CI that is an error instead, so CI never
 # passes without running them.  test_admission_model.py (pure) always runs.
-NEEDS_SERVER = ["test_chaos.py", "test_cli.py", "test_contract.py", "test_crashes.py",
+NEEDS_SERVER = ["test_zk_chaos.py", "test_cli.py", "test_contract.py", "test_crashes.py",
                 "test_ensemble.py", "test_storm.py"]
 collect_ignore = NEEDS_SERVER if WHY_NOT is not None else []
 

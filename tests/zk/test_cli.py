@@ -64,7 +64,7 @@ def test_bad_backend_is_one_line_and_exit_2(url):
     r = cli("ls", env=dict(os.environ, IPCSEM_BACKEND="zookeeper://"))
     assert r.returncode == 2
     assert len(r.stderr.splitlines()) == 1 and "IPCSEM_BACKEND" in r.stderr
-    # (an option of one backend only: tests/zk/test_chaos.py)
+    # (an option of one backend only: tests/zk/test_zk_chaos.py)
 
 
 def test_run_holds_a_unit_status_shows_it_rm_refuses_while_held(url):
