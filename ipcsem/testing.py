@@ -957,7 +957,7 @@ def _define_fixtures() -> None:
 # fast, or a measured program such as the loop-gap one, whose every garbage
 # collection would otherwise walk pytest's heap too -- never imports pytest.
 _FIXTURES = ("agent_factory", "holder_factory", "ipcsem_name")
-if __name__ != "__main__" and "pytest" in sys.modules:
+if __name__ != "__main__" and sys.modules.get("pytest") is not None:
     _define_fixtures()
     __all__ += list(_FIXTURES)
 
@@ -1957,7 +1957,7 @@ def _define_async_fixtures() -> None:
 
 
 _ASYNC_FIXTURES = ("aio_agent_factory", "ipcsem_loop")
-if __name__ != "__main__" and "pytest" in sys.modules:
+if __name__ != "__main__" and sys.modules.get("pytest") is not None:
     _define_async_fixtures()
     __all__ += list(_ASYNC_FIXTURES)
 
