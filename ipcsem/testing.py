@@ -1964,10 +1964,14 @@ if __name__ != "__main__" and sys.modules.get("pytest") is not None:
 
 def __getattr__(name: str) -> Any:
     """The fixtures, for an import by name before pytest was loaded
-    (ImportError if pytest is not installed)."""
+    (AttributeError, saying so, if pytest cannot be imported)."""
     if name in _FIXTURES or name in _ASYNC_FIXTURES:
-        _define_fixtures()
-        _define_async_fixtures()
+        try:
+            _define_fixtures()
+            _define_async_fixtures()
+        except ImportError as e:
+            raise AttributeError(f"{__name__}.{name} is a pytest fixture, and pytest cannot "
+                                 f"be imported: {e}") from e
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 __all__ += ["AsyncAgent", "AsyncAgentError", "LoopGaps", "Resources", "new_event_loop",
