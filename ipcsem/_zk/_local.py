@@ -148,19 +148,22 @@ class Reaper:
             self._owners.setdefault(path, set()).add(owner)
             if path in self._paths or path in self._dead:
                 return
-            fd = self._fds.get(ident)
-            if fd is None:
-                try:
-                    fd = open_watch(pid, start)
-                except PermissionError:
-                    return  # cannot see it: treat as alive, never reap
-                except OSError as e:
-                    log.debug("pidfd_open(%d): %s", pid, e)
-                    return
-                if fd == DEAD:
-                    self._dead.add(path)
-                else:
-                    self._fds[ident] = fd
+            if ident in self._fds:
+                # another node of a process watched already: its pidfd is
+                # polled, nothing for the reaper thread to do (no wake-up)
+                self._paths[path] = ident
+                return
+            try:
+                fd = open_watch(pid, start)
+            except PermissionError:
+                return  # cannot see it: treat as alive, never reap
+            except OSError as e:
+                log.debug("pidfd_open(%d): %s", pid, e)
+                return
+            if fd == DEAD:
+                self._dead.add(path)
+            else:
+                self._fds[ident] = fd
             self._paths[path] = ident
         self.poke()
 
