@@ -49,7 +49,7 @@ from .._errors import (
     Unlinked,
 )
 from .._records import Holder, Lease, Params, Stats, Waiter
-from . import _codec
+from . import _codec, _multiread
 from ._admission import TAKE, Decision, decide, head_of
 from ._codec import Gate, HeldNode, Meta, ReqNode
 from ._lease import Book, Hold, OnLost, ZkLease
@@ -120,7 +120,14 @@ class _Vanished(Exception):
     """Internal: our request node is gone."""
 
 
-Reads = tuple[Future, Future, Future | None]
+class Reads(NamedTuple):
+    """The reads of one decision in flight: the gate and the listing as one
+    multiRead (``listing`` None), or as two pipelined requests; the posts
+    exists-watch, if one was set."""
+
+    gate: Future
+    listing: Future | None
+    posts: Future | None
 
 
 class ZkHandle(Handle):
@@ -196,9 +203,17 @@ class ZkHandle(Handle):
         the gate, which every grant changes and would wake every head),
         ``children_watch`` on the queue."""
         posts = None if watch is None else client.exists_async(self._posts, watch=watch)
-        return (client.get_async(self._gate),
-                client.get_children_async(self._q, watch=children_watch, include_data=True),
-                posts)
+        if children_watch is None and self._conn.multiread is not False:
+            # gate, then the queue's version (arrivals), then its children:
+            # in this order, each at least as new as the one before
+            return Reads(_multiread.send(client, [_multiread.Op(_multiread.GET_DATA, self._gate),
+                                                  _multiread.Op(_multiread.GET_DATA, self._q),
+                                                  _multiread.Op(_multiread.GET_CHILDREN,
+                                                                self._q)]),
+                         None, posts)
+        return Reads(client.get_async(self._gate),
+                     client.get_children_async(self._q, watch=children_watch, include_data=True),
+                     posts)
 
     def _on_posts(self, event: object = None) -> None:
         with self._posts_lock:
@@ -217,7 +232,7 @@ class ZkHandle(Handle):
             return self._posts_fire
 
     def _read_finish(self, futures: Reads) -> View:
-        g, c, p = futures
+        g, c, p = futures.gate, futures.listing, futures.posts
         if p is not None:
             try:
                 there = self._get(p, "watching the posts")
@@ -227,8 +242,11 @@ class ZkHandle(Handle):
             if there is None:
                 raise Unlinked(name=self.name)
         try:
-            data, stat = self._get(g, "reading the gate")
-            names, qstat = self._get(c, "listing the queue")
+            if c is None:
+                data, stat, names, qstat = self._multiread_finish(g)
+            else:
+                data, stat = self._get(g, "reading the gate")
+                names, qstat = self._get(c, "listing the queue")
         except _Retry:
             raise
         except Exception as e:
@@ -240,6 +258,34 @@ class ZkHandle(Handle):
         view = View(gate, stat.version, qstat.version, reqs, held)
         self._cache = view
         return view
+
+    def _multiread_finish(self, f: Future) -> tuple[bytes, Any, list[str], Any]:
+        """The gate's data and stat, the queue's children and stat, from
+        one multiRead; a server that does not know multiRead (before 3.6)
+        is read with two requests from then on."""
+        try:
+            results = self._get(f, "reading the gate and the queue")
+        except _Retry:
+            if self._conn.multiread is None:
+                # never answered: an old server may drop the connection
+                # for an opcode it does not know
+                self._conn.multiread = False
+            raise
+        except Exception as e:
+            if error_name(e) == "NoNodeError":
+                raise
+            log.info("ipcsem: the ZooKeeper server refused multiRead (%s): two reads per "
+                     "decision from now on", error_name(e))
+            self._conn.multiread = False
+            raise _Retry("multiRead refused") from None
+        self._conn.multiread = True
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        if len(results) != 3:
+            raise _Retry(f"multiRead: {len(results)} results for 3 reads")
+        (data, stat), (_qdata, qstat), names = results
+        return data, stat, names, qstat
 
     def _decide(self, view: View, take: tuple[int, int] | None = None) -> Decision:
         return decide(self.params.capacity, view.gate.unowned, view.held, view.reqs,

@@ -41,6 +41,25 @@ def _op(req: object) -> str:
     return f"{kind}:{_target(getattr(req, 'path', None))}"
 
 
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's threads so far, by thread name."""
+    import threading
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        name = names.get(int(tid), name).split(" (")[0]
+        fields = raw[raw.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def worker(kind: str, url: str, name: str, cap: int, start_at: float, duration: float,
            profile: bool) -> None:
     profs = []
@@ -80,6 +99,7 @@ def worker(kind: str, url: str, name: str, cap: int, start_at: float, duration: 
     if delay > 0:
         time.sleep(delay)
     counts.clear()
+    threads0 = _thread_cpu()
     prof = None
     if profile:
         import cProfile
@@ -92,6 +112,9 @@ def worker(kind: str, url: str, name: str, cap: int, start_at: float, duration: 
         release(acquire())
         n += 1
     cpu = time.process_time() - cpu0
+    threads = _thread_cpu()
+    for k, v in threads0.items():
+        threads[k] = threads.get(k, 0.0) - v
     if prof is not None:
         prof.disable()
         import pstats
@@ -100,7 +123,7 @@ def worker(kind: str, url: str, name: str, cap: int, start_at: float, duration: 
             p.create_stats()
             st.add(p)
         st.dump_stats(f"/tmp/profile_zk.{os.getpid()}.prof")
-    print(json.dumps({"count": n, "cpu": cpu, "requests": dict(counts),
+    print(json.dumps({"count": n, "cpu": cpu, "requests": dict(counts), "threads": threads,
                       "events": dict(events),
                       "profile": f"/tmp/profile_zk.{os.getpid()}.prof" if prof else None}),
           flush=True)
@@ -151,6 +174,12 @@ def main() -> int:
           f"{sum(req.values()) / total:.2f} requests/acq, {cpu / total * 1e3:.2f} ms CPU/acq")
     for k, v in req.most_common():
         print(f"  {v / total:6.2f}  {k}")
+    th: collections.Counter[str] = collections.Counter()
+    for o in outs:
+        th.update(o["threads"])
+    print("  client CPU per acquisition by thread (ms):")
+    for k, v in th.most_common():
+        print(f"  {v / total * 1e3:6.2f}  {k}")
     if ev:
         print("  watch events per acquisition:")
         for k, v in ev.most_common():
