@@ -544,20 +544,29 @@ class ZkHandle(Handle):
         # A blocking caller needs no proof that the units are busy before it
         # queues: try the last known state (one transaction when nobody
         # competes), else queue at once, without the read take() would do.
-        # Under contention (this handle queued a moment ago) the cached state
-        # is almost surely stale: queue at once instead of losing a round trip.
+        # Under contention (this handle's last optimistic try failed, or its
+        # last queued request had to wait, a moment ago) the cached state is
+        # almost surely stale: queue at once instead of losing a round trip.
+        # A queued request granted from its first look is no such sign: a
+        # process that always finds the units free would otherwise queue
+        # (four requests) for ever instead of taking (one).
         lease = None
         if time.monotonic() - self._queued_at > CONTENDED_FOR:
+            tried = self._cache is not None
             try:
                 lease = self._take_cached(req)
             except _Retry:
                 lease = None
+            if lease is None and tried:
+                self._queued_at = time.monotonic()
         if lease is not None:
             return lease
-        self._queued_at = time.monotonic()
         w = _Queued(self, req, None)
         try:
-            return w.run(deadline, on_slice)
+            got = w.run(deadline, on_slice)
+            if w.waited:
+                self._queued_at = time.monotonic()
+            return got
         except BaseException:
             w.abandon()
             raise
@@ -973,6 +982,7 @@ class _Queued:
         self.session: Session | None = None
         self.event = threading.Event()
         self.finished = False
+        self.waited = False                   # run(): it had to wait for a watch
         self.granting: list[str] | None = None  # hold path of a grant in flight
         # Watches (one-shot exists-watches, by path): requests ahead of us
         # (their ReqNode) and holds (None).  A hold's DELETED lets us grant
@@ -1286,6 +1296,7 @@ class _Queued:
                 continue
             if got is not None:
                 return got
+            self.waited = True
             while True:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
