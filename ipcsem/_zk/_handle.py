@@ -49,7 +49,7 @@ from .._errors import (
     Unlinked,
 )
 from .._records import Holder, Lease, Params, Stats, Waiter
-from . import _codec
+from . import _codec, _multiread
 from ._admission import TAKE, Decision, decide, head_of
 from ._codec import Gate, HeldNode, Meta, ReqNode
 from ._lease import Book, Hold, OnLost, ZkLease
@@ -120,7 +120,14 @@ class _Vanished(Exception):
     """Internal: our request node is gone."""
 
 
-Reads = tuple[Future, Future, Future | None]
+class Reads(NamedTuple):
+    """The reads of one decision in flight: the gate and the listing as one
+    multiRead (``listing`` None), or as two pipelined requests; the posts
+    exists-watch, if one was set."""
+
+    gate: Future
+    listing: Future | None
+    posts: Future | None
 
 
 class ZkHandle(Handle):
@@ -155,6 +162,9 @@ class ZkHandle(Handle):
         self._waits: set[_Queued] = set()      # close() wakes them (they raise Closed)
         self._last_heal = 0.0
         self._queued_at = float("-inf")
+        # whether a waiter watches the holds of the requests that left ahead
+        # of it before it reads (they were still held when it last looked)
+        self._prearm_holds = True
         self._timeout = conn.options.connect_timeout
 
     @property
@@ -193,9 +203,17 @@ class ZkHandle(Handle):
         the gate, which every grant changes and would wake every head),
         ``children_watch`` on the queue."""
         posts = None if watch is None else client.exists_async(self._posts, watch=watch)
-        return (client.get_async(self._gate),
-                client.get_children_async(self._q, watch=children_watch, include_data=True),
-                posts)
+        if children_watch is None and self._conn.multiread is not False:
+            # gate, then the queue's version (arrivals), then its children:
+            # in this order, each at least as new as the one before
+            return Reads(_multiread.send(client, [_multiread.Op(_multiread.GET_DATA, self._gate),
+                                                  _multiread.Op(_multiread.GET_DATA, self._q),
+                                                  _multiread.Op(_multiread.GET_CHILDREN,
+                                                                self._q)]),
+                         None, posts)
+        return Reads(client.get_async(self._gate),
+                     client.get_children_async(self._q, watch=children_watch, include_data=True),
+                     posts)
 
     def _on_posts(self, event: object = None) -> None:
         with self._posts_lock:
@@ -214,7 +232,7 @@ class ZkHandle(Handle):
             return self._posts_fire
 
     def _read_finish(self, futures: Reads) -> View:
-        g, c, p = futures
+        g, c, p = futures.gate, futures.listing, futures.posts
         if p is not None:
             try:
                 there = self._get(p, "watching the posts")
@@ -224,8 +242,11 @@ class ZkHandle(Handle):
             if there is None:
                 raise Unlinked(name=self.name)
         try:
-            data, stat = self._get(g, "reading the gate")
-            names, qstat = self._get(c, "listing the queue")
+            if c is None:
+                data, stat, names, qstat = self._multiread_finish(g)
+            else:
+                data, stat = self._get(g, "reading the gate")
+                names, qstat = self._get(c, "listing the queue")
         except _Retry:
             raise
         except Exception as e:
@@ -237,6 +258,34 @@ class ZkHandle(Handle):
         view = View(gate, stat.version, qstat.version, reqs, held)
         self._cache = view
         return view
+
+    def _multiread_finish(self, f: Future) -> tuple[bytes, Any, list[str], Any]:
+        """The gate's data and stat, the queue's children and stat, from
+        one multiRead; a server that does not know multiRead (before 3.6)
+        is read with two requests from then on."""
+        try:
+            results = self._get(f, "reading the gate and the queue")
+        except _Retry:
+            if self._conn.multiread is None:
+                # never answered: an old server may drop the connection
+                # for an opcode it does not know
+                self._conn.multiread = False
+            raise
+        except Exception as e:
+            if error_name(e) == "NoNodeError":
+                raise
+            log.info("ipcsem: the ZooKeeper server refused multiRead (%s): two reads per "
+                     "decision from now on", error_name(e))
+            self._conn.multiread = False
+            raise _Retry("multiRead refused") from None
+        self._conn.multiread = True
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        if len(results) != 3:
+            raise _Retry(f"multiRead: {len(results)} results for 3 reads")
+        (data, stat), (_qdata, qstat), names = results
+        return data, stat, names, qstat
 
     def _decide(self, view: View, take: tuple[int, int] | None = None) -> Decision:
         return decide(self.params.capacity, view.gate.unowned, view.held, view.reqs,
@@ -495,20 +544,29 @@ class ZkHandle(Handle):
         # A blocking caller needs no proof that the units are busy before it
         # queues: try the last known state (one transaction when nobody
         # competes), else queue at once, without the read take() would do.
-        # Under contention (this handle queued a moment ago) the cached state
-        # is almost surely stale: queue at once instead of losing a round trip.
+        # Under contention (this handle's last optimistic try failed, or its
+        # last queued request had to wait, a moment ago) the cached state is
+        # almost surely stale: queue at once instead of losing a round trip.
+        # A queued request granted from its first look is no such sign: a
+        # process that always finds the units free would otherwise queue
+        # (four requests) for ever instead of taking (one).
         lease = None
         if time.monotonic() - self._queued_at > CONTENDED_FOR:
+            tried = self._cache is not None
             try:
                 lease = self._take_cached(req)
             except _Retry:
                 lease = None
+            if lease is None and tried:
+                self._queued_at = time.monotonic()
         if lease is not None:
             return lease
-        self._queued_at = time.monotonic()
         w = _Queued(self, req, None)
         try:
-            return w.run(deadline, on_slice)
+            got = w.run(deadline, on_slice)
+            if w.waited:
+                self._queued_at = time.monotonic()
+            return got
         except BaseException:
             w.abandon()
             raise
@@ -924,6 +982,7 @@ class _Queued:
         self.session: Session | None = None
         self.event = threading.Event()
         self.finished = False
+        self.waited = False                   # run(): it had to wait for a watch
         self.granting: list[str] | None = None  # hold path of a grant in flight
         # Watches (one-shot exists-watches, by path): requests ahead of us
         # (their ReqNode) and holds (None).  A hold's DELETED lets us grant
@@ -932,6 +991,7 @@ class _Queued:
         # it was most likely granted, and its hold's name follows from its
         # own, so the next read watches that hold in the same round trip.
         self.last: View | None = None
+        self.nodes = handle._q + "/"          # events on paths below it are node watches
         self.watched: dict[str, ReqNode | None] = {}
         self.departed: set[str] = set()
         self.left: list[ReqNode] = []
@@ -959,7 +1019,14 @@ class _Queued:
         # changed, wake the waiter.
         path = getattr(event, "path", None)
         kind = getattr(event, "type", None)
-        node = self.watched.pop(path, None) if path is not None else None
+        node = None
+        if path is not None and path.startswith(self.nodes):
+            if path not in self.watched:
+                # A node watch we no longer rely on (a guessed predecessor
+                # that was not ours, a hold no longer in our way): waking
+                # for it would cost a read for nothing.
+                return
+            node = self.watched.pop(path, None)
         if kind == "DELETED" and path is not None and path.rsplit("/", 1)[-1].startswith("h_"):
             self.departed.add(path)
         else:
@@ -990,15 +1057,27 @@ class _Queued:
         return out
 
     def _armed(self, sent: list[tuple[str, ReqNode | None, Future]]) -> bool:
-        """Wait for the exists replies; False if some node was gone already
-        (its watch then waits for a creation that never comes: names are
-        unique)."""
-        all_there = True
-        for p, _node, f in sent:
+        """Wait for the exists replies; False if some node was gone already."""
+        return not self._gone(sent)
+
+    def _gone(self, sent: list[tuple[str, ReqNode | None, Future]]
+              ) -> list[tuple[str, ReqNode | None]]:
+        """Wait for the exists replies; the (path, node) of those gone already
+        (their watch then waits for a creation that never comes: names are
+        unique, so gone is gone for good)."""
+        gone = []
+        for p, node, f in sent:
             if self.h._get(f, "watching") is None:
                 self.watched.pop(p, None)
-                all_there = False
-        return all_there
+                gone.append((p, node))
+        return gone
+
+    def _keep_watching(self, paths: dict[str, ReqNode | None]) -> None:
+        """Rely on the watches of ``paths`` only: events of the others are
+        ignored from now on (see _fire)."""
+        for p in list(self.watched):      # one C call: kazoo's thread pops meanwhile
+            if p not in paths:
+                self.watched.pop(p, None)
 
     def _enqueue(self, client: Client, session: Session) -> Reads:
         """Queue a request node; returns the reads sent right behind it (one
@@ -1025,11 +1104,11 @@ class _Queued:
             t.set_data(h._gate, gate[0], version=gate[1])
         queued = t.commit_async()
         self.watched, self.departed, self.left = {}, set(), []
-        guess = self._guess_pred()
+        guess, likely_head = self._guess_pred()
         sent = self._arm(client, guess) if guess else []
         # Nobody ahead of us in the last listing we saw: we are likely the
         # head, so the first read already watches the posts.
-        self.watch_posts = not guess
+        self.watch_posts = likely_head
         reads = h._read_start(client, watch=h.posts_watch(session) if self.watch_posts else None)
         results = h._get(queued, "queueing")
         if any(isinstance(r, Exception) for r in results):
@@ -1045,22 +1124,25 @@ class _Queued:
         self._armed(sent)    # processed before the listing: what they found is what it shows
         return reads
 
-    def _guess_pred(self) -> dict[str, ReqNode | None]:
+    def _guess_pred(self) -> tuple[dict[str, ReqNode | None], bool]:
         """The request we will most likely stand behind (the last one of our
         priority or above in the last listing this handle saw): watched in
         the queueing round trip, under contention this saves the round trip
         of finding and watching it afterwards.  (Not its future hold: a
         watch on a node not yet created fires when it is, a wake-up for
-        nothing.)"""
+        nothing.)  Only when one stood ahead of us: behind a longer queue
+        the guess is mostly wrong (requests queued since that listing stand
+        between), a request for nothing, and the round trip it saves is
+        hidden in the wait anyway.  Also: whether we are likely the head."""
         h = self.h
         cache = h._cache
         if cache is None:
-            return {}
+            return {}, True
         ahead = [r for r in h._decide(cache).order if r.priority >= self.req.priority]
-        if not ahead:
-            return {}
+        if len(ahead) != 1:
+            return {}, not ahead
         pred = ahead[-1]
-        return {f"{h._q}/{pred.name}": pred}
+        return {f"{h._q}/{pred.name}": pred}, False
 
     def step(self) -> ZkLease | None:
         """Queue if needed, decide, grant if admissible, else arm the watches."""
@@ -1084,10 +1166,15 @@ class _Queued:
                 else:
                     # the holds of requests that left ahead of us, watched
                     # before the read: a hold it finds is in the listing, one
-                    # it misses is not (one connection: requests in order)
+                    # it misses is not (one connection: requests in order).
+                    # Only while such holds were still there last time: when
+                    # they are short (gone before we read) the watch is a
+                    # request for nothing, and a hold the listing does show
+                    # is watched after it anyway (head branch below).
                     left, self.left = self.left, []
-                    holds: dict[str, ReqNode | None] = {
-                        hp: None for hp in map(self._hold_path, left) if hp is not None}
+                    hps = [hp for hp in map(self._hold_path, left) if hp is not None]
+                    holds: dict[str, ReqNode | None] = dict.fromkeys(
+                        hps if h._prearm_holds else [])
                     sent = self._arm(client, holds)
                     w = h.posts_watch(session) if self.watch_posts else None
                     many = self.last is not None and len(self.last.held) > 32
@@ -1095,6 +1182,9 @@ class _Queued:
                         client, watch=w,
                         children_watch=self._kick if many and self.watch_posts else None))
                     self._armed(sent)
+                    if hps:
+                        listed = {f"{h._q}/{x.name}" for x in view.held}
+                        h._prearm_holds = any(hp in listed for hp in hps)
             self.last = view
             me = next((r for r in view.reqs if r.name == self.rname), None)
             if me is None:
@@ -1142,13 +1232,25 @@ class _Queued:
                 elif not self.stale:
                     self.stale = True     # a children watch instead (set by the next read)
                     continue
-                if not self._armed(self._arm(client, want)):
-                    self.stale = True
-                    continue   # one left already
+                self._keep_watching(want)
+                missing = self._gone(self._arm(client, want))
+                if missing:
+                    # one left already: a hold gone is a departure (grant
+                    # from this view minus it, as on its DELETED event); a
+                    # request gone ahead of us, a reason to read again
+                    for p, node in missing:
+                        if node is None:
+                            self.departed.add(p)
+                        else:
+                            self.left.append(node)
+                    continue
             else:
                 self.watch_posts = False
                 pred = dec.order[i - 1]
-                if not self._armed(self._arm(client, {f"{h._q}/{pred.name}": pred})):
+                only: dict[str, ReqNode | None] = {f"{h._q}/{pred.name}": pred}
+                self._keep_watching(only)
+                if not self._armed(self._arm(client, only)):
+                    self.left.append(pred)    # its hold is watched by the next read
                     continue
             self._watch_local(view, me, dec.order)
             return None
@@ -1162,10 +1264,12 @@ class _Queued:
         before: list[HeldNode | ReqNode] = [*view.held, *ahead]
         now = {f"{self.h._q}/{n.name}": n for n in before
                if n.mkey == MACHINE_KEY and n.pid != ME.pid}
-        for path in self.local_watched - now.keys():
-            reaper.forget(path, self)
+        # New ones first: a process that left one node for another keeps
+        # its pidfd (forgetting first would close it and open it again)
         for path in now.keys() - self.local_watched:
             reaper.watch(path, now[path].pid, now[path].start, self)
+        for path in self.local_watched - now.keys():
+            reaper.forget(path, self)
         self.local_watched = set(now)
 
     def _unwatch_local(self) -> None:
@@ -1192,6 +1296,7 @@ class _Queued:
                 continue
             if got is not None:
                 return got
+            self.waited = True
             while True:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:

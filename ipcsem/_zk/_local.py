@@ -66,6 +66,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=ME.refresh)
 
 DEAD = -1
+IDLE_PIDFDS = 64      # pidfds of processes no longer watched kept open, the latest first
 
 
 def open_watch(pid: int, start: int) -> int:
@@ -148,19 +149,24 @@ class Reaper:
             self._owners.setdefault(path, set()).add(owner)
             if path in self._paths or path in self._dead:
                 return
-            fd = self._fds.get(ident)
-            if fd is None:
-                try:
-                    fd = open_watch(pid, start)
-                except PermissionError:
-                    return  # cannot see it: treat as alive, never reap
-                except OSError as e:
-                    log.debug("pidfd_open(%d): %s", pid, e)
-                    return
-                if fd == DEAD:
-                    self._dead.add(path)
-                else:
-                    self._fds[ident] = fd
+            if ident in self._fds:
+                # another node of a process watched already: its pidfd is
+                # polled, nothing for the reaper thread to do (no wake-up);
+                # moved to the end: the latest are the idle ones kept longest
+                self._fds[ident] = self._fds.pop(ident)
+                self._paths[path] = ident
+                return
+            try:
+                fd = open_watch(pid, start)
+            except PermissionError:
+                return  # cannot see it: treat as alive, never reap
+            except OSError as e:
+                log.debug("pidfd_open(%d): %s", pid, e)
+                return
+            if fd == DEAD:
+                self._dead.add(path)
+            else:
+                self._fds[ident] = fd
             self._paths[path] = ident
         self.poke()
 
@@ -181,8 +187,14 @@ class Reaper:
             return set(self._paths)
 
     def _gc(self) -> None:
+        # The pidfds of processes no longer watched linger (the most recent
+        # IDLE_PIDFDS of them): under contention a waiter watches the same
+        # processes at every acquisition, and opening a pidfd means reading
+        # /proc to check its identity, and waking this thread to poll it.
+        # An idle one stays polled: its process's death closes it.
         live = set(self._paths.values())
-        for ident in [i for i in self._fds if i not in live]:
+        idle = [i for i in self._fds if i not in live]
+        for ident in idle[:max(0, len(idle) - IDLE_PIDFDS)]:
             self._to_close.append(self._fds.pop(ident))
 
     def poke(self) -> None:

@@ -265,6 +265,9 @@ class Connection:
         self._monitor: threading.Thread | None = None
         self._kick_monitor = threading.Event()
         self._doomed: list[str] = []       # paths of lost sessions to delete from the next one
+        # the servers answer multiRead (ZooKeeper 3.6+): None until one did
+        # or refused (then the handles read with two pipelined requests)
+        self.multiread: bool | None = None
 
     # ------------------------------------------------------------- access
     def current(self) -> tuple[Any, Session]:

@@ -342,3 +342,29 @@ def test_a_waiting_consumer_wakes_on_a_post(backend, agents, url):
         lease = h.take(*req())
         h.disown(1)
         assert lease.valid and h.available == 0
+
+
+def test_one_multiread_reads_what_two_reads_read(backend, agents, url):
+    """A decision's reads are one multiRead (gate, queue version, children);
+    a server before 3.6 gets two pipelined reads instead.  Both must see the
+    same state, and a handle on the two-read path must decide the same
+    (here: a 2-unit head still not overtaken)."""
+    h = backend.open("mr", P(2))
+    mine = h.take(*req(1))
+    big = agents(url, "mr")
+    big.send({"op": "wait", "units": 2, "timeout": 20})
+    wait_until(lambda: len(h.waiters()) == 1)
+    client, _ = h._conn.current()
+    assert h._conn.multiread is True            # the test server (3.8) answered one
+    one = h._read(client)
+    h._conn.multiread = False
+    two = h._read(client)
+    assert (one.gate, one.version, one.arrivals) == (two.gate, two.version, two.arrivals)
+    assert sorted(one.reqs) == sorted(two.reqs) and sorted(one.held) == sorted(two.held)
+    assert [r.units for r in one.reqs] == [2] and [x.units for x in one.held] == [1]
+    for _ in range(20):
+        assert h.take(*req(1)) is None           # decided from two reads
+    h.release(1, 0, mine)
+    assert big.reply()["lease"] is not None
+    assert h.take(*req(1)) is None and h.available == 0
+    assert h._conn.multiread is False            # never switched back by itself
