@@ -957,7 +957,7 @@ def _define_fixtures() -> None:
 # fast, or a measured program such as the loop-gap one, whose every garbage
 # collection would otherwise walk pytest's heap too -- never imports pytest.
 _FIXTURES = ("agent_factory", "holder_factory", "ipcsem_name")
-if __name__ != "__main__" and "pytest" in sys.modules:
+if __name__ != "__main__" and sys.modules.get("pytest") is not None:
     _define_fixtures()
     __all__ += list(_FIXTURES)
 
@@ -1957,17 +1957,22 @@ def _define_async_fixtures() -> None:
 
 
 _ASYNC_FIXTURES = ("aio_agent_factory", "ipcsem_loop")
-if __name__ != "__main__" and "pytest" in sys.modules:
+if __name__ != "__main__" and sys.modules.get("pytest") is not None:
     _define_async_fixtures()
     __all__ += list(_ASYNC_FIXTURES)
 
 
 def __getattr__(name: str) -> Any:
     """The fixtures, for an import by name before pytest was loaded
-    (ImportError if pytest is not installed)."""
+    (AttributeError, so ImportError from ``from ... import``, if pytest
+    cannot be imported)."""
     if name in _FIXTURES or name in _ASYNC_FIXTURES:
-        _define_fixtures()
-        _define_async_fixtures()
+        try:
+            _define_fixtures()
+            _define_async_fixtures()
+        except ImportError as e:
+            raise AttributeError(f"{name!r} is a pytest fixture and pytest cannot be "
+                                 f"imported: {e}") from e
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 __all__ += ["AsyncAgent", "AsyncAgentError", "LoopGaps", "Resources", "new_event_loop",
