@@ -51,6 +51,26 @@ class _DrivenProcess:
 
     proc: subprocess.Popen[bytes]
     pid: int
+    _lines: LineReader
+    _what = "agent"          # what its messages call it
+
+    def _next_line(self, timeout: float) -> str:
+        """The next line it says.  TimeoutError if nothing came within
+        ``timeout`` seconds; EOFError if it exited (with its exit status and
+        stderr's last line)."""
+        try:
+            line = self._lines.line(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{self._what} {self.pid} said nothing for {timeout} s") from None
+        if line is None:
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+            tail = stderr_tail(self.proc)
+            raise EOFError(f"{self._what} {self.pid} exited (rc={self.proc.poll()})"
+                           + (f": {tail}" if tail else ""))
+        return line
 
     @property
     def running(self) -> bool:
@@ -157,19 +177,7 @@ class Agent(_DrivenProcess):
         exited (the message has its exit status and stderr's last line)."""
         if self._pushback:
             return self._pushback.pop(0)
-        try:
-            line = self._lines.line(timeout)
-        except TimeoutError:
-            raise TimeoutError(f"agent {self.pid} said nothing for {timeout} s") from None
-        if line is None:
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                pass
-            tail = stderr_tail(self.proc)
-            raise EOFError(f"agent {self.pid} exited (rc={self.proc.poll()})"
-                           + (f": {tail}" if tail else ""))
-        return line
+        return self._next_line(timeout)
 
     def answered(self, within: float = 0.3) -> bool:
         """Whether it said something within ``within`` seconds (e.g. the
@@ -334,6 +342,8 @@ class AsyncAgent(_DrivenProcess):
     ``loop="uvloop"`` runs the agent on uvloop.
     """
 
+    _what = "aio agent"
+
     def __init__(self, *, backend: str | None = None, loop: str = "asyncio",
                  env: Mapping[str, str] | None = None, wait: bool = True) -> None:
         argv = [sys.executable, "-m", MODULE, "aio-agent", "--loop", loop]
@@ -358,33 +368,19 @@ class AsyncAgent(_DrivenProcess):
     def ready(self, timeout: float = 30) -> AsyncAgent:
         if self.start_time is not None:
             return self
-        words = self._read_line(timeout).split()
+        words = self._next_line(timeout).split()
         if len(words) != 3 or words[0] != "ready" or int(words[1]) != self.pid:
             raise AsyncAgentError("AgentError", f"aio agent {self.pid} said "
                                                 f"{' '.join(words)!r} instead of ready")
         self.start_time = int(words[2])
         return self
 
-    def _read_line(self, timeout: float) -> str:
-        try:
-            line = self._lines.line(timeout)
-        except TimeoutError:
-            raise TimeoutError(f"aio agent {self.pid} said nothing for {timeout} s") from None
-        if line is None:
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                pass
-            tail = stderr_tail(self.proc)
-            raise EOFError(f"aio agent {self.pid} exited (rc={self.proc.poll()})"
-                           + (f": {tail}" if tail else ""))
-        return line
 
     def _read(self, task: str, timeout: float) -> str:
         """The next thing ``task`` said."""
         end = time.monotonic() + timeout
         while not self._answers.get(task):
-            line = self._read_line(max(end - time.monotonic(), 0.0))
+            line = self._next_line(max(end - time.monotonic(), 0.0))
             who, _, rest = line.partition(" ")
             self._answers.setdefault(who, []).append(rest)
         return self._answers[task].pop(0)

@@ -8,7 +8,7 @@ that only uses the helpers never loads pytest."""
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -28,52 +28,51 @@ def ipcsem_name() -> Iterator[str]:
     unlink_quietly(name)
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_P = TypeVar("_P", bound=_Closable)
+
+
+def _remembering(make: Callable[..., _P]) -> Iterator[Callable[..., _P]]:
+    """The body of a factory fixture: yields ``make`` remembering what it
+    made, and closes each of those at teardown (a process still running is
+    SIGKILLed, after a SIGCONT, and reaped)."""
+    made: list[_P] = []
+
+    def factory(*args: Any, **kw: Any) -> _P:
+        thing = make(*args, **kw)
+        made.append(thing)
+        return thing
+
+    yield factory
+    for thing in made:
+        thing.close()
+
+
 @pytest.fixture
 def holder_factory() -> Iterator[Callable[..., HolderProcess]]:
     """``spawn_holder`` that remembers its processes: each still running
     at teardown is SIGKILLed and reaped."""
-    made: list[HolderProcess] = []
+    def spawn(name: str, units: int = 1, **kw: Any) -> HolderProcess:
+        return spawn_holder(name, units, **kw)
 
-    def factory(name: str, units: int = 1, **kw: Any) -> HolderProcess:
-        holder = spawn_holder(name, units, **kw)
-        made.append(holder)
-        return holder
-
-    yield factory
-    for holder in made:
-        holder.close()
+    yield from _remembering(spawn)
 
 
 @pytest.fixture
 def agent_factory() -> Iterator[Callable[..., Agent]]:
     """``Agent(...)`` that remembers its processes: each still running at
     teardown is SIGKILLed (after a SIGCONT) and reaped."""
-    made: list[Agent] = []
-
-    def factory(**kw: Any) -> Agent:
-        agent = Agent(**kw)
-        made.append(agent)
-        return agent
-
-    yield factory
-    for agent in made:
-        agent.close()
+    yield from _remembering(lambda **kw: Agent(**kw))  # noqa: PLW0108 - keywords only, as always
 
 
 @pytest.fixture
 def aio_agent_factory() -> Iterator[Callable[..., AsyncAgent]]:
     """``AsyncAgent(...)`` that remembers its processes: each still
     running at teardown is SIGKILLed and reaped."""
-    made: list[AsyncAgent] = []
-
-    def factory(**kw: Any) -> AsyncAgent:
-        agent = AsyncAgent(**kw)
-        made.append(agent)
-        return agent
-
-    yield factory
-    for agent in made:
-        agent.close()
+    yield from _remembering(lambda **kw: AsyncAgent(**kw))  # noqa: PLW0108 - likewise
 
 
 @pytest.fixture
