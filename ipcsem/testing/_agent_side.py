@@ -20,6 +20,16 @@ if TYPE_CHECKING:
     from .._semaphore import Mutex, Semaphore
 
 
+def _by_name(loop: object, prefix: str, cmd: str, args: list[str]) -> object:
+    """``loop.PREFIXcmd(*args)`` (dashes as underscores): a command, found
+    by name; ValueError for an unknown one."""
+    handler = getattr(loop, prefix + cmd.replace("-", "_"), None)
+    if handler is None:
+        raise ValueError(f"unknown command {cmd!r}")
+    result: object = handler(*args)
+    return result
+
+
 class AgentLoop:
     """The agent process's side of the Agent protocol (see Agent)."""
 
@@ -49,11 +59,7 @@ class AgentLoop:
                 self.say(f"err {type(e).__name__} {text}")
 
     def run(self, cmd: str, args: list[str]) -> object:
-        handler = getattr(self, "do_" + cmd.replace("-", "_"), None)
-        if handler is None:
-            raise ValueError(f"unknown command {cmd!r}")
-        result: object = handler(*args)     # a do_* method, found by name
-        return result
+        return _by_name(self, "do_", cmd, args)
 
     def _open(self) -> Semaphore | Mutex:
         if self.prim is None:
@@ -504,11 +510,7 @@ class AioAgentLoop:
 
     # -------------------------------------------------- process commands
     def _control(self, cmd: str, args: list[str]) -> object:
-        handler = getattr(self, "c_" + cmd.replace("-", "_"), None)
-        if handler is None:
-            raise ValueError(f"unknown command {cmd!r}")
-        result: object = handler(*args)     # a c_* method, found by name
-        return result
+        return _by_name(self, "c_", cmd, args)
 
     def c_cancel(self, who: str) -> bool:
         task = self.tasks.get(who)

@@ -290,14 +290,16 @@ def _wait_command(verb: str, units: int, timeout: float | None, priority: int) -
     return f"{verb} {units} {'-' if timeout is None else repr(float(timeout))} {priority}"
 
 
-def _parse_answer(answer: str) -> Any:
+def _parse_answer(answer: str, error: type[AgentError] = AgentError) -> Any:
+    """An agent's ``ok JSON`` answer's value; ``error`` for ``err TYPE MESSAGE``
+    (or anything else)."""
     kind, _, rest = answer.partition(" ")
     if kind == "ok":
         return json.loads(rest)
     if kind == "err":
         type_, _, message = rest.partition(" ")
-        raise AgentError(type_, message)
-    raise AgentError("AgentError", f"unexpected answer {answer!r}")
+        raise error(type_, message)
+    raise error("AgentError", f"unexpected answer {answer!r}")
 
 
 def _lease(d: Mapping[str, Any]) -> AgentLease:
@@ -408,7 +410,7 @@ class AsyncAgent(_DrivenProcess):
         return True
 
     def result(self, task: str, timeout: float = 10) -> Any:
-        return _parse_async_answer(self._read(task, timeout))
+        return _parse_answer(self._read(task, timeout), AsyncAgentError)
 
     def cmd(self, task: str, line: str, timeout: float = 10) -> Any:
         """Run a command in ``task`` and return its result."""
@@ -416,7 +418,7 @@ class AsyncAgent(_DrivenProcess):
         said = self._read(task, timeout)
         if said == "queued":
             said = self._read(task, timeout)
-        return _parse_async_answer(said)
+        return _parse_answer(said, AsyncAgentError)
 
     def ctl(self, line: str, timeout: float = 30) -> Any:
         """A process-wide command (cancel, swarm, ticker-..., resources)."""
@@ -433,13 +435,3 @@ class AsyncAgent(_DrivenProcess):
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.proc.returncode}"
         return f"<AsyncAgent pid {self.pid} ({self.loop}) {state}>"
-
-
-def _parse_async_answer(answer: str) -> Any:
-    kind, _, rest = answer.partition(" ")
-    if kind == "ok":
-        return json.loads(rest)
-    if kind == "err":
-        type_, _, message = rest.partition(" ")
-        raise AsyncAgentError(type_, message)
-    raise AsyncAgentError("AgentError", f"unexpected answer {answer!r}")
