@@ -353,7 +353,8 @@ class Primitive:
                                                   Callable[[bool | None], object], str] | None,
                      /) -> None:
         """The ledger for the fast path; with the handle's healing slice,
-        watcher hook and name, a refused blocking acquire waits in C too."""
+        watcher hook and name (``ipcsem._shm.handle.FastLedger``, unpacked
+        by position), a refused blocking acquire waits in C too."""
 
 @final
 class Hold:

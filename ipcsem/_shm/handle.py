@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from .. import _identity, _pi
 from .._backend import Handle, Pending
@@ -55,6 +56,17 @@ class ShmPending(Pending):
         self.order: tuple[int, int] = (-priority, next(_seq))
 
 
+class FastLedger(NamedTuple):
+    """What the facade's C fast path may use (``ShmHandle.fast_ledger``,
+    given to ``_ledger.Primitive._fast_attach``, which unpacks it by
+    position: keep the order)."""
+
+    ledger: _ledger.Ledger
+    on_slice: Callable[[], None]             # our healing slice, called by C's contended wait
+    on_watch: Callable[[bool | None], None]  # our pidfd-watcher switch, likewise
+    name: str                                # the semaphore's name, for C's errors
+
+
 class ShmHandle(Handle):
     """A Handle on a ledger in POSIX shared memory."""
 
@@ -83,13 +95,9 @@ class ShmHandle(Handle):
         return self._ledger
 
     @property
-    def fast_ledger(self) -> tuple[_ledger.Ledger, Callable[[], None],
-                                   Callable[[bool | None], None], str]:
-        """What the facade's C fast path may use (see _ledger.Primitive):
-        the ledger, and the hooks its contended wait calls in C -- our
-        healing slice, our pidfd-watcher switch -- and our name (for its
-        errors)."""
-        return self._ledger, self._heal_slice, self._watch, self.name
+    def fast_ledger(self) -> FastLedger:
+        """What the facade's C fast path may use (see FastLedger)."""
+        return FastLedger(self._ledger, self._heal_slice, self._watch, self.name)
 
     def owner_died(self, owner: int) -> bool:
         key, _tid, _depth, died = self._ledger.mutex

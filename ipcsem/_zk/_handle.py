@@ -22,6 +22,9 @@ when it is the head, the node just ahead of it otherwise (no herd).
 Event-loop callers (``enqueue``/``settle``/``cancel``) never do network I/O
 on the loop's thread: their requests are stepped by one thread per backend
 (:class:`Stepper`), woken by the same watches.
+
+What a read shows users (``holders()``, ``waiters()``, ``stats()``) is made
+from the view in ``_view``; this module does the reading.
 """
 from __future__ import annotations
 
@@ -49,12 +52,13 @@ from .._errors import (
     Unlinked,
 )
 from .._records import Holder, Lease, Params, Stats, Waiter
-from . import _codec, _multiread
+from . import _codec, _multiread, _view
 from ._admission import TAKE, Decision, decide, head_of
-from ._codec import Gate, HeldNode, Meta, ReqNode
+from ._codec import HeldNode, Meta, ReqNode
 from ._lease import Book, Hold, OnLost, ZkLease
 from ._local import HOSTNAME, MACHINE_KEY, ME, is_dead
 from ._session import Connection, Session, error_name
+from ._view import View
 
 if TYPE_CHECKING:
     from ._backend import ZkBackend
@@ -95,21 +99,6 @@ def unsupported(what: str, name: str) -> IpcsemError:
     # ValueError) with .feature and .backend would let callers catch exactly
     # this; until then the base class, with a message that says it all.
     return IpcsemError(f"the zookeeper backend cannot honour {what}", name=name)
-
-
-@dataclasses.dataclass
-class View:
-    """One decision's worth of state: the gate (and its version), the
-    children listing read after it, with the queue node's data version
-    (``arrivals``: every request bumps it when it queues).  A request with
-    a priority above 0 (the default), which may go ahead of requests
-    already queued, also bumps the gate version."""
-
-    gate: Gate
-    version: int
-    arrivals: int
-    reqs: list[ReqNode]
-    held: list[HeldNode]
 
 
 class _Retry(Exception):
@@ -394,24 +383,8 @@ class ZkHandle(Handle):
         def go() -> list[Holder]:
             client, _ = self._client()
             view = self._read(client)
-            datas = self._datas(client, [h.name for h in view.held])
-            agg: dict[tuple[str, str, int, int], _Agg] = {}
-            for h in view.held:
-                who = datas.get(h.name)
-                if who is None:
-                    continue
-                key = (who.host, who.mkey, h.pid, h.start)
-                a = agg.get(key)
-                if a is None:
-                    a = agg[key] = _Agg(since=who.since)
-                a.units += h.units
-                a.since = min(a.since, who.since)
-                a.n += 1
-                a.slots.extend(h.slots)
-                if self.params.kind == "mutex":
-                    a.tid = who.tid
-            return [Holder(pid, start, a.units, a.since, a.n, tuple(sorted(a.slots)), a.tid, host)
-                    for (host, _mk, pid, start), a in agg.items()]
+            whos = self._datas(client, [h.name for h in view.held])
+            return _view.holders(view, whos, mutex=self.params.kind == "mutex")
         return self._retrying(go)
 
     def waiters(self) -> list[Waiter]:
@@ -419,23 +392,12 @@ class ZkHandle(Handle):
             client, _ = self._client()
             view = self._read(client)
             order = self._decide(view).order
-            datas = self._datas(client, [r.name for r in order])
-            return [Waiter(r.pid, r.start, datas[r.name].tid, r.units, r.priority,
-                           datas[r.name].since, r.seq, datas[r.name].host)
-                    for r in order if r.name in datas]
+            return _view.waiters(order, self._datas(client, [r.name for r in order]))
         return self._retrying(go)
 
     def stats(self) -> Stats:
         def go() -> Stats:
-            client, _ = self._client()
-            view = self._read(client)
-            held = sum(h.units for h in view.held)
-            procs = {(h.mkey, h.pid, h.start) for h in view.held}
-            g, p = view.gate, self.params
-            return Stats(self.name, p.capacity, max(0, p.capacity - g.unowned - held), g.unowned,
-                         held, len(procs), len(view.reqs), g.grants, g.recovered_units,
-                         g.recoveries, 0, self.meta.created, self.meta.creator_pid, p.kind,
-                         p.slots, p.fair, p.reentrant, p.priority_inheritance)
+            return _view.stats(self.name, self.params, self.meta, self._read(self._client()[0]))
         return self._retrying(go)
 
     # ========================================================= acquiring
@@ -895,17 +857,6 @@ class ZkHandle(Handle):
     @property
     def closed(self) -> bool:
         return self._closed
-
-
-@dataclasses.dataclass
-class _Agg:
-    """holders(): one process's holds added up."""
-
-    since: float
-    units: int = 0
-    n: int = 0
-    slots: list[int] = dataclasses.field(default_factory=list)
-    tid: int | None = None
 
 
 class ZkPending(Pending):

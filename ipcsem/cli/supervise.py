@@ -23,7 +23,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from .._shm.supervisor import RootSupervisor, Supervisor
+    from .._shm.root import RootSupervisor
+    from .._shm.supervisor import Supervisor
     from .metrics import Exporter, RecoveryCounters
 
 DESCRIPTION = """\
@@ -226,7 +227,8 @@ def _warn(name: str, error: str, reported_by: int | None = None) -> None:
 
 def _make(args: argparse.Namespace, root: bool,
           counters: RecoveryCounters | None = None) -> Supervisor | RootSupervisor:
-    from .._shm.supervisor import RootSupervisor, Supervisor
+    from .._shm.root import RootSupervisor
+    from .._shm.supervisor import Supervisor
 
     if root:
         def emit(ev: dict[str, Any]) -> None:

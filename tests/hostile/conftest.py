@@ -49,7 +49,7 @@ import pytest
 
 import ipcsem
 from ipcsem import _errors, _identity, _names, _proc  # noqa: F401
-from ipcsem._shm import _ledger, handle, recovery, segment, supervisor  # noqa: F401
+from ipcsem._shm import _ledger, handle, recovery, root, segment, supervisor, worker  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -25,6 +25,8 @@ import time
 import pytest
 
 import ipcsem
+from ipcsem._shm import worker as worker_side
+from ipcsem._shm.root import RootSupervisor
 
 from .conftest import (
     ALICE,
@@ -406,7 +408,7 @@ def _root_with_compromised_worker(chan, evil_uid, mode):
     """RootSupervisor whose worker for ``evil_uid`` was taken over by its
     user (the glibc robust-list write-what-where of issue item 2, in the
     user's own ledger): it writes whatever it likes to root's pipe."""
-    real = supervisor._worker_main
+    real = worker_side.main
 
     def worker_main(fd, uid, names, sweep, poll):
         if uid != evil_uid:
@@ -428,8 +430,8 @@ def _root_with_compromised_worker(chan, evil_uid, mode):
                 os.write(fd, ev.encode() + b"\n")
         time.sleep(120)
 
-    supervisor._worker_main = worker_main   # SEAM REQUEST: RootSupervisor(worker=...) for tests
-    rs = supervisor.RootSupervisor(sweep=0.3, poll=0.02, emit=lambda ev: chan.send(("event", ev)))
+    rs = RootSupervisor(sweep=0.3, poll=0.02, emit=lambda ev: chan.send(("event", ev)),
+                        worker_main=worker_main)
     chan.send("up")
     rs.run()
 
@@ -474,7 +476,7 @@ def test_root_survives_a_compromised_worker():
 def _root_supervisor(chan, rlimit=None):
     if rlimit:
         resource.setrlimit(resource.RLIMIT_NOFILE, (rlimit, rlimit))
-    rs = supervisor.RootSupervisor(sweep=0.3, poll=0.02, emit=lambda ev: None)
+    rs = RootSupervisor(sweep=0.3, poll=0.02, emit=lambda ev: None)
     chan.send("up")
     rs.run()
 
@@ -553,7 +555,7 @@ def test_killed_root_takes_its_workers_with_it():
 
 
 def _cli_with_a_forging_worker(chan, evil_uid, victim_name):
-    real = supervisor._worker_main
+    real = worker_side.main
 
     def worker_main(fd, uid, names, sweep, poll):
         if uid != evil_uid:
@@ -563,7 +565,7 @@ def _cli_with_a_forging_worker(chan, evil_uid, victim_name):
                       '"cmd": "python train.py"}\n').encode())
         time.sleep(120)
 
-    supervisor._worker_main = worker_main   # SEAM REQUEST: RootSupervisor(worker=...) for tests
+    worker_side.main = worker_main   # the CLI's RootSupervisor takes no worker_main=
     return _cli_supervise(chan, "--sweep", "0.3")
 
 
@@ -585,9 +587,9 @@ def test_root_log_says_whose_worker_spoke():
 
 def _root_supervisor_with_few_slots(chan, slots):
     # Scaled down: the real cap is 256 users.  (Passed, not patched into
-    # supervisor.MAX_WORKERS: the constructor's default was bound at import.)
-    rs = supervisor.RootSupervisor(sweep=0.3, poll=0.02, max_workers=slots,
-                                   emit=lambda ev: chan.send(("event", ev)))
+    # root.MAX_WORKERS: the constructor's default was bound at import.)
+    rs = RootSupervisor(sweep=0.3, poll=0.02, max_workers=slots,
+                        emit=lambda ev: chan.send(("event", ev)))
     chan.send("up")
     rs.run()
 
@@ -612,9 +614,9 @@ def test_a_real_user_is_served_however_many_uids_an_attacker_owns():
 
 
 def _root_supervisor_with_subuids(chan, slots, subuid_file):
-    rs = supervisor.RootSupervisor(sweep=0.3, poll=0.02, max_workers=slots,
-                                   subuid_file=subuid_file,
-                                   emit=lambda ev: chan.send(("event", ev)))
+    rs = RootSupervisor(sweep=0.3, poll=0.02, max_workers=slots,
+                        subuid_file=subuid_file,
+                        emit=lambda ev: chan.send(("event", ev)))
     chan.send("up")
     rs.run()
 

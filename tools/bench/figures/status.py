@@ -63,7 +63,7 @@ def fig_status(cfg, cs):
     with watchdog():
         try:
             for n in cfg.status_ns:
-                row = _run_child(n, cfg.status_held, private)
+                row = measure(n, cfg.status_held, private)
                 rows.append(row)
                 cli = row.get("cli", {}).get("list", {})
                 log(f"  fig6 N={n:6d} names {row.get('names_ms', 0):.1f} ms, read_view all "
@@ -76,13 +76,18 @@ def fig_status(cfg, cs):
     return {"status": "ok", "private_shm": private, "target_s": STATUS_TARGET_S, "rows": rows}
 
 
-def _run_child(n, held, private):
+def measure(n, held, private, *, formats=("list", "json"), max_holders=None):
+    """One row of the figure: N semaphores (``held`` the share with a live
+    holder; ``max_holders`` = max_waiters, None: the default table sizes),
+    measured in a child process (in a private /dev/shm if ``private``),
+    the CLI timed in each of ``formats`` ("list", "json", "prometheus").
+    tools/status_scale.py prints one such row."""
     env = dict(os.environ)
     env["PYTHONPATH"] = procs.ROOT + os.pathsep + env.get("PYTHONPATH", "")
     # This run's tag in the names: a crash outside a private tmpfs leaves
     # names the harness's leak check finds.
     child = [sys.executable, "-m", "tools.bench.figures.status", "--child", str(n), str(held),
-             f"{C.RUN_TAG}-status"]
+             f"{C.RUN_TAG}-status", ",".join(formats), str(max_holders or 0)]
     if private:
         env[PRIVATE_ENV] = "1"
         script = ("mount -t tmpfs -o mode=1777 tmpfs /dev/shm && exec "
@@ -116,7 +121,10 @@ def _best(runs):
             "runs_wall_s": [r["wall_s"] for r in runs]}
 
 
-def _child(n, held_share, prefix):
+CLI_FORMATS = {"list": [], "json": ["--json"], "prometheus": ["--prometheus"]}
+
+
+def _child(n, held_share, prefix, formats=("list", "json"), max_holders=0):
     import ipcsem
     from ipcsem._shm.segment import read_view
 
@@ -127,7 +135,8 @@ def _child(n, held_share, prefix):
     try:
         t = time.monotonic()
         for name in names:
-            ipcsem.Semaphore(name, capacity=2).close()  # the default table sizes
+            sizes = {"max_holders": max_holders, "max_waiters": max_holders} if max_holders else {}
+            ipcsem.Semaphore(name, capacity=2, **sizes).close()  # default: the default table sizes
         row["made_s"] = time.monotonic() - t
         held = names[:int(n * held_share)]
         row["held"] = len(held)
@@ -157,8 +166,9 @@ def _child(n, held_share, prefix):
         row["startup_s"] = _best([_timed([py, "-c", "import ipcsem"])
                                   for _ in range(STATUS_RUNS)])["wall_s"]
         row["cli"] = {}
-        for label, extra in (("list", []), ("json", ["--json"])):
-            runs = [_timed([py, "-m", "ipcsem", "status", *extra]) for _ in range(STATUS_RUNS)]
+        for label in formats:
+            runs = [_timed([py, "-m", "ipcsem", "status", *CLI_FORMATS[label]])
+                    for _ in range(STATUS_RUNS)]
             row["cli"][label] = _best(runs)
     finally:
         if holder is not None:
@@ -175,4 +185,5 @@ def _child(n, held_share, prefix):
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        _child(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4])
+        _child(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], tuple(sys.argv[5].split(",")),
+               int(sys.argv[6]))
