@@ -2121,7 +2121,12 @@ static PyObject *Ledger_ring(Ledger *L, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* release(pid, start, owner, units, token_hint[, policy, rtprio, nice]) -> None
+/* release(pid, start, owner, units, token_hint[, lock | policy, rtprio, nice])
+ * -> None
+ * ``lock`` (6 arguments) bounds the wait for the ledger lock (Wedged when it
+ * passes: nothing done) -- an event loop's release must not wait for a lock
+ * whose holder is off a CPU; otherwise the lock is waited for as long as it
+ * takes.
  * Owned units first (a slotted semaphore frees grant token_hint's unit
  * numbers first); the rest is an unowned post, allowed only while it does
  * not push the total over capacity.  A mutex: only its owner; nested
@@ -2193,12 +2198,16 @@ static void body_release(Ledger *L, Call *c)
 static PyObject *Ledger_release(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
 {
     Call c;
-    if (parse_args(&c, args, nargs, nargs == 8 ? 8 : 5, "release") < 0 || check_open(L) < 0 ||
-        check_units(L, c.a[3]) < 0)
+    if (parse_args(&c, args, nargs, nargs == 8 || nargs == 6 ? nargs : 5, "release") < 0 ||
+        check_open(L) < 0 || check_units(L, c.a[3]) < 0 ||
+        (nargs == 6 && lock_mode_arg(c.a[5]) < 0))
         goto error;
+    int64_t lock = nargs == 6 ? c.a[5] : LOCK_FOREVER;
+    if (nargs == 6)
+        c.a[5] = 0;
     c.a[8] = nargs == 8; /* a priority to restore was given (a[5..7]) */
     default_thread(NULL, &c.a[2]);
-    if (run_locked(L, body_release, &c, LOCK_FOREVER) < 0) {
+    if (run_locked(L, body_release, &c, lock) < 0) {
         raise_call_error(&c);
         goto error;
     }
@@ -2212,31 +2221,6 @@ static PyObject *Ledger_release(Ledger *L, PyObject *const *args, Py_ssize_t nar
         (void)apply_prio((pid_t)my_tid(), c.a[5], c.a[6], c.a[7]);
         Py_END_ALLOW_THREADS
     }
-    Py_RETURN_NONE;
-error:
-    call_done(&c);
-    return NULL;
-}
-
-/* release_within(pid, start, owner, units, token_hint, lock): release()
- * with a bound on the wait for the ledger lock (Wedged when it passes:
- * nothing done) -- an event loop's release must not wait for a lock whose
- * holder is off a CPU.  Not for a PI mutex's owner (no priority restore). */
-static PyObject *Ledger_release_within(Ledger *L, PyObject *const *args, Py_ssize_t nargs)
-{
-    Call c;
-    if (parse_args(&c, args, nargs, 6, "release_within") < 0 || check_open(L) < 0 ||
-        check_units(L, c.a[3]) < 0 || lock_mode_arg(c.a[5]) < 0)
-        goto error;
-    int64_t lock = c.a[5];
-    c.a[5] = c.a[6] = c.a[7] = 0;
-    c.a[8] = 0; /* no priority to restore */
-    default_thread(NULL, &c.a[2]);
-    if (run_locked(L, body_release, &c, lock) < 0) {
-        raise_call_error(&c);
-        goto error;
-    }
-    call_done(&c);
     Py_RETURN_NONE;
 error:
     call_done(&c);
@@ -3204,7 +3188,6 @@ static PyMethodDef Ledger_methods[] = {
     {"touch", (PyCFunction)Ledger_touch, METH_O, NULL},
     {"process_bell", (PyCFunction)(void (*)(void))Ledger_process_bell, METH_FASTCALL, NULL},
     {"release", (PyCFunction)(void (*)(void))Ledger_release, METH_FASTCALL, NULL},
-    {"release_within", (PyCFunction)(void (*)(void))Ledger_release_within, METH_FASTCALL, NULL},
     {"disown", (PyCFunction)(void (*)(void))Ledger_disown, METH_FASTCALL, NULL},
     {"recover", (PyCFunction)(void (*)(void))Ledger_recover, METH_FASTCALL, NULL},
     {"unregister", (PyCFunction)(void (*)(void))Ledger_unregister, METH_FASTCALL, NULL},

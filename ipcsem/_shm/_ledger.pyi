@@ -319,13 +319,14 @@ class Ledger:
                 /) -> None: ...
     @overload
     def release(self, pid: int, start: int, owner: int, units: int, token_hint: int,
+                lock: int, /) -> None:
+        """Waiting for the ledger lock until ``lock`` (monotonic ns) at most:
+        Wedged (nothing done) when it passes."""
+    @overload
+    def release(self, pid: int, start: int, owner: int, units: int, token_hint: int,
                 policy: int, rtprio: int, nice: int, /) -> None:
         """A PI mutex's owner thread: when this ends its ownership, the
         calling thread gets policy/rtprio/nice back, after the unlock."""
-    def release_within(self, pid: int, start: int, owner: int, units: int, token_hint: int,
-                       lock: int, /) -> None:
-        """``release`` waiting for the ledger lock until ``lock`` (monotonic
-        ns) at most: Wedged (nothing done) when it passes."""
     def disown(self, pid: int, start: int, units: int, token_hint: int, key: int,
                /) -> None: ...
     def recover(self, pid: int, start: int, lock: int, /) -> tuple[int, int]:

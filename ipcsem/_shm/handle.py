@@ -328,7 +328,7 @@ class ShmHandle(Handle):
             return
         if self._releases_done(time.monotonic_ns() + LOOP_LOCK_NS):
             try:
-                self._ledger.release_within(ME.pid, ME.start, owner, units, 0,
+                self._ledger.release(ME.pid, ME.start, owner, units, 0,
                                             time.monotonic_ns() + LOOP_LOCK_NS)
                 return
             except Wedged:
@@ -357,7 +357,7 @@ class ShmHandle(Handle):
                         return True
                     units, owner = self._deferred[0]
                 try:
-                    self._ledger.release_within(ME.pid, ME.start, owner, units, 0, lock)
+                    self._ledger.release(ME.pid, ME.start, owner, units, 0, lock)
                 except Wedged:
                     return False
                 except Exception as e:  # noqa: BLE001 - its caller has returned: log it
