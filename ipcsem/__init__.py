@@ -28,7 +28,7 @@ from ._errors import (
     Unlinked,
     Wedged,
 )
-from ._records import Deadlock, Holder, Lease, Params, Stats, Waiter
+from ._records import Deadlock, Holder, Lease, Params, Picture, Stats, Waiter
 from ._semaphore import Mutex, Semaphore
 
 if TYPE_CHECKING:
@@ -37,8 +37,9 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncMutex", "AsyncSemaphore", "CapacityMismatch", "Closed", "Corrupt", "Deadlock",
     "DeadlockDetected", "Holder", "IpcsemError", "Lease", "LeaseLost", "LedgerFull", "Mutex",
-    "NotFound", "NotOwner", "Params", "PermissionDenied", "PolicyMismatch", "Semaphore", "Stats",
-    "Timeout", "Unavailable", "Unlinked", "Waiter", "Wedged", "find_deadlocks", "names", "unlink",
+    "NotFound", "NotOwner", "Params", "PermissionDenied", "Picture", "PolicyMismatch", "Semaphore",
+    "Stats", "Timeout", "Unavailable", "Unlinked", "Waiter", "Wedged", "find_deadlocks", "names",
+    "unlink",
 ]
 __version__ = "0.2.0"
 

@@ -34,7 +34,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from ._records import Holder, Lease, Params, Stats, Waiter
+from ._records import Holder, Lease, Params, Picture, Stats, Waiter
 
 DEFAULT_URL = "shm"
 ENV = "IPCSEM_BACKEND"
@@ -68,6 +68,11 @@ class Handle(ABC):
 
     @abstractmethod
     def stats(self) -> Stats: ...
+
+    @abstractmethod
+    def picture(self) -> Picture:
+        """Stats, holders and waiters from one reading: they agree with each
+        other (three separate calls may each see a different moment)."""
 
     # ----------------------------------------------------------- acquiring
     # ``owner`` identifies the thread (its native id) or task (a negative key)

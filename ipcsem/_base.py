@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _args, _backend, _names
 from ._errors import IpcsemError, PolicyMismatch
-from ._records import Holder, Params, Stats, Waiter
+from ._records import Holder, Params, Picture, Stats, Waiter
 
 
 def make_params(capacity: int, initial: int | None, mode: int, max_holders: int,
@@ -111,6 +111,12 @@ class Opened:
 
     def stats(self) -> Stats:
         return self._handle.stats()
+
+    def picture(self) -> Picture:
+        """``stats()``, ``holders()`` and ``waiters()`` from one reading, so
+        that they agree (what a monitor should show: three separate calls
+        may each see another moment)."""
+        return self._handle.picture()
 
     def recover(self, timeout: float | None = 2.0) -> int:
         """Return the units of dead holders now; the number of units

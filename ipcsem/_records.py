@@ -87,6 +87,17 @@ class Stats:
     priority_inheritance: bool = False
 
 
+@dataclass(frozen=True)
+class Picture:
+    """The counters, holders and waiters of one semaphore from one reading
+    of it, so that they agree with each other (what status tools show:
+    ``stats.available`` is what ``holders`` leave free)."""
+
+    stats: Stats
+    holders: list[Holder]
+    waiters: list[Waiter]     # in serving order
+
+
 # An ABC with no abstract methods on purpose: backends register their lease
 # types as virtual subclasses (the shm one is a C type).
 class Lease(ABC):  # noqa: B024

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from .. import _identity, _pi
 from .._backend import Handle, Pending
 from .._errors import IpcsemError, LedgerFull, Wedged
-from .._records import Holder, Lease, Params, Stats, Waiter
+from .._records import Holder, Lease, Params, Picture, Stats, Waiter
 from . import _ledger, bells, recovery, watch
 from .segment import Segment
 
@@ -111,18 +111,30 @@ class ShmHandle(Handle):
             raise e.with_name(self.name) from None
 
     def holders(self) -> list[Holder]:
+        return self._holders(self.snapshot())
+
+    def waiters(self) -> list[Waiter]:
+        return self._waiters(self.snapshot())
+
+    def stats(self) -> Stats:
+        return self._stats(self.snapshot())
+
+    def picture(self) -> Picture:
         snap = self.snapshot()
+        return Picture(self._stats(snap), self._holders(snap), self._waiters(snap))
+
+    def _holders(self, snap: _ledger.Snapshot) -> list[Holder]:
         owner_tid = snap.header.mx_owner_tid if self.params.kind == "mutex" else None
         return [Holder(h.pid, h.start, h.units, h.since_ns / 1e9, h.acquisitions, h.slots,
                        owner_tid or None)
                 for h in snap.holders if h.units > 0]
 
-    def waiters(self) -> list[Waiter]:
+    @staticmethod
+    def _waiters(snap: _ledger.Snapshot) -> list[Waiter]:
         return [Waiter(w.pid, w.start, w.tid, w.units, w.priority, w.since_ns / 1e9, w.ticket)
-                for w in self.snapshot().waiters if w.state == WAITING]
+                for w in snap.waiters if w.state == WAITING]
 
-    def stats(self) -> Stats:
-        snap = self.snapshot()
+    def _stats(self, snap: _ledger.Snapshot) -> Stats:
         h, p = snap.header, self.params
         return Stats(self.name, h.capacity, h.available, h.unowned,
                      sum(x.units for x in snap.holders),

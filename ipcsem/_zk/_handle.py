@@ -51,7 +51,7 @@ from .._errors import (
     Unavailable,
     Unlinked,
 )
-from .._records import Holder, Lease, Params, Stats, Waiter
+from .._records import Holder, Lease, Params, Picture, Stats, Waiter
 from . import _codec, _multiread, _view
 from ._admission import TAKE, Decision, decide, head_of
 from ._codec import HeldNode, Meta, ReqNode
@@ -117,6 +117,10 @@ class Reads(NamedTuple):
     gate: Future
     listing: Future | None
     posts: Future | None
+
+
+# Readings a picture() makes while listed nodes leave before their data is read.
+PICTURE_TRIES = 8
 
 
 class ZkHandle(Handle):
@@ -398,6 +402,34 @@ class ZkHandle(Handle):
     def stats(self) -> Stats:
         def go() -> Stats:
             return _view.stats(self.name, self.params, self.meta, self._read(self._client()[0]))
+        return self._retrying(go)
+
+    def picture(self) -> Picture:
+        # The listing and the gate come from one multiRead: one moment.  The
+        # nodes' data (who, since) is written once at creation and never
+        # changed, so reading it afterwards describes that moment too --
+        # unless a listed node left meanwhile.  Then read again; under a
+        # churn that outruns PICTURE_TRIES readings, the nodes that left are
+        # described by their names alone (host unknown unless it is this
+        # machine, since = the reading's time), so the lists still match
+        # the counters.
+        def go() -> Picture:
+            client, _ = self._client()
+            for _ in range(PICTURE_TRIES):
+                view = self._read(client)
+                order = self._decide(view).order
+                nodes: list[HeldNode | ReqNode] = [*view.held, *order]
+                whos = self._datas(client, [n.name for n in nodes])
+                if len(whos) == len(nodes):
+                    break
+            now = time.time()
+            for n in nodes:
+                if n.name not in whos:
+                    host = HOSTNAME if n.mkey == MACHINE_KEY else ""
+                    whos[n.name] = _codec.Who(host, n.mkey, n.pid, n.start, 0, 0, now)
+            return Picture(_view.stats(self.name, self.params, self.meta, view),
+                           _view.holders(view, whos, mutex=self.params.kind == "mutex"),
+                           _view.waiters(order, whos))
         return self._retrying(go)
 
     # ========================================================= acquiring

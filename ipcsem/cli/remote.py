@@ -59,9 +59,10 @@ def describe(url: str, name: str, procs: Procs, detail: bool = True,
     meta = getattr(handle, "meta", None)
     creator_host = getattr(meta, "creator_host", None)
     try:
-        st = handle.stats()
-        holders = handle.holders()
-        waiters = handle.waiters()
+        # One reading: the counters and the lists must agree (a grant
+        # between two reads showed a holder next to "1 available").
+        pic = handle.picture()
+        st, holders, waiters = pic.stats, pic.holders, pic.waiters
     except NotFound:
         raise
     except (IpcsemError, OSError, ValueError) as e:

@@ -109,3 +109,49 @@ def test_unlink_while_held_and_waited_on(backend, sem_name):
         sem.acquire(timeout=0)
     with pytest.raises(AgentError, match="Unlinked"):
         waiter.try_acquire()
+
+
+_CHURN = """
+import sys, ipcsem
+name, url = sys.argv[1], sys.argv[2] or None
+s = ipcsem.Semaphore(name, backend=url)
+print("ready", flush=True)
+while True:
+    s.acquire(2)
+    s.release(2)
+"""
+
+
+def test_a_picture_is_one_reading_while_others_churn(backend, sem_name):
+    # Status tools show picture(): its counters must agree with its lists
+    # at every moment.  (stats(), holders() and waiters() read one after
+    # another showed a fresh holder next to "1 available".)
+    import subprocess
+    import sys
+
+    sem = backend.open(sem_name, capacity=3)
+    churners = [subprocess.Popen([sys.executable, "-c", _CHURN, sem_name, backend.url or ""],
+                                 stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        for p in churners:
+            assert p.stdout.readline().strip() == "ready"
+        seen_held = seen_waiting = 0
+        end = time.monotonic() + 3.0
+        n = 0
+        while time.monotonic() < end or n < 50:
+            n += 1
+            pic = sem.picture()
+            assert isinstance(pic, ipcsem.Picture)
+            st = pic.stats
+            assert st.available + st.held + st.unowned == st.capacity == 3
+            assert st.held == sum(h.units for h in pic.holders), pic
+            assert st.holders == len(pic.holders), pic
+            assert st.available >= 0 and all(h.units == 2 for h in pic.holders), pic
+            assert st.waiting == len(pic.waiters), pic
+            seen_held += bool(pic.holders)
+            seen_waiting += bool(pic.waiters)
+        assert seen_held and seen_waiting       # the churn was seen mid-flight
+    finally:
+        for p in churners:
+            p.kill()
+            p.wait()
