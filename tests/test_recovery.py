@@ -44,6 +44,26 @@ def test_killed_holder_with_supervisor(name, agents):
     sem.check()
 
 
+def test_an_idle_supervisor_recovers_a_newcomer_that_dies_at_once(name, agents):
+    """An idle supervisor looks for new holders less often (up to 0.2 s
+    apart); one that registers and is SIGKILLed before any look could watch
+    it is still recovered, by the next look (its pidfd cannot be opened) --
+    with no waiter of ours to race it."""
+    sem = ipcsem.Semaphore(name, capacity=1)
+    sup = start_supervisor(name)
+    try:
+        for _ in range(3):
+            time.sleep(1.5)          # idle: the looks have backed off, a sweep found it settled
+            h = holder(agents, name)
+            h.kill()
+            wait_until(lambda: held_by(sem) == {}, 5, what="the supervisor's recovery")
+    finally:
+        log = sup.stop()
+    assert log.count(f"recovered name={name}") == 3, log
+    assert can_take_all(name, 1)
+    sem.check()
+
+
 def test_recover_returns_exactly_once(name, agents):
     sem = ipcsem.Semaphore(name, capacity=3)
     h = holder(agents, name, units=2)

@@ -57,7 +57,8 @@ def add_parser(sub: Subcommands) -> None:
     sp.add_argument("--sweep", type=interval, default=1.0, metavar="S",
                     help="full scan interval in seconds (default 1.0)")
     sp.add_argument("--poll", type=interval, default=0.02, metavar="S",
-                    help="new-holder poll interval in seconds (default 0.02)")
+                    help="new-holder poll interval in seconds after a change; doubles while "
+                         "nothing changes, up to 10 times it (default 0.02)")
     sp.add_argument("--print-unit", action="store_true",
                     help="print the systemd unit file for this service and exit")
     sp.add_argument("--metrics-port", type=port_arg, metavar="PORT",
