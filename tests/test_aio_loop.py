@@ -20,7 +20,6 @@ docs/asyncio.md).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -41,101 +40,38 @@ from ipcsem.testing import (
     wait_until,
     watch_loop_gaps,
 )
+from ipcsem.testing.loop_load import run_loop_load, start_churners
 
 pytestmark = pytest.mark.timeout(240)
 
 LIMIT = 0.010          # the issue's bound on a loop gap
 TASKS = 1000
 
-CHURN = r"""
-import sys, time, ipcsem
-s = ipcsem.Semaphore(sys.argv[1])
-end = time.monotonic() + float(sys.argv[2])
-print("ready", flush=True)
-while time.monotonic() < end:
-    if s.acquire(timeout=0.5):
-        time.sleep(float(sys.argv[3]))
-        s.release()
-    time.sleep(float(sys.argv[3]))
-"""
-
-
-# The measured program: an ordinary asyncio process using ipcsem (not the
-# test process: pytest's heap makes every garbage collection slower and its
-# threads share the GIL).  It prints what its ticker saw, as JSON.
-WAITERS = r"""
-import asyncio, json, sys, ipcsem
-from ipcsem.testing import watch_loop_gaps
-names, tasks = sys.argv[1].split(","), int(sys.argv[2])
-
-async def main():
-    sems = [ipcsem.AsyncSemaphore(n) for n in names]
-    stop = asyncio.Event()
-    counts = {"grants": 0, "max_queued": 0}
-
-    async def worker(i):
-        s = sems[i % len(sems)]
-        while not stop.is_set():
-            if await s.acquire(timeout=2.0):
-                counts["grants"] += 1
-                await asyncio.sleep(0.001)
-                s.release()
-
-    async with watch_loop_gaps(0.001) as gaps:
-        loop = asyncio.get_running_loop()
-        ts = []
-        # Queue them in batches (1,000 first steps in one loop iteration
-        # is a burst of work the issue's bound is not about).
-        for i in range(tasks):
-            ts.append(loop.create_task(worker(i)))
-            if i % 50 == 49:
-                await asyncio.sleep(0)
-        await asyncio.sleep(1.0)
-        gaps.reset()                       # measure the waiting, not the set-up
-        for _ in range(30):
-            await asyncio.sleep(0.1)
-            counts["max_queued"] = max(counts["max_queued"],
-                                       sum(s.stats().waiting for s in sems))
-        stop.set()
-        await asyncio.gather(*ts)
-    for s in sems:
-        s.close()
-    print(json.dumps({"counts": counts, "gaps": gaps.to_dict(samples=True)}))
-
-asyncio.run(main())
-"""
-
-
-def _gap_run(names: list[str], procs, hold: float) -> tuple[LoopGaps, dict]:
-    """One run: TASKS tasks of a fresh process over the semaphores
-    ``names`` (capacity 2 each, two sync churners each holding ``hold`` s,
-    then pausing as long), queued first, then the ticker for 3 s."""
-    churners = [procs([sys.executable, "-c", CHURN, n, "12", str(hold)], stdout=subprocess.PIPE,
-                      text=True)
-                for n in names for _ in range(2)]
-    for p in churners:
-        assert p.stdout.readline().strip() == "ready"
-    waiters = procs([sys.executable, "-c", WAITERS, ",".join(names), str(TASKS)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = waiters.communicate(timeout=120)
-    assert waiters.returncode == 0, err
-    got = json.loads(out)
-    for p in churners:
-        p.kill()
-        p.wait(10)
-    return LoopGaps.from_dict(got["gaps"]), got["counts"]
+def _gap_run(names: list[str], hold: float) -> tuple[LoopGaps, dict]:
+    """One run of the loop-gap workload (``ipcsem.testing.loop_load``):
+    TASKS tasks of a fresh process over the semaphores ``names`` (capacity 2
+    each, two churner processes each holding ``hold`` s, then pausing as
+    long), queued first, then the ticker for 3 s."""
+    churners = start_churners(names, 2, 12, hold)
+    try:
+        got = run_loop_load("ipcsem", names, tasks=TASKS, hold=hold, seconds=3.0, samples=True)
+    finally:
+        for p in churners:
+            p.kill()
+            p.wait(10)
+    return LoopGaps.from_dict(got["gaps"]), got
 
 
 @pytest.mark.parametrize("hold", [0.010, 0.002],
                          ids=["moderate", "heavy"])
-def test_the_loop_never_blocks_while_1000_tasks_wait(names, procs, hold):
+def test_the_loop_never_blocks_while_1000_tasks_wait(names, hold):
     """``hold``: how long the other processes hold a unit (and then pause):
     10 ms is ~500 grants/s over the 4 semaphores, 2 ms ~2,500/s."""
     sem_names = [names() for _ in range(4)]
     keep = [ipcsem.Semaphore(n, capacity=2) for n in sem_names]
     runs = []
     for _attempt in range(3):
-        gaps, counts = _gap_run(sem_names, procs, hold)
+        gaps, counts = _gap_run(sem_names, hold)
         runs.append(gaps)
         # the run proves something only if the tasks really waited and were served
         assert counts["max_queued"] >= TASKS * 0.9, counts

@@ -74,7 +74,8 @@ works without it.  See docs/testing.md.
 
 Layout: ``names``, ``holders``, ``supervisor``, ``agents`` (Agent,
 AsyncAgent), ``assertions`` (the oracle and the ledger checks),
-``loop_gaps`` (asyncio), ``plugin`` (the fixtures); ``__main__`` and
+``loop_gaps`` (asyncio), ``loop_load`` (the loop-gap workload, imported
+from there), ``plugin`` (the fixtures); ``__main__`` and
 ``_agent_side`` are the helper processes' side, ``_child`` their plumbing.
 This module only re-exports.
 """

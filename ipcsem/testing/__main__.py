@@ -1,13 +1,12 @@
-"""The kit's helper processes: ``python -m ipcsem.testing hold|take|agent|aio-agent``."""
+"""The kit's helper processes: ``python -m ipcsem.testing
+hold|take|agent|aio-agent|churn|loop-load``."""
 from __future__ import annotations
 
 import signal
 import sys
 from typing import TYPE_CHECKING
 
-from ._agent_side import AgentLoop, AioAgentLoop
 from ._child import EXIT_TIMEOUT, READY, RELEASED
-from .loop_gaps import new_event_loop
 
 if TYPE_CHECKING:
     import argparse
@@ -17,7 +16,10 @@ USAGE = ("usage: python -m ipcsem.testing hold NAME UNITS [--capacity N] [--time
          "[--backend URL]\n"
          "       python -m ipcsem.testing take NAME UNITS [--timeout S] [--backend URL]\n"
          "       python -m ipcsem.testing agent [--backend URL]\n"
-         "       python -m ipcsem.testing aio-agent [--loop asyncio|uvloop] [--backend URL]")
+         "       python -m ipcsem.testing aio-agent [--loop asyncio|uvloop] [--backend URL]\n"
+         "       python -m ipcsem.testing churn NAME SECONDS HOLD [--backend URL]\n"
+         "       python -m ipcsem.testing loop-load ipcsem|asyncio NAME,... TASKS HOLD SECONDS "
+         "[--samples]")
 
 
 def _argparser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -110,6 +112,8 @@ def agent_main(argv: list[str]) -> int:
     p = _argparser("agent", "A process driven command by command over stdin "
                             "(the Agent of ipcsem.testing).")
     args = p.parse_args(argv)
+    from ._agent_side import AgentLoop  # (imported here: the loop-load program goes without)
+
     try:
         AgentLoop(args.backend).serve()
     except (BrokenPipeError, KeyboardInterrupt):
@@ -124,11 +128,57 @@ def aio_agent_main(argv: list[str]) -> int:
                                 "(the AsyncAgent of ipcsem.testing).")
     p.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
     args = p.parse_args(argv)
+    from ._agent_side import AioAgentLoop
+    from .loop_gaps import new_event_loop
+
     ev = new_event_loop(args.loop)
     try:
         ev.run_until_complete(AioAgentLoop(args.backend).serve())
     except (BrokenPipeError, KeyboardInterrupt):
         return 1
+    return 0
+
+
+def churn_main(argv: list[str]) -> int:
+    """A churner of the loop-gap workload (``loop_load.start_churners``):
+    print ``ready``, then take a unit of NAME, hold it HOLD s, give it back
+    and pause as long, for SECONDS."""
+    from .loop_load import churn
+
+    p = _argparser("churn", "Take and give back a unit of a semaphore in a loop "
+                            "(the other processes of the loop-gap workload).")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("seconds", metavar="SECONDS", type=float)
+    p.add_argument("hold", metavar="HOLD", type=float)
+    args = p.parse_args(argv)
+    try:
+        churn(args.name, args.seconds, args.hold, args.backend)
+    except (BrokenPipeError, KeyboardInterrupt):
+        return 1
+    return 0
+
+
+def loop_load_main(argv: list[str]) -> int:
+    """The measured program of the loop-gap workload
+    (``loop_load.run_loop_load``): its report as one line of JSON."""
+    import argparse
+    import json
+
+    from .loop_load import loop_load
+
+    p = argparse.ArgumentParser(prog="python -m ipcsem.testing loop-load",
+                                description="1,000 waiting tasks and a 1 ms ticker "
+                                            "(the loop-gap workload's measured program).")
+    p.add_argument("kind", choices=["ipcsem", "asyncio"])
+    p.add_argument("names", metavar="NAME,...")
+    p.add_argument("tasks", metavar="TASKS", type=int)
+    p.add_argument("hold", metavar="HOLD", type=float)
+    p.add_argument("seconds", metavar="SECONDS", type=float)
+    p.add_argument("--samples", action="store_true", help="every gap, not only the summary")
+    args = p.parse_args(argv)
+    report = loop_load(args.kind, args.names.split(","), args.tasks, args.hold, args.seconds,
+                       args.samples)
+    print(json.dumps(report), flush=True)
     return 0
 
 
@@ -140,7 +190,7 @@ def _main(argv: list[str]) -> int:
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     commands = {"hold": hold_main, "take": take_main, "agent": agent_main,
-                "aio-agent": aio_agent_main}
+                "aio-agent": aio_agent_main, "churn": churn_main, "loop-load": loop_load_main}
     if argv[:1] and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     print(USAGE, file=sys.stderr)
