@@ -59,9 +59,25 @@ def task_key() -> int:
     task = asyncio.current_task()
     if task is None:
         raise RuntimeError("ipcsem's async classes must be used from a task")
+    return _key_of(task)
+
+
+# The last task asked about and its key: a task's acquire and release ask
+# twice in a row, and the weak dictionary's lookup is Python code.  (This
+# keeps that one task object alive until another task asks: no key is ever
+# reused, so a stale entry can only be a hit for that same task.)
+_last_task: asyncio.Task[Any] | None = None
+_last_key = 0
+
+
+def _key_of(task: asyncio.Task[Any]) -> int:
+    global _last_task, _last_key
+    if task is _last_task:
+        return _last_key
     key = _task_keys.get(task)
     if key is None:
         key = _task_keys[task] = -next(_keys)
+    _last_task, _last_key = task, key
     return key
 
 
@@ -73,7 +89,7 @@ def owner_key() -> int:
         task = asyncio.current_task()
     except RuntimeError:           # no running loop in this thread
         task = None
-    return native_tid() if task is None else task_key()
+    return native_tid() if task is None else _key_of(task)
 
 
 class _Wait:
@@ -265,10 +281,18 @@ _loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaits] = \
     weakref.WeakKeyDictionary()
 
 
+_last_waits: _LoopWaits | None = None     # the last loop's, for the pair's second call
+
+
 def _loop_waits(loop: asyncio.AbstractEventLoop) -> _LoopWaits:
+    global _last_waits
+    lw = _last_waits
+    if lw is not None and lw._loop() is loop:
+        return lw
     lw = _loops.get(loop)
     if lw is None:
         lw = _loops[loop] = _LoopWaits(loop)
+    _last_waits = lw
     return lw
 
 
@@ -376,6 +400,11 @@ class _AsyncPrimitive(Opened):
             return h.take(units, priority, owner, tid)
         loop = asyncio.get_running_loop()
         waits = _loop_waits(loop)
+        if not waits.busy():
+            # the uncontended case: one lock-bounded take, nothing allocated
+            lease = waits.timed(h.take_now, units, priority, owner, tid)
+            if lease is not None:
+                return lease
         deadline = None if timeout is None else loop.time() + timeout
         task = asyncio.current_task()
         assert task is not None      # task_key() above raised otherwise

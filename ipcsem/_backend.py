@@ -99,6 +99,14 @@ class Handle(ABC):
     # Event-loop callers never block: they enqueue, are notified (from any
     # thread) when the request may have changed, and settle or cancel.
     # None of these may block the caller for more than a few milliseconds.
+    def take_now(self, units: int, priority: int, owner: int, tid: int) -> Lease | None:
+        """``take`` bounded for an event loop's thread: the Lease if it can
+        be had at once without waiting for a backend lock longer than a loop
+        may (1 ms), else None -- also when that cannot be known that fast;
+        the caller then queues (``enqueue``), which decides.  The default
+        (a backend whose take needs the network): always None."""
+        return None
+
     @abstractmethod
     def enqueue(self, units: int, priority: int, owner: int, tid: int, deadlock_raise: bool,
                 notify: Callable[[], None]) -> Lease | Pending | None:

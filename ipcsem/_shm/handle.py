@@ -170,6 +170,21 @@ class ShmHandle(Handle):
             _pi.acquired(self, owner, tid)
         return g
 
+    def take_now(self, units: int, priority: int, owner: int, tid: int) -> Lease | None:
+        """As the seam says: one take with the loop's lock bound; no heal, no
+        retry (enqueue does those); priority-inheritance mutexes always
+        queue (their bookkeeping is enqueue's)."""
+        if self.params.priority_inheritance or \
+                not self._releases_done(time.monotonic_ns() + LOOP_LOCK_NS):
+            return None
+        try:
+            return self._ledger.take(ME.pid, ME.start, tid, owner, units, priority,
+                                     time.monotonic_ns() + LOOP_LOCK_NS)
+        except (LedgerFull, Wedged):
+            return None             # enqueue() heals or says so
+        except IpcsemError as e:
+            raise e.with_name(self.name) from None
+
     def _enqueue(self, units: int, priority: int, owner: int, tid: int, flags: int,
                  lock: int) -> _ledger.Grant | int | None:
         ledger = self._ledger
