@@ -261,3 +261,50 @@ def keep_only_fds(*keep: int) -> None:
             os.closerange(top, fd)
             top = fd + 1
     os.closerange(top, 1 << 20)
+
+
+# ------------------------------------------------ event lines over a pipe
+# A dropped child (a supervisor's per-user worker, a privilege-separated
+# CLI job) reports to root as one JSON object per line, each at most
+# EVENT_LINE_MAX bytes; root reads them as untrusted bytes.
+EVENT_LINE_MAX = 4096
+
+
+def write_event(fd: int, event: dict[str, Any]) -> None:
+    """Write ``event`` as one JSON line to ``fd``; one too long is dropped."""
+    import json
+
+    data = (json.dumps(event) + "\n").encode()
+    if len(data) <= EVENT_LINE_MAX:
+        os.write(fd, data)
+
+
+def split_lines(buf: bytearray) -> list[bytes]:
+    """Take the complete lines off the front of ``buf`` (what a pipe gave
+    so far); a rest longer than EVENT_LINE_MAX is no line of ours and is
+    dropped, so a writer without newlines cannot grow ``buf`` for ever."""
+    lines = []
+    while b"\n" in buf:
+        line, _, rest = bytes(buf).partition(b"\n")
+        buf[:] = rest
+        lines.append(line)
+    if len(buf) > EVENT_LINE_MAX:
+        buf.clear()
+    return lines
+
+
+class CommandLines:
+    """Command lines of watched processes, noted while they live (/proc
+    forgets them at death) and handed out once, when they are recovered.
+    ``note`` is a supervisor's ``on_watch`` hook."""
+
+    def __init__(self) -> None:
+        self._lines: dict[tuple[int, int], str] = {}
+
+    def note(self, pid: int, start: int) -> None:
+        args = argv(pid, start)
+        if args is not None:
+            self._lines[(pid, start)] = " ".join(args)
+
+    def pop(self, pid: int, start: int) -> str | None:
+        return self._lines.pop((pid, start), None)

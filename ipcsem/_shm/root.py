@@ -231,15 +231,11 @@ class RootSupervisor:
             if not chunk:
                 break
             buf += chunk
-        while b"\n" in buf:
-            line, _, rest = bytes(buf).partition(b"\n")
-            buf[:] = rest
+        for line in _proc.split_lines(buf):
             event = worker.validate_event(line)
             if event is not None and self._reports_its_own(uid, event):
                 event["uid"] = uid
                 self.emit(event)
-        if len(buf) > worker.EVENT_MAX:
-            buf.clear()   # a line too long to be ours: drop it
 
     def _reports_its_own(self, uid: int, event: dict[str, Any]) -> bool:
         """False (and said once) for an event about a semaphore another

@@ -9,7 +9,6 @@ dropped).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -19,7 +18,6 @@ from typing import Any
 from .. import _names, _proc
 from .supervisor import Supervisor
 
-EVENT_MAX = 4096      # bytes per event line from a worker
 # worker_main(fd, uid, names, sweep, poll) -> exit status
 WorkerMain = Callable[[int, int, "list[str] | None", float, float], int]
 
@@ -36,7 +34,7 @@ def prepare() -> None:
 def validate_event(line: bytes) -> dict[str, Any] | None:
     """A worker's event, or None: bounded, JSON, the expected keys and types.
     (Deep nesting is not ours either: the parser's RecursionError says so.)"""
-    if len(line) > EVENT_MAX:
+    if len(line) > _proc.EVENT_LINE_MAX:
         return None
     try:
         ev = json.loads(line)
@@ -70,30 +68,23 @@ def main(fd: int, uid: int, names: list[str] | None, sweep: float, poll: float) 
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    commands: dict[tuple[int, int], str] = {}
+    commands = _proc.CommandLines()
 
     def send(ev: dict[str, Any]) -> None:
-        data = (json.dumps(ev) + "\n").encode()
-        if len(data) <= EVENT_MAX:
-            os.write(fd, data)
-
-    def on_watch(pid: int, start: int) -> None:
-        argv = _proc.argv(pid, start)
-        if argv is not None:
-            commands[(pid, start)] = " ".join(argv)
+        _proc.write_event(fd, ev)
 
     def on_recover(name: str, pid: int, start: int, units: int, entries: int,
                    died_ns: int | None) -> None:
         after = None if died_ns is None else round((time.time_ns() - died_ns) / 1e6, 3)
         send({"event": "recovered", "name": name, "pid": pid, "start": start, "units": units,
-              "entries": entries, "after_ms": after, "cmd": commands.pop((pid, start), None)})
+              "entries": entries, "after_ms": after, "cmd": commands.pop(pid, start)})
 
     def on_error(name: str, message: str) -> None:
         if message:
             send({"event": "warning", "name": name, "error": message})
 
     sup = Supervisor(names, sweep=sweep, poll=poll, on_recover=on_recover, on_error=on_error,
-                     on_watch=on_watch, owner_uid=uid)
+                     on_watch=commands.note, owner_uid=uid)
     stopping: list[int] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -20,7 +20,6 @@ from typing import Any
 
 from .. import _proc
 
-EVENT_MAX = 4096        # bytes per event line
 CHILD_BOUND = 30.0      # seconds the child may take for all its names
 
 
@@ -57,9 +56,7 @@ def as_user(uid: int, job: Callable[[Callable[[dict[str, Any]], None]], int],
             os.close(r)
 
             def emit(ev: dict[str, Any]) -> None:
-                data = (json.dumps(ev) + "\n").encode()
-                if len(data) <= EVENT_MAX:
-                    os.write(w, data)
+                _proc.write_event(w, ev)
 
             try:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -92,14 +89,10 @@ def as_user(uid: int, job: Callable[[Callable[[dict[str, Any]], None]], int],
             if not chunk:
                 break
             buf += chunk
-            while b"\n" in buf:
-                line, _, rest = bytes(buf).partition(b"\n")
-                buf[:] = rest
+            for line in _proc.split_lines(buf):
                 ev = _parse(line)
                 if ev is not None:
                     events.append(ev)
-            if len(buf) > EVENT_MAX:
-                buf.clear()      # a line too long to be ours
     finally:
         os.close(r)
         _pid, status = os.waitpid(pid, 0)
@@ -108,7 +101,7 @@ def as_user(uid: int, job: Callable[[Callable[[dict[str, Any]], None]], int],
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:
-    if len(line) > EVENT_MAX:
+    if len(line) > _proc.EVENT_LINE_MAX:
         return None
     try:
         ev = json.loads(line)

@@ -245,19 +245,14 @@ def _make(args: argparse.Namespace, root: bool,
 
         return RootSupervisor(args.names or None, sweep=args.sweep, poll=args.poll, emit=emit)
 
-    commands: dict[tuple[int, int], str] = {}
-
-    def on_watch(pid: int, start: int) -> None:
-        argv = _proc.argv(pid, start)
-        if argv is not None:
-            commands[(pid, start)] = " ".join(argv)
+    commands = _proc.CommandLines()
 
     def on_recover(name: str, pid: int, start: int, units: int, entries: int,
                    died_ns: int | None) -> None:
         if counters is not None:
             counters.recovered(name, units)
         after = None if died_ns is None else (time.time_ns() - died_ns) / 1e6
-        print(_recovered_line(name, pid, units, entries, after, commands.pop((pid, start), None)),
+        print(_recovered_line(name, pid, units, entries, after, commands.pop(pid, start)),
               flush=True)
 
     def on_error(name: str, message: str) -> None:
@@ -265,4 +260,4 @@ def _make(args: argparse.Namespace, root: bool,
             _warn(name, message)
 
     return Supervisor(args.names or None, sweep=args.sweep, poll=args.poll,
-                      on_recover=on_recover, on_error=on_error, on_watch=on_watch)
+                      on_recover=on_recover, on_error=on_error, on_watch=commands.note)

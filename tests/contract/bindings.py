@@ -332,13 +332,14 @@ class _ZkServer:
             cls.server = None
 
 
-class ZooKeeperBinding(Binding):
-    """The ZooKeeper backend (``zookeeper://127.0.0.1:PORT/chroot``) on a real
-    standalone server.  Every process of a test is on this machine, so a
-    dead holder's units come back through pidfd reaping (the waiters', or
+class _OnZooKeeper:
+    """A binding's semaphores on the shared standalone server, in a chroot
+    of its own.  Every process of a test is on this machine, so a dead
+    holder's units come back through pidfd reaping (the waiters', or
     recover()) in milliseconds; the session timeout (10 s) is the backstop."""
 
-    id = "zookeeper"
+    id: str
+    url: str | None
     recovery_timeout = 12.0
     contention_rounds = 60
 
@@ -347,31 +348,26 @@ class ZooKeeperBinding(Binding):
 
     def start(self) -> None:
         self.url = _ZkServer.url(self.id)
-
-    def stop(self) -> None:
-        assert self.url is not None
-        _ZkServer.done(self.url)
-
-
-class AsyncZooKeeperBinding(AsyncShmBinding):
-    """ipcsem.AsyncSemaphore and AsyncMutex on the ZooKeeper backend, through
-    the synchronous adapter (as ``shm-async``)."""
-
-    id = "zookeeper-async"
-    recovery_timeout = 12.0
-    contention_rounds = 60
-
-    def available(self) -> str | None:
-        return _ZkServer.missing()
-
-    def start(self) -> None:
-        self.url = _ZkServer.url(self.id)
-        super().start()
+        super().start()         # (the binding it is mixed into)
 
     def stop(self) -> None:
         super().stop()
         assert self.url is not None
         _ZkServer.done(self.url)
+
+
+class ZooKeeperBinding(_OnZooKeeper, Binding):
+    """The ZooKeeper backend (``zookeeper://127.0.0.1:PORT/chroot``) on a real
+    standalone server."""
+
+    id = "zookeeper"
+
+
+class AsyncZooKeeperBinding(_OnZooKeeper, AsyncShmBinding):
+    """ipcsem.AsyncSemaphore and AsyncMutex on the ZooKeeper backend, through
+    the synchronous adapter (as ``shm-async``)."""
+
+    id = "zookeeper-async"
 
 
 BINDINGS: list[Binding] = [ShmBinding(), AsyncShmBinding(), ZooKeeperBinding(),
