@@ -10,10 +10,6 @@
                              lock and freed in the handle's next transaction
         IPCSEM_EXP_ENQFIRST  a blocking acquire() goes straight to the C wait,
                              whose enqueue grants at once when it can
-    tools/bench/whatif/light-import-idle-supervisor.patch
-        `import ipcsem` without asyncio/ssl and hashlib/OpenSSL; the
-        supervisor skips /proc reads for identities it has pidfds for and
-        waits with epoll.  Meant to be applied as it is.
     tools/bench/experiments.py
         IPCSEM_BENCH_EXPERIMENT=nowatch|lazywatch: the watcher, off or kept
         across waits, swapped in inside the benchmark's workers only.
