@@ -63,10 +63,14 @@ class WorkerProc:
     def spawn(cls, cfg: WorkerConfig, err_path: str, how: str) -> WorkerProc:
         """Start a worker: ``how`` "exec" (a fresh interpreter) or "fork"."""
         if how == "exec":
-            with open(err_path, "ab") as err:
+            # Blocked until the exec, as for every child: between fork and
+            # exec the child still has the storm's handlers (and its wakeup
+            # fd), so a stop signal there would be taken for the storm's.
+            with open(err_path, "ab") as err, stop_signals_blocked():
                 p = subprocess.Popen([sys.executable, "-m", "ipcsem.chaos", "worker", *cfg.argv()],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=err, start_new_session=True, env=_proc.package_env())
+                                     stderr=err, start_new_session=True, env=_proc.package_env(),
+                                     preexec_fn=child_preexec())
             return cls(cfg.index, p.pid, bool(cfg.self_kill), p)
         with stop_signals_blocked():
             pid = os.fork()
