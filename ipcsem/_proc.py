@@ -279,6 +279,22 @@ def write_event(fd: int, event: dict[str, Any]) -> None:
         os.write(fd, data)
 
 
+def read_event(line: bytes) -> dict[str, Any] | None:
+    """One line as an event, or None: at most EVENT_LINE_MAX bytes, JSON, an
+    object whose "event" is a string.  (Deep nesting is not ours either:
+    the parser's RecursionError says so.)  Its other keys are the reader's
+    to check."""
+    import json
+
+    if len(line) > EVENT_LINE_MAX:
+        return None
+    try:
+        ev = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return ev if isinstance(ev, dict) and isinstance(ev.get("event"), str) else None
+
+
 def split_lines(buf: bytearray) -> list[bytes]:
     """Take the complete lines off the front of ``buf`` (what a pipe gave
     so far); a rest longer than EVENT_LINE_MAX is no line of ours and is

@@ -10,7 +10,6 @@ process): bounded in size and time, checked for type, printable only.
 """
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -90,7 +89,7 @@ def as_user(uid: int, job: Callable[[Callable[[dict[str, Any]], None]], int],
                 break
             buf += chunk
             for line in _proc.split_lines(buf):
-                ev = _parse(line)
+                ev = _proc.read_event(line)
                 if ev is not None:
                     events.append(ev)
     finally:
@@ -98,16 +97,6 @@ def as_user(uid: int, job: Callable[[Callable[[dict[str, Any]], None]], int],
         _pid, status = os.waitpid(pid, 0)
     code = -1 if killed else os.waitstatus_to_exitcode(status)
     return events, code
-
-
-def _parse(line: bytes) -> dict[str, Any] | None:
-    if len(line) > _proc.EVENT_LINE_MAX:
-        return None
-    try:
-        ev = json.loads(line)
-    except (ValueError, RecursionError):   # deep nesting is not ours either
-        return None
-    return ev if isinstance(ev, dict) and isinstance(ev.get("event"), str) else None
 
 
 def is_int(v: object) -> bool:
