@@ -54,6 +54,15 @@ class _DrivenProcess:
     _lines: LineReader
     _what = "agent"          # what its messages call it
 
+    def _ready_start(self, line: str, error: type[AgentError]) -> int:
+        """Its identity's start, from its first line (``ready PID START``);
+        ``error`` if it said anything else."""
+        words = line.split()
+        if len(words) != 3 or words[0] != "ready" or int(words[1]) != self.pid:
+            raise error("AgentError", f"{self._what} {self.pid} said {' '.join(words)!r} "
+                                      "instead of ready")
+        return int(words[2])
+
     def _next_line(self, timeout: float) -> str:
         """The next line it says.  TimeoutError if nothing came within
         ``timeout`` seconds; EOFError if it exited (with its exit status and
@@ -159,11 +168,7 @@ class Agent(_DrivenProcess):
         """Wait until it has started (returns self, for chaining)."""
         if self.start is not None:
             return self
-        words = self.read(timeout).split()
-        if len(words) != 3 or words[0] != "ready" or int(words[1]) != self.pid:
-            raise AgentError("AgentError", f"agent {self.pid} said {' '.join(words)!r} "
-                                           "instead of ready")
-        self.start = int(words[2])
+        self.start = self._ready_start(self.read(timeout), AgentError)
         return self
 
     def send(self, line: str) -> None:
@@ -370,11 +375,7 @@ class AsyncAgent(_DrivenProcess):
     def ready(self, timeout: float = 30) -> AsyncAgent:
         if self.start_time is not None:
             return self
-        words = self._next_line(timeout).split()
-        if len(words) != 3 or words[0] != "ready" or int(words[1]) != self.pid:
-            raise AsyncAgentError("AgentError", f"aio agent {self.pid} said "
-                                                f"{' '.join(words)!r} instead of ready")
-        self.start_time = int(words[2])
+        self.start_time = self._ready_start(self._next_line(timeout), AsyncAgentError)
         return self
 
 
