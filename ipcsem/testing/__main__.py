@@ -17,7 +17,7 @@ USAGE = ("usage: python -m ipcsem.testing hold NAME UNITS [--capacity N] [--time
          "       python -m ipcsem.testing take NAME UNITS [--timeout S] [--backend URL]\n"
          "       python -m ipcsem.testing agent [--backend URL]\n"
          "       python -m ipcsem.testing aio-agent [--loop asyncio|uvloop] [--backend URL]\n"
-         "       python -m ipcsem.testing churn NAME SECONDS HOLD [--backend URL]\n"
+         "       python -m ipcsem.testing churn NAME SECONDS HOLD [--units N] [--backend URL]\n"
          "       python -m ipcsem.testing loop-load ipcsem|asyncio NAME,... TASKS HOLD SECONDS "
          "[--samples]")
 
@@ -140,9 +140,9 @@ def aio_agent_main(argv: list[str]) -> int:
 
 
 def churn_main(argv: list[str]) -> int:
-    """A churner of the loop-gap workload (``loop_load.start_churners``):
-    print ``ready``, then take a unit of NAME, hold it HOLD s, give it back
-    and pause as long, for SECONDS."""
+    """A churner (``loop_load.start_churners``): print ``ready``, then take
+    N units of NAME, hold them HOLD s, give them back and pause as long, for
+    SECONDS."""
     from .loop_load import churn
 
     p = _argparser("churn", "Take and give back a unit of a semaphore in a loop "
@@ -150,9 +150,10 @@ def churn_main(argv: list[str]) -> int:
     p.add_argument("name", metavar="NAME")
     p.add_argument("seconds", metavar="SECONDS", type=float)
     p.add_argument("hold", metavar="HOLD", type=float)
+    p.add_argument("--units", type=int, default=1, metavar="N", help="units taken at a time")
     args = p.parse_args(argv)
     try:
-        churn(args.name, args.seconds, args.hold, args.backend)
+        churn(args.name, args.seconds, args.hold, args.backend, args.units)
     except (BrokenPipeError, KeyboardInterrupt):
         return 1
     return 0

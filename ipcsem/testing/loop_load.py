@@ -5,10 +5,10 @@ that the loop never blocks on a wait.  One home for the test
 (tests/test_aio_loop.py) and the benchmark (``python -m tools.bench.loopgaps``),
 so that both measure the same program.
 
-``start_churners(names, per_name, seconds, hold)``
+``start_churners(names, per_name, seconds, hold, backend=None, units=1)``
     ``per_name`` processes per semaphore (``python -m ipcsem.testing churn``)
-    that take a unit, hold it ``hold`` s, give it back and pause as long,
-    for ``seconds``; returned once each is running.
+    that take ``units``, hold them ``hold`` s, give them back and pause as
+    long, for ``seconds``; returned once each is running.
 ``run_loop_load(kind, names, *, tasks, hold, seconds, samples=False)``
     the measured program in a fresh process (``python -m ipcsem.testing
     loop-load``: nothing but asyncio, ipcsem and the ticker in its heap --
@@ -39,11 +39,13 @@ CAPACITY = 2            # of each semaphore of the workload
 
 
 def start_churners(names: list[str], per_name: int, seconds: float, hold: float,
-                   backend: str | None = None) -> list[subprocess.Popen[str]]:
-    """The other processes of the workload, each running once this returns.
-    The caller kills them (they end by themselves after ``seconds``)."""
+                   backend: str | None = None, units: int = 1) -> list[subprocess.Popen[str]]:
+    """The other processes of the workload (each taking ``units`` at a
+    time), each running once this returns.  The caller kills them (they end
+    by themselves after ``seconds``)."""
     cmd = [sys.executable, "-m", MODULE, "churn"]
-    extra = [] if backend is None else ["--backend", backend]
+    extra = (["--units", str(units)] if units != 1 else []) + \
+        ([] if backend is None else ["--backend", backend])
     procs = [subprocess.Popen([*cmd, n, str(seconds), str(hold), *extra],
                               stdout=subprocess.PIPE, text=True)
              for n in names for _ in range(per_name)]
@@ -72,7 +74,8 @@ def run_loop_load(kind: str, names: list[str], *, tasks: int = 1000, hold: float
 
 
 # ------------------------------------------------- the processes' side
-def churn(name: str, seconds: float, hold: float, backend: str | None = None) -> None:
+def churn(name: str, seconds: float, hold: float, backend: str | None = None,
+          units: int = 1) -> None:
     import time
 
     from .._semaphore import Semaphore
@@ -81,9 +84,9 @@ def churn(name: str, seconds: float, hold: float, backend: str | None = None) ->
     end = time.monotonic() + seconds
     print("ready", flush=True)
     while time.monotonic() < end:
-        if s.acquire(timeout=0.5):
+        if s.acquire(units, timeout=0.5):
             time.sleep(hold)
-            s.release()
+            s.release(units)
         time.sleep(hold)
 
 

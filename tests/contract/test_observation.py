@@ -8,6 +8,7 @@ import pytest
 
 import ipcsem
 from ipcsem.testing import AgentError, assert_consistent, queued_pids
+from ipcsem.testing.loop_load import start_churners
 
 
 def test_holders_say_who_holds_how_much_since_when(backend, sem_name):
@@ -111,30 +112,13 @@ def test_unlink_while_held_and_waited_on(backend, sem_name):
         waiter.try_acquire()
 
 
-_CHURN = """
-import sys, ipcsem
-name, url = sys.argv[1], sys.argv[2] or None
-s = ipcsem.Semaphore(name, backend=url)
-print("ready", flush=True)
-while True:
-    s.acquire(2)
-    s.release(2)
-"""
-
-
 def test_a_picture_is_one_reading_while_others_churn(backend, sem_name):
     # Status tools show picture(): its counters must agree with its lists
     # at every moment.  (stats(), holders() and waiters() read one after
     # another showed a fresh holder next to "1 available".)
-    import subprocess
-    import sys
-
     sem = backend.open(sem_name, capacity=3)
-    churners = [subprocess.Popen([sys.executable, "-c", _CHURN, sem_name, backend.url or ""],
-                                 stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    churners = start_churners([sem_name], 3, 60, 0.0, backend.url, units=2)
     try:
-        for p in churners:
-            assert p.stdout.readline().strip() == "ready"
         seen_held = seen_waiting = 0
         end = time.monotonic() + 3.0
         n = 0
