@@ -12,10 +12,11 @@ from .._backend import Backend
 from .._errors import CapacityMismatch, IpcsemError, NotFound, PolicyMismatch, Unavailable
 from .._records import Params
 from . import _codec
-from ._handle import Client, Stepper, ZkHandle, unsupported
+from ._handle import Client, ZkHandle, unsupported
 from ._lease import Book, OnLost
 from ._local import HAVE_PIDFD, HOSTNAME, ME, Reaper
 from ._session import Connection, Options, Session, error_name
+from ._stepper import Stepper
 
 log = logging.getLogger("ipcsem.zk")
 

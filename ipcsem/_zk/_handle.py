@@ -29,17 +29,13 @@ from the view in ``_view``; this module does the reading.
 from __future__ import annotations
 
 import dataclasses
-import heapq
-import itertools
 import logging
-import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from .. import _proc
 from .._backend import Handle, Pending
 from .._errors import (
     Closed,
@@ -58,6 +54,7 @@ from ._codec import HeldNode, Meta, ReqNode
 from ._lease import Book, Hold, OnLost, ZkLease
 from ._local import HOSTNAME, MACHINE_KEY, ME, is_dead
 from ._session import Connection, Session, error_name
+from ._stepper import Stepper
 from ._view import View
 
 if TYPE_CHECKING:
@@ -898,57 +895,6 @@ class ZkPending(Pending):
         self.queued = queued
 
 
-class Stepper:
-    """One thread per backend that steps event-loop waiters' requests: it
-    queues, decides and grants for them (network I/O) so the loop's thread
-    never waits for a server.  Steps are coalesced (a request scheduled
-    twice runs once) and retried later when the server does not answer."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._ready: list[_Queued] = []
-        self._scheduled: set[_Queued] = set()
-        self._later: list[tuple[float, int, _Queued]] = []
-        self._seq = itertools.count()
-        self._pid = os.getpid()
-        self._thread: threading.Thread | None = None
-
-    def schedule(self, w: _Queued, after: float = 0.0) -> None:
-        with self._cond:
-            if after > 0:
-                heapq.heappush(self._later, (time.monotonic() + after, next(self._seq), w))
-            elif w not in self._scheduled:
-                self._scheduled.add(w)
-                self._ready.append(w)
-            if self._thread is None or self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._thread = _proc.start_named_thread("ipcsem-zk-steps", self._run)
-            self._cond.notify()
-
-    def _next(self) -> _Queued:
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                while self._later and self._later[0][0] <= now:
-                    _, _, w = heapq.heappop(self._later)
-                    if w not in self._scheduled:
-                        self._scheduled.add(w)
-                        self._ready.append(w)
-                if self._ready:
-                    w = self._ready.pop(0)
-                    self._scheduled.discard(w)
-                    return w
-                self._cond.wait(None if not self._later else max(0.0, self._later[0][0] - now))
-
-    def _run(self) -> None:
-        while True:
-            w = self._next()
-            try:
-                w.work()
-            except BaseException:  # a bug of ours: never let the thread die with it
-                log.exception("ipcsem: stepping a queued request failed")
-
-
 class _Queued:
     """One queued request: its node, its watches, its admission.  A blocking
     caller runs it in its own thread (``run``); an event-loop caller's is
@@ -1417,4 +1363,4 @@ class _Queued:
         self._unwatch_local()
 
 
-__all__ = ["Req", "Stepper", "ZkHandle", "ZkPending", "unsupported"]
+__all__ = ["Req", "ZkHandle", "ZkPending", "unsupported"]
