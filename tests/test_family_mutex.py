@@ -102,11 +102,17 @@ def test_reentrant_nests_and_frees_at_depth_zero(name, children):
         assert ledger_view(m.name).header.mx_depth == left
     a.run("m.release()")
     assert not m.locked()
-    assert b.run("m.acquire(False)") is True
+    assert ledger_view(m.name).header.mx_depth == 0 and ledger_view(m.name).header.mx_owner_tid == 0
+    # The next owner's nested grants carry its own grant's token (layout 3
+    # keeps no copy of it: the last token handed out, capacity being 1).
+    b_tokens = b.run("result = [m.hold().__enter__().token for _ in range(2)]")
+    assert b_tokens[0] == b_tokens[1] > tokens[0]
+    assert ledger_view(m.name).header.mx_depth == 2
     with pytest.raises(ChildError) as e:
         a.run("m.release()")
     assert e.value.type == "NotOwner"
-    b.run("m.release()")
+    b.run("m.release(); m.release()")
+    assert not m.locked()
 
 
 def test_owner_killed_next_owners_see_previous_owner_died_until_a_normal_release(name, children):

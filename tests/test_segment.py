@@ -82,7 +82,7 @@ def open_in_child(name):
 
 
 @pytest.mark.parametrize("kind", ["foreign", "truncated", "tiny", "version", "inconsistent",
-                                  "v1"])
+                                  "v1", "v2"])
 def test_bad_segments_are_typed_errors_naming_the_remedy(name, kind):
     """Hazard 10: never SIGBUS, never a hang, never silent trust."""
     good = DEFAULT_SIZE
@@ -100,6 +100,8 @@ def test_bad_segments_are_typed_errors_naming_the_remedy(name, kind):
             os.ftruncate(fd, good // 2)
         elif kind == "version":
             os.pwrite(fd, (99).to_bytes(8, "little"), 8)
+        elif kind == "v2":    # an earlier 0.2 build's layout: the mutex owner's fields differ
+            os.pwrite(fd, (2).to_bytes(8, "little"), 8)
         else:
             os.pwrite(fd, (7).to_bytes(8, "little"), 40)   # max_holders no longer fits the size
         os.close(fd)
@@ -111,6 +113,8 @@ def test_bad_segments_are_typed_errors_naming_the_remedy(name, kind):
         assert "layout version unknown" in r.stdout
     if kind == "v1":
         assert "layout version 1" in r.stdout
+    if kind == "v2":
+        assert "layout version 2" in r.stdout
     ipcsem.unlink(name)                       # and the remedy works
     assert not os.path.exists(_names.shm_path(name))
 
@@ -119,7 +123,7 @@ def test_broken_invariant_is_reported_by_check(name):
     sem = ipcsem.Semaphore(name, capacity=2)
     sem.acquire()
     fd = os.open(_names.shm_path(name), os.O_RDWR)
-    available = 18   # header word of `available` in layout 2
+    available = 18   # header word of `available` (layouts 2 and 3)
     os.pwrite(fd, (2).to_bytes(8, "little"), available * 8)   # 2 free while 1 is held
     os.close(fd)
     with pytest.raises(ipcsem.Corrupt, match="units lost or invented"):

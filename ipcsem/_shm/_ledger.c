@@ -76,7 +76,7 @@
 #endif
 
 #define LEDGER_MAGIC 0x32304d4553435049ULL /* bytes "IPCSEM02" on little-endian */
-#define LAYOUT_VERSION 2
+#define LAYOUT_VERSION 3
 #define HEADER_SIZE 4096
 #define MUTEX_OFF 512
 #define MUTEX_RESERVED 128
@@ -111,6 +111,8 @@ enum {
     H_HOLDER_HWM, H_WAITER_HWM, H_Q_HEAD, H_Q_TAIL, H_FREE_HEAD, H_HEAD_OVERTAKEN,
     H_RECOVERED_UNITS, H_RECOVERIES, H_ACQUISITIONS, H_REGISTRATIONS, H_CHANGES,
     H_NEXT_TOKEN,
+    /* the mutex owner; its TID and DEPTH mean something only while KEY is
+     * set; H_MX_TOKEN is unused since layout 3 (see mutex_token) */
     H_MX_OWNER_KEY, H_MX_OWNER_TID, H_MX_DEPTH, H_MX_TOKEN, H_MX_OWNER_DIED,
     /* priority inheritance (P_PI): the boosted owner thread, its own
      * priority before the first boost, the priority it was given, who did
@@ -796,9 +798,12 @@ static void slots_of_grant(View *V, Call *c, int64_t h, int64_t token)
  * its priority-inheritance record goes with the owner. */
 static void mutex_clear_owner(View *V, Call *c)
 {
+    /* Only the key: H_MX_OWNER_TID and H_MX_DEPTH mean something only while
+     * the key is set (every reader asks the key first), so they are left as
+     * they are -- the next owner's stores of the same thread and depth 1
+     * then cost nothing (tx_store skips an unchanged word).  A mutex pair
+     * logs two stores of its own instead of seven (layout 3). */
     tx_store(V, c, HDR(V, H_MX_OWNER_KEY), 0);
-    tx_store(V, c, HDR(V, H_MX_OWNER_TID), 0);
-    tx_store(V, c, HDR(V, H_MX_DEPTH), 0);
     for (int f = H_PI_STATE; f <= H_PI_REASON; f++)
         tx_store(V, c, HDR(V, f), 0);
 }
@@ -823,7 +828,8 @@ static int64_t give_units(View *V, Call *c, int64_t h, int64_t units, int64_t no
         tx_store(V, c, HDR(V, H_MX_OWNER_KEY), owner);
         tx_store(V, c, HDR(V, H_MX_OWNER_TID), tid);
         tx_store(V, c, HDR(V, H_MX_DEPTH), 1);
-        tx_store(V, c, HDR(V, H_MX_TOKEN), token);
+        /* No copy of the token: with one unit, the owner's grant is the
+         * last one made while the key is set (see mutex_token). */
     }
     return token;
 }
@@ -1317,6 +1323,11 @@ static int refuse_if_unlinked(View *V, Call *c)
     return 0;
 }
 
+/* The fencing token of the mutex owner's grant: capacity 1, so while the
+ * owner key is set no other grant was made since the owner's -- tokens are
+ * only handed out by give_units, which bumps H_NEXT_TOKEN. */
+static int64_t mutex_token(View *V) { return ld(HDR(V, H_NEXT_TOKEN)) - 1; }
+
 /* A mutex asked for by its own owner: nest (reentrant) or refuse. */
 static int mutex_self(Ledger *L, Call *c, int64_t pid, int64_t start, int64_t owner)
 {
@@ -1334,7 +1345,7 @@ static int mutex_self(Ledger *L, Call *c, int64_t pid, int64_t start, int64_t ow
     tx_store(V, c, HDR(V, H_MX_DEPTH), ld(HDR(V, H_MX_DEPTH)) + 1);
     tx_commit(V, c);
     c->r[0] = 1;
-    c->r[1] = ld(HDR(V, H_MX_TOKEN));
+    c->r[1] = mutex_token(V);
     c->r[2] = ld(HDR(V, H_MX_OWNER_DIED));
     return 1;
 }
@@ -2528,10 +2539,12 @@ static const char *geometry_of(const volatile int64_t *hdr, Geometry *g)
         if (magic == 0)
             return "segment is not initialised (no magic)";
         if (magic == 0x31304d4553435049ULL)
-            return "ledger layout version 1 (ipcsem 0.1): this ipcsem reads version 2";
+            return "ledger layout version 1 (ipcsem 0.1): this ipcsem reads version 3";
         return "segment is not an ipcsem ledger (bad magic)";
     }
     int64_t version = hdr[H_VERSION];
+    if (version == 2)
+        return "ledger layout version 2 (an earlier ipcsem 0.2): this ipcsem reads version 3";
     if (version != LAYOUT_VERSION)
         return "ledger layout version unknown to this ipcsem";
     int64_t cap = hdr[H_CAPACITY], mh = hdr[H_MAX_HOLDERS], mw = hdr[H_MAX_WAITERS],
@@ -2665,6 +2678,9 @@ static PyObject *parse_regions(Regions *R, int consistent, int strict)
     waiters = PyList_New(0);
     if (!header || !holders || !waiters)
         goto fail;
+    /* the owner's thread and depth mean nothing without an owner (see
+     * mutex_clear_owner): reported as 0 then */
+    int64_t mx_key = rd(R->hdr, 0, H_MX_OWNER_KEY);
     int64_t hv[40] = {
         g.capacity, g.max_holders, g.max_waiters, g.policy,
         rd(R->hdr, 0, H_CREATED_NS), rd(R->hdr, 0, H_CREATOR_PID), rd(R->hdr, 0, H_INITIAL),
@@ -2674,7 +2690,7 @@ static PyObject *parse_regions(Regions *R, int consistent, int strict)
         rd(R->hdr, 0, H_RECOVERIES), rd(R->hdr, 0, H_LOCK_REPAIRS), rd(R->hdr, 0, H_LOCK_OWNER),
         rd(R->hdr, 0, H_ACQUISITIONS), rd(R->hdr, 0, H_REGISTRATIONS), rd(R->hdr, 0, H_CHANGES),
         hhwm, whwm, rd(R->hdr, 0, UNDO_COUNT_OFF / 8), rd(R->hdr, 0, H_HEAD_OVERTAKEN),
-        rd(R->hdr, 0, H_MX_OWNER_KEY), rd(R->hdr, 0, H_MX_OWNER_TID), rd(R->hdr, 0, H_MX_DEPTH),
+        mx_key, mx_key ? rd(R->hdr, 0, H_MX_OWNER_TID) : 0, mx_key ? rd(R->hdr, 0, H_MX_DEPTH) : 0,
         rd(R->hdr, 0, H_MX_OWNER_DIED), rd(R->hdr, 0, H_PI_STATE), rd(R->hdr, 0, H_PI_TID),
         rd(R->hdr, 0, H_PI_BASE_POLICY), rd(R->hdr, 0, H_PI_BASE_RTPRIO),
         rd(R->hdr, 0, H_PI_BASE_NICE), rd(R->hdr, 0, H_PI_BOOST_POLICY),
@@ -3009,7 +3025,7 @@ static int verify(View *V, Call *c)
     }
     if (is_mutex(V)) {
         int64_t key = ld(HDR(V, H_MX_OWNER_KEY)), depth = ld(HDR(V, H_MX_DEPTH));
-        if ((key != 0) != (held == 1) || (key != 0 && depth < 1) || (key == 0 && depth != 0))
+        if ((key != 0) != (held == 1) || (key != 0 && depth < 1))
             BROKEN("mutex owner (key %lld, depth %lld) disagrees with %lld held unit(s)",
                    (long long)key, (long long)depth, (long long)held);
     }
@@ -3211,8 +3227,9 @@ static PyObject *Ledger_get_mutex(Ledger *L, void *c)
     if (check_open(L) < 0)
         return NULL;
     View *V = &L->v;
-    return Py_BuildValue("(LLLL)", (long long)ld(HDR(V, H_MX_OWNER_KEY)),
-                         (long long)ld(HDR(V, H_MX_OWNER_TID)), (long long)ld(HDR(V, H_MX_DEPTH)),
+    int64_t key = ld(HDR(V, H_MX_OWNER_KEY));
+    return Py_BuildValue("(LLLL)", (long long)key, (long long)(key ? ld(HDR(V, H_MX_OWNER_TID)) : 0),
+                         (long long)(key ? ld(HDR(V, H_MX_DEPTH)) : 0),
                          (long long)ld(HDR(V, H_MX_OWNER_DIED)));
 }
 

@@ -17,7 +17,7 @@ from typing_extensions import disjoint_base
 
 from .._records import Lease
 
-LAYOUT_VERSION: Final = 2
+LAYOUT_VERSION: Final = 3
 HEADER_SIZE: Final = 4096
 MAGIC: Final = 0x32304D4553435049
 MAX_CAPACITY: Final = 2147483647
