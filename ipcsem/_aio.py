@@ -218,7 +218,12 @@ class _LoopWaits:
                 self._window, self._spent = now + RETRY, 0.0
 
     def busy(self) -> bool:
-        return self.loop.time() < self.busy_until
+        if not self.busy_until:          # the common case: no back-off, no clock read
+            return False
+        if self.loop.time() < self.busy_until:
+            return True
+        self.busy_until = 0.0
+        return False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -391,20 +396,32 @@ class _AsyncPrimitive(Opened):
         _args.check_int("units", units, 1, self._capacity)
         return self._handle.take(units, 0, owner_key(), native_tid()) is not None
 
+    def _take_now(self, units: int, priority: int) -> Lease | None:
+        """The uncontended acquire, without a coroutine of its own: one
+        lock-bounded take on the loop's thread, nothing allocated.  None:
+        not now (taken, the loop backing off, a busy lock): _grant queues."""
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("ipcsem's async classes must be used from a task")
+        waits = _loop_waits(task.get_loop())
+        if waits.busy():
+            return None
+        return waits.timed(self._handle.take_now, units, priority, _key_of(task), native_tid())
+
     async def _grant(self, units: int, timeout: float | None, priority: int,
-                     deadlock_raise: bool) -> Lease | None:
+                     deadlock_raise: bool, tried: bool = False) -> Lease | None:
         """The one async acquire path: queue (granted at once if it can be
-        had now) and wait without blocking the loop; None at the deadline."""
+        had now) and wait without blocking the loop; None at the deadline.
+        ``tried``: the caller's _take_now just said "not now"."""
         h, owner, tid = self._handle, task_key(), native_tid()
         if timeout == 0:
             return h.take(units, priority, owner, tid)
-        loop = asyncio.get_running_loop()
-        waits = _loop_waits(loop)
-        if not waits.busy():
-            # the uncontended case: one lock-bounded take, nothing allocated
-            lease = waits.timed(h.take_now, units, priority, owner, tid)
+        if not tried:
+            lease = self._take_now(units, priority)
             if lease is not None:
                 return lease
+        loop = asyncio.get_running_loop()
+        waits = _loop_waits(loop)
         deadline = None if timeout is None else loop.time() + timeout
         task = asyncio.current_task()
         assert task is not None      # task_key() above raised otherwise
@@ -483,7 +500,16 @@ class _AsyncPrimitive(Opened):
     def release(self, units: int = 1) -> None:
         """Give ``units`` back (a plain call, like asyncio.Semaphore.release;
         from a task, a loop callback or any thread)."""
-        self._release(units, owner_key())
+        # owner_key() and _release() inlined: this is half the async pair
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:       # a worker thread: nothing of a loop to spare
+            self._handle.release(units, native_tid())
+            return
+        task = asyncio.current_task(loop)
+        owner = native_tid() if task is None else _key_of(task)
+        # never waits for a busy ledger lock (the backend finishes it then)
+        _loop_waits(loop).timed(self._handle.release_soon, units, owner)
 
     def _release(self, units: int, owner: int) -> None:
         try:
@@ -539,7 +565,12 @@ class AsyncSemaphore(_AsyncPrimitive):
         _args.check_int("units", units, 1, self._capacity)
         t = _args.check_timeout(timeout)
         _args.check_priority(priority)
-        return await self._grant(units, t, priority, _args.check_deadlock(deadlock)) is not None
+        raise_ = _args.check_deadlock(deadlock)
+        if t != 0:
+            if self._take_now(units, priority) is not None:
+                return True
+            return await self._grant(units, t, priority, raise_, tried=True) is not None
+        return await self._grant(units, t, priority, raise_) is not None
 
     def disown(self, units: int = 1) -> None:
         """Hand owned units off without returning them (as
@@ -594,7 +625,12 @@ class AsyncMutex(_AsyncPrimitive):
         """Lock it for this task; False on timeout."""
         t = _args.check_timeout(timeout)
         _args.check_priority(priority)
-        return await self._grant(1, t, priority, _args.check_deadlock(deadlock)) is not None
+        raise_ = _args.check_deadlock(deadlock)
+        if t != 0:
+            if self._take_now(1, priority) is not None:
+                return True
+            return await self._grant(1, t, priority, raise_, tried=True) is not None
+        return await self._grant(1, t, priority, raise_) is not None
 
     # A mutex has one unit to give back: no ``units`` (as Mutex.release),
     # unlike the base class's release(units).

@@ -175,7 +175,7 @@ class ShmHandle(Handle):
         retry (enqueue does those); priority-inheritance mutexes always
         queue (their bookkeeping is enqueue's)."""
         if self.params.priority_inheritance or \
-                not self._releases_done(time.monotonic_ns() + LOOP_LOCK_NS):
+                (self._deferred and not self._releases_done(time.monotonic_ns() + LOOP_LOCK_NS)):
             return None
         try:
             return self._ledger.take(ME.pid, ME.start, tid, owner, units, priority,
@@ -353,7 +353,7 @@ class ShmHandle(Handle):
             # its owner's own priority comes back in the releasing call
             self.release(units, owner)
             return
-        if self._releases_done(time.monotonic_ns() + LOOP_LOCK_NS):
+        if not self._deferred or self._releases_done(time.monotonic_ns() + LOOP_LOCK_NS):
             try:
                 self._ledger.release(ME.pid, ME.start, owner, units, 0,
                                             time.monotonic_ns() + LOOP_LOCK_NS)
