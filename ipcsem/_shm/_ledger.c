@@ -715,9 +715,15 @@ static void slots_assign(View *V, Call *c, int64_t h, int64_t units, int64_t tok
     for (int64_t u = 0; u < V->capacity && given < units; u++) {
         if (ld(UNIT(V, u, UN_OWNER)) != 0)
             continue;
+        /* A free unit's token and key are never read (everything asks its
+         * owner word first), so they need no undo entry: a rollback frees
+         * the unit again by its owner word alone.  Stored before the owner
+         * word, so whoever sees the owner sees them. */
+        if (c->err != E_OK)
+            return;
+        st(UNIT(V, u, UN_TOKEN), token);
+        st(UNIT(V, u, UN_KEY), key);
         tx_store(V, c, UNIT(V, u, UN_OWNER), h + 1);
-        tx_store(V, c, UNIT(V, u, UN_TOKEN), token);
-        tx_store(V, c, UNIT(V, u, UN_KEY), key);
         if (mine && list_add(c, &c->slots, u) < 0)
             return;
         given++;
@@ -804,6 +810,8 @@ static void mutex_clear_owner(View *V, Call *c)
      * then cost nothing (tx_store skips an unchanged word).  A mutex pair
      * logs two stores of its own instead of seven (layout 3). */
     tx_store(V, c, HDR(V, H_MX_OWNER_KEY), 0);
+    if (!(V->policy & P_PI) && !ld(HDR(V, H_PI_STATE)))
+        return; /* no record to clear: only inheriting mutexes keep one */
     for (int f = H_PI_STATE; f <= H_PI_REASON; f++)
         tx_store(V, c, HDR(V, f), 0);
 }
@@ -818,10 +826,18 @@ static int64_t give_units(View *V, Call *c, int64_t h, int64_t units, int64_t no
     if (held == 0)
         tx_store(V, c, HOLDER(V, h, HO_SINCE), now);
     tx_store(V, c, HOLDER(V, h, HO_UNITS), held + units);
-    tx_store(V, c, HOLDER(V, h, HO_ACQUIRED), ld(HOLDER(V, h, HO_ACQUIRED)) + 1);
     tx_store(V, c, HDR(V, H_AVAILABLE), ld(HDR(V, H_AVAILABLE)) - units);
-    tx_store(V, c, HDR(V, H_ACQUISITIONS), ld(HDR(V, H_ACQUISITIONS)) + 1);
-    tx_store(V, c, HDR(V, H_NEXT_TOKEN), token + 1);
+    /* Not undo-logged (each logged store is an undo entry, two words of a
+     * shared cache line, and a crash point): the counters only count, and
+     * the token only has to grow.  A transaction rolled back after these
+     * leaves a counter one high and a token value never handed out, which
+     * is all a crash can do to them.  The log is not empty here (HO_UNITS
+     * above), so lock-free readers still see the transaction in progress. */
+    if (c->err == E_OK) {
+        st(HOLDER(V, h, HO_ACQUIRED), ld(HOLDER(V, h, HO_ACQUIRED)) + 1);
+        st(HDR(V, H_ACQUISITIONS), ld(HDR(V, H_ACQUISITIONS)) + 1);
+        st(HDR(V, H_NEXT_TOKEN), token + 1);
+    }
     if (is_slotted(V))
         slots_assign(V, c, h, units, token, owner, mine);
     if (is_mutex(V)) {
