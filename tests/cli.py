@@ -221,19 +221,19 @@ def isolated(scenario, timeout: float = 60) -> None:
 # ----------------------------------------------- a ledger, wedged on purpose
 # What a process stopped inside a ledger transaction leaves: the robust
 # mutex (offset 512) locked by it, its pid recorded as the lock owner, one
-# undo-log entry (offset 640 count, entries at the header's undo offset)
+# undo-log entry (the H_UNDO_COUNT word, entries at the header's undo offset)
 # for a store it made.  Written as the ledger's own after_lock()/tx_store()
 # would, into a mapping of our own; the store is to the `changes` counter,
 # which the undo entry restores when the next locker rolls it back.
 WEDGER = r"""
 import ctypes, mmap, os, struct, sys, time
 name, mid_update = sys.argv[1], sys.argv[2] == "1"
-H_CHANGES, H_LOCK_OWNER, H_UNDO_OFF = (int(x) for x in sys.argv[3:6])
+H_CHANGES, H_LOCK_OWNER, H_UNDO_OFF, H_UNDO_COUNT = (int(x) for x in sys.argv[3:7])
 fd = os.open("/dev/shm/ipcsem." + name, os.O_RDWR)
 mm = mmap.mmap(fd, os.fstat(fd).st_size)
 base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
 assert ctypes.CDLL(None).pthread_mutex_lock(ctypes.c_void_p(base + 512)) == 0
-UNDO_COUNT_OFF = 640
+UNDO_COUNT_OFF = H_UNDO_COUNT * 8
 def word(i, v=None):
     if v is None:
         return struct.unpack_from("<q", mm, i * 8)[0]
@@ -267,7 +267,8 @@ def wedge(procs, name: str, mid_update: bool = True) -> subprocess.Popen:
     """A process holding NAME's ledger lock (mid-update if asked), stopped."""
     import signal
 
-    words = [str(_header_index(f)) for f in ("H_CHANGES", "H_LOCK_OWNER", "H_UNDO_OFF")]
+    words = [str(_header_index(f))
+             for f in ("H_CHANGES", "H_LOCK_OWNER", "H_UNDO_OFF", "H_UNDO_COUNT")]
     p = procs([sys.executable, "-c", WEDGER, name, "1" if mid_update else "0", *words],
               stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"

@@ -714,13 +714,14 @@ def test_forged_owner_tid_does_not_make_a_privileged_waiter_boost_a_bystander(na
         waiter.run(f"set_prio(os.SCHED_OTHER, 0, -10); m = ipcsem.Mutex({name!r})")
         waiter.begin("result = m.acquire(timeout=2)")
         wait_queued(m, waiter)
-        # a raw write of the owner-thread word (header word 35), as a peer with
+        # a raw write of the owner-thread word (H_MX_OWNER_TID), as a peer with
         # write access to /dev/shm/ipcsem.NAME can do, once the waiter has
         # looked for dead owners (it heals every 0.5 s, boosts every 20 ms)
         time.sleep(0.1)
         fd = os.open(f"/dev/shm/ipcsem.{name}", os.O_RDWR)
         try:
-            os.pwrite(fd, bystander.pid.to_bytes(8, "little", signed=True), 35 * 8)
+            os.pwrite(fd, bystander.pid.to_bytes(8, "little", signed=True),
+                      cli._header_index("H_MX_OWNER_TID") * 8)
         finally:
             os.close(fd)
         assert owner_tid(name) == bystander.pid

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from cli import _header_index
 from procs import held_by, queued_pids, wait_until
 
 import ipcsem
@@ -123,7 +124,7 @@ def test_broken_invariant_is_reported_by_check(name):
     sem = ipcsem.Semaphore(name, capacity=2)
     sem.acquire()
     fd = os.open(_names.shm_path(name), os.O_RDWR)
-    available = 18   # header word of `available` (layouts 2 and 3)
+    available = _header_index("H_AVAILABLE")   # its header word, from _ledger.c's enum
     os.pwrite(fd, (2).to_bytes(8, "little"), available * 8)   # 2 free while 1 is held
     os.close(fd)
     with pytest.raises(ipcsem.Corrupt, match="units lost or invented"):

@@ -80,7 +80,6 @@
 #define HEADER_SIZE 4096
 #define MUTEX_OFF 512
 #define MUTEX_RESERVED 128
-#define UNDO_COUNT_OFF 640
 #define HOLDER_WORDS 8
 #define WAITER_WORDS 16
 #define UNIT_WORDS 3
@@ -100,17 +99,25 @@
 #define P_KNOWN (P_SLOTS | P_MUTEX | P_REENTRANT | P_UNFAIR | P_PI)
 
 /* Header fields, in int64 words from offset 0.  Never reorder: the layout
- * version names this exact order.  New fields go before H_NFIELDS. */
+ * version names this exact order (layout 3 moved the hot line together).
+ * New fields go before H_NFIELDS. */
 enum {
     /* fixed at creation */
     H_MAGIC = 0, H_VERSION, H_HEADER_SIZE, H_TOTAL_SIZE, H_CAPACITY,
     H_MAX_HOLDERS, H_MAX_WAITERS, H_HOLDERS_OFF, H_WAITERS_OFF, H_UNITS_OFF,
     H_UNDO_OFF, H_UNDO_MAX, H_CREATED_NS, H_CREATOR_PID, H_INITIAL, H_POLICY, H_NONCE,
+    /* changed by transactions, seldom */
+    H_FLAGS, H_UNOWNED, H_NEXT_TICKET, H_HOLDER_HWM, H_WAITER_HWM, H_Q_TAIL, H_FREE_HEAD,
+    /* The hot line (words 24-31, one 64-byte cache line): every take and
+     * release of every process reads or writes these, so under contention
+     * they move between CPUs together, as one line, instead of as six (the
+     * lock owner and the commit count are stored lock-free by the lock
+     * holder, the undo count by tx_store; none of the three is undo-logged;
+     * acquisitions and the next token are stored without undo entries). */
+    H_AVAILABLE, H_WAITING, H_Q_HEAD, H_ACQUISITIONS, H_NEXT_TOKEN, H_LOCK_OWNER, H_COMMITS,
+    H_UNDO_COUNT,
     /* changed by transactions */
-    H_FLAGS, H_AVAILABLE, H_UNOWNED, H_WAITING, H_NEXT_TICKET,
-    H_HOLDER_HWM, H_WAITER_HWM, H_Q_HEAD, H_Q_TAIL, H_FREE_HEAD, H_HEAD_OVERTAKEN,
-    H_RECOVERED_UNITS, H_RECOVERIES, H_ACQUISITIONS, H_REGISTRATIONS, H_CHANGES,
-    H_NEXT_TOKEN,
+    H_HEAD_OVERTAKEN, H_RECOVERED_UNITS, H_RECOVERIES, H_REGISTRATIONS, H_CHANGES,
     /* the mutex owner; its TID and DEPTH mean something only while KEY is
      * set; H_MX_TOKEN is unused since layout 3 (see mutex_token) */
     H_MX_OWNER_KEY, H_MX_OWNER_TID, H_MX_DEPTH, H_MX_TOKEN, H_MX_OWNER_DIED,
@@ -119,11 +126,14 @@ enum {
      * it; cleared with the owner */
     H_PI_STATE, H_PI_TID, H_PI_BASE_POLICY, H_PI_BASE_RTPRIO, H_PI_BASE_NICE,
     H_PI_BOOST_POLICY, H_PI_BOOST_RTPRIO, H_PI_BOOST_NICE, H_PI_BOOSTER, H_PI_REASON,
-    /* not undo-logged: diagnostics, the healer election, the seqlock, the
-     * count of entries their owners abandoned (changed lock-free) */
-    H_LAST_HEAL_NS, H_LOCK_REPAIRS, H_LOCK_OWNER, H_COMMITS, H_ABANDONED,
+    /* not undo-logged: diagnostics, the healer election, the count of
+     * entries their owners abandoned (changed lock-free) */
+    H_LAST_HEAL_NS, H_LOCK_REPAIRS, H_ABANDONED,
     H_NFIELDS
 };
+_Static_assert(H_AVAILABLE % 8 == 0 && H_UNDO_COUNT == H_AVAILABLE + 7,
+               "the hot line is one 64-byte cache line");
+#define UNDO_COUNT_OFF (H_UNDO_COUNT * 8)
 _Static_assert(H_NFIELDS * 8 <= MUTEX_OFF, "header fields overlap the mutex");
 _Static_assert(sizeof(pthread_mutex_t) <= MUTEX_RESERVED, "mutex does not fit");
 #define FLAG_UNLINKED 1
@@ -424,8 +434,11 @@ static int undo_target_ok(View *V, int64_t off)
 {
     if (off < 0 || (off & 7) || off > V->size - 8)
         return 0;
-    if (off < H_NFIELDS * 8)
-        return off >= H_FLAGS * 8 && off < H_LAST_HEAL_NS * 8;
+    if (off < H_NFIELDS * 8) {
+        int64_t f = off / 8;
+        return f >= H_FLAGS && f < H_LAST_HEAL_NS && f != H_ACQUISITIONS && f != H_NEXT_TOKEN &&
+               f != H_LOCK_OWNER && f != H_COMMITS && f != H_UNDO_COUNT;
+    }
     int64_t undo_off = (char *)V->undo - V->base;
     return off >= HEADER_SIZE && off < undo_off;
 }

@@ -662,7 +662,7 @@ def _c_enum(first: str) -> dict[str, int]:
 
 HDR = _c_enum("H_MAGIC = 0")
 HO = _c_enum("HO_PID = 0")
-UNDO_COUNT_OFF = 640
+UNDO_COUNT_OFF = HDR["H_UNDO_COUNT"] * 8
 HOLDER_BYTES = 8 * 8
 
 
