@@ -515,6 +515,50 @@ static inline uint32_t bell_read(volatile int64_t *field)
     return __atomic_load_n(bell_word(field), __ATOMIC_ACQUIRE);
 }
 
+/* An entry's doorbell has one waiter, its owner's thread, which sets the
+ * top bit of the word before it sleeps; a ring clears the bit as it counts
+ * and makes the FUTEX_WAKE system call only if the bit was set.  A ring for
+ * a waiter that is still running -- the spinning head, a woken head that
+ * has not looked yet, a barging mode's repeated rings -- is then one atomic
+ * instruction instead of a system call on a shared futex (which pins the
+ * page).  The count is the low 31 bits.  A peer that clears the bit can
+ * only delay the wake-up to the waiter's next slice, as a peer that never
+ * rings can.  (Process bells, which the notifier thread waits on several
+ * at a time with futex_waitv, keep ringing unconditionally.) */
+#define BELL_SLEEPER 0x80000000u
+
+static inline uint32_t entry_bell_read(volatile int64_t *field)
+{
+    return bell_read(field) & ~BELL_SLEEPER;
+}
+
+static void ring_entry(volatile int64_t *field)
+{
+    volatile uint32_t *w = bell_word(field);
+    uint32_t old = __atomic_load_n(w, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(w, &old, ((old & ~BELL_SLEEPER) + 1) & ~BELL_SLEEPER,
+                                        1, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+        ;
+    if (old & BELL_SLEEPER)
+        syscall(SYS_futex, w, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* bell_wait for an entry's bell: say we sleep, then sleep while nothing rang. */
+static int entry_bell_wait(volatile int64_t *field, uint32_t seen, int64_t deadline)
+{
+    volatile uint32_t *w = bell_word(field);
+    uint32_t cur = __atomic_load_n(w, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if ((cur & ~BELL_SLEEPER) != seen)
+            return 0; /* rung since we looked */
+        if ((cur & BELL_SLEEPER) ||
+            __atomic_compare_exchange_n(w, &cur, cur | BELL_SLEEPER, 1, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            break;
+    }
+    return bell_wait(field, seen | BELL_SLEEPER, deadline);
+}
+
 /* Remember to ring entry w's doorbell after unlock (or its holder's process
  * bell when an event loop waits for it). */
 static int add_wake(View *V, Call *c, int64_t w)
@@ -534,7 +578,7 @@ static void ring_wakes(View *V, Call *c)
     for (Py_ssize_t i = 0; i < c->wakes.n; i++) {
         int64_t k = c->wakes.items[i];
         if (k >= 0 && waiter_ok(V, k))
-            ring_bell(WAITER(V, k, WA_BELL));
+            ring_entry(WAITER(V, k, WA_BELL));
         else if (k < 0 && holder_ok(V, -k - 1))
             ring_bell(HOLDER(V, -k - 1, HO_BELL));
     }
@@ -2004,7 +2048,7 @@ static int head_spin(Ledger *L, View *V, int64_t w, uint32_t seen, int64_t until
     if (until > 0 && until < end)
         end = until;
     for (int i = 0;; i++) {
-        if (bell_read(WAITER(V, w, WA_BELL)) != seen) {
+        if (entry_bell_read(WAITER(V, w, WA_BELL)) != seen) {
             int64_t grown = budget * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : budget * 2;
             __atomic_store_n(&L->spin_ns, grown, __ATOMIC_RELAXED);
             return 1;
@@ -2061,7 +2105,7 @@ static PyObject *wait_entry(Ledger *L, Call *q, PyObject *on_slice, PyObject *on
     int watched = 0;
     Call c;
     for (;;) {
-        uint32_t seen = bell_read(WAITER(V, w, WA_BELL));
+        uint32_t seen = entry_bell_read(WAITER(V, w, WA_BELL));
         int64_t state = ld(WAITER(V, w, WA_STATE));
         int unlinked = (ld(HDR(V, H_FLAGS)) & FLAG_UNLINKED) != 0;
         if (L->closing) {
@@ -2144,7 +2188,7 @@ static PyObject *wait_entry(Ledger *L, Call *q, PyObject *on_slice, PyObject *on
         int rc = 0;
         Py_BEGIN_ALLOW_THREADS
         if (!head_spin(L, V, w, seen, until))
-            rc = bell_wait(WAITER(V, w, WA_BELL), seen, until);
+            rc = entry_bell_wait(WAITER(V, w, WA_BELL), seen, until);
         Py_END_ALLOW_THREADS
         if (rc == EINTR && PyErr_CheckSignals() < 0)
             goto cancel;
@@ -2215,7 +2259,7 @@ static PyObject *Ledger_ring(Ledger *L, PyObject *arg)
     Py_ssize_t w = PyLong_AsSsize_t(arg);
     if ((w == -1 && PyErr_Occurred()) || check_open(L) < 0 || check_entry(L, w) < 0)
         return NULL;
-    ring_bell(WAITER(&L->v, w, WA_BELL));
+    ring_entry(WAITER(&L->v, w, WA_BELL));
     Py_RETURN_NONE;
 }
 
@@ -3199,7 +3243,7 @@ static PyObject *Ledger_shutdown(Ledger *L, PyObject *arg)
         while (L->active > 0) {
             for (int i = 0; i < 8; i++)
                 if (L->waits[i] >= 0 && waiter_ok(&L->v, L->waits[i]))
-                    ring_bell(WAITER(&L->v, L->waits[i], WA_BELL));
+                    ring_entry(WAITER(&L->v, L->waits[i], WA_BELL));
             if (mono_ns() >= end) {
                 L->closing = 0;
                 Py_RETURN_FALSE;
