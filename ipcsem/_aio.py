@@ -500,25 +500,21 @@ class _AsyncPrimitive(Opened):
     def release(self, units: int = 1) -> None:
         """Give ``units`` back (a plain call, like asyncio.Semaphore.release;
         from a task, a loop callback or any thread)."""
-        # owner_key() and _release() inlined: this is half the async pair
+        self._release(units, None)
+
+    def _release(self, units: int, owner: int | None) -> None:
+        """``owner`` None: the caller's, as owner_key() says -- found here
+        with the one loop lookup this call needs anyway (half the async pair)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:       # a worker thread: nothing of a loop to spare
-            self._handle.release(units, native_tid())
+            self._handle.release(units, native_tid() if owner is None else owner)
             return
-        task = asyncio.current_task(loop)
-        owner = native_tid() if task is None else _key_of(task)
+        if owner is None:
+            task = asyncio.current_task(loop)
+            owner = native_tid() if task is None else _key_of(task)
         # never waits for a busy ledger lock (the backend finishes it then)
         _loop_waits(loop).timed(self._handle.release_soon, units, owner)
-
-    def _release(self, units: int, owner: int) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:       # a worker thread: nothing of a loop to spare
-            self._handle.release(units, owner)
-        else:
-            # never waits for a busy ledger lock (the backend finishes it then)
-            _loop_waits(loop).timed(self._handle.release_soon, units, owner)
 
 
 @final
