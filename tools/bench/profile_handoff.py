@@ -247,12 +247,12 @@ def run_cell(c, p, cap, hold, duration, pool, probes, use_perf):
     extra = {}
     events = COUNT_EVENTS if use_perf else []
     obs = stat_observer(events, extra) if use_perf else None
-    r = run_contended(c, p, cap, hold, duration, 20_000, pool, observe=obs)
+    r = run_contended(c, p, cap, hold, duration, 20_000, pool, observe=obs, warmup_s=0)
     out["clean"] = _summary(r, extra)
     if use_perf:
         rec = {}
         r2 = run_contended(c, p, cap, hold, max(0.3, duration / 4), 20_000, pool,
-                           observe=record_observer(rec))
+                           observe=record_observer(rec), warmup_s=0)
         ops = r2["total_ops"]
         out["futex_split"] = {
             "ops_per_s": r2["ops_per_s"], "total_ops": ops,
@@ -261,7 +261,8 @@ def run_cell(c, p, cap, hold, duration, pool, probes, use_perf):
         if probes and c.key.startswith("ipcsem"):
             extra3 = {}
             r3 = run_contended(c, p, cap, hold, max(0.3, duration / 2), 20_000, pool,
-                               observe=stat_observer([*probes, "context-switches"], extra3))
+                               observe=stat_observer([*probes, "context-switches"], extra3),
+                               warmup_s=0)
             ops = r3["total_ops"]
             out["probed"] = {"ops_per_s": r3["ops_per_s"], "total_ops": ops,
                              "per_op": {k.split(":", 1)[-1]: (v or 0) / ops

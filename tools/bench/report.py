@@ -317,8 +317,11 @@ def _md_uncontended(f):
 
 def _md_contended(f):
     md = ["## 2. Contended handoff", "",
-          f"P processes loop acquire → (hold) → release for {f['duration_s']} s from a "
-          "common start instant. Separate `python -m tools.bench.worker` processes "
+          f"P processes loop acquire → (hold) → release from a common start instant: "
+          f"{f.get('warmup_s', 0)} s of warm-up, not counted (with more processes than CPUs "
+          "not all of them leave the start barrier at once, and a fast contender runs "
+          f"thousands of pairs alone meanwhile), then {f['duration_s']} s counted. "
+          "Separate `python -m tools.bench.worker` processes "
           "(multiprocessing: forked children). Every acquire is timed (two clock reads per "
           "op), so the fastest contenders run slower here than in figure 1. "
           "Jain = (Σx)²/(n·Σx²) over per-process op counts; wait = time inside acquire; "

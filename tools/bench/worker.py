@@ -76,6 +76,7 @@ def role_loop(c, spec, params, ch):
 
 def _loop_job(c, spec, job, ch):
     duration_ns = int(job["duration_s"] * 1e9)
+    warmup_ns = int(job.get("warmup_s", 0) * 1e9)
     hold_ns = int(job.get("hold_us", 0) * 1000)
     h = c.open(spec)
     acq, rel = h.acquire, h.release
@@ -84,9 +85,24 @@ def _loop_job(c, spec, job, ch):
     app = waits.append
     ch.send({"opened": True})
     t0 = ch.recv()["t0"]
-    t_end = t0 + duration_ns
+    t_measure = t0 + warmup_ns
+    t_end = t_measure + duration_ns
     gc.disable()
     _sleep_until(t0)
+    # The warm-up: the same loop, not counted.  With more processes than
+    # CPUs they cannot all leave the barrier at t0 -- those on a CPU start
+    # while the rest wait to be scheduled -- and a contender whose
+    # uncontended pair is fast runs thousands of pairs alone meanwhile
+    # (ipcsem at P=8 capacity 1: up to 70k ops, Jain 0.35-0.96, counted with
+    # the ledger's own counters: docs/perf.md §1).  By t_measure every
+    # process is in its loop.
+    while now() < t_measure:
+        acq()
+        if hold_ns:
+            until = now() + hold_ns
+            while now() < until:
+                pass
+        rel()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     # Two clock reads + one array append per op: ~100 ns of instrumentation,
     # visible only for the very fastest contenders (see figure 1 for the

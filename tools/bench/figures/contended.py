@@ -8,8 +8,9 @@ Each cell runs P "loop"
 workers (tools.bench.worker: unrelated processes opening the semaphore by
 name; forked children for multiprocessing, which cannot be opened by name).
 Name-opening workers are pooled across one contender's cells, so Python
-start-up is paid once. All start at one CLOCK_MONOTONIC instant, run for
-cfg.duration_s and time every acquire. ops/s = total ops / (last op - start);
+start-up is paid once. All start at one CLOCK_MONOTONIC instant, run the
+loop WARMUP_S uncounted, then cfg.duration_s counted, timing every acquire.
+ops/s = total ops / (last op - end of the warm-up);
 Jain's index over the per-process op counts; wait percentiles from at most
 cfg.sample_cap samples, decimated with one stride for every worker. Each
 worker also reports its loop's getrusage (every thread of it): CPU time and
@@ -43,7 +44,7 @@ CONTENDED_TARGETS = [
 def fig_contended(cfg, cs):
     cells = [(p, cap, h) for h in cfg.holds_us for p in cfg.procs_list for cap in cfg.caps]
     cells += [tuple(x) for x in cfg.extra_cells if tuple(x) not in cells]
-    out = {"duration_s": cfg.duration_s,
+    out = {"duration_s": cfg.duration_s, "warmup_s": WARMUP_S,
            "cells": [{"procs": p, "capacity": cap, "hold_us": hold, "contenders": {}}
                      for p, cap, hold in cells]}
     for c in cs:
@@ -88,12 +89,20 @@ def per_op_costs(res, total):
             "ivcsw_per_op": sum(r["nivcsw"] for r in rus) / total}
 
 
+# Every cell's loop runs this long before its counted duration (see
+# worker._loop_job: with P > cores not every process leaves the start
+# barrier at once).
+WARMUP_S = 0.25
+
+
 def run_contended(c, nprocs, cap, hold_us, duration_s, sample_cap=200_000, pool=None,
-                  observe=None):
-    """One cell.  observe(pids) -> finish, if given, is called just before
-    the start instant is sent (finish() after every result is in; what it
-    returns lands under "observed"): profile_handoff's perf session."""
-    job = {"duration_s": duration_s, "hold_us": hold_us}
+                  observe=None, warmup_s=WARMUP_S):
+    """One cell: warmup_s of the loop uncounted, then duration_s counted.
+    observe(pids) -> finish, if given, is called just before the start
+    instant is sent (finish() after every result is in; what it returns
+    lands under "observed"): profile_handoff's perf session, which passes
+    warmup_s=0 so that its counts cover the counted ops only."""
+    job = {"duration_s": duration_s, "hold_us": hold_us, "warmup_s": warmup_s}
     pool = [] if pool is None else pool
     with semaphore(c, cap) as spec:
         if c.inherit_only:
@@ -122,7 +131,7 @@ def run_contended(c, nprocs, cap, hold_us, duration_s, sample_cap=200_000, pool=
             t0 = time.monotonic_ns() + 20_000_000 + 5_000_000 * nprocs
             for w in ws:
                 w.send({"t0": t0})
-            res = [w.recv(duration_s + 60, "result") for w in ws]
+            res = [w.recv(warmup_s + duration_s + 60, "result") for w in ws]
             observed, finish = (finish() if finish else None), None
             total = sum(r["n"] for r in res)
             # Same decimation stride for every worker (see worker._loop_job).
@@ -148,7 +157,7 @@ def run_contended(c, nprocs, cap, hold_us, duration_s, sample_cap=200_000, pool=
                 w.finish(5.0)
     waits.sort()
     counts = [r["n"] for r in res]
-    elapsed = (max(r["t_last"] for r in res) - t0) / 1e9
+    elapsed = (max(r["t_last"] for r in res) - t0 - int(warmup_s * 1e9)) / 1e9
     p50, p99 = percentile(waits, 50), percentile(waits, 99)
     extra = {"observed": observed} if observed is not None else {}
     return {**per_op_costs(res, total), **extra,
