@@ -10,7 +10,10 @@ transactions of each kind.
 
 Each cell (P processes : capacity : hold us) runs figure 2's loop
 (figures/contended.run_contended, same workers) up to three times per
-contender:
+contender, without figure 2's warm-up (the perf session counts from the
+start instant, so every counted op must be one the workers report; at
+P > cores the first milliseconds' uncontended bursts are then in the
+counts and in Jain: docs/perf.md, "The latest full run"):
 
 1. clean: perf stat counting tracepoints (syscalls, futex calls, semop
    calls, context switches, migrations) on the P workers; counting costs
