@@ -2031,13 +2031,10 @@ static int online_cpus = 1;
 
 /* Spinning pays only while a CPU is idle to spin on: with as many runnable
  * tasks as CPUs (this machine's, ours or not) the spinner takes a CPU from a
- * process that would otherwise run -- at P > cores from the very processes
- * that must run to queue up, and the queue's spinning heads and those they
- * keep off the CPUs then settle into a cycle where a few processes get most
- * grants (make bench figure 2, P=8 capacity 1: Jain 0.90-0.96 in some runs).
- * At P <= cores a third task (the harness, a kworker) that preempts the
- * holder made the head spin its budget away and halve it, until heads slept
- * on most handoffs.  The kernel's count of runnable tasks (/proc/loadavg's
+ * process that would otherwise run -- the holder on its way to the release,
+ * or a process on its way to queue up.  Measured at P <= cores: a third task
+ * (the harness, a kworker) that preempted the holder made the head spin its
+ * budget away and halve it, until heads slept on most handoffs.  The kernel's count of runnable tasks (/proc/loadavg's
  * fourth field, which counts the reader) decides: spin only while it is at
  * most the CPUs we may use, and leave the budget alone when it is not (the
  * spin was not tried).  Read at most once per CPU_BUSY_TTL_NS by a process

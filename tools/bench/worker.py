@@ -94,8 +94,8 @@ def _loop_job(c, spec, job, ch):
     # while the rest wait to be scheduled -- and a contender whose
     # uncontended pair is fast runs thousands of pairs alone meanwhile
     # (ipcsem at P=8 capacity 1: up to 70k ops, Jain 0.35-0.96, counted with
-    # the ledger's own counters: docs/perf.md §1).  By t_measure every
-    # process is in its loop.
+    # temporary counters in the ledger: docs/perf.md, "The latest full
+    # run").  By t_measure every process is in its loop.
     while now() < t_measure:
         acq()
         if hold_ns:
